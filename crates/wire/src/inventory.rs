@@ -1,0 +1,54 @@
+//! The guest inventory an agent reports to every gateway.
+
+use serde::{Deserialize, Serialize};
+
+/// All guests one agent hosts, sent whole on every change: a snapshot is
+/// small (names only) and can never drift the way deltas could.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Inventory {
+    /// The node the agent runs on, for operators and logs.
+    pub node: String,
+    pub guests: Vec<GuestInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestInfo {
+    pub name: String,
+    pub state: GuestState,
+    pub channels: Vec<ChannelInfo>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GuestState {
+    Running,
+    /// Declared but its QEMU is not reachable (stopped, crashed, restarting).
+    Down,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelInfo {
+    pub name: String,
+    pub kind: ChannelKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChannelKind {
+    /// A serial console: scrollback, log, fan-out, one keyboard.
+    Serial,
+    /// The graphical console (RFB).
+    Vnc,
+    /// A virtio-serial port: a byte stream, one session at a time.
+    Channel,
+}
+
+impl Inventory {
+    pub fn to_json(&self) -> bytes::Bytes {
+        serde_json::to_vec(self).expect("inventory serializes").into()
+    }
+
+    pub fn from_json(b: &[u8]) -> Result<Inventory, serde_json::Error> {
+        serde_json::from_slice(b)
+    }
+}
