@@ -1,0 +1,59 @@
+//! QUIC endpoints for the gateway–agent link.
+//!
+//! The transport parameters are set here, once, for both ends: they decide
+//! how much one console may have in flight and how fast a dead peer is
+//! noticed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Endpoint, TransportConfig, VarInt};
+use rustls::{ClientConfig, ServerConfig};
+
+use crate::TlsError;
+
+/// Per-stream receive window: enough for a screen update in flight without
+/// letting one console buffer unbounded memory.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+/// Per-connection window: several busy consoles share it.
+const CONN_WINDOW: u32 = 16 * 1024 * 1024;
+/// Consoles one gateway may have open on one agent at once.
+const MAX_STREAMS: u32 = 20_000;
+
+/// The transport parameters both ends use.
+pub fn transport_config() -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
+        .receive_window(VarInt::from_u32(CONN_WINDOW))
+        .send_window(CONN_WINDOW as u64)
+        .max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        // A dead agent or gateway is noticed within seconds, so users get
+        // "agent unreachable" instead of a frozen screen.
+        .keep_alive_interval(Some(Duration::from_secs(2)))
+        .max_idle_timeout(Some(VarInt::from_u32(8_000).into()));
+    Arc::new(t)
+}
+
+/// A QUIC server endpoint (the agent).
+pub fn quic_server(addr: SocketAddr, tls: ServerConfig) -> Result<Endpoint, TlsError> {
+    let crypto =
+        QuicServerConfig::try_from(Arc::new(tls)).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(transport_config());
+    Endpoint::server(cfg, addr).map_err(TlsError::Bind)
+}
+
+/// A QUIC client endpoint (the gateway), bound to an ephemeral port.
+pub fn quic_client(tls: ClientConfig) -> Result<Endpoint, TlsError> {
+    let crypto =
+        QuicClientConfig::try_from(Arc::new(tls)).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(transport_config());
+    let bind: SocketAddr = "0.0.0.0:0".parse().expect("literal address");
+    let mut ep = Endpoint::client(bind).map_err(TlsError::Bind)?;
+    ep.set_default_client_config(cfg);
+    Ok(ep)
+}
