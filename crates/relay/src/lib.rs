@@ -1,0 +1,261 @@
+//! The one relay every console uses, and the adapters that put each kind of
+//! stream into its terms.
+//!
+//! A session is two sides, each a receiver and a sender of [`Frame`]s. The
+//! relay runs one pump per direction:
+//! * **backpressure**: a pump sends a frame before it reads the next, so at
+//!   most one read buffer per direction is in flight; a slow reader slows
+//!   its writer down, never grows a queue;
+//! * **half-close**: `Eof` in one direction ends that pump only; the other
+//!   goes on until it too ends;
+//! * **close**: a `Close` frame, a failure on either side, or the `stop`
+//!   future ends both pumps, and the side that did not cause it is told why.
+//!
+//! Adapters: [`quic`] (framed, gateway ↔ agent), [`bytes_io`] (unix sockets
+//! to QEMU). The WebSocket adapters live with their WebSocket libraries in
+//! the gateway and the CLI.
+#![forbid(unsafe_code)]
+
+pub mod bytes_io;
+pub mod quic;
+
+use std::future::Future;
+use std::time::Duration;
+
+use vmgate_wire::{Close, Frame};
+
+/// Bytes read from a socket in one go, and so the largest Data frame the
+/// adapters make: big enough for bulk transfer, small enough that many idle
+/// sessions cost little (buffers are only this large while data flows).
+pub const READ_CHUNK: usize = 64 * 1024;
+/// How long the relay waits to deliver a final Close to a side.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// The receiving half of a side. An error is the [`Close`] to give the
+/// *other* side: it says what broke, e.g. "connection to agent lost".
+pub trait FrameRx: Send {
+    /// The next frame; `Ok(None)` when the side ended without a Close.
+    fn recv(&mut self) -> impl Future<Output = Result<Option<Frame>, Close>> + Send;
+}
+
+/// The sending half of a side.
+pub trait FrameTx: Send {
+    /// Sends one frame; an error is the [`Close`] for the other side.
+    fn send(&mut self, frame: Frame) -> impl Future<Output = Result<(), Close>> + Send;
+    /// Flushes and closes the sending half after the last frame.
+    fn finish(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub close: Close,
+    /// Data bytes carried from side A to side B.
+    pub a_to_b: u64,
+    /// Data bytes carried from side B to side A.
+    pub b_to_a: u64,
+}
+
+enum PumpEnd {
+    /// The receiving side half-closed; the Eof was passed on.
+    Eof,
+    /// The receiving side sent a Close; it was passed on.
+    Closed(Close),
+    /// The receiving side broke.
+    RxFailed(Close),
+    /// The sending side broke.
+    TxFailed(Close),
+}
+
+async fn pump(rx: &mut impl FrameRx, tx: &mut impl FrameTx, count: &mut u64) -> PumpEnd {
+    loop {
+        let frame = match rx.recv().await {
+            Ok(Some(f)) => f,
+            Ok(None) => Frame::Eof,
+            Err(c) => return PumpEnd::RxFailed(c),
+        };
+        let end = match &frame {
+            Frame::Data(d) => {
+                *count += d.len() as u64;
+                None
+            }
+            Frame::Eof => Some(PumpEnd::Eof),
+            Frame::Close(c) => Some(PumpEnd::Closed(c.clone())),
+            // Session-opening frames mean nothing mid-session.
+            Frame::Opened | Frame::Inventory(_) => continue,
+            Frame::Notice(_) => None,
+        };
+        if let Err(c) = tx.send(frame).await {
+            return PumpEnd::TxFailed(c);
+        }
+        if let Some(end) = end {
+            return end;
+        }
+    }
+}
+
+/// Relays between side A and side B until both directions have ended, one
+/// side closes or fails, or `stop` resolves (its Close goes to both sides).
+pub async fn relay(
+    mut a_rx: impl FrameRx,
+    mut a_tx: impl FrameTx,
+    mut b_rx: impl FrameRx,
+    mut b_tx: impl FrameTx,
+    stop: impl Future<Output = Close>,
+) -> Outcome {
+    let (mut a_to_b, mut b_to_a) = (0, 0);
+    // (close for A, close for B, the session's close)
+    let (to_a, to_b, close) = {
+        let ab = pump(&mut a_rx, &mut b_tx, &mut a_to_b);
+        let ba = pump(&mut b_rx, &mut a_tx, &mut b_to_a);
+        tokio::pin!(ab, ba, stop);
+        let (mut ab_done, mut ba_done) = (false, false);
+        loop {
+            tokio::select! {
+                end = &mut ab, if !ab_done => match end {
+                    PumpEnd::Eof => {
+                        ab_done = true;
+                        if ba_done { break (None, None, Close::normal()); }
+                    }
+                    PumpEnd::Closed(c) => break (None, None, c),
+                    PumpEnd::RxFailed(c) => break (None, Some(c.clone()), c),
+                    PumpEnd::TxFailed(c) => break (Some(c.clone()), None, c),
+                },
+                end = &mut ba, if !ba_done => match end {
+                    PumpEnd::Eof => {
+                        ba_done = true;
+                        if ab_done { break (None, None, Close::normal()); }
+                    }
+                    PumpEnd::Closed(c) => break (None, None, c),
+                    PumpEnd::RxFailed(c) => break (Some(c.clone()), None, c),
+                    PumpEnd::TxFailed(c) => break (None, Some(c.clone()), c),
+                },
+                c = &mut stop => break (Some(c.clone()), Some(c.clone()), c),
+            }
+        }
+    };
+    // Both pumps are dropped: tell each side that did not cause the end.
+    let _ = tokio::time::timeout(CLOSE_DEADLINE, async {
+        if let Some(c) = to_a {
+            let _ = a_tx.send(Frame::Close(c)).await;
+        }
+        if let Some(c) = to_b {
+            let _ = b_tx.send(Frame::Close(c)).await;
+        }
+        a_tx.finish().await;
+        b_tx.finish().await;
+    })
+    .await;
+    Outcome {
+        close,
+        a_to_b,
+        b_to_a,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use tokio::sync::mpsc;
+    use vmgate_wire::CloseCode;
+
+    /// A side made of two channels: the test plays the peer.
+    struct ChanRx(mpsc::Receiver<Result<Frame, Close>>);
+    struct ChanTx(mpsc::Sender<Frame>);
+
+    impl FrameRx for ChanRx {
+        async fn recv(&mut self) -> Result<Option<Frame>, Close> {
+            self.0.recv().await.transpose()
+        }
+    }
+    impl FrameTx for ChanTx {
+        async fn send(&mut self, f: Frame) -> Result<(), Close> {
+            self.0
+                .send(f)
+                .await
+                .map_err(|_| Close::new(CloseCode::Normal, "peer gone"))
+        }
+    }
+
+    struct Peer {
+        to_relay: mpsc::Sender<Result<Frame, Close>>,
+        from_relay: mpsc::Receiver<Frame>,
+    }
+
+    fn side() -> (ChanRx, ChanTx, Peer) {
+        let (a, b) = mpsc::channel(1);
+        let (c, d) = mpsc::channel(1);
+        (
+            ChanRx(b),
+            ChanTx(c),
+            Peer {
+                to_relay: a,
+                from_relay: d,
+            },
+        )
+    }
+
+    fn data(s: &'static str) -> Frame {
+        Frame::Data(Bytes::from_static(s.as_bytes()))
+    }
+
+    #[tokio::test]
+    async fn half_close_keeps_the_other_direction_open() {
+        let (arx, atx, mut a) = side();
+        let (brx, btx, mut b) = side();
+        let task = tokio::spawn(relay(arx, atx, brx, btx, std::future::pending()));
+        a.to_relay.send(Ok(data("ping"))).await.unwrap();
+        assert_eq!(b.from_relay.recv().await, Some(data("ping")));
+        a.to_relay.send(Ok(Frame::Eof)).await.unwrap();
+        assert_eq!(b.from_relay.recv().await, Some(Frame::Eof));
+        // B still talks to A after A's half-close.
+        b.to_relay.send(Ok(data("pong!"))).await.unwrap();
+        assert_eq!(a.from_relay.recv().await, Some(data("pong!")));
+        drop(b.to_relay);
+        assert_eq!(a.from_relay.recv().await, Some(Frame::Eof));
+        let out = task.await.unwrap();
+        assert_eq!((out.a_to_b, out.b_to_a), (4, 5));
+        assert_eq!(out.close.code, CloseCode::Normal);
+    }
+
+    #[tokio::test]
+    async fn a_failure_is_reported_to_the_other_side() {
+        let (arx, atx, a) = side();
+        let (brx, btx, mut b) = side();
+        let task = tokio::spawn(relay(arx, atx, brx, btx, std::future::pending()));
+        let lost = Close::new(CloseCode::AgentUnreachable, "connection to agent lost");
+        a.to_relay.send(Err(lost.clone())).await.unwrap();
+        assert_eq!(b.from_relay.recv().await, Some(Frame::Close(lost.clone())));
+        assert_eq!(task.await.unwrap().close, lost);
+    }
+
+    #[tokio::test]
+    async fn stop_closes_both_sides_with_its_reason() {
+        let (arx, atx, mut a) = side();
+        let (brx, btx, mut b) = side();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Close>();
+        let task = tokio::spawn(relay(arx, atx, brx, btx, async move {
+            stop_rx.await.unwrap()
+        }));
+        let admin = Close::new(CloseCode::EndedByAdmin, "ended by administrator");
+        stop_tx.send(admin.clone()).unwrap();
+        assert_eq!(a.from_relay.recv().await, Some(Frame::Close(admin.clone())));
+        assert_eq!(b.from_relay.recv().await, Some(Frame::Close(admin.clone())));
+        assert_eq!(task.await.unwrap().close, admin);
+        drop((a.to_relay, b.to_relay));
+    }
+
+    #[tokio::test]
+    async fn a_close_frame_is_passed_on_and_ends_both_directions() {
+        let (arx, atx, a) = side();
+        let (brx, btx, mut b) = side();
+        let task = tokio::spawn(relay(arx, atx, brx, btx, std::future::pending()));
+        let down = Close::new(CloseCode::GuestDown, "guest stopped");
+        a.to_relay.send(Ok(Frame::Close(down.clone()))).await.unwrap();
+        assert_eq!(b.from_relay.recv().await, Some(Frame::Close(down.clone())));
+        assert_eq!(task.await.unwrap().close, down);
+    }
+}
