@@ -237,9 +237,13 @@ mod tests {
         let (arx, atx, mut a) = side();
         let (brx, btx, mut b) = side();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Close>();
-        let task = tokio::spawn(relay(arx, atx, brx, btx, async move {
-            stop_rx.await.unwrap()
-        }));
+        let task = tokio::spawn(relay(
+            arx,
+            atx,
+            brx,
+            btx,
+            async move { stop_rx.await.unwrap() },
+        ));
         let admin = Close::new(CloseCode::EndedByAdmin, "ended by administrator");
         stop_tx.send(admin.clone()).unwrap();
         assert_eq!(a.from_relay.recv().await, Some(Frame::Close(admin.clone())));
@@ -254,7 +258,10 @@ mod tests {
         let (brx, btx, mut b) = side();
         let task = tokio::spawn(relay(arx, atx, brx, btx, std::future::pending()));
         let down = Close::new(CloseCode::GuestDown, "guest stopped");
-        a.to_relay.send(Ok(Frame::Close(down.clone()))).await.unwrap();
+        a.to_relay
+            .send(Ok(Frame::Close(down.clone())))
+            .await
+            .unwrap();
         assert_eq!(b.from_relay.recv().await, Some(Frame::Close(down.clone())));
         assert_eq!(task.await.unwrap().close, down);
     }

@@ -26,7 +26,6 @@ impl QuicRx {
             peer,
         }
     }
-
 }
 
 /// The Close for the other side when the QUIC peer's connection broke.

@@ -1,0 +1,370 @@
+//! Serial consoles: one persistent connection per console, shared by any
+//! number of sessions.
+//!
+//! A [`ConsoleHub`] owns the connection to one QEMU serial chardev socket
+//! and keeps it open whether or not anybody is attached, reconnecting when
+//! QEMU restarts. Everything the guest prints goes, in this order and under
+//! one lock, into the [`Scrollback`], the append-only log file, and the
+//! broadcast to attached sessions, so a session attaching sees the
+//! scrollback followed by live output with no gap and no repeat.
+//!
+//! Exactly one session holds the keyboard. An interactive session takes it
+//! when it is free (at attach, or on its first keystroke after the holder
+//! left); `force` takes it from the holder, who is told. Read-only
+//! sessions never write.
+
+mod scrollback;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use vmgate_relay::{FrameRx, FrameTx};
+use vmgate_wire::{Close, CloseCode, Frame, Mode};
+
+pub use scrollback::Scrollback;
+
+/// Bytes read from the chardev at once. Serial output is slow; small reads
+/// keep the broadcast queue's memory bound small.
+const SERIAL_CHUNK: usize = 4096;
+/// Chunks queued per session before a slow session skips output (the
+/// scrollback and the log still have it).
+const BROADCAST_DEPTH: usize = 256;
+/// Notices queued per session; more are dropped (they are advisory).
+const NOTICE_DEPTH: usize = 16;
+/// Keystroke chunks queued towards the chardev.
+const INPUT_DEPTH: usize = 64;
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_secs(1);
+
+/// Where a console lives and how much of it to remember.
+#[derive(Debug, Clone)]
+pub struct ConsoleSpec {
+    pub guest: String,
+    pub name: String,
+    /// QEMU's chardev socket (`-chardev socket,server=on`).
+    pub socket: PathBuf,
+    /// Append-only log of everything the console printed.
+    pub log: PathBuf,
+    pub scrollback_bytes: usize,
+}
+
+struct HubState {
+    scrollback: Scrollback,
+    /// The log file; `None` if it could not be opened (logged once).
+    log: Option<std::fs::File>,
+    /// The session holding the keyboard.
+    writer: Option<u64>,
+    /// Attached sessions and where to send their notices.
+    sessions: HashMap<u64, mpsc::Sender<String>>,
+}
+
+struct HubInner {
+    spec: ConsoleSpec,
+    state: Mutex<HubState>,
+    output: broadcast::Sender<Bytes>,
+    input: mpsc::Sender<Bytes>,
+    connected: watch::Sender<bool>,
+}
+
+/// One serial console, connected for as long as the agent runs.
+#[derive(Clone)]
+pub struct ConsoleHub {
+    inner: Arc<HubInner>,
+}
+
+impl ConsoleHub {
+    /// Starts the hub's connection task; it stops when `shutdown` fires.
+    pub fn start(spec: ConsoleSpec, shutdown: CancellationToken) -> ConsoleHub {
+        let log = match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&spec.log)
+        {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::error!(log = %spec.log.display(), error = %e, "cannot open console log; output is kept in scrollback only");
+                None
+            }
+        };
+        let (input_tx, input_rx) = mpsc::channel(INPUT_DEPTH);
+        let inner = Arc::new(HubInner {
+            state: Mutex::new(HubState {
+                scrollback: Scrollback::new(spec.scrollback_bytes),
+                log,
+                writer: None,
+                sessions: HashMap::new(),
+            }),
+            spec,
+            output: broadcast::channel(BROADCAST_DEPTH).0,
+            input: input_tx,
+            connected: watch::channel(false).0,
+        });
+        tokio::spawn(connection_loop(inner.clone(), input_rx, shutdown));
+        ConsoleHub { inner }
+    }
+
+    /// Whether the chardev is connected now.
+    pub fn connected(&self) -> bool {
+        *self.inner.connected.borrow()
+    }
+
+    /// Changes of the connection state.
+    pub fn watch_connected(&self) -> watch::Receiver<bool> {
+        self.inner.connected.subscribe()
+    }
+
+    /// The scrollback as it is now.
+    pub fn scrollback(&self) -> Vec<u8> {
+        self.inner
+            .state
+            .lock()
+            .expect("hub lock")
+            .scrollback
+            .snapshot()
+    }
+
+    /// Attaches a session: it first receives the scrollback, then live output.
+    pub fn attach(&self, session: u64, mode: Mode, force: bool) -> (ConsoleRx, ConsoleTx) {
+        let (notice_tx, notice_rx) = mpsc::channel(NOTICE_DEPTH);
+        let mut st = self.inner.state.lock().expect("hub lock");
+        let output = self.inner.output.subscribe();
+        let backlog = Bytes::from(st.scrollback.snapshot());
+        let greeting = if mode == Mode::ReadOnly {
+            "read-only session: your input is not sent to the guest".to_string()
+        } else if st.writer.is_none() {
+            st.writer = Some(session);
+            "you hold the keyboard".to_string()
+        } else if force {
+            let old = st.writer.replace(session).expect("checked above");
+            if let Some(tx) = st.sessions.get(&old) {
+                let _ = tx.try_send(
+                    "keyboard taken over by another session (--force); you are now read-only"
+                        .into(),
+                );
+            }
+            "you took the keyboard over (--force)".to_string()
+        } else {
+            "another session holds the keyboard: you are read-only until it leaves (or attach with --force)".to_string()
+        };
+        st.sessions.insert(session, notice_tx);
+        drop(st);
+        let reg = Arc::new(Registration {
+            hub: self.inner.clone(),
+            session,
+        });
+        (
+            ConsoleRx {
+                backlog: Some(backlog),
+                greeting: Some(greeting),
+                output,
+                notices: notice_rx,
+                _reg: reg.clone(),
+            },
+            ConsoleTx {
+                mode,
+                told_read_only: false,
+                reg,
+            },
+        )
+    }
+}
+
+/// Removes a session from its hub when both its halves are gone.
+struct Registration {
+    hub: Arc<HubInner>,
+    session: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut st = self.hub.state.lock().expect("hub lock");
+        st.sessions.remove(&self.session);
+        if st.writer == Some(self.session) {
+            st.writer = None;
+        }
+    }
+}
+
+/// The console's output for one session, as frames.
+pub struct ConsoleRx {
+    backlog: Option<Bytes>,
+    greeting: Option<String>,
+    output: broadcast::Receiver<Bytes>,
+    notices: mpsc::Receiver<String>,
+    _reg: Arc<Registration>,
+}
+
+impl FrameRx for ConsoleRx {
+    async fn recv(&mut self) -> Result<Option<Frame>, Close> {
+        if let Some(b) = self.backlog.take().filter(|b| !b.is_empty()) {
+            return Ok(Some(Frame::Data(b)));
+        }
+        if let Some(g) = self.greeting.take() {
+            return Ok(Some(Frame::Notice(g)));
+        }
+        tokio::select! {
+            biased;
+            Some(n) = self.notices.recv() => Ok(Some(Frame::Notice(n))),
+            out = self.output.recv() => match out {
+                Ok(b) => Ok(Some(Frame::Data(b))),
+                Err(broadcast::error::RecvError::Lagged(n)) => Ok(Some(Frame::Notice(format!(
+                    "this session fell behind and skipped {n} chunks of output; the console log has them"
+                )))),
+                Err(broadcast::error::RecvError::Closed) => Err(Close::new(
+                    CloseCode::GoingAway,
+                    "the agent is shutting down",
+                )),
+            },
+        }
+    }
+}
+
+/// One session's keyboard: input reaches the guest only from the holder.
+pub struct ConsoleTx {
+    mode: Mode,
+    /// Whether this session was already told its input is dropped.
+    told_read_only: bool,
+    reg: Arc<Registration>,
+}
+
+impl ConsoleTx {
+    fn notice(&self, st: &HubState, text: &str) {
+        if let Some(tx) = st.sessions.get(&self.reg.session) {
+            let _ = tx.try_send(text.into());
+        }
+    }
+}
+
+impl FrameTx for ConsoleTx {
+    async fn send(&mut self, frame: Frame) -> Result<(), Close> {
+        // A console has no end of input: a client's stdin ending (a pipe)
+        // must not end the session, so Eof is ignored here.
+        let Frame::Data(bytes) = frame else {
+            return Ok(());
+        };
+        let hub = &self.reg.hub;
+        let may_write = {
+            let mut st = hub.state.lock().expect("hub lock");
+            match (self.mode, st.writer) {
+                (Mode::ReadOnly, _) => false,
+                (Mode::Interactive, Some(w)) => w == self.reg.session,
+                (Mode::Interactive, None) => {
+                    st.writer = Some(self.reg.session);
+                    self.told_read_only = false;
+                    self.notice(&st, "you hold the keyboard");
+                    true
+                }
+            }
+        };
+        if !may_write {
+            if !self.told_read_only {
+                self.told_read_only = true;
+                let st = hub.state.lock().expect("hub lock");
+                self.notice(
+                    &st,
+                    "input dropped: this session does not hold the keyboard",
+                );
+            }
+            return Ok(());
+        }
+        self.told_read_only = false;
+        // Bounded: a guest that does not read its serial port slows the
+        // typist down instead of queueing without end.
+        hub.input
+            .send(bytes)
+            .await
+            .map_err(|_| Close::new(CloseCode::GoingAway, "the agent is shutting down"))
+    }
+}
+
+/// Keeps the chardev connected until shutdown, reconnecting when QEMU
+/// restarts.
+async fn connection_loop(
+    hub: Arc<HubInner>,
+    mut input: mpsc::Receiver<Bytes>,
+    shutdown: CancellationToken,
+) {
+    let spec = &hub.spec;
+    let mut backoff = RECONNECT_MIN;
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            s = UnixStream::connect(&spec.socket) => s,
+        };
+        match stream {
+            Ok(stream) => {
+                tracing::info!(guest = %spec.guest, console = %spec.name, "serial console connected");
+                backoff = RECONNECT_MIN;
+                hub.connected.send_replace(true);
+                let why = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    why = pump_chardev(&hub, stream, &mut input) => why,
+                };
+                hub.connected.send_replace(false);
+                tracing::warn!(guest = %spec.guest, console = %spec.name, reason = %why, "serial console disconnected; reconnecting");
+                let st = hub.state.lock().expect("hub lock");
+                for tx in st.sessions.values() {
+                    let _ = tx.try_send(format!(
+                        "serial console of {} disconnected ({why}); waiting for QEMU",
+                        spec.guest
+                    ));
+                }
+            }
+            Err(e) => {
+                tracing::debug!(guest = %spec.guest, console = %spec.name, error = %e, "serial socket not reachable");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(RECONNECT_MAX);
+    }
+}
+
+/// Moves bytes between the chardev and the hub until the connection ends.
+async fn pump_chardev(
+    hub: &HubInner,
+    stream: UnixStream,
+    input: &mut mpsc::Receiver<Bytes>,
+) -> String {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut buf = BytesMut::new();
+    loop {
+        buf.reserve(SERIAL_CHUNK);
+        tokio::select! {
+            r = rd.read_buf(&mut buf) => match r {
+                Ok(0) => return "QEMU closed the socket".into(),
+                Ok(_) => hub.publish(buf.split().freeze()),
+                Err(e) => return format!("read error: {e}"),
+            },
+            Some(keys) = input.recv() => {
+                if let Err(e) = wr.write_all(&keys).await {
+                    return format!("write error: {e}");
+                }
+            }
+        }
+    }
+}
+
+impl HubInner {
+    fn publish(&self, chunk: Bytes) {
+        let mut st = self.state.lock().expect("hub lock");
+        st.scrollback.push(&chunk);
+        if let Some(log) = st.log.as_mut() {
+            if let Err(e) = log.write_all(&chunk) {
+                tracing::error!(log = %self.spec.log.display(), error = %e, "console log write failed");
+            }
+        }
+        // No receiver is fine: nobody attached, the scrollback has it.
+        let _ = self.output.send(chunk);
+    }
+}

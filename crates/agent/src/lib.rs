@@ -1,0 +1,77 @@
+//! The node agent: one per hypervisor node.
+//!
+//! It owns the node-local endpoints of each guest (QEMU's serial chardevs,
+//! VNC, virtio-serial ports) and serves them, as console sessions only, to
+//! gateways that connect over QUIC with mutual TLS. It exposes no
+//! host-management verb: a gateway can open a console, nothing else.
+//!
+//! * [`config`]: the TOML configuration;
+//! * [`console`]: serial consoles: persistent connection, scrollback, log,
+//!   fan-out, one keyboard;
+//! * [`backend`]: where guests come from (`qemu`: declared in the config);
+//! * [`server`]: the QUIC listener and the per-stream dispatch.
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod config;
+pub mod console;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use vmgate_tls::Identity;
+
+pub use config::AgentConfig;
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// TLS material or the QUIC socket.
+    #[error(transparent)]
+    Tls(#[from] vmgate_tls::TlsError),
+    /// The log directory could not be created.
+    #[error("cannot create log directory {path}: {source}")]
+    LogDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// An agent bound to its QUIC port, ready to run.
+pub struct Agent {
+    endpoint: quinn::Endpoint,
+    config: AgentConfig,
+}
+
+impl Agent {
+    /// Binds the QUIC listener (port 0 picks a free port).
+    pub fn bind(config: AgentConfig) -> Result<Agent, AgentError> {
+        std::fs::create_dir_all(&config.log_dir).map_err(|source| AgentError::LogDir {
+            path: config.log_dir.clone(),
+            source,
+        })?;
+        let id = Identity {
+            cert: config.tls.cert.clone(),
+            key: config.tls.key.clone(),
+        };
+        let tls =
+            vmgate_tls::mtls_server_config(&id, &config.tls.gateway_ca, &[vmgate_wire::ALPN])?;
+        let endpoint = vmgate_tls::quic_server(config.listen, tls)?;
+        Ok(Agent { endpoint, config })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoint
+            .local_addr()
+            .expect("bound endpoint has an address")
+    }
+
+    /// Serves until `shutdown` fires.
+    pub async fn run(self, shutdown: CancellationToken) {
+        tracing::info!(node = %self.config.node, addr = %self.local_addr(), guests = self.config.guests.len(), "agent listening (QUIC)");
+        let backend = backend::qemu::QemuBackend::start(&self.config, shutdown.clone());
+        server::serve(self.endpoint, Arc::new(backend), shutdown).await;
+    }
+}

@@ -1,0 +1,179 @@
+//! The QUIC listener gateways connect to: one connection per gateway, one
+//! stream per console session, and one inventory stream per connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+use vmgate_relay::bytes_io::{ByteRx, ByteTx};
+use vmgate_relay::quic::{QuicRx, QuicTx};
+use vmgate_relay::{relay, FrameTx};
+use vmgate_wire::{Close, CloseCode, Frame, OpenRequest, StreamKind, MAX_HEADER_LEN};
+
+use crate::backend::{Backend, Opened};
+
+/// Deadline for a gateway's QUIC handshake.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+/// Deadline for a stream's header to arrive after the stream opened.
+const HEADER_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Accepts gateway connections until `shutdown` fires.
+pub async fn serve<B: Backend>(
+    endpoint: quinn::Endpoint,
+    backend: Arc<B>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let incoming = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            i = endpoint.accept() => match i { Some(i) => i, None => break },
+        };
+        let backend = backend.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let peer = incoming.remote_address();
+            let conn = match tokio::time::timeout(HANDSHAKE_DEADLINE, incoming).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, error = %e, "gateway handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(%peer, "gateway handshake timed out");
+                    return;
+                }
+            };
+            tracing::info!(%peer, "gateway connected");
+            serve_connection(conn, backend, shutdown).await;
+            tracing::info!(%peer, "gateway disconnected");
+        });
+    }
+    endpoint.close(0u32.into(), b"agent shutting down");
+}
+
+async fn serve_connection<B: Backend>(
+    conn: quinn::Connection,
+    backend: Arc<B>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (tx, rx) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            s = conn.accept_bi() => match s {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "gateway connection ended");
+                    return;
+                }
+            },
+        };
+        let backend = backend.clone();
+        tokio::spawn(serve_stream(tx, rx, backend));
+    }
+}
+
+/// Reads the stream's header under a deadline, then serves it.
+async fn serve_stream<B: Backend>(
+    send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    backend: Arc<B>,
+) {
+    let mut tx = QuicTx::new(send, "gateway");
+    let mut buf = BytesMut::with_capacity(MAX_HEADER_LEN);
+    let header = tokio::time::timeout(HEADER_DEADLINE, async {
+        loop {
+            if let Some((req, used)) = OpenRequest::decode(&buf)? {
+                let _ = buf.split_to(used);
+                return Ok(Some(req));
+            }
+            if recv.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                return Ok(None);
+            }
+        }
+    })
+    .await;
+    let req = match header {
+        Ok(Ok(Some(req))) => req,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            let e: vmgate_wire::HeaderError = e;
+            tracing::warn!(error = %e, "refused a stream with a bad header");
+            let _ = tx
+                .send(Frame::Close(Close::new(
+                    CloseCode::ProtocolError,
+                    e.to_string(),
+                )))
+                .await;
+            return;
+        }
+        Err(_) => {
+            tracing::warn!("stream header did not arrive in time");
+            return;
+        }
+    };
+    match req.kind {
+        StreamKind::Inventory => serve_inventory(tx, backend).await,
+        StreamKind::Console => {
+            serve_console(req, tx, QuicRx::new(recv, buf, "gateway"), backend).await
+        }
+    }
+}
+
+/// Pushes the inventory now and on every change, until the stream ends.
+async fn serve_inventory<B: Backend>(mut tx: QuicTx, backend: Arc<B>) {
+    let mut inv = backend.inventory();
+    loop {
+        let snapshot = inv.borrow_and_update().to_json();
+        if tx.send(Frame::Inventory(snapshot)).await.is_err() {
+            return;
+        }
+        if inv.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn serve_console<B: Backend>(req: OpenRequest, mut tx: QuicTx, rx: QuicRx, backend: Arc<B>) {
+    let opened = match backend.open(&req).await {
+        Ok(o) => o,
+        Err(close) => {
+            tracing::info!(session = req.session, guest = %req.guest, channel = %req.channel, reason = %close, "refused a session");
+            let _ = tx.send(Frame::Close(close)).await;
+            tx.finish().await;
+            return;
+        }
+    };
+    if tx.send(Frame::Opened).await.is_err() {
+        return;
+    }
+    tracing::info!(session = req.session, guest = %req.guest, channel = %req.channel, mode = ?req.mode, "session opened");
+    let outcome = match opened {
+        Opened::Console(crx, ctx) => relay(rx, tx, crx, ctx, std::future::pending()).await,
+        Opened::Stream { stream, what, stop } => {
+            let (r, w) = tokio::io::split(stream);
+            let (token, _guard) = match stop {
+                Some((t, g)) => (t, Some(g)),
+                None => (CancellationToken::new(), None),
+            };
+            let taken = async move {
+                token.cancelled().await;
+                Close::new(
+                    CloseCode::TakenOver,
+                    "another session took this channel over (--force)",
+                )
+            };
+            relay(
+                rx,
+                tx,
+                ByteRx::new(r, what.clone()),
+                ByteTx::new(w, what),
+                taken,
+            )
+            .await
+        }
+    };
+    tracing::info!(session = req.session, guest = %req.guest, channel = %req.channel,
+        reason = %outcome.close, to_guest = outcome.a_to_b, from_guest = outcome.b_to_a, "session ended");
+}
