@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +26,7 @@ pub enum ConfigError {
 }
 
 /// The node agent.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// The node's name, reported to gateways with the inventory.
@@ -46,7 +46,7 @@ pub struct AgentConfig {
 }
 
 /// The agent's QUIC identity and whom it trusts.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentTls {
     /// The agent's certificate chain (PEM).
@@ -58,7 +58,7 @@ pub struct AgentTls {
 }
 
 /// One guest of the `qemu` backend, declared by its QEMU sockets.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GuestConfig {
     pub name: String,
@@ -78,7 +78,7 @@ pub struct GuestConfig {
 }
 
 /// A named unix socket of a guest.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
     pub name: String,

@@ -20,7 +20,9 @@ impl Ca {
     /// A new self-signed CA.
     pub fn new(common_name: &str) -> Result<Ca, TlsError> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let key = KeyPair::generate()?;
@@ -36,9 +38,10 @@ impl Ca {
     /// and a client certificate. Returns (cert PEM, key PEM).
     pub fn issue(&self, names: &[&str]) -> Result<(String, String), TlsError> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, names.first().copied().unwrap_or("vmgate"));
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().copied().unwrap_or("vmgate"),
+        );
         for n in names {
             params.subject_alt_names.push(match n.parse() {
                 Ok(ip) => SanType::IpAddress(ip),
@@ -102,7 +105,9 @@ mod tests {
         let internal = Ca::new("internal").unwrap();
         let rogue = Ca::new("rogue").unwrap();
         let ca = internal.write_cert(&dir.path().join("ca.pem")).unwrap();
-        let agent_id = internal.issue_to(dir.path(), "agent", &["localhost"]).unwrap();
+        let agent_id = internal
+            .issue_to(dir.path(), "agent", &["localhost"])
+            .unwrap();
         let gw_id = internal.issue_to(dir.path(), "gw", &["gateway"]).unwrap();
         let rogue_id = rogue.issue_to(dir.path(), "rogue", &["gateway"]).unwrap();
 
@@ -122,8 +127,8 @@ mod tests {
             }
         });
 
-        let good = crate::quic_client(crate::mtls_client_config(&gw_id, &ca, &[b"t"]).unwrap())
-            .unwrap();
+        let good =
+            crate::quic_client(crate::mtls_client_config(&gw_id, &ca, &[b"t"]).unwrap()).unwrap();
         let conn = good.connect(addr, "localhost").unwrap().await.unwrap();
         let (mut tx, _rx) = conn.open_bi().await.unwrap();
         tx.write_all(b"x").await.unwrap();
@@ -139,6 +144,9 @@ mod tests {
             rx.read_to_end(10).await?;
             Ok::<_, Box<dyn std::error::Error>>(())
         };
-        assert!(refused.await.is_err(), "a rogue CA's client must be refused");
+        assert!(
+            refused.await.is_err(),
+            "a rogue CA's client must be refused"
+        );
     }
 }

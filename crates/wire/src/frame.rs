@@ -177,7 +177,10 @@ mod tests {
     fn malformed_frames_are_refused() {
         let dec = |b: &[u8]| Frame::decode(&mut BytesMut::from(b));
         assert_eq!(dec(&[9, 0, 0, 0, 0]), Err(FrameError::Type(9)));
-        assert_eq!(dec(&[0, 0xff, 0, 0, 0]), Err(FrameError::TooLarge(0xff00_0000)));
+        assert_eq!(
+            dec(&[0, 0xff, 0, 0, 0]),
+            Err(FrameError::TooLarge(0xff00_0000))
+        );
         assert_eq!(dec(&[1, 0, 0, 0, 1, 0]), Err(FrameError::Length));
         assert_eq!(dec(&[3, 0, 0, 0, 1, 0]), Err(FrameError::Length));
         assert_eq!(dec(&[2, 0, 0, 0, 1, 0xff]), Err(FrameError::Utf8));

@@ -238,9 +238,15 @@ mod tests {
 
     #[test]
     fn malformed_headers_are_refused_each_with_its_reason() {
-        assert_eq!(OpenRequest::decode(b"GET / HTTP/1.1"), Err(HeaderError::BadMagic));
+        assert_eq!(
+            OpenRequest::decode(b"GET / HTTP/1.1"),
+            Err(HeaderError::BadMagic)
+        );
         assert_eq!(OpenRequest::decode(b"VX"), Err(HeaderError::BadMagic));
-        assert_eq!(OpenRequest::decode(b"VMG\x02\0\0"), Err(HeaderError::Version(2)));
+        assert_eq!(
+            OpenRequest::decode(b"VMG\x02\0\0"),
+            Err(HeaderError::Version(2))
+        );
         assert!(matches!(
             OpenRequest::decode(b"VMG\x01\xff\xff"),
             Err(HeaderError::TooLong(_))

@@ -45,7 +45,9 @@ pub enum ChannelKind {
 
 impl Inventory {
     pub fn to_json(&self) -> bytes::Bytes {
-        serde_json::to_vec(self).expect("inventory serializes").into()
+        serde_json::to_vec(self)
+            .expect("inventory serializes")
+            .into()
     }
 
     pub fn from_json(b: &[u8]) -> Result<Inventory, serde_json::Error> {

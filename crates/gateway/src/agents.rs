@@ -1,0 +1,233 @@
+//! The gateway's side of the agent link: one QUIC connection per agent,
+//! kept up with reconnects, and the routing table built from the
+//! inventories the agents push.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio_util::sync::CancellationToken;
+use vmgate_relay::quic::{QuicRx, QuicTx};
+use vmgate_relay::FrameRx;
+use vmgate_wire::{
+    Close, CloseCode, Frame, GuestInfo, GuestState, Inventory, Mode, OpenRequest, StreamKind,
+};
+
+use crate::config::AgentEntry;
+
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+/// How long an agent may take to answer a session request.
+const OPEN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Where a guest lives now.
+#[derive(Clone)]
+struct Route {
+    agent: usize,
+    node: String,
+    conn: quinn::Connection,
+    guest: GuestInfo,
+}
+
+/// A guest as the gateway sees it (for inventory listings).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoutedGuest {
+    pub node: String,
+    pub agent: SocketAddr,
+    #[serde(flatten)]
+    pub guest: GuestInfo,
+}
+
+/// All agents, their connections and the guests they host.
+pub struct AgentPool {
+    agents: Vec<AgentEntry>,
+    endpoint: quinn::Endpoint,
+    routes: RwLock<HashMap<String, Route>>,
+    next_session: AtomicU64,
+}
+
+impl AgentPool {
+    /// Starts one connection task per agent.
+    pub fn start(
+        agents: Vec<AgentEntry>,
+        endpoint: quinn::Endpoint,
+        shutdown: CancellationToken,
+    ) -> Arc<AgentPool> {
+        let pool = Arc::new(AgentPool {
+            agents,
+            endpoint,
+            routes: RwLock::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+        });
+        for idx in 0..pool.agents.len() {
+            tokio::spawn(agent_loop(pool.clone(), idx, shutdown.clone()));
+        }
+        pool
+    }
+
+    /// A fresh session id, shared with the agent for its logs.
+    pub fn session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The guests every connected agent reports.
+    pub fn guests(&self) -> Vec<RoutedGuest> {
+        let routes = self.routes.read().expect("routes lock");
+        let mut v: Vec<_> = routes
+            .values()
+            .map(|r| RoutedGuest {
+                node: r.node.clone(),
+                agent: self.agents[r.agent].addr,
+                guest: r.guest.clone(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.guest.name.cmp(&b.guest.name));
+        v
+    }
+
+    /// Opens a console stream on the agent hosting `guest`.
+    pub async fn open(
+        &self,
+        session: u64,
+        guest: &str,
+        channel: &str,
+        mode: Mode,
+        force: bool,
+    ) -> Result<(QuicRx, QuicTx), Close> {
+        let route = self
+            .routes
+            .read()
+            .expect("routes lock")
+            .get(guest)
+            .cloned()
+            .ok_or_else(|| {
+                Close::new(
+                    CloseCode::UnknownGuest,
+                    format!("unknown guest {guest}: no connected agent hosts it"),
+                )
+            })?;
+        if !route.guest.channels.iter().any(|c| c.name == channel) {
+            return Err(Close::new(
+                CloseCode::UnknownChannel,
+                format!("guest {guest} has no channel {channel}"),
+            ));
+        }
+        if route.guest.state != GuestState::Running {
+            return Err(Close::new(
+                CloseCode::GuestDown,
+                format!("guest {guest} is not running"),
+            ));
+        }
+        let unreachable = |e: &dyn std::fmt::Display| {
+            Close::new(
+                CloseCode::AgentUnreachable,
+                format!("agent of guest {guest} unreachable: {e}"),
+            )
+        };
+        let req = OpenRequest {
+            kind: StreamKind::Console,
+            session,
+            guest: guest.into(),
+            channel: channel.into(),
+            mode,
+            force,
+        };
+        let answer = tokio::time::timeout(OPEN_DEADLINE, async {
+            let (send, recv) = route.conn.open_bi().await.map_err(|e| unreachable(&e))?;
+            let mut send = send;
+            send.write_all(&req.encode())
+                .await
+                .map_err(|e| unreachable(&e))?;
+            let tx = QuicTx::new(send, "agent");
+            let mut rx = QuicRx::new(recv, BytesMut::new(), "agent");
+            match rx.recv().await? {
+                Some(Frame::Opened) => Ok((rx, tx)),
+                Some(Frame::Close(c)) => Err(c),
+                _ => Err(Close::new(
+                    CloseCode::ProtocolError,
+                    "agent answered the session request with an unexpected frame",
+                )),
+            }
+        })
+        .await;
+        answer.unwrap_or_else(|_| Err(unreachable(&"no answer within 10 s")))
+    }
+
+    fn set_routes(&self, agent: usize, conn: Option<(&quinn::Connection, Inventory)>) {
+        let mut routes = self.routes.write().expect("routes lock");
+        routes.retain(|_, r| r.agent != agent);
+        if let Some((conn, inv)) = conn {
+            for g in inv.guests {
+                routes.insert(
+                    g.name.clone(),
+                    Route {
+                        agent,
+                        node: inv.node.clone(),
+                        conn: conn.clone(),
+                        guest: g,
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Keeps one agent connected and its guests routed, until shutdown.
+async fn agent_loop(pool: Arc<AgentPool>, idx: usize, shutdown: CancellationToken) {
+    let entry = pool.agents[idx].clone();
+    let mut backoff = RECONNECT_MIN;
+    loop {
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = follow_agent(&pool, idx, &entry, &mut backoff) => r,
+        };
+        pool.set_routes(idx, None);
+        if let Err(e) = result {
+            tracing::warn!(agent = %entry.addr, error = %e, "agent link down; retrying");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(RECONNECT_MAX);
+    }
+    pool.set_routes(idx, None);
+}
+
+/// Connects, then applies inventory snapshots until the link breaks.
+async fn follow_agent(
+    pool: &AgentPool,
+    idx: usize,
+    entry: &AgentEntry,
+    backoff: &mut Duration,
+) -> Result<(), String> {
+    let conn = pool
+        .endpoint
+        .connect(entry.addr, &entry.server_name)
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    send.write_all(&OpenRequest::inventory().encode())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut rx = QuicRx::new(recv, BytesMut::new(), "agent");
+    loop {
+        match rx.recv().await {
+            Ok(Some(Frame::Inventory(json))) => {
+                let inv = Inventory::from_json(&json).map_err(|e| e.to_string())?;
+                tracing::info!(agent = %entry.addr, node = %inv.node, guests = inv.guests.len(), "inventory");
+                pool.set_routes(idx, Some((&conn, inv)));
+                *backoff = RECONNECT_MIN;
+            }
+            Ok(Some(other)) => {
+                return Err(format!("unexpected frame on inventory stream: {other:?}"))
+            }
+            Ok(None) => return Err("agent ended the inventory stream".into()),
+            Err(c) => return Err(c.reason),
+        }
+    }
+}

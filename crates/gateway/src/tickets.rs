@@ -1,0 +1,45 @@
+//! Ticket redemption at the gateway: signature and expiry, scope, single use.
+
+use std::sync::Mutex;
+
+use vmgate_ticket::{verify, Claims, ReplayGuard, TicketError, VerifyingKey};
+
+/// Tickets remembered as used at once; a ticket lives seconds, so this is
+/// far above any real rate and only bounds memory against abuse.
+const REPLAY_CAPACITY: usize = 1_000_000;
+
+/// Checks tickets with the verifying key only: the gateway cannot mint.
+pub struct TicketCheck {
+    key: VerifyingKey,
+    replay: Mutex<ReplayGuard>,
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl TicketCheck {
+    pub fn new(key: VerifyingKey) -> TicketCheck {
+        TicketCheck {
+            key,
+            replay: Mutex::new(ReplayGuard::new(REPLAY_CAPACITY)),
+        }
+    }
+
+    /// Redeems `ticket` for one session on `guest`/`channel`. The ticket is
+    /// used up only when everything else passed, so a ticket sent to the
+    /// wrong channel by mistake still works on the right one.
+    pub fn redeem(&self, ticket: &str, guest: &str, channel: &str) -> Result<Claims, TicketError> {
+        let now = unix_now();
+        let claims = verify(&self.key, ticket, now)?;
+        claims.allows(guest, channel)?;
+        self.replay
+            .lock()
+            .expect("replay lock")
+            .redeem(&claims, now)?;
+        Ok(claims)
+    }
+}

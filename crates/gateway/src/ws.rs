@@ -1,0 +1,88 @@
+//! A client WebSocket as a side of the relay.
+//!
+//! Binary messages carry the console's bytes, unchanged. With `controls`
+//! (the vmgate console protocol) text messages carry JSON control messages:
+//! `{"type":"eof"}` both ways for a half-close, `{"type":"notice","text":…}`
+//! from the gateway. Without it (the `binary` subprotocol noVNC speaks)
+//! only binary messages are sent. A session's end is a WebSocket close
+//! frame whose code and reason say why (`vmgate_wire::CloseCode`).
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use vmgate_relay::{FrameRx, FrameTx};
+use vmgate_wire::{Close, CloseCode, Frame};
+
+/// The control message for a half-close.
+pub const EOF_MESSAGE: &str = r#"{"type":"eof"}"#;
+
+pub struct WsRx {
+    stream: SplitStream<WebSocket>,
+}
+
+pub struct WsTx {
+    sink: SplitSink<WebSocket, Message>,
+    controls: bool,
+}
+
+/// Splits a WebSocket into relay halves.
+pub fn split(ws: WebSocket, controls: bool) -> (WsRx, WsTx) {
+    let (sink, stream) = ws.split();
+    (WsRx { stream }, WsTx { sink, controls })
+}
+
+fn client_gone() -> Close {
+    Close::new(CloseCode::Normal, "client disconnected")
+}
+
+impl FrameRx for WsRx {
+    async fn recv(&mut self) -> Result<Option<Frame>, Close> {
+        loop {
+            match self.stream.next().await {
+                Some(Ok(Message::Binary(b))) => return Ok(Some(Frame::Data(b))),
+                Some(Ok(Message::Text(t))) => {
+                    if t.as_str().trim() == EOF_MESSAGE {
+                        return Ok(Some(Frame::Eof));
+                    }
+                    // Other control messages are reserved; ignoring them
+                    // lets newer clients talk to this gateway.
+                }
+                Some(Ok(Message::Close(_))) | None => {
+                    return Ok(Some(Frame::Close(Close::new(
+                        CloseCode::Normal,
+                        "client closed the session",
+                    ))))
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "client websocket error");
+                    return Err(client_gone());
+                }
+            }
+        }
+    }
+}
+
+impl FrameTx for WsTx {
+    async fn send(&mut self, frame: Frame) -> Result<(), Close> {
+        let msg = match frame {
+            Frame::Data(b) => Message::Binary(b),
+            Frame::Eof if self.controls => Message::Text(EOF_MESSAGE.into()),
+            Frame::Notice(text) if self.controls => Message::Text(
+                serde_json::json!({"type": "notice", "text": text})
+                    .to_string()
+                    .into(),
+            ),
+            Frame::Close(c) => Message::Close(Some(CloseFrame {
+                code: c.code as u16,
+                reason: c.reason.into(),
+            })),
+            _ => return Ok(()),
+        };
+        self.sink.send(msg).await.map_err(|_| client_gone())
+    }
+
+    async fn finish(&mut self) {
+        let _ = self.sink.close().await;
+    }
+}

@@ -1,0 +1,108 @@
+#!/bin/sh
+# /init of the vmgate test guest (busybox sh, PID 1).
+#
+# Every loop here must block or back off: the guest has to stay near 0% host CPU while
+# idle, because tests and benchmarks run beside it on the same cores, and under TCG
+# each guest wake-up costs milliseconds of host time.
+
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+export HOME=/root TERM=linux PS1='guest# '
+umask 022
+cd /
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+# debugfs shows whether a host client is attached to a virtio-serial port (see below).
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+mkdir -p /run /tmp /root
+hostname testguest
+
+# Dependency order; a module that is built into the kernel has no file and is skipped.
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_console; do
+    if [ -f "/lib/modules/$m.ko" ]; then
+        insmod "/lib/modules/$m.ko" || echo "vmgate-guest: insmod $m failed" >/dev/ttyS0
+    fi
+done
+
+# A sleep that forks nothing: `read -t` on a FIFO nobody writes to just times out.
+# Forking `sleep` (or `cat`) several times a second costs several percent of a host core.
+mkfifo /run/nap
+
+# True when a host client is connected to the port, per virtio_console's debugfs file.
+# Without debugfs, answer "connected" and let the caller's back-off take over.
+host_connected() {
+    [ -r "$1" ] || return 0
+    while read -r key value; do
+        if [ "$key" = host_connected: ]; then
+            [ "$value" = 1 ]
+            return
+        fi
+    done <"$1"
+    return 0
+}
+
+# Echoes every byte on a port back. The port stays open (fd 3) for the guest's whole life;
+# while a host client is connected `cat` blocks in read, and once the client leaves a read
+# returns EOF at once, so the loop polls the connection state five times a second without
+# forking until a client comes back.
+echo_port() {
+    exec 3<>"/dev/$1" 4<>/run/nap
+    while true; do
+        if host_connected "/sys/kernel/debug/virtio-ports/$1"; then
+            cat <&3 >&3
+        fi
+        read -t 0.2 _ <&4
+    done
+}
+
+channels=
+for port in /sys/class/virtio-ports/*; do
+    [ -r "$port/name" ] || continue
+    read -r name <"$port/name"
+    dev=${port##*/}
+    channels="$channels $name"
+    echo "vmgate-guest: channel $name on /dev/$dev" >/dev/ttyS0
+    case "$name" in
+        test.echo) echo_port "$dev" & ;;
+    esac
+done
+
+# The VGA console shows only static text, so screenshots of a booted guest compare equal:
+# clear it, hide the blinking cursor, never blank it (consoleblank=0 on the command line).
+printf '\033[2J\033[H\033[?25l' >/dev/tty1
+cat >/dev/tty1 <<BANNER
+vmgate test guest
+=================
+
+hostname: testguest
+serial:   ttyS0 (shell)
+channels:${channels:- none}
+(channel test.echo echoes every byte back)
+
+BANNER
+
+# Starts "$@" detached, with default signal handling. A plain `&` will not do for the
+# shells: a shell without job control (like this one) starts background jobs with SIGINT
+# and SIGQUIT ignored, ash keeps a signal ignored on entry ignored for good, and so Ctrl-C
+# would never interrupt anything. Run in the foreground instead, the first setsid becomes
+# a process group leader, which makes the second fork, return at once and leave its child
+# running in a new session.
+detach() {
+    setsid setsid "$@"
+}
+
+# A shell with the tty as its controlling terminal (setsid -c), so Ctrl-C reaches the
+# foreground job; /dev/console can never be a controlling terminal, hence the real ttys.
+# The loop respawns the shell after `exit`, at most once a second.
+for tty in ttyS0 tty1; do
+    detach sh -c 'while true; do setsid -c sh -i <>"/dev/$1" >&0 2>&1; sleep 1; done' shell "$tty"
+done
+
+echo vmgate-guest-ready >/dev/ttyS0
+
+# PID 1 must never exit; `wait` blocks on the background loops and reaps orphans.
+while true; do
+    wait
+    sleep 60
+done

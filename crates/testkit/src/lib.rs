@@ -1,0 +1,44 @@
+//! vmgate's test-guest kit: builds a tiny bootable Linux guest from Debian packages and
+//! boots it under QEMU with every endpoint on a unix socket, for tests, benchmarks and the
+//! demo.
+//!
+//! This crate owns the guest: its image (a Debian cloud kernel, six virtio modules and a
+//! busybox initramfs whose `/init` lives in `guest-init.sh`), the cache that keeps it, and
+//! the QEMU command line that exposes QMP, the serial port, VNC and virtio-serial channels.
+//!
+//! ```no_run
+//! use vmgate_testkit::{build_image, default_cache_dir, BootOptions, Guest};
+//! # fn main() -> Result<(), vmgate_testkit::KitError> {
+//! let image = build_image(&default_cache_dir())?;
+//! let guest = Guest::boot(&image, &BootOptions::new("demo", "/tmp/vmgate-demo"))?;
+//! let serial = guest.serial_ready(std::time::Duration::from_secs(30))?;
+//! # drop(serial);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The guest, once booted, runs a root shell on the serial port and on the VGA console
+//! (prompt [`PROMPT`]), echoes every byte on the [`ECHO_CHANNEL`] port, shows a static
+//! screen, and stays near 0% host CPU while idle.
+//!
+//! Host needs: `apt-get install qemu-system-x86 busybox-static cpio`, and apt package lists
+//! (`apt-get update`) for the first build.
+
+#![forbid(unsafe_code)]
+
+mod error;
+mod guest;
+mod host;
+mod image;
+mod stream;
+
+pub use error::{KitError, INSTALL_HINT};
+pub use guest::{
+    process_cpu_time, BootOptions, Guest, ECHO_CHANNEL, KERNEL_CMDLINE, PROMPT, QEMU_BINARY,
+    READY_MARKER, SOCKET_DEADLINE,
+};
+pub use image::{
+    build_image, default_cache_dir, GuestImage, GUEST_MODULES, IMAGE_VERSION, INIT_SCRIPT,
+    KERNEL_METAPACKAGE,
+};
+pub use stream::wait_for_output;

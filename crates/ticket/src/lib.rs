@@ -1,0 +1,32 @@
+//! Console tickets: short-lived, scoped, single-use capabilities that
+//! authorize one console session on one guest.
+//!
+//! This crate owns the ticket format and every check made on it:
+//!
+//! - [`Claims`]: what a ticket grants (guest, channels, mode, deadlines);
+//! - [`SigningKey`] / [`VerifyingKey`]: the Ed25519 key pair and its PEM files.
+//!   Only the management plane holds the signing key; the gateway holds the
+//!   verifying key, so a compromised gateway can check tickets but never mint
+//!   them;
+//! - [`mint`] / [`verify`]: the wire format
+//!   `vt1.<base64url(claims JSON)>.<base64url(signature)>`;
+//! - [`ReplayGuard`]: the in-process single-use check, plus [`replay_key`] and
+//!   [`replay_ttl`] for a shared store.
+//!
+//! It is sans-IO apart from key-file helpers: verification never reads the
+//! clock, the caller passes `now` as unix seconds, so behaviour at any instant
+//! is reproducible in tests.
+
+#![forbid(unsafe_code)]
+
+mod claims;
+mod error;
+mod key;
+mod replay;
+mod token;
+
+pub use claims::{Claims, Mode, VERSION};
+pub use error::{KeyError, TicketError};
+pub use key::{SigningKey, VerifyingKey, Zeroizing};
+pub use replay::{replay_key, replay_ttl, ReplayGuard};
+pub use token::{mint, verify, MAX_TICKET_LEN, PREFIX};

@@ -1,0 +1,164 @@
+//! `vmgate console`: a guest's serial console in this terminal.
+//!
+//! With a terminal on stdin it switches it to raw mode (every key goes to the
+//! guest, Ctrl+] detaches) and restores it on every way out: detach, the
+//! session closing, an error, a signal, a panic (the guard's `Drop`). With a
+//! pipe on stdin it sends the input, then stays until the guest's output has
+//! been quiet for [`LINGER`], so `echo cmd | vmgate console g` shows the
+//! answer.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::Result;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::Ws;
+
+/// Ctrl+]: the escape key, as in telnet and `virsh console`.
+pub const ESCAPE: u8 = 0x1d;
+/// After stdin (a pipe) ends: how long output must be quiet before leaving.
+pub const LINGER: Duration = Duration::from_secs(1);
+
+/// How a console session ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The user pressed Ctrl+], or piped input ended.
+    Detached,
+    /// A signal asked us to stop.
+    Signal,
+    /// The gateway closed the session: code and reason.
+    Closed(u16, String),
+    /// The connection broke without a close frame.
+    Lost(String),
+}
+
+impl Ended {
+    /// The exit code: 0 for a normal end, 1 when the session was refused or
+    /// ended by an error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Ended::Detached | Ended::Signal => 0,
+            Ended::Closed(code, _) if *code == 1000 => 0,
+            _ => 1,
+        }
+    }
+}
+
+/// Restores the terminal when dropped.
+struct RawMode;
+
+impl RawMode {
+    fn enable() -> Result<RawMode> {
+        crossterm::terminal::enable_raw_mode()?;
+        Ok(RawMode)
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = crossterm::terminal::disable_raw_mode();
+    }
+}
+
+/// Runs the session until it ends; the terminal is restored on return.
+pub async fn run(ws: Ws, what: &str) -> Result<Ended> {
+    let tty = std::io::stdin().is_terminal();
+    let raw = if tty { Some(RawMode::enable()?) } else { None };
+    let nl = if tty { "\r\n" } else { "\n" };
+    eprint!("[vmgate] connected to {what}; escape character is ^]{nl}");
+    let ended = pump(ws, tty, nl).await;
+    drop(raw);
+    match &ended {
+        Ended::Detached => eprintln!("\n[vmgate] detached"),
+        Ended::Signal => eprintln!("\n[vmgate] stopped by a signal"),
+        Ended::Closed(code, reason) => eprintln!("\n[vmgate] session closed: {reason} ({code})"),
+        Ended::Lost(e) => eprintln!("\n[vmgate] connection lost: {e}"),
+    }
+    Ok(ended)
+}
+
+async fn pump(ws: Ws, tty: bool, nl: &str) -> Ended {
+    let (mut sink, mut stream) = ws.split();
+    let mut stdin = tokio::io::stdin();
+    let mut stdout = tokio::io::stdout();
+    let mut buf = vec![0u8; 4096];
+    let mut stdin_open = true;
+    let linger = tokio::time::sleep(Duration::MAX / 4);
+    tokio::pin!(linger);
+    let mut lingering = false;
+    let (mut term, mut hup, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+        _ => return Ended::Lost("cannot install signal handlers".into()),
+    };
+    let ended = loop {
+        tokio::select! {
+            n = stdin.read(&mut buf), if stdin_open => match n {
+                Ok(0) | Err(_) => {
+                    stdin_open = false;
+                    lingering = true;
+                    linger.as_mut().reset(tokio::time::Instant::now() + LINGER);
+                }
+                Ok(n) => {
+                    let input = &buf[..n];
+                    let escape = if tty { input.iter().position(|&b| b == ESCAPE) } else { None };
+                    let send = &input[..escape.unwrap_or(n)];
+                    if !send.is_empty() && sink.send(Message::binary(send.to_vec())).await.is_err() {
+                        break Ended::Lost("sending to the gateway failed".into());
+                    }
+                    if escape.is_some() {
+                        break Ended::Detached;
+                    }
+                }
+            },
+            msg = stream.next() => match msg {
+                Some(Ok(Message::Binary(b))) => {
+                    if stdout.write_all(&b).await.is_err() || stdout.flush().await.is_err() {
+                        break Ended::Lost("stdout closed".into());
+                    }
+                    if lingering {
+                        linger.as_mut().reset(tokio::time::Instant::now() + LINGER);
+                    }
+                }
+                Some(Ok(Message::Text(t))) => {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(t.as_str()) {
+                        if let Some(text) = v.get("text").and_then(|t| t.as_str()) {
+                            eprint!("{nl}[vmgate] {text}{nl}");
+                        }
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    break match frame {
+                        Some(f) => Ended::Closed(f.code.into(), f.reason.to_string()),
+                        None => Ended::Closed(1005, "closed without a reason".into()),
+                    };
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break Ended::Lost(e.to_string()),
+                None => break Ended::Lost("the gateway closed the connection".into()),
+            },
+            _ = &mut linger, if lingering => break Ended::Detached,
+            _ = term.recv() => break Ended::Signal,
+            _ = hup.recv() => break Ended::Signal,
+            _ = int.recv() => break Ended::Signal,
+        }
+    };
+    if matches!(ended, Ended::Detached | Ended::Signal) {
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code: WsCode::Normal,
+                reason: "detached".into(),
+            })))
+            .await;
+    }
+    ended
+}

@@ -1,0 +1,9 @@
+//! The `vmgate` command: agent, gateway, demo and the client commands, as
+//! thin wiring over the component crates.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod console;
+pub mod demo;
+pub mod state;
+pub mod tickets;

@@ -1,0 +1,227 @@
+//! `vmgate`: parses flags, starts tracing, runs one subcommand.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use vmgate::state::State;
+use vmgate::tickets::{self, TicketRequest};
+
+#[derive(Parser)]
+#[command(
+    name = "vmgate",
+    version,
+    about = "Console gateway for QEMU/KVM guests"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the node agent (one per hypervisor node).
+    Agent {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a gateway (off-node, internet-facing).
+    Gateway {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Boot the test guest behind an agent and a gateway, all in one process.
+    Demo {
+        #[command(flatten)]
+        state: StateArg,
+        /// Address of the gateway's HTTPS listener.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+    },
+    /// Mint a ticket and print its URL.
+    Ticket(TicketArgs),
+    /// Attach this terminal to a guest's serial console (Ctrl+] detaches).
+    Console(ConsoleArgs),
+}
+
+#[derive(Args)]
+struct StateArg {
+    /// Where the demo keeps keys, certificates and the gateway address.
+    #[arg(long, env = "VMGATE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct TicketArgs {
+    guest: String,
+    /// A channel the ticket opens (repeat for several): serial0, vnc, a port name.
+    #[arg(long = "channel", default_value = "serial0")]
+    channels: Vec<String>,
+    /// Watch only: the gateway and agent drop this session's input.
+    #[arg(long)]
+    read_only: bool,
+    /// How long the ticket may be redeemed (e.g. 60s, 5m).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// Longest session the ticket allows.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    max_session: Option<Duration>,
+    /// Print one JSON object: url, ws_url, ticket, expires_at.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    state: StateArg,
+}
+
+#[derive(Args)]
+struct ConsoleArgs {
+    /// The guest (not needed with --url).
+    guest: Option<String>,
+    #[arg(long, default_value = "serial0")]
+    channel: String,
+    /// A ticket URL to use instead of minting one.
+    #[arg(long)]
+    url: Option<String>,
+    /// Watch only.
+    #[arg(long)]
+    read_only: bool,
+    /// Take the keyboard over from the session holding it.
+    #[arg(long)]
+    force: bool,
+    /// CA certificate to trust for the gateway (default: the state dir's).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    #[command(flatten)]
+    state: StateArg,
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VMGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn until_signal(shutdown: CancellationToken) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}
+
+async fn run(cli: Cli) -> Result<i32> {
+    match cli.cmd {
+        Cmd::Agent { config } => {
+            let cfg = vmgate_agent::AgentConfig::load(&config)?;
+            let shutdown = CancellationToken::new();
+            let agent = vmgate_agent::Agent::bind(cfg)?;
+            tokio::spawn(until_signal(shutdown.clone()));
+            agent.run(shutdown).await;
+            Ok(0)
+        }
+        Cmd::Gateway { config } => {
+            let cfg = vmgate_gateway::GatewayConfig::load(&config)?;
+            let shutdown = CancellationToken::new();
+            let gw = vmgate_gateway::Gateway::bind(cfg, shutdown.clone()).await?;
+            tokio::spawn(until_signal(shutdown.clone()));
+            gw.run().await;
+            Ok(0)
+        }
+        Cmd::Demo { state, listen } => {
+            vmgate::demo::run(vmgate::demo::DemoOptions {
+                state_dir: vmgate::state::resolve(state.state_dir),
+                listen,
+            })
+            .await?;
+            Ok(0)
+        }
+        Cmd::Ticket(a) => {
+            let state = State::new(vmgate::state::resolve(a.state.state_dir));
+            let minted = tickets::mint(
+                &state,
+                &TicketRequest {
+                    guest: a.guest,
+                    channels: a.channels,
+                    mode: mode(a.read_only),
+                    ttl: a.ttl,
+                    max_session: a.max_session,
+                },
+            )?;
+            if a.json {
+                println!("{}", serde_json::to_string(&minted)?);
+            } else {
+                println!("{}", minted.url);
+            }
+            Ok(0)
+        }
+        Cmd::Console(a) => {
+            let state = State::new(vmgate::state::resolve(a.state.state_dir));
+            let ws_url = match (&a.url, &a.guest) {
+                (Some(url), _) => tickets::ws_url_from(url, Some(&a.channel))?,
+                (None, Some(guest)) => {
+                    tickets::mint(
+                        &state,
+                        &TicketRequest {
+                            guest: guest.clone(),
+                            channels: vec![a.channel.clone()],
+                            mode: mode(a.read_only),
+                            ttl: Duration::from_secs(60),
+                            max_session: None,
+                        },
+                    )?
+                    .ws_url
+                }
+                (None, None) => anyhow::bail!("name a guest, or pass --url with a ticket URL"),
+            };
+            let ws_url = if a.force {
+                format!("{ws_url}&force=true")
+            } else {
+                ws_url
+            };
+            let ca = a.ca.unwrap_or_else(|| state.public_ca());
+            let ws = vmgate::client::connect(&ws_url, &ca).await?;
+            let what = a.guest.as_deref().unwrap_or("the guest").to_string();
+            let ended = vmgate::console::run(ws, &format!("{what} ({})", a.channel)).await?;
+            Ok(ended.exit_code())
+        }
+    }
+}
+
+fn mode(read_only: bool) -> vmgate_ticket::Mode {
+    if read_only {
+        vmgate_ticket::Mode::ReadOnly
+    } else {
+        vmgate_ticket::Mode::Interactive
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let service = matches!(
+        cli.cmd,
+        Cmd::Agent { .. } | Cmd::Gateway { .. } | Cmd::Demo { .. }
+    );
+    init_tracing(if service { "info" } else { "warn" });
+    let rt = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
+    let code = match rt.block_on(run(cli)).context("vmgate") {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    // The stdin reader thread may still be blocked in read(2): leave without
+    // waiting for it (the terminal is already restored).
+    rt.shutdown_timeout(Duration::from_millis(100));
+    std::process::exit(code);
+}
