@@ -75,6 +75,8 @@ impl State {
         internal.issue_to(&self.dir, "agent", &["localhost", "127.0.0.1"])?;
         internal.issue_to(&self.dir, "gateway-internal", &["vmgate-gateway"])?;
         if !self.signing_key().exists() {
+            // A verifying key without its signing key is stale.
+            let _ = std::fs::remove_file(self.path("ticket.pub"));
             let key = vmgate_ticket::SigningKey::generate();
             key.save(self.signing_key())?;
             key.verifying_key().save(self.path("ticket.pub"))?;

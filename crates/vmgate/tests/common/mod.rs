@@ -1,0 +1,378 @@
+//! The end-to-end harness: a real test guest under QEMU, `vmgate agent` and
+//! `vmgate gateway` as separate processes talking QUIC with mutual TLS, and
+//! clients going through the gateway's real TLS listener.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use vmgate::client::Ws;
+use vmgate::state::{write_toml, GatewayInfo, State};
+use vmgate::tickets::{mint, Minted, TicketRequest};
+use vmgate_testkit::{BootOptions, Guest};
+
+/// Generous: TCG guests on two loaded cores are slow, and a deadline here
+/// only bounds a failing test, it never decides a passing one.
+pub const WAIT: Duration = Duration::from_secs(40);
+
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub state: State,
+    pub guest: Guest,
+    pub agent_addr: SocketAddr,
+    pub gw_addr: SocketAddr,
+    agent: Option<Child>,
+    gateway: Option<Child>,
+}
+
+fn free_udp() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn free_tcp() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn spawn(args: &[&str], log: PathBuf) -> Child {
+    let log = std::fs::File::create(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_vmgate"))
+        .args(args)
+        .env("VMGATE_LOG", "info,vmgate_agent=debug")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawning vmgate")
+}
+
+impl Stack {
+    /// Boots a guest named `demo`, starts an agent and a gateway for it, and
+    /// waits until the gateway routes the guest.
+    pub async fn start() -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::new(dir.path().join("state"));
+        state.init().unwrap();
+        let image = tokio::task::spawn_blocking(|| {
+            vmgate_testkit::build_image(&vmgate_testkit::default_cache_dir())
+        })
+        .await
+        .unwrap()
+        .expect("building the test guest");
+        let run = dir.path().join("guest");
+        std::fs::create_dir_all(&run).unwrap();
+        let guest = Guest::boot(&image, &BootOptions::new("demo", &run)).expect("booting");
+        let agent_addr = free_udp();
+        let gw_addr = free_tcp();
+        let agent_cfg = state.agent_config(agent_addr, vec![vmgate::demo::guest_config(&guest)]);
+        write_toml(&state.path("agent.toml"), &agent_cfg).unwrap();
+        let gw_cfg = state.gateway_config(gw_addr, &[agent_addr]);
+        write_toml(&state.path("gateway.toml"), &gw_cfg).unwrap();
+        state
+            .write_gateway_info(&GatewayInfo {
+                url: format!("https://{gw_addr}"),
+            })
+            .unwrap();
+        let mut stack = Stack {
+            dir,
+            state,
+            guest,
+            agent_addr,
+            gw_addr,
+            agent: None,
+            gateway: None,
+        };
+        stack.start_agent();
+        stack.gateway = Some(spawn(
+            &[
+                "gateway",
+                "--config",
+                stack.state.path("gateway.toml").to_str().unwrap(),
+            ],
+            stack.dir.path().join("gateway.log"),
+        ));
+        stack.wait_routable().await;
+        // Input typed before the guest's shell runs is lost, so tests start
+        // once the prompt is there (the agent's scrollback has the boot).
+        let t = stack.ticket("demo", &["serial0"], true);
+        Session::new(stack.connect(&t.ws_url).await)
+            .expect_booted(0)
+            .await;
+        stack
+    }
+
+    pub fn start_agent(&mut self) {
+        self.agent = Some(spawn(
+            &[
+                "agent",
+                "--config",
+                self.state.path("agent.toml").to_str().unwrap(),
+            ],
+            self.dir.path().join("agent.log"),
+        ));
+    }
+
+    pub fn kill_agent(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+    }
+
+    /// The serial console's log file on the agent.
+    pub fn console_log(&self) -> String {
+        std::fs::read_to_string(self.state.logs().join("demo.serial0.log")).unwrap_or_default()
+    }
+
+    pub fn ticket(&self, guest: &str, channels: &[&str], read_only: bool) -> Minted {
+        self.ticket_with(guest, channels, read_only, Duration::from_secs(60), None)
+    }
+
+    pub fn ticket_with(
+        &self,
+        guest: &str,
+        channels: &[&str],
+        read_only: bool,
+        ttl: Duration,
+        max_session: Option<Duration>,
+    ) -> Minted {
+        mint(
+            &self.state,
+            &TicketRequest {
+                guest: guest.into(),
+                channels: channels.iter().map(|c| c.to_string()).collect(),
+                mode: if read_only {
+                    vmgate_ticket::Mode::ReadOnly
+                } else {
+                    vmgate_ticket::Mode::Interactive
+                },
+                ttl,
+                max_session,
+            },
+        )
+        .unwrap()
+    }
+
+    /// A WebSocket to `url` through the gateway's TLS listener.
+    pub async fn connect(&self, url: &str) -> Ws {
+        vmgate::client::connect(url, &self.state.public_ca())
+            .await
+            .expect("connecting to the gateway")
+    }
+
+    /// Opens an interactive serial session.
+    pub async fn serial(&self) -> Session {
+        let t = self.ticket("demo", &["serial0"], false);
+        Session::new(self.connect(&t.ws_url).await)
+    }
+
+    /// Waits until the gateway routes `demo` to a live agent.
+    pub async fn wait_routable(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let t = self.ticket("demo", &["serial0"], true);
+            // The gateway process may not listen yet.
+            if let Ok(ws) = vmgate::client::connect(&t.ws_url, &self.state.public_ca()).await {
+                let mut s = Session::new(ws);
+                match s.next_event(Duration::from_secs(10)).await {
+                    Event::Closed(code, _) if code == 4404 || code == 4502 || code == 4410 => {}
+                    Event::Closed(code, reason) => panic!("probe refused: {code} {reason}"),
+                    _ => return,
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gateway never routed the guest; gateway log:\n{}\nagent log:\n{}",
+                self.log("gateway.log"),
+                self.log("agent.log")
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for c in [self.agent.take(), self.gateway.take()]
+            .into_iter()
+            .flatten()
+        {
+            let mut c = c;
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.guest.kill();
+    }
+}
+
+/// What a client saw next.
+#[derive(Debug)]
+pub enum Event {
+    Data(Vec<u8>),
+    Notice(String),
+    Eof,
+    Closed(u16, String),
+    Timeout,
+}
+
+/// A console WebSocket with everything it received so far.
+pub struct Session {
+    pub ws: Ws,
+    /// All console bytes received.
+    pub output: Vec<u8>,
+    pub notices: Vec<String>,
+    pub closed: Option<(u16, String)>,
+}
+
+impl Session {
+    pub fn new(ws: Ws) -> Session {
+        Session {
+            ws,
+            output: Vec::new(),
+            notices: Vec::new(),
+            closed: None,
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.ws
+            .send(Message::binary(bytes.to_vec()))
+            .await
+            .expect("sending to the gateway");
+    }
+
+    pub async fn next_event(&mut self, wait: Duration) -> Event {
+        if let Some((c, r)) = &self.closed {
+            return Event::Closed(*c, r.clone());
+        }
+        let msg = match tokio::time::timeout(wait, self.ws.next()).await {
+            Err(_) => return Event::Timeout,
+            Ok(m) => m,
+        };
+        let ev = match msg {
+            Some(Ok(Message::Binary(b))) => {
+                self.output.extend_from_slice(&b);
+                Event::Data(b.to_vec())
+            }
+            Some(Ok(Message::Text(t))) => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                match v["type"].as_str() {
+                    Some("eof") => Event::Eof,
+                    _ => {
+                        let text = v["text"].as_str().unwrap_or_default().to_string();
+                        self.notices.push(text.clone());
+                        Event::Notice(text)
+                    }
+                }
+            }
+            Some(Ok(Message::Close(f))) => {
+                let (c, r) = f
+                    .map(|f| (u16::from(f.code), f.reason.to_string()))
+                    .unwrap_or((1005, String::new()));
+                self.closed = Some((c, r.clone()));
+                Event::Closed(c, r)
+            }
+            Some(Ok(_)) => return Box::pin(self.next_event(wait)).await,
+            Some(Err(e)) => {
+                self.closed = Some((1006, e.to_string()));
+                Event::Closed(1006, e.to_string())
+            }
+            None => {
+                self.closed = Some((1006, "stream ended".into()));
+                Event::Closed(1006, "stream ended".into())
+            }
+        };
+        ev
+    }
+
+    /// Reads until the output contains `needle`; panics with what came
+    /// instead after [`WAIT`].
+    pub async fn expect(&mut self, needle: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !String::from_utf8_lossy(&self.output).contains(needle) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_event(left).await {
+                Event::Timeout => panic!(
+                    "no {needle:?} within {WAIT:?}; output so far:\n{}",
+                    String::from_utf8_lossy(&self.output)
+                ),
+                Event::Closed(c, r) => panic!(
+                    "session closed ({c} {r}) before {needle:?}; output:\n{}",
+                    String::from_utf8_lossy(&self.output)
+                ),
+                _ => {}
+            }
+        }
+    }
+
+    /// Reads until `needle` appears in the output at or after byte `from`;
+    /// returns the offset just past it.
+    pub async fn expect_since(&mut self, from: usize, needle: &str) -> usize {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let text = &self.output[from.min(self.output.len())..];
+            if let Some(i) = text
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+            {
+                return from + i + needle.len();
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_event(left).await {
+                Event::Timeout | Event::Closed(..) => {
+                    panic!("no {needle:?} after byte {from}; output:\n{}", self.text())
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Reads until the guest's shell prompt follows a fresh boot's ready line
+    /// (one printed at or after byte `from`).
+    pub async fn expect_booted(&mut self, from: usize) {
+        let ready = self.expect_since(from, "vmgate-guest-ready").await;
+        self.expect_since(ready, "guest# ").await;
+    }
+
+    /// Reads until a notice containing `needle` arrives.
+    pub async fn expect_notice(&mut self, needle: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !self.notices.iter().any(|n| n.contains(needle)) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_event(left).await {
+                Event::Timeout | Event::Closed(..) => {
+                    panic!("no notice {needle:?}; notices: {:?}", self.notices)
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Reads until the session closes; returns its code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        loop {
+            match self.next_event(WAIT).await {
+                Event::Closed(c, r) => return (c, r),
+                Event::Timeout => panic!("session did not close within {WAIT:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.output).into_owned()
+    }
+}
