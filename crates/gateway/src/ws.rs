@@ -5,7 +5,8 @@
 //! `{"type":"eof"}` both ways for a half-close, `{"type":"notice","text":…}`
 //! from the gateway. Without it (the `binary` subprotocol noVNC speaks)
 //! only binary messages are sent. A session's end is a WebSocket close
-//! frame whose code and reason say why (`vmgate_wire::CloseCode`).
+//! frame whose code and reason say why (`vmgate_wire::CloseCode`); after
+//! EOF both ways it is 1000 "session ended".
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
@@ -23,12 +24,21 @@ pub struct WsRx {
 pub struct WsTx {
     sink: SplitSink<WebSocket, Message>,
     controls: bool,
+    /// A close frame went out; otherwise `finish` sends a normal one.
+    closed: bool,
 }
 
 /// Splits a WebSocket into relay halves.
 pub fn split(ws: WebSocket, controls: bool) -> (WsRx, WsTx) {
     let (sink, stream) = ws.split();
-    (WsRx { stream }, WsTx { sink, controls })
+    (
+        WsRx { stream },
+        WsTx {
+            sink,
+            controls,
+            closed: false,
+        },
+    )
 }
 
 fn client_gone() -> Close {
@@ -73,16 +83,32 @@ impl FrameTx for WsTx {
                     .to_string()
                     .into(),
             ),
-            Frame::Close(c) => Message::Close(Some(CloseFrame {
-                code: c.code as u16,
-                reason: c.reason.into(),
-            })),
+            Frame::Close(c) => {
+                self.closed = true;
+                Message::Close(Some(CloseFrame {
+                    code: c.code as u16,
+                    reason: c.reason.into(),
+                }))
+            }
             _ => return Ok(()),
         };
         self.sink.send(msg).await.map_err(|_| client_gone())
     }
 
     async fn finish(&mut self) {
+        // Both directions ended with EOF: the session is over, normally.
+        // Say so with a code, so clients need not guess from a bare close.
+        if !self.closed {
+            self.closed = true;
+            let normal = Close::normal();
+            let _ = self
+                .sink
+                .send(Message::Close(Some(CloseFrame {
+                    code: normal.code as u16,
+                    reason: normal.reason.into(),
+                })))
+                .await;
+        }
         let _ = self.sink.close().await;
     }
 }

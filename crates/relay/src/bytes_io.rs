@@ -2,12 +2,35 @@
 //!
 //! A byte stream has no frames: reads become Data, end of stream becomes
 //! Eof; Eof sent to it shuts its write half; notices have nowhere to go.
+//! A stream that knows better than "end of stream" why it ended (a guest
+//! channel whose QEMU went away) fails its read with a [`CloseError`],
+//! which is passed on as that Close.
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use vmgate_wire::{Close, CloseCode, Frame};
 
 use crate::{FrameRx, FrameTx, READ_CHUNK};
+
+/// An I/O error that carries the Close to give the other side, for streams
+/// that know why they ended (see the module doc).
+#[derive(Debug)]
+pub struct CloseError(pub Close);
+
+impl std::fmt::Display for CloseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for CloseError {}
+
+impl CloseError {
+    /// As an `io::Error`, to return from `poll_read`.
+    pub fn io(close: Close) -> std::io::Error {
+        std::io::Error::other(CloseError(close))
+    }
+}
 
 /// Reads a byte stream as Data frames.
 pub struct ByteRx<R> {
@@ -42,10 +65,13 @@ impl<R: AsyncRead + Unpin + Send> FrameRx for ByteRx<R> {
                 Ok(Some(Frame::Eof))
             }
             Ok(_) => Ok(Some(Frame::Data(self.buf.split().freeze()))),
-            Err(e) => Err(Close::new(
-                CloseCode::BackendError,
-                format!("reading {}: {e}", self.what),
-            )),
+            Err(e) => match e.get_ref().and_then(|i| i.downcast_ref::<CloseError>()) {
+                Some(CloseError(close)) => Err(close.clone()),
+                None => Err(Close::new(
+                    CloseCode::BackendError,
+                    format!("reading {}: {e}", self.what),
+                )),
+            },
         }
     }
 }

@@ -6,8 +6,11 @@
 //! * **backpressure**: a pump sends a frame before it reads the next, so at
 //!   most one read buffer per direction is in flight; a slow reader slows
 //!   its writer down, never grows a queue;
-//! * **half-close**: `Eof` in one direction ends that pump only; the other
-//!   goes on until it too ends;
+//! * **half-close**: `Eof` in one direction ends that direction only; the
+//!   other goes on until it too ends. The side that sent `Eof` is still
+//!   listened to, for a `Close` or a failure (a client that half-closed may
+//!   still hang up, and that must end the session); data after its `Eof` is
+//!   dropped;
 //! * **close**: a `Close` frame, a failure on either side, or the `stop`
 //!   future ends both pumps, and the side that did not cause it is told why.
 //!
@@ -22,6 +25,7 @@ pub mod quic;
 use std::future::Future;
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use vmgate_wire::{Close, Frame};
 
 /// Bytes read from a socket in one go, and so the largest Data frame the
@@ -59,8 +63,6 @@ pub struct Outcome {
 }
 
 enum PumpEnd {
-    /// The receiving side half-closed; the Eof was passed on.
-    Eof,
     /// The receiving side sent a Close; it was passed on.
     Closed(Close),
     /// The receiving side broke.
@@ -69,29 +71,55 @@ enum PumpEnd {
     TxFailed(Close),
 }
 
-async fn pump(rx: &mut impl FrameRx, tx: &mut impl FrameTx, count: &mut u64) -> PumpEnd {
+/// Carries one direction. When its side half-closes, the Eof is passed on
+/// and reported through `eof`; the pump then only watches that side for a
+/// Close or a failure, and returns only for those.
+async fn pump(
+    rx: &mut impl FrameRx,
+    tx: &mut impl FrameTx,
+    count: &mut u64,
+    eof: oneshot::Sender<()>,
+) -> PumpEnd {
     loop {
         let frame = match rx.recv().await {
             Ok(Some(f)) => f,
             Ok(None) => Frame::Eof,
             Err(c) => return PumpEnd::RxFailed(c),
         };
-        let end = match &frame {
+        let (half_closed, end) = match &frame {
             Frame::Data(d) => {
                 *count += d.len() as u64;
-                None
+                (false, None)
             }
-            Frame::Eof => Some(PumpEnd::Eof),
-            Frame::Close(c) => Some(PumpEnd::Closed(c.clone())),
+            Frame::Eof => (true, None),
+            Frame::Close(c) => (false, Some(PumpEnd::Closed(c.clone()))),
             // Session-opening frames mean nothing mid-session.
             Frame::Opened | Frame::Inventory(_) => continue,
-            Frame::Notice(_) => None,
+            Frame::Notice(_) => (false, None),
         };
         if let Err(c) = tx.send(frame).await {
             return PumpEnd::TxFailed(c);
         }
         if let Some(end) = end {
             return end;
+        }
+        if half_closed {
+            break;
+        }
+    }
+    let _ = eof.send(());
+    loop {
+        match rx.recv().await {
+            // Ended cleanly: nothing more can come from this side.
+            Ok(None) => return std::future::pending().await,
+            Ok(Some(Frame::Close(c))) => {
+                if let Err(c) = tx.send(Frame::Close(c.clone())).await {
+                    return PumpEnd::TxFailed(c);
+                }
+                return PumpEnd::Closed(c);
+            }
+            Ok(Some(_)) => {}
+            Err(c) => return PumpEnd::RxFailed(c),
         }
     }
 }
@@ -108,26 +136,28 @@ pub async fn relay(
     let (mut a_to_b, mut b_to_a) = (0, 0);
     // (close for A, close for B, the session's close)
     let (to_a, to_b, close) = {
-        let ab = pump(&mut a_rx, &mut b_tx, &mut a_to_b);
-        let ba = pump(&mut b_rx, &mut a_tx, &mut b_to_a);
+        let (ab_eof_tx, mut ab_eof) = oneshot::channel();
+        let (ba_eof_tx, mut ba_eof) = oneshot::channel();
+        let ab = pump(&mut a_rx, &mut b_tx, &mut a_to_b, ab_eof_tx);
+        let ba = pump(&mut b_rx, &mut a_tx, &mut b_to_a, ba_eof_tx);
         tokio::pin!(ab, ba, stop);
         let (mut ab_done, mut ba_done) = (false, false);
         loop {
             tokio::select! {
-                end = &mut ab, if !ab_done => match end {
-                    PumpEnd::Eof => {
-                        ab_done = true;
-                        if ba_done { break (None, None, Close::normal()); }
-                    }
+                Ok(()) = &mut ab_eof, if !ab_done => {
+                    ab_done = true;
+                    if ba_done { break (None, None, Close::normal()); }
+                }
+                Ok(()) = &mut ba_eof, if !ba_done => {
+                    ba_done = true;
+                    if ab_done { break (None, None, Close::normal()); }
+                }
+                end = &mut ab => match end {
                     PumpEnd::Closed(c) => break (None, None, c),
                     PumpEnd::RxFailed(c) => break (None, Some(c.clone()), c),
                     PumpEnd::TxFailed(c) => break (Some(c.clone()), None, c),
                 },
-                end = &mut ba, if !ba_done => match end {
-                    PumpEnd::Eof => {
-                        ba_done = true;
-                        if ab_done { break (None, None, Close::normal()); }
-                    }
+                end = &mut ba => match end {
                     PumpEnd::Closed(c) => break (None, None, c),
                     PumpEnd::RxFailed(c) => break (Some(c.clone()), None, c),
                     PumpEnd::TxFailed(c) => break (None, Some(c.clone()), c),
@@ -219,6 +249,27 @@ mod tests {
         let out = task.await.unwrap();
         assert_eq!((out.a_to_b, out.b_to_a), (4, 5));
         assert_eq!(out.close.code, CloseCode::Normal);
+    }
+
+    #[tokio::test]
+    async fn a_side_that_half_closed_can_still_close_the_session() {
+        let (arx, atx, mut a) = side();
+        let (brx, btx, mut b) = side();
+        let task = tokio::spawn(relay(arx, atx, brx, btx, std::future::pending()));
+        a.to_relay.send(Ok(Frame::Eof)).await.unwrap();
+        assert_eq!(b.from_relay.recv().await, Some(Frame::Eof));
+        // Data after Eof is dropped; the hang-up is passed on.
+        a.to_relay.send(Ok(data("late"))).await.unwrap();
+        let gone = Close::new(CloseCode::Normal, "client closed the session");
+        a.to_relay
+            .send(Ok(Frame::Close(gone.clone())))
+            .await
+            .unwrap();
+        assert_eq!(b.from_relay.recv().await, Some(Frame::Close(gone.clone())));
+        let out = task.await.unwrap();
+        assert_eq!(out.close, gone);
+        assert_eq!(out.a_to_b, 0);
+        drop(b.to_relay);
     }
 
     #[tokio::test]

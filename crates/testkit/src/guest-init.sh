@@ -45,15 +45,19 @@ host_connected() {
 # Echoes every byte on a port back. The port stays open (fd 3) for the guest's whole life;
 # while a host client is connected `cat` blocks in read, and once the client leaves a read
 # returns EOF at once, so the loop polls the connection state without forking until a
-# client comes back. Every wake-up costs about a millisecond of host CPU under TCG, so it
+# client comes back. Each EOF `cat` read is counted in /run/<port name>.eofs, so tests can
+# see that a host-side EOF reached the guest. Every wake-up costs about a millisecond of host CPU under TCG, so it
 # polls five times a second only for the first 30 s after boot or after a client left
 # (when tests connect), then once a second: a late first client waits at most a second.
 echo_port() {
     exec 3<>"/dev/$1" 4<>/run/nap
     polls=0
+    eofs=0
     while true; do
         if host_connected "/sys/kernel/debug/virtio-ports/$1"; then
             cat <&3 >&3
+            eofs=$((eofs + 1))
+            echo "$eofs" >"/run/$2.eofs"
             polls=0
         fi
         if [ "$polls" -lt 150 ]; then
@@ -73,7 +77,7 @@ for port in /sys/class/virtio-ports/*; do
     channels="$channels $name"
     echo "vmgate-guest: channel $name on /dev/$dev" >/dev/ttyS0
     case "$name" in
-        test.echo) echo_port "$dev" & ;;
+        test.echo) echo_port "$dev" "$name" & ;;
     esac
 done
 

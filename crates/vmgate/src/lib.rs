@@ -2,6 +2,7 @@
 //! thin wiring over the component crates.
 #![forbid(unsafe_code)]
 
+pub mod channel;
 pub mod client;
 pub mod console;
 pub mod demo;

@@ -46,6 +46,9 @@ enum Cmd {
     Ticket(TicketArgs),
     /// Attach this terminal to a guest's serial console (Ctrl+] detaches).
     Console(ConsoleArgs),
+    /// Join a guest's virtio-serial port to stdin/stdout, or serve it on a
+    /// local socket (--listen).
+    Channel(vmgate::channel::ChannelArgs),
 }
 
 #[derive(Args)]
@@ -194,6 +197,7 @@ async fn run(cli: Cli) -> Result<i32> {
             let ended = vmgate::console::run(ws, &format!("{what} ({})", a.channel)).await?;
             Ok(ended.exit_code())
         }
+        Cmd::Channel(a) => vmgate::channel::run(a).await,
     }
 }
 

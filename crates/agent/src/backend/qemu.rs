@@ -9,10 +9,10 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use vmgate_wire::{
-    ChannelInfo, ChannelKind, Close, CloseCode, GuestInfo, GuestState, Inventory, OpenRequest,
+    ChannelInfo, ChannelKind, Close, CloseCode, GuestInfo, GuestState, Inventory, Mode, OpenRequest,
 };
 
-use super::{Backend, Opened, Slot};
+use super::{Backend, ChardevStream, Opened, Slot};
 use crate::config::{AgentConfig, GuestConfig};
 use crate::console::{ConsoleHub, ConsoleSpec};
 
@@ -182,10 +182,12 @@ impl Backend for QemuBackend {
                 });
             }
         }
+        // Only configured ports: this map is the allowlist.
         if let Some((path, slot)) = guest.channels.get(&req.channel) {
             let what = format!("channel {} of {}", req.channel, req.guest);
             let held = slot.take(req.session, req.force, &what)?;
             let s = connect(path, &req.guest, &what).await?;
+            let s = ChardevStream::new(s, what.clone(), req.mode == Mode::ReadOnly);
             return Ok(Opened::Stream {
                 stream: Box::new(s),
                 what,

@@ -59,6 +59,16 @@ impl Stack {
     /// Boots a guest named `demo`, starts an agent and a gateway for it, and
     /// waits until the gateway routes the guest.
     pub async fn start() -> Stack {
+        Stack::start_with(|_| {}, |_| {}).await
+    }
+
+    /// [`Stack::start`] with the guest's boot options and the agent's view
+    /// of it adjusted (e.g. a port the guest has but the agent does not
+    /// expose).
+    pub async fn start_with(
+        boot: impl FnOnce(&mut BootOptions),
+        config: impl FnOnce(&mut vmgate_agent::config::GuestConfig),
+    ) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let state = State::new(dir.path().join("state"));
         state.init().unwrap();
@@ -70,10 +80,14 @@ impl Stack {
         .expect("building the test guest");
         let run = dir.path().join("guest");
         std::fs::create_dir_all(&run).unwrap();
-        let guest = Guest::boot(&image, &BootOptions::new("demo", &run)).expect("booting");
+        let mut opts = BootOptions::new("demo", &run);
+        boot(&mut opts);
+        let guest = Guest::boot(&image, &opts).expect("booting");
         let agent_addr = free_udp();
         let gw_addr = free_tcp();
-        let agent_cfg = state.agent_config(agent_addr, vec![vmgate::demo::guest_config(&guest)]);
+        let mut guest_cfg = vmgate::demo::guest_config(&guest);
+        config(&mut guest_cfg);
+        let agent_cfg = state.agent_config(agent_addr, vec![guest_cfg]);
         write_toml(&state.path("agent.toml"), &agent_cfg).unwrap();
         let gw_cfg = state.gateway_config(gw_addr, &[agent_addr]);
         write_toml(&state.path("gateway.toml"), &gw_cfg).unwrap();
@@ -245,6 +259,14 @@ impl Session {
             notices: Vec::new(),
             closed: None,
         }
+    }
+
+    /// Sends the half-close control message (`{"type":"eof"}`).
+    pub async fn send_eof(&mut self) {
+        self.ws
+            .send(Message::text(r#"{"type":"eof"}"#))
+            .await
+            .expect("sending to the gateway");
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {
