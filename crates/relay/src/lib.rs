@@ -253,7 +253,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_side_that_half_closed_can_still_close_the_session() {
-        let (arx, atx, mut a) = side();
+        let (arx, atx, a) = side();
         let (brx, btx, mut b) = side();
         let task = tokio::spawn(relay(arx, atx, brx, btx, std::future::pending()));
         a.to_relay.send(Ok(Frame::Eof)).await.unwrap();
