@@ -458,7 +458,7 @@ async fn listen_serves_each_socat_connection_as_its_own_session() {
     wait_for_socket(&sock, &stack).await;
     for round in 1..=2 {
         let line = format!("hello from socat {round}\n");
-        let (status, out) = socat_round(&sock, &line).await;
+        let (status, out) = socat_round(&format!("UNIX-CONNECT:{}", sock.display()), &line).await;
         assert_eq!(
             String::from_utf8_lossy(&out),
             line,
@@ -482,6 +482,36 @@ async fn listen_serves_each_socat_connection_as_its_own_session() {
     let status = exit_status(&mut fwd, "listen", &stack).await;
     assert_eq!(status.code(), Some(0));
     assert!(!sock.exists(), "socket left behind");
+
+    // The same over TCP, on a port the forwarder picks and reports.
+    let mut fwd = cli(
+        &stack,
+        "listen-tcp",
+        &["demo", ECHO, "--listen", "tcp:127.0.0.1:0"],
+    );
+    let deadline = Instant::now() + WAIT;
+    let addr = loop {
+        let log = stack.log("listen-tcp.log");
+        if let Some(rest) = log.split("on tcp:").nth(1) {
+            if let Some(addr) = rest.split(':').take(2).collect::<Vec<_>>().get(..2) {
+                break format!("{}:{}", addr[0], addr[1]);
+            }
+        }
+        assert!(Instant::now() < deadline, "no tcp listener; log:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let line = "hello over tcp\n";
+    let (status, out) = socat_round(&format!("TCP:{addr}"), line).await;
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        line,
+        "{}",
+        stack.log("listen-tcp.log")
+    );
+    assert!(status.success(), "socat: {status}");
+    guest_saw_eofs(&stack, 3).await;
+    fwd.kill().unwrap();
+    fwd.wait().unwrap();
 }
 
 async fn wait_for_socket(path: &Path, stack: &Stack) {
@@ -496,16 +526,16 @@ async fn wait_for_socket(path: &Path, stack: &Stack) {
     }
 }
 
-/// One unmodified `socat - UNIX-CONNECT:PATH`: writes `line`, reads the echo,
+/// One unmodified `socat - ADDRESS`: writes `line`, reads the echo,
 /// then closes its stdin; socat half-closes the socket and exits when the
 /// forwarder passes the guest's EOF back. Retried while the previous round's
 /// session still holds the port.
-async fn socat_round(sock: &Path, line: &str) -> (ExitStatus, Vec<u8>) {
+async fn socat_round(address: &str, line: &str) -> (ExitStatus, Vec<u8>) {
     let deadline = Instant::now() + WAIT;
     loop {
         let mut socat = Command::new("socat")
             .arg("-")
-            .arg(format!("UNIX-CONNECT:{}", sock.display()))
+            .arg(address)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
