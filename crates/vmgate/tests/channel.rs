@@ -456,6 +456,10 @@ async fn listen_serves_each_socat_connection_as_its_own_session() {
         ],
     );
     wait_for_socket(&sock, &stack).await;
+    // The socket is the channel: only this user may connect.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
     for round in 1..=2 {
         let line = format!("hello from socat {round}\n");
         let (status, out) = socat_round(&format!("UNIX-CONNECT:{}", sock.display()), &line).await;
