@@ -10,6 +10,12 @@
 //!
 //! The two directions run concurrently: a sender blocked by backpressure
 //! never stops us reading (an echoing guest would otherwise deadlock us).
+//!
+//! When our input ends we *linger*: the EOF is sent once the guest's output
+//! has been quiet for `--linger`. On a virtio-serial port an EOF is a
+//! disconnect that also ends the guest's output, so sent at once it would
+//! cut off the answer to what we just sent (`echo request | vmgate channel
+//! …` would print nothing); see docs/channels.md.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -81,6 +87,11 @@ pub struct ChannelArgs {
     /// ticket minted for it.
     #[arg(long, value_parser = parse_listen)]
     pub listen: Option<Listen>,
+    /// When our input ends, wait until the guest's output has been quiet
+    /// this long before sending EOF (which disconnects the guest's port and
+    /// so ends its output too); 0s sends it at once.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub linger: Duration,
     /// Take the channel over from the session holding it (that session is
     /// closed with 4411).
     #[arg(long)]
@@ -198,6 +209,7 @@ pub async fn run(a: ChannelArgs) -> Result<i32> {
         name: a.name.clone(),
         mode,
         force: a.force,
+        linger: a.linger,
         ca,
     };
     match a.listen {
@@ -214,7 +226,7 @@ pub async fn run(a: ChannelArgs) -> Result<i32> {
             let stop = CancellationToken::new();
             tokio::spawn(stop_on_signal(stop.clone()));
             let input = (!a.read_only).then(tokio::io::stdin);
-            let ended = bridge(ws, input, tokio::io::stdout(), "", stop).await;
+            let ended = bridge(ws, input, tokio::io::stdout(), target.linger, "", stop).await;
             if ended.exit_code() != 0 {
                 eprintln!("[vmgate] {ended}");
             }
@@ -230,6 +242,7 @@ struct Target {
     name: String,
     mode: Mode,
     force: bool,
+    linger: Duration,
     ca: PathBuf,
 }
 
@@ -281,12 +294,14 @@ async fn stop_on_signal(stop: CancellationToken) {
 }
 
 /// Joins one session's WebSocket to a local reader and writer until the
-/// session ends. `input: None` sends nothing (read-only). `tag` prefixes
-/// stderr lines ("[conn 3] ").
+/// session ends. `input: None` sends nothing (read-only). After the input
+/// ends, EOF goes out once the output has been quiet for `linger`. `tag`
+/// prefixes stderr lines ("[conn 3] ").
 pub async fn bridge<R, W>(
     ws: Ws,
     input: Option<R>,
     mut output: W,
+    linger: Duration,
     tag: &str,
     stop: CancellationToken,
 ) -> Ended
@@ -296,8 +311,9 @@ where
 {
     let (mut sink, mut stream) = ws.split();
     let ended = {
-        let up = send_input(input, &mut sink);
-        let down = receive_output(&mut stream, &mut output, tag);
+        let received = AtomicU64::new(0);
+        let up = send_input(input, &mut sink, linger, &received);
+        let down = receive_output(&mut stream, &mut output, tag, &received);
         tokio::pin!(up, down);
         let mut up_done = false;
         loop {
@@ -331,11 +347,15 @@ where
     ended
 }
 
-/// Sends the input as binary messages, then the EOF control message when
-/// it ends; returns once the EOF is sent. Without input, never returns.
+/// Sends the input as binary messages; when it ends, waits until no output
+/// arrived for `linger` (`received` counts output messages, [`EOF_SEEN`]
+/// once the guest's side ended) and sends the EOF control message. Returns
+/// once the EOF is sent; without input, never returns.
 async fn send_input<R: AsyncRead + Unpin>(
     input: Option<R>,
     sink: &mut SplitSink<Ws, Message>,
+    linger: Duration,
+    received: &AtomicU64,
 ) -> Result<(), String> {
     let Some(mut input) = input else {
         return std::future::pending().await;
@@ -344,19 +364,34 @@ async fn send_input<R: AsyncRead + Unpin>(
     loop {
         // An unreadable input ends like a closed one.
         let n: usize = input.read(&mut buf).await.unwrap_or_default();
-        let msg = if n == 0 {
-            Message::text(EOF_MESSAGE)
-        } else {
-            Message::Binary(Bytes::copy_from_slice(&buf[..n]))
-        };
+        if n == 0 {
+            break;
+        }
+        let msg = Message::Binary(Bytes::copy_from_slice(&buf[..n]));
         if let Err(e) = sink.send(msg).await {
             return Err(format!("sending to the gateway: {e}"));
         }
-        if n == 0 {
-            return Ok(());
+    }
+    if !linger.is_zero() {
+        loop {
+            let seen = received.load(Ordering::Relaxed);
+            if seen == EOF_SEEN {
+                break;
+            }
+            tokio::time::sleep(linger).await;
+            if received.load(Ordering::Relaxed) == seen {
+                break;
+            }
         }
     }
+    sink.send(Message::text(EOF_MESSAGE))
+        .await
+        .map_err(|e| format!("sending to the gateway: {e}"))
 }
+
+/// `received`'s value once the guest's side sent its EOF: nothing more will
+/// come, so lingering is pointless.
+const EOF_SEEN: u64 = u64::MAX;
 
 /// Writes the guest's bytes to `output` until the session closes. The EOF
 /// control message half-closes `output` (a local socket's client reads end
@@ -365,6 +400,7 @@ async fn receive_output<W: AsyncWrite + Unpin>(
     stream: &mut SplitStream<Ws>,
     output: &mut W,
     tag: &str,
+    received: &AtomicU64,
 ) -> Ended {
     let mut output_open = true;
     loop {
@@ -373,6 +409,7 @@ async fn receive_output<W: AsyncWrite + Unpin>(
                 if !output_open {
                     continue;
                 }
+                received.fetch_add(1, Ordering::Relaxed);
                 if output.write_all(&b).await.is_err() || output.flush().await.is_err() {
                     return Ended::LocalClosed;
                 }
@@ -382,6 +419,7 @@ async fn receive_output<W: AsyncWrite + Unpin>(
                 match v.get("type").and_then(|t| t.as_str()) {
                     Some("eof") => {
                         output_open = false;
+                        received.store(EOF_SEEN, Ordering::Relaxed);
                         let _ = output.shutdown().await;
                     }
                     Some("notice") => {
@@ -540,7 +578,7 @@ where
     };
     eprintln!("[vmgate] {tag}{who}: session opened");
     let input = (t.mode == Mode::Interactive).then_some(r);
-    let ended = bridge(ws, input, w, &tag, stop).await;
+    let ended = bridge(ws, input, w, t.linger, &tag, stop).await;
     eprintln!(
         "[vmgate] {tag}{who}: {ended} (status {})",
         ended.exit_code()

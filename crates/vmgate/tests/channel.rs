@@ -237,6 +237,30 @@ async fn eof_from_the_client_reaches_the_guest_and_comes_back_as_eof() {
 }
 
 #[tokio::test]
+async fn piped_input_gets_its_answer_before_the_cli_sends_eof() {
+    let stack = Stack::start().await;
+    // stdin ends at once; the CLI lingers until the guest's output has been
+    // quiet (generously long here: a loaded TCG guest may take seconds to
+    // answer), then sends the EOF, so the echo is not cut off.
+    let mut child = cli(&stack, "cli", &["demo", ECHO, "--linger", "5s"]);
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"piped request\n").unwrap();
+    drop(stdin);
+    let mut stdout = child.stdout.take().unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        stdout.read_to_end(&mut out).unwrap();
+        out
+    })
+    .await
+    .unwrap();
+    let status = exit_status(&mut child, "cli", &stack).await;
+    assert_eq!(String::from_utf8_lossy(&out), "piped request\n");
+    assert_eq!(status.code(), Some(0), "{}", stack.log("cli.log"));
+    guest_saw_eofs(&stack, 1).await;
+}
+
+#[tokio::test]
 async fn the_guest_going_away_ends_the_cli_with_status_4_after_its_last_bytes() {
     let stack = Stack::start().await;
     let mut child = cli(&stack, "cli", &["demo", ECHO]);
