@@ -88,15 +88,8 @@ impl AgentPool {
         v
     }
 
-    /// Opens a console stream on the agent hosting `guest`.
-    pub async fn open(
-        &self,
-        session: u64,
-        guest: &str,
-        channel: &str,
-        mode: Mode,
-        force: bool,
-    ) -> Result<(QuicRx, QuicTx), Close> {
+    /// Where `guest` lives, if it is known, has `channel`, and is running.
+    fn route(&self, guest: &str, channel: &str) -> Result<Route, Close> {
         let route = self
             .routes
             .read()
@@ -121,6 +114,25 @@ impl AgentPool {
                 format!("guest {guest} is not running"),
             ));
         }
+        Ok(route)
+    }
+
+    /// Checks that a session on `guest`/`channel` could open now, without
+    /// opening it: a ticket is not used up on a guest that is not there.
+    pub fn check(&self, guest: &str, channel: &str) -> Result<(), Close> {
+        self.route(guest, channel).map(|_| ())
+    }
+
+    /// Opens a console stream on the agent hosting `guest`.
+    pub async fn open(
+        &self,
+        session: u64,
+        guest: &str,
+        channel: &str,
+        mode: Mode,
+        force: bool,
+    ) -> Result<(QuicRx, QuicTx), Close> {
+        let route = self.route(guest, channel)?;
         let unreachable = |e: &dyn std::fmt::Display| {
             Close::new(
                 CloseCode::AgentUnreachable,

@@ -117,19 +117,30 @@ async fn session(
     q: WsQuery,
     peer: SocketAddr,
 ) {
-    let claims = match q.ticket.as_deref() {
+    let authorized = match q.ticket.as_deref() {
         None => Err(Close::new(
             CloseCode::TicketRefused,
             "missing ticket: add ?ticket=… from `vmgate ticket`",
         )),
-        Some(t) => shared.tickets.redeem(t, &guest, &channel).map_err(|e| {
+        Some(t) => shared.tickets.check(t, &guest, &channel).map_err(|e| {
             tracing::warn!(%peer, %guest, %channel, reason = e.code(), "ticket refused");
             refusal(&e)
         }),
-    };
-    let claims = match claims {
+    }
+    .and_then(|claims| {
+        shared.pool.check(&guest, &channel)?;
+        shared.tickets.redeem(&claims).map_err(|e| {
+            tracing::warn!(%peer, %guest, %channel, reason = e.code(), "ticket refused");
+            refusal(&e)
+        })?;
+        Ok(claims)
+    });
+    let claims = match authorized {
         Ok(c) => c,
-        Err(close) => return refuse(tx, close).await,
+        Err(close) => {
+            tracing::warn!(%peer, %guest, %channel, reason = %close, "session refused");
+            return refuse(tx, close).await;
+        }
     };
     let mode = match claims.mode {
         vmgate_ticket::Mode::Interactive => Mode::Interactive,

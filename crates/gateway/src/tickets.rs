@@ -29,17 +29,21 @@ impl TicketCheck {
         }
     }
 
-    /// Redeems `ticket` for one session on `guest`/`channel`. The ticket is
-    /// used up only when everything else passed, so a ticket sent to the
-    /// wrong channel by mistake still works on the right one.
-    pub fn redeem(&self, ticket: &str, guest: &str, channel: &str) -> Result<Claims, TicketError> {
-        let now = unix_now();
-        let claims = verify(&self.key, ticket, now)?;
+    /// Checks `ticket` for one session on `guest`/`channel`: signature,
+    /// expiry and scope. It is not used up yet: see [`TicketCheck::redeem`].
+    pub fn check(&self, ticket: &str, guest: &str, channel: &str) -> Result<Claims, TicketError> {
+        let claims = verify(&self.key, ticket, unix_now())?;
         claims.allows(guest, channel)?;
+        Ok(claims)
+    }
+
+    /// Uses a checked ticket up. Called last, once the session can open, so
+    /// a ticket sent to the wrong channel or to a guest that is not up yet
+    /// still works afterwards.
+    pub fn redeem(&self, claims: &Claims) -> Result<(), TicketError> {
         self.replay
             .lock()
             .expect("replay lock")
-            .redeem(&claims, now)?;
-        Ok(claims)
+            .redeem(claims, unix_now())
     }
 }

@@ -18,7 +18,14 @@ fn idle_share(guest: &Guest, window: Duration) -> Result<f64, KitError> {
     Ok(used.as_secs_f64() / window.as_secs_f64() * 100.0)
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() {
+    if let Err(e) = measure() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn measure() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let image = build_image(&default_cache_dir())?;
     println!("image ready in {:?}: {image:?}", started.elapsed());

@@ -3,7 +3,7 @@
 #
 # Every loop here must block or back off: the guest has to stay near 0% host CPU while
 # idle, because tests and benchmarks run beside it on the same cores, and under TCG
-# each guest wake-up costs milliseconds of host time.
+# each guest wake-up costs about a millisecond of host time.
 
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 export HOME=/root TERM=linux PS1='guest# '
@@ -114,7 +114,8 @@ done
 
 echo vmgate-guest-ready >/dev/ttyS0
 
-# PID 1 must never exit; `wait` blocks on the background loops and reaps orphans.
+# PID 1 must never exit. `wait` blocks while the echo loop runs, reaping orphans meanwhile;
+# the sleep keeps the loop from spinning when there is no echo channel to wait for.
 while true; do
     wait
     sleep 60

@@ -379,14 +379,7 @@ fn start(
     )))?;
     // A socket left by an earlier QEMU would make the wait below return at once.
     for socket in layout.sockets() {
-        match fs::remove_file(socket) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(KitError::io(format!("cannot remove {}", socket.display()))(
-                    e,
-                ))
-            }
-            _ => {}
-        }
+        host::remove_if_exists(socket)?;
     }
     let log = fs::File::create(&layout.log).map_err(KitError::io(format!(
         "cannot create {}",

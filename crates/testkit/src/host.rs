@@ -152,6 +152,16 @@ pub(crate) fn write_atomic(dest: &Path, contents: &[u8]) -> Result<(), KitError>
     result.map_err(KitError::io(format!("cannot write {}", dest.display())))
 }
 
+/// Removes the file at `path`; one that is already gone is fine.
+pub(crate) fn remove_if_exists(path: &Path) -> Result<(), KitError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(KitError::io(format!("cannot remove {}", path.display()))(e))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A name beside `dest` that no other process picks at the same moment.
 pub(crate) fn temp_sibling(dest: &Path) -> PathBuf {
     let name = dest

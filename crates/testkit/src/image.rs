@@ -95,14 +95,7 @@ pub fn build_image(cache_dir: &Path) -> Result<GuestImage, KitError> {
     remove_stale_scratch(&dir);
     // The stamp goes first: from here until the new one is written the image is "not built",
     // so a crash between the two renames below cannot pair a new kernel with an old initrd.
-    match fs::remove_file(&stamp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(KitError::io(format!("cannot remove {}", stamp.display()))(
-                e,
-            ))
-        }
-        _ => {}
-    }
+    host::remove_if_exists(&stamp)?;
 
     let scratch = dir.join(format!("build-{}-{}", std::process::id(), host::unique()));
     tracing::info!(dir = %dir.display(), "building the vmgate test guest image");

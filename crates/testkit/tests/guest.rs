@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use vmgate_testkit::{
-    build_image, default_cache_dir, wait_for_output, BootOptions, Guest, GuestImage, ECHO_CHANNEL,
-    PROMPT, READY_MARKER,
+    build_image, default_cache_dir, wait_for_output, BootOptions, Guest, GuestImage, KitError,
+    ECHO_CHANNEL, PROMPT, READY_MARKER,
 };
 
 /// TCG boots in a few seconds alone, but the tests boot several guests at once on 2 cores.
@@ -180,6 +180,23 @@ fn kill_leaves_no_process_and_restart_boots_again() {
     let sockets = [guest.serial_socket.clone(), guest.qmp_socket.clone()];
     drop(guest);
     assert!(sockets.iter().all(|s| !s.exists()), "sockets left behind");
+}
+
+#[test]
+fn boot_reports_a_qemu_that_exits_early() {
+    let run = tempfile::tempdir().unwrap();
+    let kernel = run.path().join("not-a-kernel");
+    std::fs::write(&kernel, "this is not a kernel\n").unwrap();
+    let image = GuestImage {
+        kernel: kernel.clone(),
+        initrd: kernel,
+    };
+    let err = Guest::boot(&image, &BootOptions::new("broken", run.path().join("r"))).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, KitError::QemuExited { .. }), "{msg}");
+    eprintln!("{msg}");
+    // The message carries QEMU's own complaint from qemu.log.
+    assert!(msg.lines().count() > 1, "{msg}");
 }
 
 /// Tests and benchmarks run beside the guest, so an idle guest must not eat a core.

@@ -65,8 +65,18 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     let gw_addr = gateway.local_addr();
     let url = format!("https://{gw_addr}");
     state.write_gateway_info(&GatewayInfo { url: url.clone() })?;
+    let pool = gateway.pool();
     let agent_task = tokio::spawn(agent.run(shutdown.clone()));
     let gw_task = tokio::spawn(gateway.run());
+    // Print the URL only once the gateway can route to the guest.
+    let routed = async {
+        while pool.check("demo", "serial0").is_err() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), routed)
+        .await
+        .context("the gateway did not see the demo guest within 30 s")?;
 
     let ticket = mint(
         &state,

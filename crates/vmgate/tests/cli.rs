@@ -1,0 +1,155 @@
+//! `vmgate console` under a real pseudo-terminal: raw mode while attached,
+//! the terminal restored on detach and on remote close.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Stack, WAIT};
+use nix::pty::openpty;
+use nix::sys::termios::{tcgetattr, LocalFlags};
+
+/// A `vmgate console` child on a pty, with everything it printed.
+struct PtyConsole {
+    child: Child,
+    master: std::fs::File,
+    slave: OwnedFd,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl PtyConsole {
+    fn spawn(args: &[&str]) -> PtyConsole {
+        let pty = openpty(None, None).expect("openpty");
+        let stdio = |fd: &OwnedFd| Stdio::from(fd.try_clone().unwrap());
+        let child = Command::new(env!("CARGO_BIN_EXE_vmgate"))
+            .args(args)
+            .stdin(stdio(&pty.slave))
+            .stdout(stdio(&pty.slave))
+            .stderr(stdio(&pty.slave))
+            .spawn()
+            .expect("spawning vmgate console");
+        let master = std::fs::File::from(pty.master);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut reader = master.try_clone().unwrap();
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // Ends with EIO once every slave fd is closed.
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        PtyConsole {
+            child,
+            master,
+            slave: pty.slave,
+            seen,
+        }
+    }
+
+    fn wait_for(&self, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let text = String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned();
+            if text.contains(needle) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} on the terminal:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn canonical(&self) -> bool {
+        let t = tcgetattr(self.slave.as_fd()).expect("tcgetattr");
+        t.local_flags.contains(LocalFlags::ICANON) && t.local_flags.contains(LocalFlags::ECHO)
+    }
+
+    fn exit_code(&mut self) -> i32 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().expect("exited normally");
+            }
+            assert!(Instant::now() < deadline, "vmgate console did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for PtyConsole {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_terminal_is_raw_while_attached_and_restored_on_detach() {
+    let stack = Stack::start().await;
+    let state = stack.state.dir.to_str().unwrap().to_string();
+    let mut con = PtyConsole::spawn(&["console", "demo", "--state-dir", &state]);
+    assert!(con.canonical(), "a fresh pty starts canonical");
+    con.wait_for("you hold the keyboard");
+    assert!(!con.canonical(), "raw mode while attached");
+    con.master.write_all(b"echo pty-$((6*7))\r").unwrap();
+    con.wait_for("pty-42");
+    con.master.write_all(&[0x1d]).unwrap(); // Ctrl+]
+    assert_eq!(con.exit_code(), 0);
+    con.wait_for("detached");
+    assert!(con.canonical(), "terminal restored after detach");
+}
+
+#[tokio::test]
+async fn the_terminal_is_restored_when_the_gateway_closes_the_session() {
+    let stack = Stack::start().await;
+    let state = stack.state.dir.to_str().unwrap().to_string();
+    let t = stack.ticket_with(
+        "demo",
+        &["serial0"],
+        false,
+        Duration::from_secs(60),
+        Some(Duration::from_secs(2)),
+    );
+    let mut con = PtyConsole::spawn(&["console", "--url", &t.url, "--state-dir", &state]);
+    con.wait_for("you hold the keyboard");
+    assert!(!con.canonical(), "raw mode while attached");
+    // The ticket's 2 s maximum session length ends it from the gateway's side.
+    assert_eq!(con.exit_code(), 1);
+    con.wait_for("maximum session length");
+    assert!(con.canonical(), "terminal restored after a remote close");
+}
+
+#[tokio::test]
+async fn piped_input_runs_and_the_client_leaves_when_output_settles() {
+    let stack = Stack::start().await;
+    let state = stack.state.dir.to_str().unwrap().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmgate"))
+        .args(["console", "demo", "--state-dir", &state])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo piped-$((3*3))\n")
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("piped-9"));
+}
