@@ -42,4 +42,16 @@ impl TicketCheck {
             .redeem(&claims, now)?;
         Ok(claims)
     }
+
+    /// Redeems `ticket` for a web console page, whatever its channels: the
+    /// page's streams then join the page session ([`crate::pages`]).
+    pub fn redeem_page(&self, ticket: &str) -> Result<Claims, TicketError> {
+        let now = unix_now();
+        let claims = verify(&self.key, ticket, now)?;
+        self.replay
+            .lock()
+            .expect("replay lock")
+            .redeem(&claims, now)?;
+        Ok(claims)
+    }
 }
