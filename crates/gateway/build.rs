@@ -58,7 +58,10 @@ fn novnc_table(pkg: &Path) {
     for f in &files {
         let rel = f.strip_prefix(pkg).expect("under the package");
         let rel = rel.to_str().expect("UTF-8 path");
-        out.push_str(&format!("    ({rel:?}, include_bytes!({:?})),\n", f.display().to_string()));
+        out.push_str(&format!(
+            "    ({rel:?}, include_bytes!({:?})),\n",
+            f.display().to_string()
+        ));
     }
     out.push(']');
     let dest = Path::new(&std::env::var("OUT_DIR").expect("OUT_DIR")).join("novnc.rs");
@@ -66,8 +69,8 @@ fn novnc_table(pkg: &Path) {
 }
 
 fn walk(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
-    let entries = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()));
+    let entries =
+        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()));
     for e in entries {
         let path = e.expect("directory entry").path();
         if path.is_dir() {

@@ -227,7 +227,11 @@ mod tests {
         assert_eq!(cfg.guests[0].vnc_via(), Some(VncVia::Socket));
         let qmp = GOOD.replace("vnc = \"/run/vnc.sock\"", "vnc_via = \"qmp\"");
         let cfg: AgentConfig = toml::from_str(&qmp).unwrap();
-        assert!(cfg.validate().unwrap_err().to_string().contains("qmp socket"));
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("qmp socket"));
         let qmp = qmp.replace("vnc_via", "qmp = \"/run/qmp.sock\"\n        vnc_via");
         let cfg: AgentConfig = toml::from_str(&qmp).unwrap();
         cfg.validate().unwrap();

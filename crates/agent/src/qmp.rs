@@ -69,7 +69,9 @@ impl Qmp {
         };
         let greeting = qmp.read_message().await?;
         if greeting.get("QMP").is_none() {
-            return Err(QmpError::Protocol(format!("expected a greeting, got {greeting}")));
+            return Err(QmpError::Protocol(format!(
+                "expected a greeting, got {greeting}"
+            )));
         }
         qmp.execute("qmp_capabilities", json!({})).await?;
         Ok(qmp)
@@ -108,7 +110,12 @@ impl Qmp {
             match res {
                 Ok(n) => break n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(QmpError::Io { what: "sendmsg", source: e }),
+                Err(e) => {
+                    return Err(QmpError::Io {
+                        what: "sendmsg",
+                        source: e,
+                    })
+                }
             }
         };
         self.stream
@@ -201,8 +208,8 @@ mod tests {
             let mut buf = [0u8; 256];
             let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
             let mut iov = [IoSliceMut::new(&mut buf)];
-            let msg = recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())
-                .unwrap();
+            let msg =
+                recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty()).unwrap();
             let fds: Vec<_> = msg
                 .cmsgs()
                 .unwrap()
@@ -214,19 +221,21 @@ mod tests {
                 .collect();
             let n = msg.bytes;
             let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-            assert!(text.contains("\"getfd\"") && text.contains("vnc-7"), "{text}");
+            assert!(
+                text.contains("\"getfd\"") && text.contains("vnc-7"),
+                "{text}"
+            );
             assert_eq!(fds.len(), 1, "one fd received");
             // The very socket the client passed, not just any descriptor.
             let ino = nix::sys::stat::fstat(fds[0]).unwrap().st_ino;
             assert_eq!(ino, theirs_ino);
-            s.write_all(b"{\"event\": \"X\"}\r\n{\"return\": {}}\r\n").unwrap();
+            s.write_all(b"{\"event\": \"X\"}\r\n{\"return\": {}}\r\n")
+                .unwrap();
             line.clear();
             r.read_line(&mut line).unwrap();
             assert!(line.contains("\"stop\""), "{line}");
-            s.write_all(
-                b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"nope\"}}\r\n",
-            )
-            .unwrap();
+            s.write_all(b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"nope\"}}\r\n")
+                .unwrap();
         });
         let mut qmp = Qmp::connect(&path).await.unwrap();
         qmp.getfd("vnc-7", std::os::fd::AsFd::as_fd(&theirs))

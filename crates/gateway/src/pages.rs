@@ -134,16 +134,31 @@ mod tests {
         let pages = Pages::default();
         let now = Instant::now();
         let t = pages.start(claims(), now).unwrap();
-        assert_eq!(pages.join(&t, "other", "vnc", now).unwrap_err(), JoinError::WrongGuest);
-        assert!(matches!(pages.join(&t, "demo", "test.echo", now), Err(JoinError::Channel(_))));
+        assert_eq!(
+            pages.join(&t, "other", "vnc", now).unwrap_err(),
+            JoinError::WrongGuest
+        );
+        assert!(matches!(
+            pages.join(&t, "demo", "test.echo", now),
+            Err(JoinError::Channel(_))
+        ));
         let g = pages.join(&t, "demo", "vnc", now).unwrap();
         assert_eq!(g.mode, Mode::ReadOnly);
         assert_eq!(g.until, Some(now + Duration::from_secs(30)));
-        assert!(matches!(pages.join(&t, "demo", "vnc", now), Err(JoinError::Channel(_))));
+        assert!(matches!(
+            pages.join(&t, "demo", "vnc", now),
+            Err(JoinError::Channel(_))
+        ));
         pages.join(&t, "demo", "serial0", now).unwrap();
         // All channels open: the token is gone.
-        assert_eq!(pages.join(&t, "demo", "serial0", now).unwrap_err(), JoinError::Unknown);
-        assert_eq!(pages.join("nope", "demo", "vnc", now).unwrap_err(), JoinError::Unknown);
+        assert_eq!(
+            pages.join(&t, "demo", "serial0", now).unwrap_err(),
+            JoinError::Unknown
+        );
+        assert_eq!(
+            pages.join("nope", "demo", "vnc", now).unwrap_err(),
+            JoinError::Unknown
+        );
     }
 
     #[test]
@@ -152,6 +167,9 @@ mod tests {
         let now = Instant::now();
         let t = pages.start(claims(), now).unwrap();
         let later = now + JOIN_WINDOW;
-        assert_eq!(pages.join(&t, "demo", "vnc", later).unwrap_err(), JoinError::Unknown);
+        assert_eq!(
+            pages.join(&t, "demo", "vnc", later).unwrap_err(),
+            JoinError::Unknown
+        );
     }
 }

@@ -60,8 +60,9 @@ fn html(body: &'static [u8]) -> Response {
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (
                 header::CONTENT_SECURITY_POLICY,
-                // data: images: noVNC draws the remote cursor as one.
-                "default-src 'self'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+                // data: images: noVNC draws the remote cursor as one; inline styles:
+                // xterm.js and noVNC set them (scripts stay 'self' only).
+                "default-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
             ),
             (header::CACHE_CONTROL, "no-store"),
         ],
@@ -122,11 +123,7 @@ async fn page_session(
             tracing::info!(%peer, ticket = %id, "page session started");
             let mut body = body;
             body["session"] = token.into();
-            (
-                [(header::CACHE_CONTROL, "no-store")],
-                axum::Json(body),
-            )
-                .into_response()
+            ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
         }
         Err(e) => refused(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -118,9 +118,11 @@ mod tests {
             Some(Frame::Data(Bytes::from_static(b"RFB 003.008\n\x01\x01")))
         );
         // A key press alone is swallowed; the update request after it passes.
-        tx.send(Frame::Data(Bytes::from_static(&[4, 1, 0, 0, 0, 0, 0, 0x61])))
-            .await
-            .unwrap();
+        tx.send(Frame::Data(Bytes::from_static(&[
+            4, 1, 0, 0, 0, 0, 0, 0x61,
+        ])))
+        .await
+        .unwrap();
         let fur: &[u8] = &[3, 1, 0, 0, 0, 0, 0, 10, 0, 10];
         tx.send(Frame::Data(Bytes::from_static(fur))).await.unwrap();
         assert_eq!(
@@ -128,9 +130,14 @@ mod tests {
             Some(Frame::Data(Bytes::from_static(fur)))
         );
         assert_eq!(rfb.dropped(), 1);
-        tx.send(Frame::Data(Bytes::from_static(&[99]))).await.unwrap();
+        tx.send(Frame::Data(Bytes::from_static(&[99])))
+            .await
+            .unwrap();
         let pending = tokio::time::timeout(std::time::Duration::from_millis(50), rfb.recv()).await;
-        assert!(pending.is_err(), "recv waits for the stop to end the session");
+        assert!(
+            pending.is_err(),
+            "recv waits for the stop to end the session"
+        );
         let close = failed.await;
         assert_eq!(close.code, CloseCode::ProtocolError);
         assert!(close.reason.contains("unknown message type 99"), "{close}");

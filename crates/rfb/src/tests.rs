@@ -19,14 +19,23 @@ fn messages() -> Vec<(Kind, Vec<u8>)> {
     let mut desk = vec![251, 0, 0x04, 0, 0x03, 0, 1, 0];
     desk.extend_from_slice(&[0; 16]);
     vec![
-        (Kind::SetPixelFormat, [vec![0; 4], vec![32, 24, 0, 1], vec![0; 12]].concat()),
+        (
+            Kind::SetPixelFormat,
+            [vec![0; 4], vec![32, 24, 0, 1], vec![0; 12]].concat(),
+        ),
         (Kind::SetEncodings, enc),
-        (Kind::FramebufferUpdateRequest, vec![3, 1, 0, 0, 0, 0, 2, 208, 1, 144]),
+        (
+            Kind::FramebufferUpdateRequest,
+            vec![3, 1, 0, 0, 0, 0, 2, 208, 1, 144],
+        ),
         (Kind::KeyEvent, vec![4, 1, 0, 0, 0, 0, 0, 0x61]),
         (Kind::PointerEvent, vec![5, 1, 0, 10, 0, 20]),
         (Kind::ClientCutText, cut),
         (Kind::ClientCutText, ext_cut),
-        (Kind::EnableContinuousUpdates, vec![150, 1, 0, 0, 0, 0, 0, 10, 0, 10]),
+        (
+            Kind::EnableContinuousUpdates,
+            vec![150, 1, 0, 0, 0, 0, 0, 10, 0, 10],
+        ),
         (Kind::Fence, fence),
         (Kind::Xvp, vec![250, 0, 1, 3]),
         (Kind::SetDesktopSize, desk),
@@ -99,7 +108,11 @@ fn vnc_auth_and_rfb_3_3_handshakes() {
     let mut auth = b"RFB 003.008\n\x02".to_vec();
     auth.extend_from_slice(&[7; 16]);
     auth.extend_from_slice(&[0, 4, 1, 0, 0, 0, 0, 0, 0x61]);
-    let kinds: Vec<Kind> = parse_in(&auth, &[]).unwrap().into_iter().map(|m| m.0).collect();
+    let kinds: Vec<Kind> = parse_in(&auth, &[])
+        .unwrap()
+        .into_iter()
+        .map(|m| m.0)
+        .collect();
     assert_eq!(
         kinds,
         [
@@ -112,7 +125,11 @@ fn vnc_auth_and_rfb_3_3_handshakes() {
     );
     // 3.3: the server picks the security type, the client goes on to ClientInit.
     let old = b"RFB 003.003\n\x01\x05\x00\x00\x01\x00\x01";
-    let kinds: Vec<Kind> = parse_in(old, &[]).unwrap().into_iter().map(|m| m.0).collect();
+    let kinds: Vec<Kind> = parse_in(old, &[])
+        .unwrap()
+        .into_iter()
+        .map(|m| m.0)
+        .collect();
     assert_eq!(
         kinds,
         [Kind::ProtocolVersion, Kind::ClientInit, Kind::PointerEvent]
@@ -194,7 +211,11 @@ fn read_only_filter_keeps_only_non_input_and_forces_shared() {
 fn interactive_filter_passes_the_same_buffer_after_the_handshake() {
     let mut f = ClientFilter::new(false);
     let hs = f.filter(Bytes::from_static(HANDSHAKE)).unwrap();
-    assert_eq!(&hs[..], b"RFB 003.008\n\x01\x01", "ClientInit forced shared");
+    assert_eq!(
+        &hs[..],
+        b"RFB 003.008\n\x01\x01",
+        "ClientInit forced shared"
+    );
     for (_, m) in messages() {
         let b = Bytes::from(m);
         let out = f.filter(b.clone()).unwrap();

@@ -29,7 +29,9 @@ use crate::tickets::{mint, TicketRequest};
 const VIEWERS: &[(&str, fn(SocketAddr) -> String)] = &[
     ("vncviewer", |a| format!("{}::{}", a.ip(), a.port())),
     ("xtigervncviewer", |a| format!("{}::{}", a.ip(), a.port())),
-    ("remote-viewer", |a| format!("vnc://{}:{}", a.ip(), a.port())),
+    ("remote-viewer", |a| {
+        format!("vnc://{}:{}", a.ip(), a.port())
+    }),
     ("gvncviewer", |a| format!("{}::{}", a.ip(), a.port())),
 ];
 

@@ -4,9 +4,9 @@
 //! connection to QEMU's VNC unix socket.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::os::fd::AsFd;
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,8 +19,8 @@ use vmgate_wire::{
 
 use super::{Backend, Opened, Slot};
 use crate::config::{AgentConfig, GuestConfig, VncVia};
-use crate::qmp::Qmp;
 use crate::console::{ConsoleHub, ConsoleSpec};
+use crate::qmp::Qmp;
 
 struct Guest {
     config: GuestConfig,
@@ -220,7 +220,10 @@ const QMP_DEADLINE: Duration = Duration::from_secs(10);
 /// session skips VNC authentication because only the agent holds the fd.
 async fn vnc_by_qmp(qmp: &Path, req: &OpenRequest) -> Result<UnixStream, Close> {
     let (ours, theirs) = UnixStream::pair().map_err(|e| {
-        Close::new(CloseCode::BackendError, format!("cannot create a socketpair: {e}"))
+        Close::new(
+            CloseCode::BackendError,
+            format!("cannot create a socketpair: {e}"),
+        )
     })?;
     let name = format!("vmgate-vnc-{}", req.session);
     let exchange = async {
@@ -245,17 +248,25 @@ async fn vnc_by_qmp(qmp: &Path, req: &OpenRequest) -> Result<UnixStream, Close> 
             .await;
         if let Err(e) = added {
             // Do not leave the fd in QEMU's table.
-            let _ = q.execute("closefd", serde_json::json!({ "fdname": name })).await;
+            let _ = q
+                .execute("closefd", serde_json::json!({ "fdname": name }))
+                .await;
             return Err(failed(e));
         }
         Ok(())
     };
     match tokio::time::timeout(QMP_DEADLINE, exchange).await {
-        Ok(Ok(())) => Ok(ours),
+        Ok(Ok(())) => {
+            tracing::debug!(session = req.session, guest = %req.guest, "VNC client handed to QEMU (QMP add_client)");
+            Ok(ours)
+        }
         Ok(Err(close)) => Err(close),
         Err(_) => Err(Close::new(
             CloseCode::BackendError,
-            format!("QMP of {} did not answer within {QMP_DEADLINE:?}", req.guest),
+            format!(
+                "QMP of {} did not answer within {QMP_DEADLINE:?}",
+                req.guest
+            ),
         )),
     }
 }

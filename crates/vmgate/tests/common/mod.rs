@@ -59,6 +59,11 @@ impl Stack {
     /// Boots a guest named `demo`, starts an agent and a gateway for it, and
     /// waits until the gateway routes the guest.
     pub async fn start() -> Stack {
+        Stack::start_with(|_| {}).await
+    }
+
+    /// [`Stack::start`], with the agent's view of the guest edited first.
+    pub async fn start_with(edit: impl FnOnce(&mut vmgate_agent::config::GuestConfig)) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let state = State::new(dir.path().join("state"));
         state.init().unwrap();
@@ -73,7 +78,9 @@ impl Stack {
         let guest = Guest::boot(&image, &BootOptions::new("demo", &run)).expect("booting");
         let agent_addr = free_udp();
         let gw_addr = free_tcp();
-        let agent_cfg = state.agent_config(agent_addr, vec![vmgate::demo::guest_config(&guest)]);
+        let mut guest_cfg = vmgate::demo::guest_config(&guest);
+        edit(&mut guest_cfg);
+        let agent_cfg = state.agent_config(agent_addr, vec![guest_cfg]);
         write_toml(&state.path("agent.toml"), &agent_cfg).unwrap();
         let gw_cfg = state.gateway_config(gw_addr, &[agent_addr]);
         write_toml(&state.path("gateway.toml"), &gw_cfg).unwrap();
