@@ -25,8 +25,11 @@ use crate::client::Ws;
 use crate::state::State;
 use crate::tickets::{mint, TicketRequest};
 
+/// How a viewer takes the address on its command line.
+type AddrArg = fn(SocketAddr) -> String;
+
 /// Viewers tried by `--viewer`, in order, and how each takes an address.
-const VIEWERS: &[(&str, fn(SocketAddr) -> String)] = &[
+const VIEWERS: &[(&str, AddrArg)] = &[
     ("vncviewer", |a| format!("{}::{}", a.ip(), a.port())),
     ("xtigervncviewer", |a| format!("{}::{}", a.ip(), a.port())),
     ("remote-viewer", |a| {
