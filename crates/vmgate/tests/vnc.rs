@@ -491,6 +491,15 @@ async fn malformed_rfb_from_a_viewer_closes_only_its_session_with_a_logged_reaso
 
 /// Runs the browser script (tests/browser/screen.mjs) and returns its report.
 async fn browser(url: &str, out: &Path, typed: Option<&str>) -> serde_json::Value {
+    browser_with(url, out, typed, false).await
+}
+
+async fn browser_with(
+    url: &str,
+    out: &Path,
+    typed: Option<&str>,
+    until_closed: bool,
+) -> serde_json::Value {
     let dir = workspace().join("crates/vmgate/tests/browser");
     if !dir.join("node_modules/playwright-core").exists() {
         let ok = Command::new("npm")
@@ -512,6 +521,9 @@ async fn browser(url: &str, out: &Path, typed: Option<&str>) -> serde_json::Valu
         .stderr(Stdio::inherit());
     if let Some(t) = typed {
         cmd.env("VMGATE_TYPE", t);
+    }
+    if until_closed {
+        cmd.env("VMGATE_UNTIL_CLOSED", "1");
     }
     let output = tokio::time::timeout(Duration::from_secs(120), cmd.output())
         .await
@@ -589,4 +601,27 @@ async fn the_web_page_shows_the_screen_over_one_http2_connection_and_types_into_
     let (code, reason) = again.closed().await;
     assert_eq!(code, 4401);
     assert!(reason.contains("already used"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_read_only_page_says_so_and_shows_why_the_screen_closed() {
+    let stack = Stack::start().await;
+    let t = stack.ticket_with(
+        "demo",
+        &["vnc"],
+        true,
+        Duration::from_secs(60),
+        Some(Duration::from_secs(8)),
+    );
+    let out = stack.dir.path().join("browser");
+    std::fs::create_dir_all(&out).unwrap();
+    let report = browser_with(&t.url, &out, None, true).await;
+    let status = report["status"].as_str().unwrap();
+    assert!(status.contains("read-only"), "{report:#}");
+    assert_eq!(report["serial"], false, "no serial channel in the ticket");
+    let closed = report["closedStatus"].as_str().unwrap();
+    assert!(
+        closed.contains("maximum session length") && closed.contains("(4408)"),
+        "{report:#}"
+    );
 }
