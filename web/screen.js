@@ -90,10 +90,17 @@ function openScreen(url, readOnly) {
   $("cad").addEventListener("click", () => { rfb.sendCtrlAltDel(); rfb.focus(); });
   $("paste").addEventListener("click", () => { rfb.clipboardPasteFrom($("paste-text").value); rfb.focus(); });
   $("type").addEventListener("click", () => {
-    // Plain key presses, for guests without a clipboard agent.
+    // Plain key presses (keysyms), for guests without a clipboard agent.
+    // The guest gets scancodes, so Shift is held for what needs it on a
+    // US layout, as a person would.
+    const SHIFT_L = 0xffe1;
     for (const ch of $("paste-text").value) {
-      const keysym = ch === "\n" ? 0xff0d : ch.codePointAt(0) < 0x100 ? ch.codePointAt(0) : 0x1000000 + ch.codePointAt(0);
+      const cp = ch.codePointAt(0);
+      const keysym = ch === "\n" ? 0xff0d : cp < 0x100 ? cp : 0x1000000 + cp;
+      const shift = /[A-Z~!@#$%^&*()_+{}|:"<>?]/.test(ch);
+      if (shift) rfb.sendKey(SHIFT_L, null, true);
       rfb.sendKey(keysym, null);
+      if (shift) rfb.sendKey(SHIFT_L, null, false);
     }
     rfb.focus();
   });

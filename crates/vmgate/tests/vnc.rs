@@ -521,6 +521,7 @@ async fn browser_with(
         .stderr(Stdio::inherit());
     if let Some(t) = typed {
         cmd.env("VMGATE_TYPE", t);
+        cmd.env("VMGATE_TYPE_BUTTON", t.replace("vnc-", "button-"));
     }
     if until_closed {
         cmd.env("VMGATE_UNTIL_CLOSED", "1");
@@ -564,8 +565,10 @@ async fn the_web_page_shows_the_screen_over_one_http2_connection_and_types_into_
     canvas.assert_same(&before, "browser canvas vs screendump");
     assert_eq!(report["status"], "connected", "{report:#}");
 
-    // Keys typed in the page ran on the guest's VGA console.
+    // Keys typed in the page ran on the guest's VGA console, and so did the
+    // page's Type button.
     watcher.expect("vnc-42").await;
+    watcher.expect("button-42").await;
 
     // Screen and serial on one HTTP/2 connection: the browser's own record
     // (an extended CONNECT is answered 200, an HTTP/1.1 upgrade 101) ...

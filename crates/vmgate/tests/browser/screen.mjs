@@ -7,6 +7,8 @@
 //   VMGATE_OUT    a folder for canvas.rgba and page.png
 //   VMGATE_TYPE   text to type into the screen once it shows (optional)
 //   VMGATE_CLICK  "1": also click into the screen (optional)
+//   VMGATE_TYPE_BUTTON  text to type with the page's Type button, then
+//                 Enter on the keyboard (optional)
 //   VMGATE_UNTIL_CLOSED  "1": then wait for the screen to disconnect and
 //                 report the status line (optional)
 import { chromium } from "playwright-core";
@@ -121,6 +123,13 @@ try {
     // Let the last key events leave before the browser goes.
     await new Promise((r) => setTimeout(r, 1000));
     await page.screenshot({ path: join(out, "typed.png") });
+  }
+  if (process.env.VMGATE_TYPE_BUTTON) {
+    await page.fill("#paste-text", process.env.VMGATE_TYPE_BUTTON);
+    await page.click("#type");
+    await page.keyboard.press("Enter");
+    await new Promise((r) => setTimeout(r, 1000));
+    await page.screenshot({ path: join(out, "typed-button.png") });
   }
   if (process.env.VMGATE_UNTIL_CLOSED === "1") {
     await until("the screen to disconnect", () => window.vmgate.screen === "disconnected");
