@@ -33,6 +33,8 @@ const TLS_DEADLINE: Duration = Duration::from_secs(10);
 const HEADER_DEADLINE: Duration = Duration::from_secs(10);
 /// The largest WebSocket message accepted from a client.
 const MAX_MESSAGE: usize = 1 << 20;
+/// The largest `POST /api/session` body (a ticket is well under 2 kB).
+const MAX_PAGE_REQUEST: usize = 16 * 1024;
 /// How long open connections get to finish at shutdown.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -95,7 +97,7 @@ struct PageRequest {
 async fn page_session(
     State(shared): State<Arc<Shared>>,
     Extension(Peer(peer)): Extension<Peer>,
-    axum::Json(req): axum::Json<PageRequest>,
+    body: axum::body::Body,
 ) -> Response {
     let refused = |status: StatusCode, code: CloseCode, reason: String| {
         (
@@ -103,6 +105,24 @@ async fn page_session(
             axum::Json(serde_json::json!({ "code": code as u16, "error": reason })),
         )
             .into_response()
+    };
+    // Pre-auth: the body is bounded in size and time.
+    let body = tokio::time::timeout(
+        HEADER_DEADLINE,
+        axum::body::to_bytes(body, MAX_PAGE_REQUEST),
+    )
+    .await;
+    let req: Option<PageRequest> = match body {
+        Ok(Ok(b)) => serde_json::from_slice(&b).ok(),
+        _ => None,
+    };
+    let Some(req) = req else {
+        tracing::debug!(%peer, "bad page session request");
+        return refused(
+            StatusCode::BAD_REQUEST,
+            CloseCode::TicketRefused,
+            "expected {\"ticket\": …} within the size and time limits".into(),
+        );
     };
     let claims = match shared.tickets.redeem_page(&req.ticket) {
         Ok(c) => c,
@@ -251,6 +271,7 @@ async fn session(
             c = rfb_failed => c,
         }
     };
+    let dropped = rx.dropped_count();
     let out = if vnc {
         relay(rx, tx, qrx, qtx, stop).await
     } else {
@@ -258,7 +279,8 @@ async fn session(
         relay(rx.into_inner(), tx, qrx, qtx, stop).await
     };
     tracing::info!(session = sid, %peer, %guest, %channel, reason = %out.close,
-        bytes_to_guest = out.a_to_b, bytes_from_guest = out.b_to_a, "session ended");
+        bytes_to_guest = out.a_to_b, bytes_from_guest = out.b_to_a,
+        input_dropped = dropped.load(std::sync::atomic::Ordering::Relaxed), "session ended");
 }
 
 async fn refuse(mut tx: ws::WsTx, close: Close) {

@@ -13,6 +13,8 @@
 //! not touched at all.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use tokio::sync::oneshot;
 use vmgate_relay::FrameRx;
@@ -26,6 +28,8 @@ pub struct RfbRx<R> {
     /// Tells the session to end (both sides, with the reason) on bad RFB.
     failed: Option<oneshot::Sender<Close>>,
     session: u64,
+    /// Input messages dropped so far, readable after the relay took `self`.
+    dropped: Arc<AtomicU64>,
 }
 
 /// Wraps a viewer's receiving half. The future resolves with the Close to
@@ -42,6 +46,7 @@ pub fn wrap<R: FrameRx>(
         filter: ClientFilter::new(read_only),
         failed: Some(tx),
         session,
+        dropped: Arc::default(),
     };
     let failed = async move {
         match told.await {
@@ -60,7 +65,9 @@ impl<R: FrameRx> FrameRx for RfbRx<R> {
                 Some(Frame::Data(d)) => d,
                 other => return Ok(other),
             };
-            match self.filter.filter(data) {
+            let filtered = self.filter.filter(data);
+            self.dropped.store(self.filter.dropped, Ordering::Relaxed);
+            match filtered {
                 // All of it was input from a read-only viewer.
                 Ok(out) if out.is_empty() => continue,
                 Ok(out) => return Ok(Some(Frame::Data(out))),
@@ -90,6 +97,11 @@ impl<R> RfbRx<R> {
     /// Input messages dropped so far (read-only viewers).
     pub fn dropped(&self) -> u64 {
         self.filter.dropped
+    }
+
+    /// A live count of the input messages dropped, for the session's log.
+    pub fn dropped_count(&self) -> Arc<AtomicU64> {
+        self.dropped.clone()
     }
 }
 

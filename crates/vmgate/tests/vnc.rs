@@ -331,11 +331,11 @@ impl RawViewer {
     }
 
     /// Types `text` as a person on a US keyboard would (Shift held for
-    /// shifted characters), Enter at the end.
+    /// shifted characters), Enter at the end: [`key_events`] messages.
     async fn type_line(&mut self, text: &str) {
         const SHIFT_L: u32 = 0xffe1;
         for ch in text.chars() {
-            let shifted = ch.is_ascii_uppercase() || "!@#$%^&*()_+{}|:\"<>?~".contains(ch);
+            let shifted = shifted(ch);
             if shifted {
                 self.key(SHIFT_L, true).await;
             }
@@ -373,6 +373,16 @@ impl RawViewer {
             .unwrap();
         assert!(n > 0, "the session ended");
     }
+}
+
+fn shifted(ch: char) -> bool {
+    ch.is_ascii_uppercase() || "!@#$%^&*()_+{}|:\"<>?~".contains(ch)
+}
+
+/// KeyEvents [`RawViewer::type_line`] sends for `text`.
+fn key_events(text: &str) -> usize {
+    let presses = text.chars().count() + text.chars().filter(|&c| shifted(c)).count() + 1;
+    2 * presses
 }
 
 /// Strips the terminal colours tracing puts in the log files.
@@ -422,6 +432,8 @@ async fn read_only_vnc_session_end(stack: &Stack) -> String {
     }
 }
 
+const RO_LINE: &str = "echo ro-$((2+3)) > /dev/ttyS0";
+
 #[tokio::test]
 async fn read_only_viewers_never_reach_the_guest_while_an_interactive_one_does() {
     let stack = Stack::start().await;
@@ -435,7 +447,7 @@ async fn read_only_viewers_never_reach_the_guest_while_an_interactive_one_does()
     let mut ro = RawViewer::connect(&ro_cli).await;
     let mut rw = RawViewer::connect(&rw_cli).await;
 
-    ro.type_line("echo ro-$((2+3)) > /dev/ttyS0").await;
+    ro.type_line(RO_LINE).await;
     ro.click_paste_and_extended_key().await;
     ro.still_updates().await;
     rw.type_line("echo rw-$((3+4)) > /dev/ttyS0").await;
@@ -456,6 +468,15 @@ async fn read_only_viewers_never_reach_the_guest_while_an_interactive_one_does()
     assert!(
         line.contains(&format!("to_guest={non_input} ")),
         "QEMU got more than the non-input bytes: {line}"
+    );
+    // The gateway counted what it dropped: the typed line's key events,
+    // 2 pointer events, a paste, 2 QEMU key events.
+    let dropped = key_events(RO_LINE) + 2 + 1 + 2;
+    let gw = plain(&stack.log("gateway.log"));
+    assert!(
+        gw.lines()
+            .any(|l| l.contains("session ended") && l.contains(&format!("input_dropped={dropped}"))),
+        "no session with input_dropped={dropped} in the gateway log:\n{gw}"
     );
     drop((ro_cli, rw_cli));
 }
