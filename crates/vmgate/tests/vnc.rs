@@ -206,7 +206,7 @@ impl Drop for VncCli {
 /// vncdotool from PyPI, in a venv under target/ (made on first use).
 fn vncdo() -> PathBuf {
     static READY: Mutex<()> = Mutex::new(());
-    let _once = READY.lock().unwrap();
+    let _once = READY.lock().unwrap_or_else(|e| e.into_inner());
     let venv = workspace().join("target/vnc-venv");
     let bin = venv.join("bin/vncdo");
     if !bin.exists() {
@@ -522,6 +522,9 @@ async fn browser_with(
     until_closed: bool,
 ) -> serde_json::Value {
     let dir = workspace().join("crates/vmgate/tests/browser");
+    // One installer at a time: the browser tests run in parallel.
+    static NPM: Mutex<()> = Mutex::new(());
+    let installing = NPM.lock().unwrap_or_else(|e| e.into_inner());
     if !dir.join("node_modules/playwright-core").exists() {
         let ok = Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund", "--prefix"])
