@@ -538,6 +538,7 @@ async fn browser_with(
             dir.display()
         );
     }
+    drop(installing);
     let mut cmd = tokio::process::Command::new("node");
     cmd.arg(dir.join("screen.mjs"))
         .env("VMGATE_URL", url)
