@@ -83,8 +83,19 @@ impl QemuBackend {
                 let node = backend.node.clone();
                 let inv = backend.inventory.clone();
                 tokio::spawn(async move {
-                    while rx.changed().await.is_ok() {
-                        inv.send_replace(snapshot(&node, &guests));
+                    // A console that connected between the first snapshot
+                    // and `watch_connected` above is no change to `rx`:
+                    // take a snapshot now, then one per change.
+                    loop {
+                        inv.send_if_modified(|cur| {
+                            let next = snapshot(&node, &guests);
+                            let changed = *cur != next;
+                            *cur = next;
+                            changed
+                        });
+                        if rx.changed().await.is_err() {
+                            break;
+                        }
                     }
                 });
             }
