@@ -21,6 +21,17 @@
 
   const params = new URLSearchParams(location.hash.slice(1));
   const ticket = params.get("ticket");
+  // A ticket for the screen opens the screen page (serial beside it).
+  if (ticket && !params.get("channel")) {
+    try {
+      if (claimsOf(ticket).channels.includes("vnc")) {
+        location.replace("/screen" + location.hash);
+        return;
+      }
+    } catch (e) {
+      // Malformed: reported below.
+    }
+  }
   // The ticket is single-use: keep it out of the history and the address bar.
   history.replaceState(null, "", location.pathname);
   if (!ticket) {

@@ -68,6 +68,14 @@ pub struct GuestConfig {
     /// VNC unix socket (`-vnc unix:PATH`), exposed as channel `vnc`.
     #[serde(default)]
     pub vnc: Option<PathBuf>,
+    /// How a `vnc` session reaches QEMU's VNC server: `qmp` hands QEMU one
+    /// end of a fresh socketpair per session (QMP `getfd` + `add_client`,
+    /// as libvirt's `virDomainOpenGraphicsFD` does), so QEMU needs a VNC
+    /// display (`-vnc none` will do) but no listener; `socket` connects to
+    /// `vnc`. Default: `socket` when `vnc` is set, else none (no `vnc`
+    /// channel). `qmp` needs `qmp`.
+    #[serde(default)]
+    pub vnc_via: Option<VncVia>,
     /// Serial consoles (`-chardev socket,server=on` behind `-serial`).
     #[serde(default)]
     pub serial: Vec<Endpoint>,
@@ -75,6 +83,27 @@ pub struct GuestConfig {
     /// `virtserialport`). Only ports listed here are exposed.
     #[serde(default)]
     pub channel: Vec<Endpoint>,
+}
+
+/// How the agent opens a guest's VNC server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VncVia {
+    /// A socketpair per session, given to QEMU with QMP `add_client`.
+    Qmp,
+    /// A connection to the VNC unix socket.
+    Socket,
+}
+
+impl GuestConfig {
+    /// How this guest's `vnc` channel is opened, if it has one.
+    pub fn vnc_via(&self) -> Option<VncVia> {
+        match (self.vnc_via, &self.vnc) {
+            (Some(v), _) => Some(v),
+            (None, Some(_)) => Some(VncVia::Socket),
+            (None, None) => None,
+        }
+    }
 }
 
 /// A named unix socket of a guest.
@@ -117,8 +146,23 @@ impl AgentConfig {
                 )));
             }
             let mut chans = std::collections::HashSet::new();
-            if g.vnc.is_some() {
-                chans.insert("vnc");
+            match g.vnc_via() {
+                Some(VncVia::Qmp) if g.qmp.is_none() => {
+                    return Err(ConfigError::Invalid(format!(
+                        "guest {}: vnc_via = \"qmp\" needs the guest's qmp socket",
+                        g.name
+                    )))
+                }
+                Some(VncVia::Socket) if g.vnc.is_none() => {
+                    return Err(ConfigError::Invalid(format!(
+                        "guest {}: vnc_via = \"socket\" needs the guest's vnc socket",
+                        g.name
+                    )))
+                }
+                Some(_) => {
+                    chans.insert("vnc");
+                }
+                None => {}
             }
             for e in g.serial.iter().chain(&g.channel) {
                 if !vmgate_wire::valid_name(&e.name) {
@@ -175,5 +219,22 @@ mod tests {
         let cfg: AgentConfig = toml::from_str(&bad).unwrap();
         assert!(cfg.validate().is_err());
         assert!(toml::from_str::<AgentConfig>(&format!("{GOOD}\nbogus = 1")).is_err());
+    }
+
+    #[test]
+    fn vnc_via_defaults_to_the_socket_and_qmp_needs_a_qmp_socket() {
+        let cfg: AgentConfig = toml::from_str(GOOD).unwrap();
+        assert_eq!(cfg.guests[0].vnc_via(), Some(VncVia::Socket));
+        let qmp = GOOD.replace("vnc = \"/run/vnc.sock\"", "vnc_via = \"qmp\"");
+        let cfg: AgentConfig = toml::from_str(&qmp).unwrap();
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("qmp socket"));
+        let qmp = qmp.replace("vnc_via", "qmp = \"/run/qmp.sock\"\n        vnc_via");
+        let cfg: AgentConfig = toml::from_str(&qmp).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.guests[0].vnc_via(), Some(VncVia::Qmp));
     }
 }

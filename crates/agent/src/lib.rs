@@ -9,12 +9,14 @@
 //! * [`console`]: serial consoles: persistent connection, scrollback, log,
 //!   fan-out, one keyboard;
 //! * [`backend`]: where guests come from (`qemu`: declared in the config);
-//! * [`server`]: the QUIC listener and the per-stream dispatch.
+//! * [`server`]: the QUIC listener and the per-stream dispatch;
+//! * [`qmp`]: a small QMP client (commands, fd passing for VNC sessions).
 #![forbid(unsafe_code)]
 
 pub mod backend;
 pub mod config;
 pub mod console;
+pub mod qmp;
 pub mod server;
 
 use std::net::SocketAddr;

@@ -11,13 +11,17 @@
 //! * [`tickets`]: ticket redemption (signature, expiry, scope, single use);
 //! * [`public`]: the HTTPS listener, console WebSockets, web page;
 //! * [`ws`]: a client WebSocket as a side of the relay;
-//! * [`assets`]: the embedded web console.
+//! * [`assets`]: the embedded web console;
+//! * [`pages`]: web console sessions (one ticket, the page's streams);
+//! * [`rfb_filter`]: RFB awareness (read-only viewers, malformed RFB).
 #![forbid(unsafe_code)]
 
 pub mod agents;
 pub mod assets;
 pub mod config;
+pub mod pages;
 pub mod public;
+pub mod rfb_filter;
 pub mod tickets;
 pub mod ws;
 
@@ -51,6 +55,8 @@ pub enum GatewayError {
 pub struct Shared {
     pub pool: Arc<agents::AgentPool>,
     pub tickets: tickets::TicketCheck,
+    /// Web console pages' sessions.
+    pub pages: pages::Pages,
     pub shutdown: CancellationToken,
 }
 
@@ -96,6 +102,7 @@ impl Gateway {
             shared: Arc::new(Shared {
                 pool,
                 tickets: tickets::TicketCheck::new(key),
+                pages: pages::Pages::default(),
                 shutdown,
             }),
         })

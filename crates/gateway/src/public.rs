@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::extract::{Path, Query, State, WebSocketUpgrade};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use axum::{Extension, Router};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -24,7 +24,8 @@ use vmgate_relay::{relay, FrameTx};
 use vmgate_ticket::TicketError;
 use vmgate_wire::{Close, CloseCode, Frame, Mode};
 
-use crate::{assets, ws, Shared};
+use crate::pages::{Grant, JoinError};
+use crate::{assets, rfb_filter, ws, Shared};
 
 /// Deadline for a client's TLS handshake.
 const TLS_DEADLINE: Duration = Duration::from_secs(10);
@@ -32,6 +33,8 @@ const TLS_DEADLINE: Duration = Duration::from_secs(10);
 const HEADER_DEADLINE: Duration = Duration::from_secs(10);
 /// The largest WebSocket message accepted from a client.
 const MAX_MESSAGE: usize = 1 << 20;
+/// The largest `POST /api/session` body (a ticket is well under 2 kB).
+const MAX_PAGE_REQUEST: usize = 16 * 1024;
 /// How long open connections get to finish at shutdown.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -43,7 +46,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/", get(|| async { html(assets::INDEX_HTML) }))
         .route("/console", get(|| async { html(assets::CONSOLE_HTML) }))
+        .route("/screen", get(|| async { html(assets::SCREEN_HTML) }))
         .route("/assets/{name}", get(asset))
+        .route("/novnc/{*path}", get(novnc_asset))
+        .route("/api/session", post(page_session))
         .route("/healthz", get(|| async { "ok\n" }))
         // `any`: over HTTP/2 a WebSocket opens with CONNECT, not GET.
         .route("/ws/{guest}/{channel}", any(console_ws))
@@ -56,7 +62,9 @@ fn html(body: &'static [u8]) -> Response {
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (
                 header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; connect-src 'self'; frame-ancestors 'none'",
+                // data: images: noVNC draws the remote cursor as one; inline styles:
+                // xterm.js and noVNC set them (scripts stay 'self' only).
+                "default-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
             ),
             (header::CACHE_CONTROL, "no-store"),
         ],
@@ -72,9 +80,85 @@ async fn asset(Path(name): Path<String>) -> Response {
     }
 }
 
+async fn novnc_asset(Path(path): Path<String>) -> Response {
+    match assets::novnc(&path) {
+        Some((mime, body)) => ([(header::CONTENT_TYPE, mime)], body).into_response(),
+        None => (StatusCode::NOT_FOUND, "no such asset\n").into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct PageRequest {
+    ticket: String,
+}
+
+/// `POST /api/session {"ticket": …}`: redeems a ticket for a web console
+/// page and answers with the token its WebSockets present ([`crate::pages`]).
+async fn page_session(
+    State(shared): State<Arc<Shared>>,
+    Extension(Peer(peer)): Extension<Peer>,
+    body: axum::body::Body,
+) -> Response {
+    let refused = |status: StatusCode, code: CloseCode, reason: String| {
+        (
+            status,
+            axum::Json(serde_json::json!({ "code": code as u16, "error": reason })),
+        )
+            .into_response()
+    };
+    // Pre-auth: the body is bounded in size and time.
+    let body = tokio::time::timeout(
+        HEADER_DEADLINE,
+        axum::body::to_bytes(body, MAX_PAGE_REQUEST),
+    )
+    .await;
+    let req: Option<PageRequest> = match body {
+        Ok(Ok(b)) => serde_json::from_slice(&b).ok(),
+        _ => None,
+    };
+    let Some(req) = req else {
+        tracing::debug!(%peer, "bad page session request");
+        return refused(
+            StatusCode::BAD_REQUEST,
+            CloseCode::TicketRefused,
+            "expected {\"ticket\": …} within the size and time limits".into(),
+        );
+    };
+    let claims = match shared.tickets.redeem_page(&req.ticket) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(%peer, reason = e.code(), "page ticket refused");
+            let close = refusal(&e);
+            return refused(StatusCode::FORBIDDEN, close.code, close.reason);
+        }
+    };
+    let body = serde_json::json!({
+        "guest": claims.guest,
+        "channels": claims.channels,
+        "mode": claims.mode.as_str(),
+    });
+    let id = claims.id.clone();
+    match shared.pages.start(claims, std::time::Instant::now()) {
+        Ok(token) => {
+            tracing::info!(%peer, ticket = %id, "page session started");
+            let mut body = body;
+            body["session"] = token.into();
+            ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
+        }
+        Err(e) => refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            CloseCode::TooMany,
+            e.to_string(),
+        ),
+    }
+}
+
 #[derive(Deserialize)]
 struct WsQuery {
     ticket: Option<String>,
+    /// A web console page's session token (`POST /api/session`), instead
+    /// of a ticket.
+    session: Option<String>,
     /// Take the keyboard (serial) or the channel over from its holder.
     #[serde(default)]
     force: bool,
@@ -108,6 +192,29 @@ fn refusal(e: &TicketError) -> Close {
     Close::new(code, e.to_string())
 }
 
+/// Checks a ticket for `guest`/`channel` and uses it up, but only once the
+/// session could open (the guest is routed and has the channel), so a
+/// ticket is never wasted on a guest that is not there yet.
+fn redeem(
+    shared: &Shared,
+    ticket: &str,
+    guest: &str,
+    channel: &str,
+    peer: SocketAddr,
+) -> Result<vmgate_ticket::Claims, Close> {
+    let refused = |e: TicketError| {
+        tracing::warn!(%peer, %guest, %channel, reason = e.code(), "ticket refused");
+        refusal(&e)
+    };
+    let claims = shared
+        .tickets
+        .check(ticket, guest, channel)
+        .map_err(refused)?;
+    shared.pool.check(guest, channel)?;
+    shared.tickets.redeem(&claims).map_err(refused)?;
+    Ok(claims)
+}
+
 async fn session(
     shared: Arc<Shared>,
     rx: ws::WsRx,
@@ -117,32 +224,39 @@ async fn session(
     q: WsQuery,
     peer: SocketAddr,
 ) {
-    let authorized = match q.ticket.as_deref() {
-        None => Err(Close::new(
+    let grant = match (q.ticket.as_deref(), q.session.as_deref()) {
+        (None, None) => Err(Close::new(
             CloseCode::TicketRefused,
             "missing ticket: add ?ticket=… from `vmgate ticket`",
         )),
-        Some(t) => shared.tickets.check(t, &guest, &channel).map_err(|e| {
-            tracing::warn!(%peer, %guest, %channel, reason = e.code(), "ticket refused");
-            refusal(&e)
+        (Some(t), _) => redeem(&shared, t, &guest, &channel, peer).map(|c| Grant {
+            ticket: c.id,
+            mode: c.mode,
+            until: c
+                .max_session
+                .map(|s| std::time::Instant::now() + Duration::from_secs(s)),
         }),
-    }
-    .and_then(|claims| {
-        shared.pool.check(&guest, &channel)?;
-        shared.tickets.redeem(&claims).map_err(|e| {
-            tracing::warn!(%peer, %guest, %channel, reason = e.code(), "ticket refused");
-            refusal(&e)
-        })?;
-        Ok(claims)
-    });
-    let claims = match authorized {
-        Ok(c) => c,
+        (None, Some(token)) => shared
+            .pages
+            .join(token, &guest, &channel, std::time::Instant::now())
+            .map_err(|e| {
+                tracing::warn!(%peer, %guest, %channel, reason = %e, "page session refused");
+                let code = match e {
+                    JoinError::WrongGuest | JoinError::Channel(_) => CloseCode::TicketScope,
+                    JoinError::Full => CloseCode::TooMany,
+                    JoinError::Unknown => CloseCode::TicketRefused,
+                };
+                Close::new(code, e.to_string())
+            }),
+    };
+    let grant = match grant {
+        Ok(g) => g,
         Err(close) => {
             tracing::warn!(%peer, %guest, %channel, reason = %close, "session refused");
             return refuse(tx, close).await;
         }
     };
-    let mode = match claims.mode {
+    let mode = match grant.mode {
         vmgate_ticket::Mode::Interactive => Mode::Interactive,
         vmgate_ticket::Mode::ReadOnly => Mode::ReadOnly,
     };
@@ -151,17 +265,19 @@ async fn session(
     let (qrx, qtx) = match shared.pool.open(sid, &guest, &channel, mode, force).await {
         Ok(s) => s,
         Err(close) => {
-            tracing::warn!(%peer, %guest, %channel, ticket = %claims.id, reason = %close, "session refused");
+            tracing::warn!(%peer, %guest, %channel, ticket = %grant.ticket, reason = %close, "session refused");
             return refuse(tx, close).await;
         }
     };
-    tracing::info!(session = sid, %peer, %guest, %channel, ticket = %claims.id, ?mode, "session opened");
+    tracing::info!(session = sid, %peer, %guest, %channel, ticket = %grant.ticket, ?mode, "session opened");
     let shutdown = shared.shutdown.clone();
-    let max = claims.max_session;
+    let until = grant.until;
+    let vnc = channel == "vnc";
+    let (rx, rfb_failed) = rfb_filter::wrap(rx, mode == Mode::ReadOnly, sid);
     let stop = async move {
         let expire = async {
-            match max {
-                Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+            match until {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
                 None => std::future::pending().await,
             }
         };
@@ -169,13 +285,21 @@ async fn session(
             _ = shutdown.cancelled() => Close::new(CloseCode::GoingAway, "the gateway is shutting down"),
             _ = expire => Close::new(
                 CloseCode::SessionExpired,
-                format!("maximum session length of {}s reached: mint a new ticket", max.unwrap_or(0)),
+                "the ticket's maximum session length was reached: mint a new ticket",
             ),
+            c = rfb_failed => c,
         }
     };
-    let out = relay(rx, tx, qrx, qtx, stop).await;
+    let dropped = rx.dropped_count();
+    let out = if vnc {
+        relay(rx, tx, qrx, qtx, stop).await
+    } else {
+        // Other channels are not RFB: relay the viewer's bytes as they are.
+        relay(rx.into_inner(), tx, qrx, qtx, stop).await
+    };
     tracing::info!(session = sid, %peer, %guest, %channel, reason = %out.close,
-        bytes_to_guest = out.a_to_b, bytes_from_guest = out.b_to_a, "session ended");
+        bytes_to_guest = out.a_to_b, bytes_from_guest = out.b_to_a,
+        input_dropped = dropped.load(std::sync::atomic::Ordering::Relaxed), "session ended");
 }
 
 async fn refuse(mut tx: ws::WsTx, close: Close) {

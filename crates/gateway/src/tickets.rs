@@ -46,4 +46,12 @@ impl TicketCheck {
             .expect("replay lock")
             .redeem(claims, unix_now())
     }
+
+    /// Redeems `ticket` for a web console page, whatever its channels: the
+    /// page's streams then join the page session ([`crate::pages`]).
+    pub fn redeem_page(&self, ticket: &str) -> Result<Claims, TicketError> {
+        let claims = verify(&self.key, ticket, unix_now())?;
+        self.redeem(&claims)?;
+        Ok(claims)
+    }
 }

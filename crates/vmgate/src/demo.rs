@@ -25,6 +25,8 @@ pub fn guest_config(guest: &Guest) -> GuestConfig {
         name: guest.name.clone(),
         qmp: Some(guest.qmp_socket.clone()),
         vnc: Some(guest.vnc_socket.clone()),
+        // Each VNC session is a socketpair handed to QEMU over QMP.
+        vnc_via: Some(vmgate_agent::config::VncVia::Qmp),
         serial: vec![Endpoint {
             name: "serial0".into(),
             path: guest.serial_socket.clone(),
@@ -88,15 +90,28 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
             max_session: None,
         },
     )?;
+    let screen = mint(
+        &state,
+        &TicketRequest {
+            guest: "demo".into(),
+            channels: vec!["vnc".into(), "serial0".into()],
+            mode: vmgate_ticket::Mode::Interactive,
+            ttl: Duration::from_secs(3600),
+            max_session: None,
+        },
+    )?;
     let sd = state.dir.display();
     println!(
         "\nvmgate demo is running: guest `demo` behind a gateway at {url}\n\n\
          Serial console in a browser (trust {sd}/public-ca.pem, or accept the certificate;\n\
          the ticket is single-use and valid for an hour):\n  {}\n\n\
+         Screen (noVNC) with the serial console beside it, in a browser:\n  {}\n\n\
+         Screen in any VNC viewer (prints a local address):\n  vmgate vnc demo --state-dir {sd}\n\n\
          Serial console in this terminal (Ctrl+] detaches):\n  vmgate console demo --state-dir {sd}\n\n\
          A fresh ticket:\n  vmgate ticket demo --channel serial0 --state-dir {sd}\n\n\
          Press Ctrl+C to stop (QEMU stops with it).",
-        ticket.url
+        ticket.url,
+        screen.url
     );
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -8,3 +8,4 @@ pub mod console;
 pub mod demo;
 pub mod state;
 pub mod tickets;
+pub mod vnc;

@@ -49,6 +49,27 @@ enum Cmd {
     /// Join a guest's virtio-serial port to stdin/stdout, or serve it on a
     /// local socket (--listen).
     Channel(vmgate::channel::ChannelArgs),
+    /// A local port for any VNC viewer, relaying to a guest's screen.
+    Vnc(VncArgs),
+}
+
+#[derive(Args)]
+struct VncArgs {
+    guest: String,
+    /// Where to listen for VNC viewers (port 0 picks a free one; printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Watch only: the gateway drops the viewers' keys, pointer and clipboard.
+    #[arg(long)]
+    read_only: bool,
+    /// Start an installed VNC viewer on the port; stop when it exits.
+    #[arg(long)]
+    viewer: bool,
+    /// CA certificate to trust for the gateway (default: the state dir's).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    #[command(flatten)]
+    state: StateArg,
 }
 
 #[derive(Args)]
@@ -198,7 +219,23 @@ async fn run(cli: Cli) -> Result<i32> {
             Ok(ended.exit_code())
         }
         Cmd::Channel(a) => vmgate::channel::run(a).await,
+        Cmd::Vnc(a) => vnc(a).await,
     }
+}
+
+async fn vnc(a: VncArgs) -> Result<i32> {
+    let state = State::new(vmgate::state::resolve(a.state.state_dir));
+    let ca = a.ca.unwrap_or_else(|| state.public_ca());
+    vmgate::vnc::run(vmgate::vnc::VncOptions {
+        state,
+        guest: a.guest,
+        listen: a.listen,
+        read_only: a.read_only,
+        viewer: a.viewer,
+        ca,
+    })
+    .await?;
+    Ok(0)
 }
 
 fn mode(read_only: bool) -> vmgate_ticket::Mode {

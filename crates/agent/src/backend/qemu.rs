@@ -1,9 +1,14 @@
 //! The `qemu` backend: guests declared in the agent's configuration, reached
-//! through the unix sockets QEMU was started with.
+//! through the unix sockets QEMU was started with. A VNC session is either
+//! a fresh socketpair handed to QEMU over QMP (`vnc_via = "qmp"`) or a
+//! connection to QEMU's VNC unix socket.
 
 use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::UnixStream;
 use tokio::sync::watch;
@@ -13,8 +18,9 @@ use vmgate_wire::{
 };
 
 use super::{Backend, ChardevStream, Opened, Slot};
-use crate::config::{AgentConfig, GuestConfig};
+use crate::config::{AgentConfig, GuestConfig, VncVia};
 use crate::console::{ConsoleHub, ConsoleSpec};
+use crate::qmp::Qmp;
 
 struct Guest {
     config: GuestConfig,
@@ -77,8 +83,19 @@ impl QemuBackend {
                 let node = backend.node.clone();
                 let inv = backend.inventory.clone();
                 tokio::spawn(async move {
-                    while rx.changed().await.is_ok() {
-                        inv.send_replace(snapshot(&node, &guests));
+                    // A console that connected between the first snapshot
+                    // and `watch_connected` above is no change to `rx`:
+                    // take a snapshot now, then one per change.
+                    loop {
+                        inv.send_if_modified(|cur| {
+                            let next = snapshot(&node, &guests);
+                            let changed = *cur != next;
+                            *cur = next;
+                            changed
+                        });
+                        if rx.changed().await.is_err() {
+                            break;
+                        }
                     }
                 });
             }
@@ -114,7 +131,7 @@ fn snapshot(node: &str, guests: &HashMap<String, Guest>) -> Inventory {
                     kind: ChannelKind::Serial,
                 })
                 .collect();
-            if g.config.vnc.is_some() {
+            if g.config.vnc_via().is_some() {
                 channels.push(ChannelInfo {
                     name: "vnc".into(),
                     kind: ChannelKind::Vnc,
@@ -173,8 +190,14 @@ impl Backend for QemuBackend {
             return Ok(Opened::Console(rx, tx));
         }
         if req.channel == "vnc" {
-            if let Some(path) = &guest.config.vnc {
-                let s = connect(path, &req.guest, "VNC socket").await?;
+            let s = match (guest.config.vnc_via(), &guest.config.vnc, &guest.config.qmp) {
+                (Some(VncVia::Qmp), _, Some(qmp)) => Some(vnc_by_qmp(qmp, req).await?),
+                (Some(VncVia::Socket), Some(path), _) => {
+                    Some(connect(path, &req.guest, "VNC socket").await?)
+                }
+                _ => None,
+            };
+            if let Some(s) = s {
                 return Ok(Opened::Stream {
                     stream: Box::new(s),
                     what: format!("VNC of {}", req.guest),
@@ -198,5 +221,65 @@ impl Backend for QemuBackend {
             CloseCode::UnknownChannel,
             format!("guest {} has no channel {}", req.guest, req.channel),
         ))
+    }
+}
+
+/// Deadline for the QMP exchange that opens a VNC session.
+const QMP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A new VNC client connection made by QEMU itself: one end of a socketpair
+/// goes to QEMU (`getfd`), which serves it as a VNC client (`add_client`);
+/// the agent keeps the other end. QEMU needs no VNC listener, and the
+/// session skips VNC authentication because only the agent holds the fd.
+async fn vnc_by_qmp(qmp: &Path, req: &OpenRequest) -> Result<UnixStream, Close> {
+    let (ours, theirs) = UnixStream::pair().map_err(|e| {
+        Close::new(
+            CloseCode::BackendError,
+            format!("cannot create a socketpair: {e}"),
+        )
+    })?;
+    let name = format!("vmgate-vnc-{}", req.session);
+    let exchange = async {
+        let mut q = Qmp::connect(qmp).await.map_err(|e| {
+            Close::new(
+                CloseCode::GuestDown,
+                format!("guest {} is not running (QMP: {e})", req.guest),
+            )
+        })?;
+        let failed = |e: crate::qmp::QmpError| {
+            Close::new(
+                CloseCode::BackendError,
+                format!("QEMU refused a VNC client for {}: {e}", req.guest),
+            )
+        };
+        q.getfd(&name, theirs.as_fd()).await.map_err(failed)?;
+        let added = q
+            .execute(
+                "add_client",
+                serde_json::json!({ "protocol": "vnc", "fdname": name, "skipauth": true }),
+            )
+            .await;
+        if let Err(e) = added {
+            // Do not leave the fd in QEMU's table.
+            let _ = q
+                .execute("closefd", serde_json::json!({ "fdname": name }))
+                .await;
+            return Err(failed(e));
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(QMP_DEADLINE, exchange).await {
+        Ok(Ok(())) => {
+            tracing::debug!(session = req.session, guest = %req.guest, "VNC client handed to QEMU (QMP add_client)");
+            Ok(ours)
+        }
+        Ok(Err(close)) => Err(close),
+        Err(_) => Err(Close::new(
+            CloseCode::BackendError,
+            format!(
+                "QMP of {} did not answer within {QMP_DEADLINE:?}",
+                req.guest
+            ),
+        )),
     }
 }
