@@ -14,7 +14,7 @@ use axum::extract::{Path, Query, State, WebSocketUpgrade};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use axum::{Extension, Router};
+use axum::{middleware, Extension, Router};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use serde::Deserialize;
@@ -24,12 +24,9 @@ use vmgate_relay::{relay, FrameTx};
 use vmgate_ticket::TicketError;
 use vmgate_wire::{Close, CloseCode, Frame, Mode};
 
+use crate::limits::{self, ConnLimits};
 use crate::{assets, ws, Shared};
 
-/// Deadline for a client's TLS handshake.
-const TLS_DEADLINE: Duration = Duration::from_secs(10);
-/// Deadline for the HTTP request headers after the handshake.
-const HEADER_DEADLINE: Duration = Duration::from_secs(10);
 /// The largest WebSocket message accepted from a client.
 const MAX_MESSAGE: usize = 1 << 20;
 /// How long open connections get to finish at shutdown.
@@ -39,15 +36,28 @@ const DRAIN: Duration = Duration::from_secs(5);
 #[derive(Clone, Copy, Debug)]
 pub struct Peer(pub SocketAddr);
 
+/// Whether the client presented a certificate the listener's verifier
+/// accepted (only the admin listener asks for one).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientCert(pub bool);
+
 pub fn router(shared: Arc<Shared>) -> Router {
+    let lim = shared.request_limits();
     Router::new()
         .route("/", get(|| async { html(assets::INDEX_HTML) }))
         .route("/console", get(|| async { html(assets::CONSOLE_HTML) }))
         .route("/assets/{name}", get(asset))
         .route("/healthz", get(|| async { "ok\n" }))
         // `any`: over HTTP/2 a WebSocket opens with CONNECT, not GET.
-        .route("/ws/{guest}/{channel}", any(console_ws))
+        .route(
+            "/ws/{guest}/{channel}",
+            any(console_ws).route_layer(middleware::from_fn_with_state(
+                lim.clone(),
+                limits::check_origin,
+            )),
+        )
         .with_state(shared)
+        .layer(middleware::from_fn_with_state(lim, limits::bounded_url))
 }
 
 fn html(body: &'static [u8]) -> Response {
@@ -117,13 +127,21 @@ async fn session(
     q: WsQuery,
     peer: SocketAddr,
 ) {
+    let opening = std::time::Instant::now();
+    if let Err(close) = shared.throttle.check(peer.ip(), opening) {
+        tracing::warn!(%peer, %guest, %channel, "ticket check throttled");
+        shared.metrics.refused("throttled");
+        return refuse(tx, close).await;
+    }
     let claims = match q.ticket.as_deref() {
         None => Err(Close::new(
             CloseCode::TicketRefused,
             "missing ticket: add ?ticket=… from `vmgate ticket`",
-        )),
+        ))
+        .inspect_err(|_| shared.ticket_failed(peer, "missing_ticket")),
         Some(t) => shared.tickets.redeem(t, &guest, &channel).map_err(|e| {
             tracing::warn!(%peer, %guest, %channel, reason = e.code(), "ticket refused");
+            shared.ticket_failed(peer, e.code());
             refusal(&e)
         }),
     };
@@ -137,14 +155,30 @@ async fn session(
     };
     let force = q.force && mode == Mode::Interactive;
     let sid = shared.pool.session_id();
+    let record = crate::audit::SessionRecord {
+        session: sid,
+        ticket: claims.id.clone(),
+        guest: guest.clone(),
+        channel: channel.clone(),
+        mode: claims.mode.as_str(),
+        peer,
+    };
+    let live = match shared.sessions.admit(record, false) {
+        Ok(live) => live,
+        Err(close) => return refuse(tx, close).await,
+    };
     let (qrx, qtx) = match shared.pool.open(sid, &guest, &channel, mode, force).await {
         Ok(s) => s,
         Err(close) => {
+            shared.metrics.refused(close.code.as_str());
             tracing::warn!(%peer, %guest, %channel, ticket = %claims.id, reason = %close, "session refused");
             return refuse(tx, close).await;
         }
     };
     tracing::info!(session = sid, %peer, %guest, %channel, ticket = %claims.id, ?mode, "session opened");
+    live.opened(opening.elapsed());
+    let (rx, qrx) = (live.count_to_guest(rx), live.count_from_guest(qrx));
+    let ended_by_admin_or_idle = live.stop();
     let shutdown = shared.shutdown.clone();
     let max = claims.max_session;
     let stop = async move {
@@ -160,9 +194,11 @@ async fn session(
                 CloseCode::SessionExpired,
                 format!("maximum session length of {}s reached: mint a new ticket", max.unwrap_or(0)),
             ),
+            c = ended_by_admin_or_idle => c,
         }
     };
     let out = relay(rx, tx, qrx, qtx, stop).await;
+    live.finish(&out);
     tracing::info!(session = sid, %peer, %guest, %channel, reason = %out.close,
         bytes_to_guest = out.a_to_b, bytes_from_guest = out.b_to_a, "session ended");
 }
@@ -178,6 +214,7 @@ pub async fn serve(
     tls: Arc<vmgate_tls::rustls::ServerConfig>,
     app: Router,
     shutdown: CancellationToken,
+    conn_limits: ConnLimits,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
@@ -195,10 +232,11 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let app = app.clone().layer(Extension(Peer(addr)));
+        let app = app.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(TLS_DEADLINE, acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(conn_limits.handshake, acceptor.accept(tcp)).await
+            {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
@@ -209,12 +247,18 @@ pub async fn serve(
                     return;
                 }
             };
+            let cert = ClientCert(tls.get_ref().1.peer_certificates().is_some());
+            let app = app.layer(Extension(Peer(addr))).layer(Extension(cert));
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_DEADLINE);
-            builder.http2().enable_connect_protocol();
+                .header_read_timeout(conn_limits.handshake)
+                .max_buf_size(conn_limits.max_header_bytes);
+            builder
+                .http2()
+                .enable_connect_protocol()
+                .max_header_list_size(conn_limits.max_header_bytes as u32);
             let svc = hyper_util::service::TowerToHyperService::new(app);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
             tokio::pin!(conn);

@@ -130,6 +130,9 @@ impl State {
                     server_name: "localhost".into(),
                 })
                 .collect(),
+            limits: Default::default(),
+            audit: None,
+            admin: None,
         }
     }
 
