@@ -177,12 +177,6 @@ impl Gateway {
         self.admin.as_ref().map(|a| a.local_addr())
     }
 
-    /// Reopens the audit log (after rotation; `vmgate gateway` does it on
-    /// SIGHUP).
-    pub fn reopen_audit(&self) {
-        self.shared.sessions.reopen_audit();
-    }
-
     /// The shared state, for tasks that outlive `run`'s borrow.
     pub fn shared(&self) -> Arc<Shared> {
         self.shared.clone()

@@ -51,7 +51,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         // `any`: over HTTP/2 a WebSocket opens with CONNECT, not GET.
         .route(
             "/ws/{guest}/{channel}",
-            any(console_ws).route_layer(middleware::from_fn_with_state(
+            any(console_ws).layer(middleware::from_fn_with_state(
                 lim.clone(),
                 limits::check_origin,
             )),
