@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -124,6 +125,50 @@ impl From<&Limits> for ConnLimits {
             handshake: Duration::from_secs(l.handshake_deadline_secs),
             max_header_bytes: l.max_header_bytes,
         }
+    }
+}
+
+/// Wraps a connection's service so the serve loop knows whether any
+/// request arrived: a client that completes TLS and then sends nothing (an
+/// HTTP/2 preface without a request, or not even that) is closed at
+/// [`no_request_by`]'s deadline instead of holding a connection forever.
+pub fn first_request_seen(
+    app: axum::Router,
+) -> (
+    SeenService<hyper_util::service::TowerToHyperService<axum::Router>>,
+    Arc<AtomicBool>,
+) {
+    let seen = Arc::new(AtomicBool::new(false));
+    let svc = SeenService {
+        inner: hyper_util::service::TowerToHyperService::new(app),
+        seen: seen.clone(),
+    };
+    (svc, seen)
+}
+
+/// A hyper service that notes that a request arrived.
+#[derive(Clone)]
+pub struct SeenService<S> {
+    inner: S,
+    seen: Arc<AtomicBool>,
+}
+
+impl<S: hyper::service::Service<R>, R> hyper::service::Service<R> for SeenService<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, req: R) -> S::Future {
+        self.seen.store(true, Ordering::Relaxed);
+        self.inner.call(req)
+    }
+}
+
+/// Resolves at `deadline` if no request arrived by then; never otherwise.
+pub async fn no_request_by(deadline: Duration, seen: Arc<AtomicBool>) {
+    tokio::time::sleep(deadline).await;
+    if seen.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -259,10 +259,13 @@ pub async fn serve(
                 .http2()
                 .enable_connect_protocol()
                 .max_header_list_size(conn_limits.max_header_bytes as u32);
-            let svc = hyper_util::service::TowerToHyperService::new(app);
+            let (svc, first_request) = limits::first_request_seen(app);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
             tokio::pin!(conn);
             tokio::select! {
+                _ = limits::no_request_by(conn_limits.handshake, first_request) => {
+                    tracing::debug!(peer = %addr, "no request before the deadline: closing");
+                }
                 r = conn.as_mut() => {
                     if let Err(e) = r {
                         tracing::debug!(peer = %addr, error = %e, "connection ended with an error");

@@ -319,8 +319,7 @@ async fn a_cross_origin_websocket_is_refused_and_an_idle_session_times_out() {
     let err = stack
         .connect_as(&t.ws_url, LOCAL, &[("origin", "https://evil.example")])
         .await
-        .err()
-        .expect("a foreign page got a console WebSocket");
+        .expect_err("a foreign page got a console WebSocket");
     assert!(err.contains("403"), "{err}");
     // The refused attempt did not use the ticket up.
     let own = format!("https://{}", stack.gw_addr);
@@ -408,4 +407,40 @@ async fn sessions_per_guest_are_limited_but_the_admin_console_still_opens_and_fo
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn silent_clients_are_dropped_at_the_handshake_deadline() {
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+    let stack = Stack::start_secure(|l| l.handshake_deadline_secs = 2).await;
+    // TCP only: no TLS ClientHello ever comes.
+    let mut tcp = tokio::net::TcpStream::connect(stack.gw_addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(common::WAIT, tcp.read(&mut buf))
+        .await
+        .expect("a silent TCP client was kept")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the gateway sent bytes to a silent client");
+
+    // TLS done (HTTP/2 agreed), then no request at all.
+    let roots = vmgate_tls::load_roots(&stack.state.public_ca()).unwrap();
+    let cfg = vmgate_tls::client_config(roots, &[b"h2"]).unwrap();
+    let tcp = tokio::net::TcpStream::connect(stack.gw_addr).await.unwrap();
+    let name = vmgate_tls::rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let mut all = Vec::new();
+    // Closed, cleanly or with the TLS session cut: either ends the read.
+    let _ = tokio::time::timeout(common::WAIT, tls.read_to_end(&mut all))
+        .await
+        .expect("a client that sent no request was kept");
+    assert!(
+        !stack.log("gateway.log").contains("panicked"),
+        "{}",
+        stack.log("gateway.log")
+    );
 }
