@@ -274,6 +274,15 @@ mod tests {
     }
 
     #[test]
+    fn a_gateway_config_cannot_name_a_signing_key() {
+        // The gateway verifies tickets and never mints: there is no field
+        // for the signing key, and unknown fields are refused.
+        let text = format!("ticket_signing_key = \"ticket.key\"\n{OLD}");
+        let err = toml::from_str::<GatewayConfig>(&text).unwrap_err();
+        assert!(err.to_string().contains("ticket_signing_key"), "{err}");
+    }
+
+    #[test]
     fn admin_needs_credentials_and_its_own_address() {
         let text = format!(
             "{OLD}\n[admin]\nlisten = \"127.0.0.1:9443\"\ncert = \"a.pem\"\nkey = \"a.key\"\n"

@@ -310,7 +310,7 @@ async fn failed_tickets_are_throttled_per_source_address_and_counted_by_reason()
 }
 
 #[tokio::test]
-async fn a_cross_origin_websocket_is_refused_and_an_idle_session_times_out() {
+async fn cross_origin_oversized_and_idle_sessions_are_refused() {
     let mut stack = Stack::start_secure(|l| {
         l.allowed_origins = vec!["https://portal.example".into()];
     })
@@ -340,6 +340,35 @@ async fn a_cross_origin_websocket_is_refused_and_an_idle_session_times_out() {
         1,
         "{m}"
     );
+
+    // Bounded request sizes: a long URL, a huge header, a long ticket.
+    let long = format!("{}&pad={}", t2.ws_url, "x".repeat(9000));
+    let err = stack
+        .connect_as(&long, LOCAL, &[])
+        .await
+        .expect_err("long URL");
+    assert!(err.contains("414"), "{err}");
+    let pad = "y".repeat(20_000);
+    let err = stack
+        .connect_as(&t2.ws_url, LOCAL, &[("x-pad", &pad)])
+        .await
+        .expect_err("huge header");
+    assert!(err.contains("431"), "{err}");
+    let ws = stack
+        .connect_as(
+            &format!(
+                "wss://{}/ws/demo/serial0?ticket=vt1.{}",
+                stack.gw_addr,
+                "A".repeat(5000)
+            ),
+            LOCAL,
+            &[],
+        )
+        .await
+        .unwrap();
+    let (code, reason) = Session::new(ws).closed().await;
+    assert_eq!(code, 4401);
+    assert!(reason.contains("longer than 4096 bytes"), "{reason}");
 
     // With an idle timeout, a session where nobody types and the guest
     // prints nothing is ended. (Set only now: the guest boots quietly, and
