@@ -94,6 +94,8 @@ impl Registry {
             let counted = || live.values().filter(|e| !e.by_admin);
             let max = self.limits.max_sessions;
             if max > 0 && counted().count() >= max {
+                tracing::warn!(peer = %record.peer, guest = %record.guest, max,
+                    "session refused: gateway at its session limit");
                 self.metrics.refused("max_sessions");
                 return Err(Close::new(
                     CloseCode::TooMany,
@@ -102,6 +104,8 @@ impl Registry {
             }
             let max = self.limits.max_sessions_per_guest;
             if max > 0 && counted().filter(|e| e.record.guest == record.guest).count() >= max {
+                tracing::warn!(peer = %record.peer, guest = %record.guest, max,
+                    "session refused: guest at its session limit");
                 self.metrics.refused("max_sessions_per_guest");
                 return Err(Close::new(
                     CloseCode::TooMany,
