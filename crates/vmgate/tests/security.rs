@@ -473,3 +473,115 @@ async fn silent_clients_are_dropped_at_the_handshake_deadline() {
         stack.log("gateway.log")
     );
 }
+
+/// Serves `page` at `/page.html` over plain HTTP and passes every
+/// `/report?…` query to `reports`.
+async fn serve_page(
+    page: String,
+    reports: tokio::sync::mpsc::UnboundedSender<String>,
+) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut c, _)) = listener.accept().await else {
+                return;
+            };
+            let page = page.clone();
+            let reports = reports.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let n = c.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                let target = head.split(' ').nth(1).unwrap_or("").to_string();
+                let resp = if let Some(q) = target.strip_prefix("/report?") {
+                    let _ = reports.send(q.to_string());
+                    "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".to_string()
+                } else if target == "/page.html" {
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                        page.len()
+                    )
+                } else {
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_string()
+                };
+                let _ = c.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Opens `url` in headless Chromium and returns the first report its page
+/// sends, killing the browser afterwards.
+async fn chromium_report(
+    stack: &Stack,
+    url: &str,
+    reports: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let mut browser = tokio::process::Command::new("chromium")
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            // The gateway's certificate is from the test's own CA.
+            "--ignore-certificate-errors",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting chromium");
+    let got = tokio::time::timeout(common::WAIT, reports.recv()).await;
+    let _ = browser.kill().await;
+    match got {
+        Ok(Some(r)) => r,
+        _ => panic!(
+            "the page never reported; gateway log:\n{}",
+            stack.log("gateway.log")
+        ),
+    }
+}
+
+#[tokio::test]
+async fn a_page_from_another_site_cannot_open_a_console_in_chromium() {
+    let mut stack = Stack::start_secure(|_| {}).await;
+    let (tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    // Long enough to outlive the gateway restart below.
+    let t = stack.ticket_with("demo", &["serial0"], true, Duration::from_secs(300), None);
+    // The attacker's page: it has a valid ticket (say, phished) and tries
+    // to ride the user's browser into the console.
+    let page = format!(
+        r#"<!doctype html><script>
+        const report = s => fetch("/report?" + encodeURIComponent(s));
+        const ws = new WebSocket({url:?});
+        ws.onopen = () => report("open");
+        ws.onclose = e => report("closed " + e.code);
+        </script>"#,
+        url = t.ws_url
+    );
+    let site = serve_page(page, tx).await;
+    let page_url = format!("http://{site}/page.html");
+    let r = chromium_report(&stack, &page_url, &mut reports).await;
+    assert_eq!(r, "closed%201006", "a foreign page opened a console");
+    let m = stack.metrics().await;
+    assert_eq!(
+        metric(&m, "vmgate_refusals_total{reason=\"origin\"}"),
+        1,
+        "{m}"
+    );
+
+    // The same page, once its origin is allowed, does open it: the refusal
+    // above was the Origin check and nothing else.
+    stack
+        .restart_gateway(|cfg| cfg.limits.allowed_origins = vec![format!("http://{site}")])
+        .await;
+    let r = chromium_report(&stack, &page_url, &mut reports).await;
+    assert_eq!(r, "open");
+}
