@@ -138,7 +138,10 @@ async fn session(
             CloseCode::TicketRefused,
             "missing ticket: add ?ticket=… from `vmgate ticket`",
         ))
-        .inspect_err(|_| shared.ticket_failed(peer, "missing_ticket")),
+        .inspect_err(|_| {
+            tracing::warn!(%peer, %guest, %channel, reason = "missing_ticket", "ticket refused");
+            shared.ticket_failed(peer, "missing_ticket");
+        }),
         Some(t) => shared.tickets.redeem(t, &guest, &channel).map_err(|e| {
             tracing::warn!(%peer, %guest, %channel, reason = e.code(), "ticket refused");
             shared.ticket_failed(peer, e.code());
