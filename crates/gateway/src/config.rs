@@ -20,6 +20,9 @@ pub enum ConfigError {
         path: PathBuf,
         source: toml::de::Error,
     },
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
 }
 
 /// The gateway.
@@ -37,6 +40,125 @@ pub struct GatewayConfig {
     /// The agents to connect to.
     #[serde(default, rename = "agent")]
     pub agent_list: Vec<AgentEntry>,
+    /// Session and abuse limits (every field has a default).
+    #[serde(default)]
+    pub limits: Limits,
+    /// The audit log; none without this section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<Audit>,
+    /// The administrators' listener; none without this section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminListener>,
+}
+
+/// Session and abuse limits. Old configurations without a `[limits]`
+/// section get these defaults.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// End a session after this many seconds without a byte either way
+    /// (0: never). Console users can sit idle for long, so off by default.
+    pub idle_timeout_secs: u64,
+    /// Sessions open at once on this gateway (0: unlimited).
+    pub max_sessions: usize,
+    /// Sessions open at once on one guest (0: unlimited).
+    pub max_sessions_per_guest: usize,
+    /// Failed ticket checks one source address may make per
+    /// `throttle_window_secs` before its attempts are refused unchecked
+    /// (0: no throttling). IPv6 addresses count per /64.
+    pub failed_tickets_per_address: u32,
+    /// The throttling window, in seconds.
+    pub throttle_window_secs: u64,
+    /// Deadline for a client's TLS handshake, and again for its request
+    /// headers; the ticket is checked at once after the upgrade.
+    pub handshake_deadline_secs: u64,
+    /// Longest request target (path and query) accepted, in bytes.
+    pub max_url_bytes: usize,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_header_bytes: usize,
+    /// Browser pages allowed to open console WebSockets, as origins
+    /// (`https://console.example.com`). The gateway's own page (same origin
+    /// as the request's Host) is always allowed.
+    pub allowed_origins: Vec<String>,
+    /// Refuse a console WebSocket whose `Origin` header is not allowed
+    /// (cross-site WebSocket hijacking). Clients that send no Origin (the
+    /// CLI, native tools) are not browsers and pass.
+    pub check_origin: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            idle_timeout_secs: 0,
+            max_sessions: 10_000,
+            max_sessions_per_guest: 64,
+            failed_tickets_per_address: 20,
+            throttle_window_secs: 60,
+            handshake_deadline_secs: 10,
+            max_url_bytes: 8 * 1024,
+            max_header_bytes: 16 * 1024,
+            allowed_origins: Vec::new(),
+            check_origin: true,
+        }
+    }
+}
+
+/// Where audit lines go.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    /// A file opened for append: one JSON object per line.
+    pub path: PathBuf,
+}
+
+/// The administrators' HTTPS listener: management LAN only, its own
+/// certificate and its own credentials. It can list and end sessions, read
+/// metrics and inventory, and open any console; it cannot mint tickets (the
+/// gateway never holds the signing key: `vmgate admin` does).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminListener {
+    /// TCP address, on the management network.
+    pub listen: SocketAddr,
+    /// The listener's certificate and key (PEM).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA of administrators' client certificates (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+    /// File holding the administrators' bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl AdminListener {
+    pub fn auth(&self) -> AdminAuth {
+        AdminAuth {
+            client_ca: self.client_ca.clone(),
+            token_file: self.token_file.clone(),
+        }
+    }
+}
+
+/// How administrators authenticate: a client certificate chaining to
+/// `client_ca`, or `Authorization: Bearer <token>` with the token in
+/// `token_file`. At least one is required; with both, either works.
+#[derive(Debug, Clone, Default)]
+pub struct AdminAuth {
+    pub client_ca: Option<PathBuf>,
+    /// One line; at least 16 characters.
+    pub token_file: Option<PathBuf>,
+}
+
+impl AdminAuth {
+    pub fn validate(&self, what: &str) -> Result<(), ConfigError> {
+        if self.client_ca.is_none() && self.token_file.is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "{what}: set client_ca or token_file: an administrators' listener must authenticate"
+            )));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,9 +200,137 @@ impl GatewayConfig {
             path: path.into(),
             source,
         })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        let cfg: GatewayConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.into(),
             source,
-        })
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what the schema cannot, so the rest of the gateway can trust it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if l.handshake_deadline_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.handshake_deadline_secs must be at least 1".into(),
+            ));
+        }
+        if l.failed_tickets_per_address > 0 && l.throttle_window_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.throttle_window_secs must be at least 1 when throttling".into(),
+            ));
+        }
+        if l.max_url_bytes < 256 || l.max_header_bytes < 8192 {
+            return Err(ConfigError::Invalid(
+                "limits.max_url_bytes must be at least 256 and max_header_bytes at least 8192"
+                    .into(),
+            ));
+        }
+        for o in &l.allowed_origins {
+            if !(o.starts_with("https://") || o.starts_with("http://")) || o.ends_with('/') {
+                return Err(ConfigError::Invalid(format!(
+                    "limits.allowed_origins: {o:?} is not an origin like https://console.example.com"
+                )));
+            }
+        }
+        if let Some(a) = &self.admin {
+            a.auth().validate("[admin]")?;
+            if a.listen == self.listen {
+                return Err(ConfigError::Invalid(
+                    "[admin] listen must differ from the public listen address".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OLD: &str = r#"
+        listen = "127.0.0.1:8443"
+        ticket_public_key = "ticket.pub"
+        [tls]
+        cert = "gw.pem"
+        key = "gw.key"
+        [agents]
+        ca = "ca.pem"
+        cert = "gi.pem"
+        key = "gi.key"
+        [[agent]]
+        addr = "127.0.0.1:7443"
+    "#;
+
+    #[test]
+    fn a_config_without_the_new_sections_still_loads_with_limits_on() {
+        let cfg: GatewayConfig = toml::from_str(OLD).unwrap();
+        cfg.validate().unwrap();
+        assert!(cfg.admin.is_none() && cfg.audit.is_none());
+        assert!(cfg.limits.check_origin);
+        assert!(cfg.limits.failed_tickets_per_address > 0);
+    }
+
+    #[test]
+    fn a_gateway_config_cannot_name_a_signing_key() {
+        // The gateway verifies tickets and never mints: there is no field
+        // for the signing key, and unknown fields are refused.
+        let text = format!("ticket_signing_key = \"ticket.key\"\n{OLD}");
+        let err = toml::from_str::<GatewayConfig>(&text).unwrap_err();
+        assert!(err.to_string().contains("ticket_signing_key"), "{err}");
+    }
+
+    #[test]
+    fn admin_needs_credentials_and_its_own_address() {
+        let text = format!(
+            "{OLD}\n[admin]\nlisten = \"127.0.0.1:9443\"\ncert = \"a.pem\"\nkey = \"a.key\"\n"
+        );
+        let cfg: GatewayConfig = toml::from_str(&text).unwrap();
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("client_ca"));
+        let cfg: GatewayConfig = toml::from_str(&format!("{text}token_file = \"t\"\n")).unwrap();
+        cfg.validate().unwrap();
+        let same = text.replace("9443", "8443");
+        let cfg: GatewayConfig = toml::from_str(&format!("{same}token_file = \"t\"\n")).unwrap();
+        assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let cfg: GatewayConfig = toml::from_str(&format!(
+            "{OLD}\n[limits]\nallowed_origins = [\"evil.example\"]\n"
+        ))
+        .unwrap();
+        assert!(cfg.validate().is_err());
+        let cfg: GatewayConfig =
+            toml::from_str(&format!("{OLD}\n[limits]\nhandshake_deadline_secs = 0\n")).unwrap();
+        assert!(cfg.validate().is_err());
+        assert!(toml::from_str::<GatewayConfig>(&format!("{OLD}\n[limits]\nbogus = 1\n")).is_err());
+    }
+
+    proptest::proptest! {
+        /// Any text: parsing and validation return, never panic.
+        #[test]
+        fn any_text_parses_or_is_refused(text in "\\PC{0,400}") {
+            if let Ok(cfg) = toml::from_str::<GatewayConfig>(&text) {
+                let _ = cfg.validate();
+            }
+        }
+
+        /// The known-good file with one line mangled still never panics.
+        #[test]
+        fn mangled_good_config_never_panics(line in 0usize..14, junk in "\\PC{0,40}") {
+            let text: String = OLD.lines().enumerate()
+                .map(|(i, l)| if i == line { junk.clone() } else { l.to_string() })
+                .collect::<Vec<_>>().join("\n");
+            if let Ok(cfg) = toml::from_str::<GatewayConfig>(&text) {
+                let _ = cfg.validate();
+            }
+        }
     }
 }

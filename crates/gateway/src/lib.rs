@@ -14,14 +14,25 @@
 //! * [`assets`]: the embedded web console;
 //! * [`pages`]: web console sessions (one ticket, the page's streams);
 //! * [`rfb_filter`]: RFB awareness (read-only viewers, malformed RFB).
+//! * [`admin`]: the administrators' listener (sessions, inventory, metrics,
+//!   recovery consoles); [`minter`]: `vmgate admin`, the separate process
+//!   that holds the signing key;
+//! * [`limits`], [`sessions`], [`audit`], [`metrics`]: abuse and session
+//!   limits, the live-session registry, the audit log, Prometheus counters.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod agents;
 pub mod assets;
+pub mod audit;
 pub mod config;
+pub mod limits;
+pub mod metrics;
+pub mod minter;
 pub mod pages;
 pub mod public;
 pub mod rfb_filter;
+pub mod sessions;
 pub mod tickets;
 pub mod ws;
 
@@ -43,10 +54,19 @@ pub enum GatewayError {
     /// The ticket verifying key.
     #[error("ticket public key: {0}")]
     TicketKey(#[from] vmgate_ticket::KeyError),
-    /// The public listener could not be bound.
+    /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The admin credentials (token file) are unusable.
+    #[error("admin credentials: {0}")]
+    AdminAuth(String),
+    /// The audit log could not be opened.
+    #[error("cannot open the audit log {path}: {source}")]
+    Audit {
+        path: std::path::PathBuf,
         source: std::io::Error,
     },
 }
@@ -58,6 +78,29 @@ pub struct Shared {
     /// Web console pages' sessions.
     pub pages: pages::Pages,
     pub shutdown: CancellationToken,
+    pub limits: Arc<config::Limits>,
+    pub metrics: Arc<metrics::Metrics>,
+    /// Live sessions: limits, admin listing and ending, audit.
+    pub sessions: Arc<sessions::Registry>,
+    /// Failed ticket checks per source address.
+    pub throttle: limits::Throttle,
+}
+
+impl Shared {
+    /// What the request-level limit layers need.
+    pub fn request_limits(&self) -> limits::RequestLimits {
+        limits::RequestLimits {
+            limits: self.limits.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// A ticket check from `peer` failed for `reason`: it counts towards
+    /// the peer's throttle and the refusal metrics.
+    pub fn ticket_failed(&self, peer: SocketAddr, reason: &'static str) {
+        self.throttle.failed(peer.ip(), std::time::Instant::now());
+        self.metrics.refused(reason);
+    }
 }
 
 /// A gateway bound to its port, agents being connected.
@@ -65,6 +108,7 @@ pub struct Gateway {
     listener: TcpListener,
     tls: Arc<vmgate_tls::rustls::ServerConfig>,
     shared: Arc<Shared>,
+    admin: Option<admin::AdminServer>,
 }
 
 impl Gateway {
@@ -95,6 +139,21 @@ impl Gateway {
                     addr: cfg.listen,
                     source,
                 })?;
+        let admin = match &cfg.admin {
+            Some(a) => Some(admin::AdminServer::bind(a).await?),
+            None => None,
+        };
+        let audit = match &cfg.audit {
+            Some(a) => Some(
+                audit::Audit::open(&a.path).map_err(|source| GatewayError::Audit {
+                    path: a.path.clone(),
+                    source,
+                })?,
+            ),
+            None => None,
+        };
+        let limits = Arc::new(cfg.limits.clone());
+        let metrics = Arc::new(metrics::Metrics::default());
         let pool = agents::AgentPool::start(cfg.agent_list.clone(), quic, shutdown.clone());
         Ok(Gateway {
             listener,
@@ -104,8 +163,30 @@ impl Gateway {
                 tickets: tickets::TicketCheck::new(key),
                 pages: pages::Pages::default(),
                 shutdown,
+                throttle: limits::Throttle::new(
+                    limits.failed_tickets_per_address,
+                    std::time::Duration::from_secs(limits.throttle_window_secs),
+                ),
+                sessions: Arc::new(sessions::Registry::new(
+                    limits.clone(),
+                    metrics.clone(),
+                    audit,
+                )),
+                limits,
+                metrics,
             }),
+            admin,
         })
+    }
+
+    /// The admin listener's address, if there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.local_addr())
+    }
+
+    /// The shared state, for tasks that outlive `run`'s borrow.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -122,7 +203,18 @@ impl Gateway {
     /// Serves until the shutdown token fires.
     pub async fn run(self) {
         tracing::info!(addr = %self.local_addr(), "gateway listening (HTTPS)");
+        if let Some(admin) = self.admin {
+            tokio::spawn(admin.run(self.shared.clone()));
+        }
         let app = public::router(self.shared.clone());
-        public::serve(self.listener, self.tls, app, self.shared.shutdown.clone()).await;
+        let conn = limits::ConnLimits::from(&*self.shared.limits);
+        public::serve(
+            self.listener,
+            self.tls,
+            app,
+            self.shared.shutdown.clone(),
+            conn,
+        )
+        .await;
     }
 }

@@ -14,7 +14,7 @@ use axum::extract::{Path, Query, State, WebSocketUpgrade};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use axum::{Extension, Router};
+use axum::{middleware, Extension, Router};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use serde::Deserialize;
@@ -24,13 +24,10 @@ use vmgate_relay::{relay, FrameTx};
 use vmgate_ticket::TicketError;
 use vmgate_wire::{Close, CloseCode, Frame, Mode};
 
+use crate::limits::{self, ConnLimits};
 use crate::pages::{Grant, JoinError};
 use crate::{assets, rfb_filter, ws, Shared};
 
-/// Deadline for a client's TLS handshake.
-const TLS_DEADLINE: Duration = Duration::from_secs(10);
-/// Deadline for the HTTP request headers after the handshake.
-const HEADER_DEADLINE: Duration = Duration::from_secs(10);
 /// The largest WebSocket message accepted from a client.
 const MAX_MESSAGE: usize = 1 << 20;
 /// The largest `POST /api/session` body (a ticket is well under 2 kB).
@@ -42,7 +39,13 @@ const DRAIN: Duration = Duration::from_secs(5);
 #[derive(Clone, Copy, Debug)]
 pub struct Peer(pub SocketAddr);
 
+/// Whether the client presented a certificate the listener's verifier
+/// accepted (only the admin listener asks for one).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientCert(pub bool);
+
 pub fn router(shared: Arc<Shared>) -> Router {
+    let lim = shared.request_limits();
     Router::new()
         .route("/", get(|| async { html(assets::INDEX_HTML) }))
         .route("/console", get(|| async { html(assets::CONSOLE_HTML) }))
@@ -52,8 +55,15 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/session", post(page_session))
         .route("/healthz", get(|| async { "ok\n" }))
         // `any`: over HTTP/2 a WebSocket opens with CONNECT, not GET.
-        .route("/ws/{guest}/{channel}", any(console_ws))
+        .route(
+            "/ws/{guest}/{channel}",
+            any(console_ws).layer(middleware::from_fn_with_state(
+                lim.clone(),
+                limits::check_origin,
+            )),
+        )
         .with_state(shared)
+        .layer(middleware::from_fn_with_state(lim, limits::bounded_url))
 }
 
 fn html(body: &'static [u8]) -> Response {
@@ -87,6 +97,9 @@ async fn novnc_asset(Path(path): Path<String>) -> Response {
     }
 }
 
+/// Deadline for a page's session request body.
+const PAGE_REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+
 #[derive(Deserialize)]
 struct PageRequest {
     ticket: String,
@@ -106,9 +119,14 @@ async fn page_session(
         )
             .into_response()
     };
+    if let Err(close) = shared.throttle.check(peer.ip(), std::time::Instant::now()) {
+        tracing::warn!(%peer, "page session request throttled");
+        shared.metrics.refused("throttled");
+        return refused(StatusCode::TOO_MANY_REQUESTS, close.code, close.reason);
+    }
     // Pre-auth: the body is bounded in size and time.
     let body = tokio::time::timeout(
-        HEADER_DEADLINE,
+        PAGE_REQUEST_DEADLINE,
         axum::body::to_bytes(body, MAX_PAGE_REQUEST),
     )
     .await;
@@ -128,6 +146,7 @@ async fn page_session(
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(%peer, reason = e.code(), "page ticket refused");
+            shared.ticket_failed(peer, e.code());
             let close = refusal(&e);
             return refused(StatusCode::FORBIDDEN, close.code, close.reason);
         }
@@ -204,6 +223,7 @@ fn redeem(
 ) -> Result<vmgate_ticket::Claims, Close> {
     let refused = |e: TicketError| {
         tracing::warn!(%peer, %guest, %channel, reason = e.code(), "ticket refused");
+        shared.ticket_failed(peer, e.code());
         refusal(&e)
     };
     let claims = shared
@@ -224,11 +244,21 @@ async fn session(
     q: WsQuery,
     peer: SocketAddr,
 ) {
+    let opening = std::time::Instant::now();
+    if let Err(close) = shared.throttle.check(peer.ip(), opening) {
+        tracing::warn!(%peer, %guest, %channel, "ticket check throttled");
+        shared.metrics.refused("throttled");
+        return refuse(tx, close).await;
+    }
     let grant = match (q.ticket.as_deref(), q.session.as_deref()) {
-        (None, None) => Err(Close::new(
-            CloseCode::TicketRefused,
-            "missing ticket: add ?ticket=… from `vmgate ticket`",
-        )),
+        (None, None) => {
+            tracing::warn!(%peer, %guest, %channel, reason = "missing_ticket", "ticket refused");
+            shared.ticket_failed(peer, "missing_ticket");
+            Err(Close::new(
+                CloseCode::TicketRefused,
+                "missing ticket: add ?ticket=… from `vmgate ticket`",
+            ))
+        }
         (Some(t), _) => redeem(&shared, t, &guest, &channel, peer).map(|c| Grant {
             ticket: c.id,
             mode: c.mode,
@@ -241,6 +271,7 @@ async fn session(
             .join(token, &guest, &channel, std::time::Instant::now())
             .map_err(|e| {
                 tracing::warn!(%peer, %guest, %channel, reason = %e, "page session refused");
+                shared.ticket_failed(peer, "page_session");
                 let code = match e {
                     JoinError::WrongGuest | JoinError::Channel(_) => CloseCode::TicketScope,
                     JoinError::Full => CloseCode::TooMany,
@@ -262,14 +293,30 @@ async fn session(
     };
     let force = q.force && mode == Mode::Interactive;
     let sid = shared.pool.session_id();
+    let record = crate::audit::SessionRecord {
+        session: sid,
+        ticket: grant.ticket.clone(),
+        guest: guest.clone(),
+        channel: channel.clone(),
+        mode: grant.mode.as_str(),
+        peer,
+    };
+    let live = match shared.sessions.admit(record, false) {
+        Ok(live) => live,
+        Err(close) => return refuse(tx, close).await,
+    };
     let (qrx, qtx) = match shared.pool.open(sid, &guest, &channel, mode, force).await {
         Ok(s) => s,
         Err(close) => {
+            shared.metrics.refused(close.code.as_str());
             tracing::warn!(%peer, %guest, %channel, ticket = %grant.ticket, reason = %close, "session refused");
             return refuse(tx, close).await;
         }
     };
     tracing::info!(session = sid, %peer, %guest, %channel, ticket = %grant.ticket, ?mode, "session opened");
+    live.opened(opening.elapsed());
+    let qrx = live.count_from_guest(qrx);
+    let ended_by_admin_or_idle = live.stop();
     let shutdown = shared.shutdown.clone();
     let until = grant.until;
     let vnc = channel == "vnc";
@@ -288,15 +335,17 @@ async fn session(
                 "the ticket's maximum session length was reached: mint a new ticket",
             ),
             c = rfb_failed => c,
+            c = ended_by_admin_or_idle => c,
         }
     };
     let dropped = rx.dropped_count();
     let out = if vnc {
-        relay(rx, tx, qrx, qtx, stop).await
+        relay(live.count_to_guest(rx), tx, qrx, qtx, stop).await
     } else {
         // Other channels are not RFB: relay the viewer's bytes as they are.
-        relay(rx.into_inner(), tx, qrx, qtx, stop).await
+        relay(live.count_to_guest(rx.into_inner()), tx, qrx, qtx, stop).await
     };
+    live.finish(&out);
     tracing::info!(session = sid, %peer, %guest, %channel, reason = %out.close,
         bytes_to_guest = out.a_to_b, bytes_from_guest = out.b_to_a,
         input_dropped = dropped.load(std::sync::atomic::Ordering::Relaxed), "session ended");
@@ -313,6 +362,7 @@ pub async fn serve(
     tls: Arc<vmgate_tls::rustls::ServerConfig>,
     app: Router,
     shutdown: CancellationToken,
+    conn_limits: ConnLimits,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
@@ -330,10 +380,11 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let app = app.clone().layer(Extension(Peer(addr)));
+        let app = app.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(TLS_DEADLINE, acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(conn_limits.handshake, acceptor.accept(tcp)).await
+            {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
@@ -344,16 +395,25 @@ pub async fn serve(
                     return;
                 }
             };
+            let cert = ClientCert(tls.get_ref().1.peer_certificates().is_some());
+            let app = app.layer(Extension(Peer(addr))).layer(Extension(cert));
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_DEADLINE);
-            builder.http2().enable_connect_protocol();
-            let svc = hyper_util::service::TowerToHyperService::new(app);
+                .header_read_timeout(conn_limits.handshake)
+                .max_buf_size(conn_limits.max_header_bytes);
+            builder
+                .http2()
+                .enable_connect_protocol()
+                .max_header_list_size(conn_limits.max_header_bytes as u32);
+            let (svc, first_request) = limits::first_request_seen(app);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
             tokio::pin!(conn);
             tokio::select! {
+                _ = limits::no_request_by(conn_limits.handshake, first_request) => {
+                    tracing::debug!(peer = %addr, "no request before the deadline: closing");
+                }
                 r = conn.as_mut() => {
                     if let Err(e) = r {
                         tracing::debug!(peer = %addr, error = %e, "connection ended with an error");

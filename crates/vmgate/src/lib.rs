@@ -2,6 +2,7 @@
 //! thin wiring over the component crates.
 #![forbid(unsafe_code)]
 
+pub mod admin_client;
 pub mod channel;
 pub mod client;
 pub mod console;

@@ -34,6 +34,12 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run the ticket minter: the management-LAN admin API that holds the
+    /// signing key (`POST /v1/tickets`). The gateway never holds it.
+    Admin {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Boot the test guest behind an agent and a gateway, all in one process.
     Demo {
         #[command(flatten)]
@@ -97,8 +103,52 @@ struct TicketArgs {
     /// Print one JSON object: url, ws_url, ticket, expires_at.
     #[arg(long)]
     json: bool,
+    /// Mint through this admin API (`vmgate admin`, https://host:port)
+    /// instead of a local signing key.
+    #[arg(long)]
+    admin: Option<String>,
+    #[command(flatten)]
+    admin_creds: AdminCredArgs,
     #[command(flatten)]
     state: StateArg,
+}
+
+/// How to authenticate to an admin API.
+#[derive(Args)]
+struct AdminCredArgs {
+    /// CA of the admin API's certificate.
+    #[arg(long)]
+    admin_ca: Option<PathBuf>,
+    /// A file with the administrators' bearer token.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// An administrator's client certificate (with --admin-key).
+    #[arg(long, requires = "admin_key")]
+    admin_cert: Option<PathBuf>,
+    #[arg(long, requires = "admin_cert")]
+    admin_key: Option<PathBuf>,
+}
+
+impl AdminCredArgs {
+    fn creds(self) -> Result<vmgate::admin_client::AdminCreds> {
+        let ca = self
+            .admin_ca
+            .context("--admin-ca: the CA of the admin API's certificate")?;
+        let cert = match (self.admin_cert, self.admin_key) {
+            (Some(cert), Some(key)) => Some(vmgate_tls::Identity { cert, key }),
+            _ => None,
+        };
+        let creds = vmgate::admin_client::AdminCreds {
+            ca,
+            cert,
+            token: None,
+        };
+        match self.admin_token_file {
+            Some(t) => creds.with_token_file(&t),
+            None if creds.cert.is_some() => Ok(creds),
+            None => anyhow::bail!("give --admin-token-file, or --admin-cert and --admin-key"),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -119,6 +169,12 @@ struct ConsoleArgs {
     /// CA certificate to trust for the gateway (default: the state dir's).
     #[arg(long)]
     ca: Option<PathBuf>,
+    /// Open the console through the gateway's admin listener at this URL
+    /// (https://host:port), without a ticket: the recovery path.
+    #[arg(long)]
+    admin: Option<String>,
+    #[command(flatten)]
+    admin_creds: AdminCredArgs,
     #[command(flatten)]
     state: StateArg,
 }
@@ -158,7 +214,16 @@ async fn run(cli: Cli) -> Result<i32> {
             let shutdown = CancellationToken::new();
             let gw = vmgate_gateway::Gateway::bind(cfg, shutdown.clone()).await?;
             tokio::spawn(until_signal(shutdown.clone()));
+            tokio::spawn(reopen_audit_on_sighup(gw.shared()));
             gw.run().await;
+            Ok(0)
+        }
+        Cmd::Admin { config } => {
+            let cfg = vmgate_gateway::minter::MinterConfig::load(&config)?;
+            let shutdown = CancellationToken::new();
+            let m = vmgate_gateway::minter::MinterServer::bind(cfg, shutdown.clone()).await?;
+            tokio::spawn(until_signal(shutdown.clone()));
+            m.run().await;
             Ok(0)
         }
         Cmd::Demo { state, listen } => {
@@ -171,16 +236,17 @@ async fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Ticket(a) => {
             let state = State::new(vmgate::state::resolve(a.state.state_dir));
-            let minted = tickets::mint(
-                &state,
-                &TicketRequest {
-                    guest: a.guest,
-                    channels: a.channels,
-                    mode: mode(a.read_only),
-                    ttl: a.ttl,
-                    max_session: a.max_session,
-                },
-            )?;
+            let req = TicketRequest {
+                guest: a.guest,
+                channels: a.channels,
+                mode: mode(a.read_only),
+                ttl: a.ttl,
+                max_session: a.max_session,
+            };
+            let minted = match &a.admin {
+                Some(url) => tickets::mint_via_admin(url, &a.admin_creds.creds()?, &req).await?,
+                None => tickets::mint(&state, &req)?,
+            };
             if a.json {
                 println!("{}", serde_json::to_string(&minted)?);
             } else {
@@ -190,6 +256,23 @@ async fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Console(a) => {
             let state = State::new(vmgate::state::resolve(a.state.state_dir));
+            if let Some(admin) = &a.admin {
+                let guest = a.guest.as_deref().context("name the guest")?;
+                let mut url = format!(
+                    "{}/v1/console/{guest}/{}",
+                    admin
+                        .trim_end_matches('/')
+                        .replacen("https://", "wss://", 1),
+                    a.channel
+                );
+                if a.force {
+                    url.push_str("?force=true");
+                }
+                let ws = vmgate::admin_client::console(&url, &a.admin_creds.creds()?).await?;
+                let ended =
+                    vmgate::console::run(ws, &format!("{guest} ({}, admin)", a.channel)).await?;
+                return Ok(ended.exit_code());
+            }
             let ws_url = match (&a.url, &a.guest) {
                 (Some(url), _) => tickets::ws_url_from(url, Some(&a.channel))?,
                 (None, Some(guest)) => {
@@ -238,6 +321,18 @@ async fn vnc(a: VncArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// `vmgate gateway` reopens its audit log on SIGHUP, after a log rotator
+/// moved it.
+async fn reopen_audit_on_sighup(shared: std::sync::Arc<vmgate_gateway::Shared>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reopening the audit log");
+        shared.sessions.reopen_audit();
+    }
+}
+
 fn mode(read_only: bool) -> vmgate_ticket::Mode {
     if read_only {
         vmgate_ticket::Mode::ReadOnly
@@ -250,7 +345,7 @@ fn main() {
     let cli = Cli::parse();
     let service = matches!(
         cli.cmd,
-        Cmd::Agent { .. } | Cmd::Gateway { .. } | Cmd::Demo { .. }
+        Cmd::Agent { .. } | Cmd::Gateway { .. } | Cmd::Admin { .. } | Cmd::Demo { .. }
     );
     init_tracing(if service { "info" } else { "warn" });
     let rt = tokio::runtime::Runtime::new().expect("starting the tokio runtime");

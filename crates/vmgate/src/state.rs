@@ -11,6 +11,11 @@
 //! gateway.json                {"url": …}: where clients reach the gateway
 //! agent.toml, gateway.toml    the configurations the demo runs with
 //! logs/                       serial console logs
+//! admin-ca.pem                trust anchor of administrators' client certificates (init_admin)
+//! admin-server-ca.pem         trust anchor of the admin listeners' certificate
+//! admin-server.{pem,key}      the admin listeners' certificate
+//! admin-client.{pem,key}      an administrator's client certificate
+//! admin.token                 an administrator's bearer token (0600)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -130,6 +135,98 @@ impl State {
                     server_name: "localhost".into(),
                 })
                 .collect(),
+            limits: Default::default(),
+            audit: None,
+            admin: None,
+        }
+    }
+
+    /// Creates the administrators' CA, a client certificate, the admin
+    /// listeners' certificate and a bearer token, for the gateway's admin
+    /// listener and `vmgate admin`. Call after [`State::init`].
+    pub fn init_admin(&self) -> Result<()> {
+        use rand::RngCore;
+        let admins = Ca::new("vmgate demo admin CA")?;
+        admins.write_cert(&self.path("admin-ca.pem"))?;
+        admins.issue_to(&self.dir, "admin-client", &["vmgate-admin"])?;
+        // The admin listeners' server certificate has its own CA: admin
+        // clients trust only it, and public clients never do.
+        let servers = Ca::new("vmgate demo admin server CA")?;
+        servers.write_cert(&self.path("admin-server-ca.pem"))?;
+        servers.issue_to(
+            &self.dir,
+            "admin-server",
+            &["localhost", "127.0.0.1", "::1"],
+        )?;
+        let mut raw = [0u8; 24];
+        rand::rngs::OsRng.fill_bytes(&mut raw);
+        let token = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw);
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(self.path("admin.token"))?;
+            writeln!(f, "{token}")?;
+        }
+        Ok(())
+    }
+
+    /// Credentials of an administrator using the bearer token.
+    pub fn admin_token_creds(&self) -> Result<crate::admin_client::AdminCreds> {
+        crate::admin_client::AdminCreds {
+            ca: self.path("admin-server-ca.pem"),
+            ..Default::default()
+        }
+        .with_token_file(&self.path("admin.token"))
+    }
+
+    /// Credentials of an administrator using the client certificate.
+    pub fn admin_cert_creds(&self) -> crate::admin_client::AdminCreds {
+        crate::admin_client::AdminCreds {
+            ca: self.path("admin-server-ca.pem"),
+            cert: Some(vmgate_tls::Identity {
+                cert: self.path("admin-client.pem"),
+                key: self.path("admin-client.key"),
+            }),
+            token: None,
+        }
+    }
+
+    /// The gateway's `[admin]` section: listening on `listen`, accepting the
+    /// admin CA's certificates and the token.
+    pub fn gateway_admin_config(
+        &self,
+        listen: std::net::SocketAddr,
+    ) -> vmgate_gateway::config::AdminListener {
+        vmgate_gateway::config::AdminListener {
+            listen,
+            cert: self.path("admin-server.pem"),
+            key: self.path("admin-server.key"),
+            client_ca: Some(self.path("admin-ca.pem")),
+            token_file: Some(self.path("admin.token")),
+        }
+    }
+
+    /// `vmgate admin`'s configuration: minting for the gateway at
+    /// `public_url`, listening on `listen`.
+    pub fn minter_config(
+        &self,
+        listen: std::net::SocketAddr,
+        public_url: &str,
+    ) -> vmgate_gateway::minter::MinterConfig {
+        vmgate_gateway::minter::MinterConfig {
+            listen,
+            cert: self.path("admin-server.pem"),
+            key: self.path("admin-server.key"),
+            client_ca: Some(self.path("admin-ca.pem")),
+            token_file: Some(self.path("admin.token")),
+            ticket_signing_key: self.signing_key(),
+            public_url: public_url.to_string(),
+            max_ttl_secs: 300,
         }
     }
 

@@ -78,6 +78,34 @@ pub fn mint(state: &State, req: &TicketRequest) -> Result<Minted> {
     })
 }
 
+/// Mints through an admin API (`vmgate admin` at `admin_url`) instead of a
+/// local signing key.
+pub async fn mint_via_admin(
+    admin_url: &str,
+    creds: &crate::admin_client::AdminCreds,
+    req: &TicketRequest,
+) -> Result<Minted> {
+    let body = serde_json::json!({
+        "guest": req.guest,
+        "channels": req.channels,
+        "mode": req.mode,
+        "ttl_secs": req.ttl.as_secs(),
+        "max_session_secs": req.max_session.map(|d| d.as_secs()),
+    });
+    let url = format!("{}/v1/tickets", admin_url.trim_end_matches('/'));
+    let t: vmgate_gateway::minter::MintedTicket =
+        crate::admin_client::request(http::Method::POST, &url, Some(&body), creds)
+            .await?
+            .json()?;
+    Ok(Minted {
+        url: t.url,
+        ws_url: t.ws_url,
+        ticket: t.ticket,
+        expires_at: t.expires_at,
+        expires_at_unix: t.expires_at_unix,
+    })
+}
+
 /// The console WebSocket URL on gateway `base` (`https://host:port`).
 pub fn ws_url(base: &str, guest: &str, channel: &str, ticket: &str) -> String {
     let base = base.trim_end_matches('/');

@@ -3,7 +3,7 @@
 //! clients going through the gateway's real TLS listener.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -27,6 +27,11 @@ pub struct Stack {
     pub gw_addr: SocketAddr,
     agent: Option<Child>,
     gateway: Option<Child>,
+    /// The gateway's configuration as written.
+    pub gw_cfg: vmgate_gateway::GatewayConfig,
+    /// `vmgate admin`, once started.
+    minter: Option<Child>,
+    pub minter_addr: Option<SocketAddr>,
 }
 
 fn free_udp() -> SocketAddr {
@@ -69,6 +74,35 @@ impl Stack {
         boot: impl FnOnce(&mut BootOptions),
         config: impl FnOnce(&mut vmgate_agent::config::GuestConfig),
     ) -> Stack {
+        Stack::start_full(boot, config, |_, _| {}).await
+    }
+
+    /// Like [`Stack::start`], with the gateway's admin listener (token and
+    /// admin-CA certificates), an audit log at `audit.jsonl`, and limits
+    /// as `tune` sets them.
+    pub async fn start_secure(tune: impl FnOnce(&mut vmgate_gateway::config::Limits)) -> Stack {
+        Stack::start_full(
+            |_| {},
+            |_| {},
+            |state, cfg| {
+                state.init_admin().unwrap();
+                cfg.admin = Some(state.gateway_admin_config(free_tcp()));
+                cfg.audit = Some(vmgate_gateway::config::Audit {
+                    path: state.path("audit.jsonl"),
+                });
+                tune(&mut cfg.limits);
+            },
+        )
+        .await
+    }
+
+    /// Boots the stack with the guest's boot options, the agent's view of
+    /// the guest and the gateway's configuration changed first.
+    pub async fn start_full(
+        boot: impl FnOnce(&mut BootOptions),
+        config: impl FnOnce(&mut vmgate_agent::config::GuestConfig),
+        configure: impl FnOnce(&State, &mut vmgate_gateway::GatewayConfig),
+    ) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let state = State::new(dir.path().join("state"));
         state.init().unwrap();
@@ -89,7 +123,8 @@ impl Stack {
         config(&mut guest_cfg);
         let agent_cfg = state.agent_config(agent_addr, vec![guest_cfg]);
         write_toml(&state.path("agent.toml"), &agent_cfg).unwrap();
-        let gw_cfg = state.gateway_config(gw_addr, &[agent_addr]);
+        let mut gw_cfg = state.gateway_config(gw_addr, &[agent_addr]);
+        configure(&state, &mut gw_cfg);
         write_toml(&state.path("gateway.toml"), &gw_cfg).unwrap();
         state
             .write_gateway_info(&GatewayInfo {
@@ -104,16 +139,12 @@ impl Stack {
             gw_addr,
             agent: None,
             gateway: None,
+            gw_cfg,
+            minter: None,
+            minter_addr: None,
         };
         stack.start_agent();
-        stack.gateway = Some(spawn(
-            &[
-                "gateway",
-                "--config",
-                stack.state.path("gateway.toml").to_str().unwrap(),
-            ],
-            stack.dir.path().join("gateway.log"),
-        ));
+        stack.spawn_gateway();
         stack.wait_routable().await;
         // Input typed before the guest's shell runs is lost, so tests start
         // once the prompt is there (the agent's scrollback has the boot).
@@ -122,6 +153,33 @@ impl Stack {
             .expect_booted(0)
             .await;
         stack
+    }
+
+    fn spawn_gateway(&mut self) {
+        self.gateway = Some(spawn(
+            &[
+                "gateway",
+                "--config",
+                self.state.path("gateway.toml").to_str().unwrap(),
+            ],
+            self.dir.path().join("gateway.log"),
+        ));
+    }
+
+    /// Stops the gateway, changes its configuration with `configure`, and
+    /// starts it again (its new log replaces `gateway.log`).
+    pub async fn restart_gateway(
+        &mut self,
+        configure: impl FnOnce(&mut vmgate_gateway::GatewayConfig),
+    ) {
+        if let Some(mut g) = self.gateway.take() {
+            let _ = g.kill();
+            let _ = g.wait();
+        }
+        configure(&mut self.gw_cfg);
+        write_toml(&self.state.path("gateway.toml"), &self.gw_cfg).unwrap();
+        self.spawn_gateway();
+        self.wait_routable().await;
     }
 
     pub fn start_agent(&mut self) {
@@ -193,6 +251,153 @@ impl Stack {
         Session::new(self.connect(&t.ws_url).await)
     }
 
+    /// The gateway's admin listener, `https://…` (after `start_secure`).
+    pub fn admin_url(&self) -> String {
+        let a = self
+            .gw_cfg
+            .admin
+            .as_ref()
+            .expect("started with start_secure");
+        format!("https://{}", a.listen)
+    }
+
+    /// An administrator's credentials using the bearer token.
+    pub fn admin_token(&self) -> vmgate::admin_client::AdminCreds {
+        self.state.admin_token_creds().unwrap()
+    }
+
+    /// One admin API request; panics if it cannot be made at all.
+    pub async fn admin(
+        &self,
+        method: http::Method,
+        url: &str,
+        creds: &vmgate::admin_client::AdminCreds,
+    ) -> vmgate::admin_client::Answer {
+        vmgate::admin_client::request(method, url, None, creds)
+            .await
+            .unwrap_or_else(|e| panic!("admin request to {url}: {e:#}"))
+    }
+
+    /// The gateway's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let a = self
+            .admin(
+                http::Method::GET,
+                &format!("{}/metrics", self.admin_url()),
+                &self.admin_token(),
+            )
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        a.body
+    }
+
+    /// The audit log's lines, parsed.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.state.path("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("audit lines are JSON"))
+            .collect()
+    }
+
+    /// Starts `vmgate admin` (the minter) and waits until it answers;
+    /// returns its URL.
+    pub async fn start_minter(&mut self) -> String {
+        let addr = free_tcp();
+        let cfg = self
+            .state
+            .minter_config(addr, &format!("https://{}", self.gw_addr));
+        write_toml(&self.state.path("admin.toml"), &cfg).unwrap();
+        self.minter = Some(spawn(
+            &[
+                "admin",
+                "--config",
+                self.state.path("admin.toml").to_str().unwrap(),
+            ],
+            self.dir.path().join("minter.log"),
+        ));
+        self.minter_addr = Some(addr);
+        let url = format!("https://{addr}");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let r = vmgate::admin_client::request(
+                http::Method::GET,
+                &format!("{url}/healthz"),
+                None,
+                &self.admin_token(),
+            )
+            .await;
+            if matches!(r, Ok(ref a) if a.status == 200) {
+                return url;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "vmgate admin never answered: {r:?}\n{}",
+                self.log("minter.log")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A WebSocket to `url` from source address `from`, with extra request
+    /// headers; the handshake's error if the gateway refused it.
+    pub async fn connect_as(
+        &self,
+        url: &str,
+        from: IpAddr,
+        headers: &[(&str, &str)],
+    ) -> Result<Ws, String> {
+        use std::sync::Arc;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::new(from, 0)).unwrap();
+        let tcp = sock
+            .connect(self.gw_addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let roots = vmgate_tls::load_roots(&self.state.public_ca()).unwrap();
+        let tls = vmgate_tls::client_config(roots, &[b"http/1.1"]).unwrap();
+        let name = vmgate_tls::rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(tls))
+            .connect(name.to_owned(), tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio_tungstenite::client_async(req, tls)
+            .await
+            .map(|(ws, _)| ws)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Waits until the gateway lists no session (earlier ones finished).
+    pub async fn wait_no_sessions(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let a = self
+                .admin(
+                    http::Method::GET,
+                    &format!("{}/v1/sessions", self.admin_url()),
+                    &self.admin_token(),
+                )
+                .await;
+            let v: Vec<serde_json::Value> = a.json().unwrap();
+            if v.is_empty() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "sessions stay: {v:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until the gateway routes `demo` to a live agent.
     pub async fn wait_routable(&self) {
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -220,7 +425,7 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        for c in [self.agent.take(), self.gateway.take()]
+        for c in [self.agent.take(), self.gateway.take(), self.minter.take()]
             .into_iter()
             .flatten()
         {

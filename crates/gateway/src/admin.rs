@@ -1,0 +1,379 @@
+//! The administrators' listener of the gateway: its own address (the
+//! management LAN), its own certificate, its own credentials.
+//!
+//! * `GET /v1/guests`: inventory (guest, node, agent, channels, state);
+//! * `GET /v1/sessions`: live sessions; `DELETE /v1/sessions/{id}` ends one
+//!   with "ended by administrator" (close code 4412);
+//! * `GET /metrics`: Prometheus text;
+//! * `/v1/console/{guest}/{channel}[?force=true][&read_only=true]`: a
+//!   console WebSocket without a ticket: the `virsh console` recovery path,
+//!   including `--force` takeover. It never exists on the public listener.
+//!
+//! Minting is not here: the gateway never holds the ticket signing key, so
+//! a compromised gateway cannot mint. `vmgate admin` ([`crate::minter`])
+//! does, in its own process; `POST /v1/tickets` here says so.
+//!
+//! Callers authenticate with a client certificate chaining to the admin CA
+//! (checked in the TLS handshake) or with `Authorization: Bearer <token>`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::extract::{Path as UrlPath, Query, Request, State, WebSocketUpgrade};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, delete, get, post};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use vmgate_relay::{relay, FrameTx};
+use vmgate_tls::rustls;
+use vmgate_wire::{Close, CloseCode, Frame, Mode};
+
+use crate::config::{AdminAuth, AdminListener};
+use crate::limits::{self, ConnLimits};
+use crate::public::{ClientCert, Peer};
+use crate::sessions::ENDED_BY_ADMIN;
+use crate::{ws, GatewayError, Shared};
+
+/// The largest WebSocket message accepted on an administrator's console.
+const MAX_MESSAGE: usize = 1 << 20;
+
+/// A bearer token, compared in constant time.
+pub struct Token(String);
+
+impl Token {
+    /// Reads the token file: one line of at least 16 characters.
+    pub fn load(path: &Path) -> Result<Token, GatewayError> {
+        let bad = |why: String| GatewayError::AdminAuth(format!("{}: {why}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let t = text.trim();
+        if t.len() < 16 || t.contains(char::is_whitespace) {
+            return Err(bad(
+                "the token must be one word of at least 16 characters".into()
+            ));
+        }
+        Ok(Token(t.to_string()))
+    }
+
+    fn matches(&self, offered: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), offered.as_bytes());
+        // Length is not secret; the bytes are, so no early exit on them.
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(…)")
+    }
+}
+
+/// How callers of an admin listener prove who they are.
+pub struct Auth {
+    token: Option<Token>,
+}
+
+/// Who an admin request came from, for logs and the audit line.
+#[derive(Clone, Copy, Debug)]
+pub struct Who(pub &'static str);
+
+impl Auth {
+    /// The TLS server config and the request check for `auth`: with a
+    /// client CA, certificates are verified in the handshake (required,
+    /// or optional when a token may be used instead).
+    pub fn build(
+        cert: &Path,
+        key: &Path,
+        auth: &AdminAuth,
+    ) -> Result<(rustls::ServerConfig, Auth), GatewayError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(vmgate_tls::TlsError::from)?;
+        let builder = match &auth.client_ca {
+            Some(ca) => {
+                let roots = Arc::new(vmgate_tls::load_roots(ca)?);
+                let v =
+                    rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider);
+                let v = if auth.token_file.is_some() {
+                    v.allow_unauthenticated()
+                } else {
+                    v
+                };
+                builder.with_client_cert_verifier(v.build().map_err(vmgate_tls::TlsError::from)?)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut tls = builder
+            .with_single_cert(vmgate_tls::load_certs(cert)?, vmgate_tls::load_key(key)?)
+            .map_err(vmgate_tls::TlsError::from)?;
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let token = auth.token_file.as_deref().map(Token::load).transpose()?;
+        Ok((tls, Auth { token }))
+    }
+
+    fn check(&self, cert: bool, req: &Request) -> Result<Who, &'static str> {
+        if cert {
+            // The verifier accepted it: it chains to the admin CA.
+            return Ok(Who("client-certificate"));
+        }
+        let Some(token) = &self.token else {
+            return Err("a client certificate from the admin CA is required");
+        };
+        let offered = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "));
+        match offered {
+            None => Err(
+                "missing credentials: send Authorization: Bearer <token> or a client certificate",
+            ),
+            Some(t) if token.matches(t.trim()) => Ok(Who("token")),
+            Some(_) => Err("invalid token"),
+        }
+    }
+}
+
+/// Refuses any request without valid admin credentials (401), before
+/// routing, so an unauthenticated caller learns nothing about the routes.
+pub async fn require_admin(
+    State(auth): State<Arc<Auth>>,
+    Extension(ClientCert(cert)): Extension<ClientCert>,
+    Extension(Peer(peer)): Extension<Peer>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    match auth.check(cert, &req) {
+        Ok(who) => {
+            req.extensions_mut().insert(who);
+            next.run(req).await
+        }
+        Err(why) => {
+            tracing::warn!(%peer, path = %req.uri().path(), reason = why, "admin request refused");
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(serde_json::json!({ "error": why })),
+            )
+                .into_response()
+        }
+    }
+}
+
+pub(crate) fn json_error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
+}
+
+/// The gateway's admin listener, bound.
+pub struct AdminServer {
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    auth: Arc<Auth>,
+}
+
+impl AdminServer {
+    pub async fn bind(cfg: &AdminListener) -> Result<AdminServer, GatewayError> {
+        let (tls, auth) = Auth::build(&cfg.cert, &cfg.key, &cfg.auth())?;
+        let listener =
+            TcpListener::bind(cfg.listen)
+                .await
+                .map_err(|source| GatewayError::Listen {
+                    addr: cfg.listen,
+                    source,
+                })?;
+        Ok(AdminServer {
+            listener,
+            tls: Arc::new(tls),
+            auth: Arc::new(auth),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub async fn run(self, shared: Arc<Shared>) {
+        tracing::info!(addr = %self.local_addr(), "admin listener (HTTPS)");
+        let app = router(shared.clone(), self.auth);
+        let conn = ConnLimits::from(&*shared.limits);
+        crate::public::serve(self.listener, self.tls, app, shared.shutdown.clone(), conn).await;
+    }
+}
+
+fn router(shared: Arc<Shared>, auth: Arc<Auth>) -> Router {
+    let lim = shared.request_limits();
+    Router::new()
+        .route("/v1/guests", get(guests))
+        .route("/v1/sessions", get(sessions))
+        .route("/v1/sessions/{id}", delete(end_session))
+        .route("/metrics", get(metrics))
+        .route("/v1/console/{guest}/{channel}", any(console_ws))
+        .route(
+            "/v1/tickets",
+            post(|| async {
+                json_error(
+                    StatusCode::NOT_FOUND,
+                    "the gateway cannot mint tickets (it never holds the signing key): POST to `vmgate admin`",
+                )
+            }),
+        )
+        .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such admin route") })
+        .with_state(shared)
+        .layer(middleware::from_fn_with_state(auth, require_admin))
+        .layer(middleware::from_fn_with_state(lim, limits::bounded_url))
+}
+
+async fn guests(State(shared): State<Arc<Shared>>) -> Response {
+    Json(shared.pool.guests()).into_response()
+}
+
+async fn sessions(State(shared): State<Arc<Shared>>) -> Response {
+    Json(shared.sessions.list()).into_response()
+}
+
+async fn end_session(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(id): UrlPath<String>,
+    Extension(Who(who)): Extension<Who>,
+    Extension(Peer(peer)): Extension<Peer>,
+) -> Response {
+    let Ok(id) = id.parse::<u64>() else {
+        return json_error(StatusCode::BAD_REQUEST, "a session id is a number");
+    };
+    if shared.sessions.end(id, ENDED_BY_ADMIN) {
+        tracing::info!(session = id, %peer, by = who, "session ended by administrator");
+        Json(serde_json::json!({ "ended": id })).into_response()
+    } else {
+        json_error(StatusCode::NOT_FOUND, format!("no live session {id}"))
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        shared.metrics.render(),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct ConsoleQuery {
+    /// Take the keyboard or the channel over from its holder.
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    read_only: bool,
+}
+
+async fn console_ws(
+    State(shared): State<Arc<Shared>>,
+    UrlPath((guest, channel)): UrlPath<(String, String)>,
+    Query(q): Query<ConsoleQuery>,
+    Extension(Peer(peer)): Extension<Peer>,
+    Extension(Who(who)): Extension<Who>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if !vmgate_wire::valid_name(&guest) || !vmgate_wire::valid_name(&channel) {
+        return json_error(StatusCode::BAD_REQUEST, "invalid guest or channel name");
+    }
+    upgrade
+        .protocols(["binary"])
+        .max_message_size(MAX_MESSAGE)
+        .max_frame_size(MAX_MESSAGE)
+        .on_upgrade(move |socket| {
+            let controls = socket.protocol().is_none();
+            let (rx, tx) = ws::split(socket, controls);
+            admin_session(shared, rx, tx, guest, channel, q, peer, who)
+        })
+}
+
+/// An administrator's console: like a ticket's session, without the ticket
+/// and outside the session limits; audited as `admin:<how>`.
+#[allow(clippy::too_many_arguments)]
+async fn admin_session(
+    shared: Arc<Shared>,
+    rx: ws::WsRx,
+    mut tx: ws::WsTx,
+    guest: String,
+    channel: String,
+    q: ConsoleQuery,
+    peer: SocketAddr,
+    who: &'static str,
+) {
+    let opening = std::time::Instant::now();
+    let mode = if q.read_only {
+        Mode::ReadOnly
+    } else {
+        Mode::Interactive
+    };
+    let sid = shared.pool.session_id();
+    let record = crate::audit::SessionRecord {
+        session: sid,
+        ticket: format!("admin:{who}"),
+        guest: guest.clone(),
+        channel: channel.clone(),
+        mode: if q.read_only {
+            "read-only"
+        } else {
+            "interactive"
+        },
+        peer,
+    };
+    let live = match shared.sessions.admit(record, true) {
+        Ok(l) => l,
+        Err(close) => return refuse(&mut tx, close).await,
+    };
+    let force = q.force && !q.read_only;
+    let (qrx, qtx) = match shared.pool.open(sid, &guest, &channel, mode, force).await {
+        Ok(s) => s,
+        Err(close) => {
+            shared.metrics.refused(close.code.as_str());
+            tracing::warn!(%peer, %guest, %channel, reason = %close, "admin console refused");
+            return refuse(&mut tx, close).await;
+        }
+    };
+    tracing::info!(session = sid, %peer, %guest, %channel, by = who, force, "admin console opened");
+    live.opened(opening.elapsed());
+    let (rx, qrx) = (live.count_to_guest(rx), live.count_from_guest(qrx));
+    let ended = live.stop();
+    let shutdown = shared.shutdown.clone();
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown.cancelled() => Close::new(CloseCode::GoingAway, "the gateway is shutting down"),
+            c = ended => c,
+        }
+    };
+    let out = relay(rx, tx, qrx, qtx, stop).await;
+    tracing::info!(session = sid, %peer, %guest, %channel, reason = %out.close, "admin console ended");
+    live.finish(&out);
+}
+
+async fn refuse(tx: &mut ws::WsTx, close: Close) {
+    let _ = tx.send(Frame::Close(close)).await;
+    tx.finish().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_compares_whole_and_refuses_short_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        std::fs::write(&p, "0123456789abcdef0123\n").unwrap();
+        let t = Token::load(&p).unwrap();
+        assert!(t.matches("0123456789abcdef0123"));
+        assert!(!t.matches("0123456789abcdef012"));
+        assert!(!t.matches("0123456789abcdef0124"));
+        assert_eq!(format!("{t:?}"), "Token(…)");
+        std::fs::write(&p, "short").unwrap();
+        assert!(Token::load(&p).is_err());
+    }
+}

@@ -1,0 +1,316 @@
+//! Abuse limits in front of the ticket check: per-source throttling of
+//! failed tickets, the WebSocket `Origin` check, bounded request targets,
+//! and the per-connection deadlines and sizes the HTTPS listeners apply.
+//!
+//! Session-count limits and the idle timeout live with the sessions they
+//! count ([`crate::sessions`]).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use vmgate_wire::{Close, CloseCode};
+
+use crate::config::Limits;
+use crate::metrics::Metrics;
+
+/// Source addresses remembered at once. Beyond this the oldest window is
+/// forgotten: memory stays bounded, and an attacker who controls this many
+/// addresses can spread guesses over them anyway.
+const THROTTLE_CAPACITY: usize = 65_536;
+
+/// What the throttle counts per source: the address, or an IPv6 /64, which
+/// one host usually holds whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Source {
+    V4(u32),
+    V6(u64),
+}
+
+fn source(ip: IpAddr) -> Source {
+    match ip {
+        IpAddr::V4(v4) => Source::V4(v4.into()),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => Source::V4(v4.into()),
+            None => Source::V6((u128::from(v6) >> 64) as u64),
+        },
+    }
+}
+
+/// Counts failed ticket checks per source address in fixed windows.
+pub struct Throttle {
+    max: u32,
+    window: Duration,
+    /// (failures in the window, when the window started)
+    seen: Mutex<HashMap<Source, (u32, Instant)>>,
+}
+
+impl Throttle {
+    /// `max` failures per `window`; `max == 0` turns throttling off.
+    pub fn new(max: u32, window: Duration) -> Throttle {
+        Throttle {
+            max,
+            window,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `ip` may have its ticket checked now, at `now`.
+    pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Close> {
+        if self.max == 0 {
+            return Ok(());
+        }
+        let seen = self.seen.lock().expect("throttle lock");
+        match seen.get(&source(ip)) {
+            Some(&(n, start)) if n >= self.max && now.duration_since(start) < self.window => {
+                let wait = self.window - now.duration_since(start);
+                Err(Close::new(
+                    CloseCode::TooMany,
+                    format!(
+                        "too many failed tickets from your address: try again in {}s",
+                        wait.as_secs().max(1)
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a failed ticket check from `ip` at `now`.
+    pub fn failed(&self, ip: IpAddr, now: Instant) {
+        if self.max == 0 {
+            return;
+        }
+        let mut seen = self.seen.lock().expect("throttle lock");
+        if seen.len() >= THROTTLE_CAPACITY && !seen.contains_key(&source(ip)) {
+            let window = self.window;
+            seen.retain(|_, (_, start)| now.duration_since(*start) < window);
+            if seen.len() >= THROTTLE_CAPACITY {
+                let oldest = seen
+                    .iter()
+                    .min_by_key(|(_, (_, start))| *start)
+                    .map(|(k, _)| *k);
+                if let Some(k) = oldest {
+                    seen.remove(&k);
+                }
+            }
+        }
+        let entry = seen.entry(source(ip)).or_insert((0, now));
+        if now.duration_since(entry.1) >= self.window {
+            *entry = (0, now);
+        }
+        entry.0 = entry.0.saturating_add(1);
+    }
+}
+
+/// What each HTTPS connection is held to before and while it sends a
+/// request.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
+    /// Deadline for the TLS handshake, and again for the request headers.
+    pub handshake: Duration,
+    /// Largest request head (HTTP/1.1 buffer, HTTP/2 header list).
+    pub max_header_bytes: usize,
+}
+
+impl From<&Limits> for ConnLimits {
+    fn from(l: &Limits) -> ConnLimits {
+        ConnLimits {
+            handshake: Duration::from_secs(l.handshake_deadline_secs),
+            max_header_bytes: l.max_header_bytes,
+        }
+    }
+}
+
+/// Wraps a connection's service so the serve loop knows whether any
+/// request arrived: a client that completes TLS and then sends nothing (an
+/// HTTP/2 preface without a request, or not even that) is closed at
+/// [`no_request_by`]'s deadline instead of holding a connection forever.
+pub fn first_request_seen(
+    app: axum::Router,
+) -> (
+    SeenService<hyper_util::service::TowerToHyperService<axum::Router>>,
+    Arc<AtomicBool>,
+) {
+    let seen = Arc::new(AtomicBool::new(false));
+    let svc = SeenService {
+        inner: hyper_util::service::TowerToHyperService::new(app),
+        seen: seen.clone(),
+    };
+    (svc, seen)
+}
+
+/// A hyper service that notes that a request arrived.
+#[derive(Clone)]
+pub struct SeenService<S> {
+    inner: S,
+    seen: Arc<AtomicBool>,
+}
+
+impl<S: hyper::service::Service<R>, R> hyper::service::Service<R> for SeenService<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, req: R) -> S::Future {
+        self.seen.store(true, Ordering::Relaxed);
+        self.inner.call(req)
+    }
+}
+
+/// Resolves at `deadline` if no request arrived by then; never otherwise.
+pub async fn no_request_by(deadline: Duration, seen: Arc<AtomicBool>) {
+    tokio::time::sleep(deadline).await;
+    if seen.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// What the HTTP layer needs to apply the limits to each request.
+#[derive(Clone)]
+pub struct RequestLimits {
+    pub limits: Arc<Limits>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Refuses a request target longer than `max_url_bytes` (414) before any
+/// handler parses it.
+pub async fn bounded_url(State(l): State<RequestLimits>, req: Request, next: Next) -> Response {
+    let len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if len > l.limits.max_url_bytes {
+        l.metrics.refused("url_too_long");
+        tracing::warn!(len, "request target too long");
+        return (
+            StatusCode::URI_TOO_LONG,
+            format!(
+                "request target longer than {} bytes\n",
+                l.limits.max_url_bytes
+            ),
+        )
+            .into_response();
+    }
+    next.run(req).await
+}
+
+/// Whether a request from a page at `origin` may open a console: the
+/// gateway's own pages (`https://` + the request's host) and the configured
+/// origins may; any other page is a cross-site WebSocket hijack attempt.
+pub fn origin_allowed(limits: &Limits, origin: &str, host: Option<&str>) -> bool {
+    if host.is_some_and(|h| origin.strip_prefix("https://") == Some(h)) {
+        return true;
+    }
+    limits.allowed_origins.iter().any(|o| o == origin)
+}
+
+/// The `Origin` check for the browser routes (console WebSockets), answered
+/// with 403 before the upgrade so a foreign page never gets a socket.
+pub async fn check_origin(State(l): State<RequestLimits>, req: Request, next: Next) -> Response {
+    if !l.limits.check_origin {
+        return next.run(req).await;
+    }
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        // Browsers always send Origin on a WebSocket: this is not one.
+        return next.run(req).await;
+    };
+    // HTTP/2 carries the host in :authority, HTTP/1.1 in Host.
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
+    let ok = origin
+        .to_str()
+        .is_ok_and(|o| origin_allowed(&l.limits, o, host.as_deref()));
+    if ok {
+        return next.run(req).await;
+    }
+    l.metrics.refused("origin");
+    tracing::warn!(origin = ?origin, host = ?host, "console WebSocket from a foreign origin refused");
+    (
+        StatusCode::FORBIDDEN,
+        "origin not allowed: open the console from the gateway's own page, or add this origin to limits.allowed_origins\n",
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttles_one_source_after_max_failures_and_not_another() {
+        let t = Throttle::new(3, Duration::from_secs(60));
+        let now = Instant::now();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        for _ in 0..3 {
+            assert!(t.check(a, now).is_ok());
+            t.failed(a, now);
+        }
+        let refused = t.check(a, now).unwrap_err();
+        assert_eq!(refused.code, CloseCode::TooMany);
+        assert!(
+            refused.reason.contains("try again in 60s"),
+            "{}",
+            refused.reason
+        );
+        assert!(t.check(b, now).is_ok());
+        // A new window forgives.
+        assert!(t.check(a, now + Duration::from_secs(60)).is_ok());
+    }
+
+    #[test]
+    fn ipv6_counts_per_slash_64_and_mapped_v4_as_v4() {
+        let t = Throttle::new(1, Duration::from_secs(60));
+        let now = Instant::now();
+        t.failed("2001:db8::1".parse().unwrap(), now);
+        assert!(t.check("2001:db8::ffff".parse().unwrap(), now).is_err());
+        assert!(t.check("2001:db8:0:1::1".parse().unwrap(), now).is_ok());
+        t.failed("::ffff:192.0.2.9".parse().unwrap(), now);
+        assert!(t.check("192.0.2.9".parse().unwrap(), now).is_err());
+    }
+
+    #[test]
+    fn memory_stays_bounded() {
+        let t = Throttle::new(1, Duration::from_secs(60));
+        let now = Instant::now();
+        for i in 0..(THROTTLE_CAPACITY as u32 + 10) {
+            t.failed(IpAddr::V4(i.into()), now);
+        }
+        assert!(t.seen.lock().unwrap().len() <= THROTTLE_CAPACITY);
+    }
+
+    #[test]
+    fn origin_same_host_or_configured_only() {
+        let mut l = Limits::default();
+        assert!(origin_allowed(
+            &l,
+            "https://gw.example:8443",
+            Some("gw.example:8443")
+        ));
+        assert!(!origin_allowed(
+            &l,
+            "https://evil.example",
+            Some("gw.example:8443")
+        ));
+        assert!(!origin_allowed(
+            &l,
+            "http://gw.example:8443",
+            Some("gw.example:8443")
+        ));
+        assert!(!origin_allowed(&l, "null", Some("gw.example:8443")));
+        l.allowed_origins.push("https://portal.example".into());
+        assert!(origin_allowed(&l, "https://portal.example", None));
+    }
+}

@@ -1,0 +1,182 @@
+//! The gateway's counters, exposed as Prometheus text on the admin listener
+//! (`GET /metrics`): sessions by channel, bytes each way, refusals by
+//! reason, relay errors, and how long sessions take to open.
+//!
+//! Hand-written exposition: a handful of series does not need a registry
+//! crate. Every label value is either a fixed reason name or a channel name
+//! that passed `vmgate_wire::valid_name` and an agent's inventory, so label
+//! sets stay small and need no escaping.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the session-open latency histogram: from a
+/// warm QUIC stream on a LAN to an agent at its open deadline.
+const OPEN_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+#[derive(Default)]
+struct Labeled {
+    sessions_total: BTreeMap<String, u64>,
+    sessions_active: BTreeMap<String, u64>,
+    refusals: BTreeMap<&'static str, u64>,
+    relay_errors: BTreeMap<&'static str, u64>,
+    open_counts: [u64; OPEN_BUCKETS.len()],
+    open_count: u64,
+    open_sum: f64,
+}
+
+/// All counters of one gateway process.
+#[derive(Default)]
+pub struct Metrics {
+    /// Console bytes carried from clients to guests.
+    pub bytes_to_guest: AtomicU64,
+    /// Console bytes carried from guests to clients.
+    pub bytes_from_guest: AtomicU64,
+    labeled: Mutex<Labeled>,
+}
+
+impl Metrics {
+    fn with<T>(&self, f: impl FnOnce(&mut Labeled) -> T) -> T {
+        f(&mut self.labeled.lock().expect("metrics lock"))
+    }
+
+    /// A session was refused; `reason` is a fixed short name
+    /// (`TicketError::code`, `CloseCode::as_str`, or a limit's name).
+    pub fn refused(&self, reason: &'static str) {
+        self.with(|m| *m.refusals.entry(reason).or_default() += 1);
+    }
+
+    /// A session opened on `channel` after `latency` (ticket check to the
+    /// agent's answer).
+    pub fn opened(&self, channel: &str, latency: Duration) {
+        let secs = latency.as_secs_f64();
+        self.with(|m| {
+            *m.sessions_total.entry(channel.to_string()).or_default() += 1;
+            *m.sessions_active.entry(channel.to_string()).or_default() += 1;
+            for (i, le) in OPEN_BUCKETS.iter().enumerate() {
+                if secs <= *le {
+                    m.open_counts[i] += 1;
+                }
+            }
+            m.open_count += 1;
+            m.open_sum += secs;
+        });
+    }
+
+    /// A session that [`opened`](Self::opened) has ended; `error` names the
+    /// close code if it ended by a failure rather than by a person.
+    pub fn ended(&self, channel: &str, error: Option<&'static str>) {
+        self.with(|m| {
+            if let Some(n) = m.sessions_active.get_mut(channel) {
+                *n = n.saturating_sub(1);
+            }
+            if let Some(e) = error {
+                *m.relay_errors.entry(e).or_default() += 1;
+            }
+        });
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let m = self.labeled.lock().expect("metrics lock");
+        let _ = writeln!(
+            out,
+            "# HELP vmgate_sessions_total Console sessions opened, by channel."
+        );
+        let _ = writeln!(out, "# TYPE vmgate_sessions_total counter");
+        for (c, n) in &m.sessions_total {
+            let _ = writeln!(out, "vmgate_sessions_total{{channel=\"{c}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP vmgate_sessions_active Console sessions open now, by channel."
+        );
+        let _ = writeln!(out, "# TYPE vmgate_sessions_active gauge");
+        for (c, n) in &m.sessions_active {
+            let _ = writeln!(out, "vmgate_sessions_active{{channel=\"{c}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP vmgate_bytes_total Console bytes relayed, by direction."
+        );
+        let _ = writeln!(out, "# TYPE vmgate_bytes_total counter");
+        let _ = writeln!(
+            out,
+            "vmgate_bytes_total{{direction=\"to_guest\"}} {}",
+            self.bytes_to_guest.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "vmgate_bytes_total{{direction=\"from_guest\"}} {}",
+            self.bytes_from_guest.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP vmgate_refusals_total Sessions refused, by reason."
+        );
+        let _ = writeln!(out, "# TYPE vmgate_refusals_total counter");
+        for (r, n) in &m.refusals {
+            let _ = writeln!(out, "vmgate_refusals_total{{reason=\"{r}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP vmgate_relay_errors_total Sessions ended by a failure, by close code."
+        );
+        let _ = writeln!(out, "# TYPE vmgate_relay_errors_total counter");
+        for (r, n) in &m.relay_errors {
+            let _ = writeln!(out, "vmgate_relay_errors_total{{code=\"{r}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP vmgate_session_open_seconds From ticket check to the agent's answer."
+        );
+        let _ = writeln!(out, "# TYPE vmgate_session_open_seconds histogram");
+        for (le, n) in OPEN_BUCKETS.iter().zip(m.open_counts) {
+            let _ = writeln!(out, "vmgate_session_open_seconds_bucket{{le=\"{le}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "vmgate_session_open_seconds_bucket{{le=\"+Inf\"}} {}",
+            m.open_count
+        );
+        let _ = writeln!(out, "vmgate_session_open_seconds_sum {}", m.open_sum);
+        let _ = writeln!(out, "vmgate_session_open_seconds_count {}", m.open_count);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_gauges_and_a_cumulative_histogram() {
+        let m = Metrics::default();
+        m.refused("expired");
+        m.refused("expired");
+        m.opened("serial0", Duration::from_millis(30));
+        m.opened("vnc", Duration::from_secs(20));
+        m.ended("vnc", Some("agent_unreachable"));
+        m.bytes_to_guest.fetch_add(7, Ordering::Relaxed);
+        let text = m.render();
+        for line in [
+            "vmgate_refusals_total{reason=\"expired\"} 2",
+            "vmgate_sessions_total{channel=\"serial0\"} 1",
+            "vmgate_sessions_active{channel=\"serial0\"} 1",
+            "vmgate_sessions_active{channel=\"vnc\"} 0",
+            "vmgate_relay_errors_total{code=\"agent_unreachable\"} 1",
+            "vmgate_bytes_total{direction=\"to_guest\"} 7",
+            "vmgate_session_open_seconds_bucket{le=\"0.025\"} 0",
+            "vmgate_session_open_seconds_bucket{le=\"0.05\"} 1",
+            "vmgate_session_open_seconds_bucket{le=\"10\"} 1",
+            "vmgate_session_open_seconds_bucket{le=\"+Inf\"} 2",
+            "vmgate_session_open_seconds_count 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+        }
+    }
+}

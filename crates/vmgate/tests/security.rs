@@ -1,0 +1,587 @@
+//! The security boundary end to end: the admin listener and its
+//! credentials, the ticket minter, ending sessions, throttling, the Origin
+//! check, session limits, the audit log and the metrics — through the real
+//! gateway, agent and guest, over real TLS and QUIC.
+
+mod common;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use common::{Session, Stack};
+use http::Method;
+use vmgate::admin_client::{request, AdminCreds};
+
+const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
+const OTHER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn admin_routes_are_absent_on_the_public_listener_and_need_credentials() {
+    let stack = Stack::start_secure(|_| {}).await;
+    let public = format!("https://{}", stack.gw_addr);
+    // Even with the admin token, the public listener has no admin route.
+    let creds = AdminCreds {
+        ca: stack.state.public_ca(),
+        ..stack.admin_token()
+    };
+    for (method, path) in [
+        (Method::GET, "/v1/sessions"),
+        (Method::GET, "/v1/guests"),
+        (Method::DELETE, "/v1/sessions/1"),
+        (Method::POST, "/v1/tickets"),
+        (Method::GET, "/metrics"),
+        (Method::GET, "/v1/console/demo/serial0"),
+    ] {
+        let a = stack
+            .admin(method.clone(), &format!("{public}{path}"), &creds)
+            .await;
+        assert_eq!(
+            a.status, 404,
+            "{method} {path} on the public port: {}",
+            a.body
+        );
+    }
+
+    let admin = stack.admin_url();
+    let sessions = format!("{admin}/v1/sessions");
+    let no_token = AdminCreds {
+        token: None,
+        ..stack.admin_token()
+    };
+    let a = stack.admin(Method::GET, &sessions, &no_token).await;
+    assert_eq!(a.status, 401);
+    assert!(a.body.contains("missing credentials"), "{}", a.body);
+    let wrong = AdminCreds {
+        token: Some("not-the-token-0123456789".into()),
+        ..stack.admin_token()
+    };
+    let a = stack.admin(Method::GET, &sessions, &wrong).await;
+    assert_eq!(a.status, 401);
+    assert!(a.body.contains("invalid token"), "{}", a.body);
+
+    // A client certificate from another CA fails the TLS handshake.
+    let rogue = vmgate_tls::pki::Ca::new("rogue").unwrap();
+    let id = rogue
+        .issue_to(stack.dir.path(), "rogue-admin", &["vmgate-admin"])
+        .unwrap();
+    let rogue_creds = AdminCreds {
+        cert: Some(id),
+        ..stack.state.admin_cert_creds()
+    };
+    let r = request(Method::GET, &sessions, None, &rogue_creds).await;
+    assert!(r.is_err(), "a rogue certificate got an answer: {r:?}");
+
+    // The admin CA's certificate and the token both work.
+    let a = stack
+        .admin(
+            Method::GET,
+            &format!("{admin}/v1/guests"),
+            &stack.state.admin_cert_creds(),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let guests: Vec<serde_json::Value> = a.json().unwrap();
+    assert_eq!(guests[0]["name"], "demo");
+    assert_eq!(guests[0]["node"], "demo-node");
+    let a = stack
+        .admin(Method::GET, &sessions, &stack.admin_token())
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+
+    // The gateway's admin listener cannot mint, and says who can.
+    let a = stack
+        .admin(
+            Method::POST,
+            &format!("{admin}/v1/tickets"),
+            &stack.admin_token(),
+        )
+        .await;
+    assert_eq!(a.status, 404);
+    assert!(a.body.contains("vmgate admin"), "{}", a.body);
+    assert!(stack.log("gateway.log").contains("admin request refused"));
+}
+
+#[tokio::test]
+async fn vmgate_admin_mints_tickets_that_the_gateway_accepts() {
+    let mut stack = Stack::start_secure(|_| {}).await;
+    let minter = stack.start_minter().await;
+    let tickets = format!("{minter}/v1/tickets");
+    let body = serde_json::json!({"guest": "demo", "channels": ["serial0"], "ttl_secs": 60});
+
+    let no_token = AdminCreds {
+        token: None,
+        ..stack.admin_token()
+    };
+    let a = request(Method::POST, &tickets, Some(&body), &no_token)
+        .await
+        .unwrap();
+    assert_eq!(a.status, 401, "{}", a.body);
+    let a = request(
+        Method::POST,
+        &tickets,
+        Some(&serde_json::json!({"guest": "de/mo"})),
+        &stack.admin_token(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status, 400);
+    assert!(a.body.contains("invalid name"), "{}", a.body);
+
+    // The CLI: `vmgate ticket --admin URL`, with the client certificate.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmgate"))
+        .args(["ticket", "demo", "--json", "--admin", &minter, "--admin-ca"])
+        .arg(stack.state.path("admin-server-ca.pem"))
+        .arg("--admin-cert")
+        .arg(stack.state.path("admin-client.pem"))
+        .arg("--admin-key")
+        .arg(stack.state.path("admin-client.key"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let minted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ws_url = minted["ws_url"].as_str().unwrap();
+    assert!(ws_url.starts_with(&format!(
+        "wss://{}/ws/demo/serial0?ticket=vt1.",
+        stack.gw_addr
+    )));
+    let mut s = Session::new(stack.connect(ws_url).await);
+    s.expect_notice("you hold the keyboard").await;
+    s.send(b"echo minted-$((3*5))\n").await;
+    s.expect("minted-15").await;
+    assert!(stack.log("minter.log").contains("ticket minted"));
+    // The minter logs the ticket's id, never its text.
+    let ticket = minted["ticket"].as_str().unwrap();
+    assert!(!stack.log("minter.log").contains(ticket));
+}
+
+#[tokio::test]
+async fn a_session_ended_by_delete_closes_with_its_reason_and_is_audited_with_its_bytes() {
+    let stack = Stack::start_secure(|_| {}).await;
+    stack.wait_no_sessions().await;
+    let t = stack.ticket("demo", &["serial0"], false);
+    let id = vmgate::tickets::peek(&t.ticket).unwrap().id;
+    let mut s = Session::new(stack.connect(&t.ws_url).await);
+    s.expect_notice("you hold the keyboard").await;
+    let typed = b"echo audited-$((6*7))\n";
+    s.send(typed).await;
+    s.expect("audited-42").await;
+    // Everything the guest prints for it has arrived before the DELETE.
+    let at = s.text().find("audited-42").unwrap();
+    s.expect_since(at, "guest# ").await;
+
+    let admin = stack.admin_url();
+    let a = stack
+        .admin(
+            Method::GET,
+            &format!("{admin}/v1/sessions"),
+            &stack.admin_token(),
+        )
+        .await;
+    let list: Vec<serde_json::Value> = a.json().unwrap();
+    let mine = list
+        .iter()
+        .find(|v| v["ticket"] == id.as_str())
+        .unwrap_or_else(|| panic!("session not listed: {list:?}"));
+    assert_eq!(mine["guest"], "demo");
+    assert_eq!(mine["mode"], "interactive");
+    assert!(
+        !a.body.contains(&t.ticket),
+        "the listing shows a ticket's text"
+    );
+    let sid = mine["id"].as_u64().unwrap();
+
+    let a = stack
+        .admin(
+            Method::DELETE,
+            &format!("{admin}/v1/sessions/{sid}"),
+            &stack.admin_token(),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let (code, reason) = s.closed().await;
+    assert_eq!(code, 4412);
+    assert_eq!(reason, "ended by administrator");
+    let a = stack
+        .admin(
+            Method::DELETE,
+            &format!("{admin}/v1/sessions/{sid}"),
+            &stack.admin_token(),
+        )
+        .await;
+    assert_eq!(a.status, 404);
+
+    // Both audit lines, with the bytes each way the client saw.
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    let lines = loop {
+        let lines: Vec<_> = stack
+            .audit()
+            .into_iter()
+            .filter(|l| l["ticket"] == id.as_str())
+            .collect();
+        if lines.len() == 2 || tokio::time::Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let (start, end) = (&lines[0], &lines[1]);
+    assert_eq!(start["event"], "session_start");
+    assert_eq!(end["event"], "session_end");
+    for l in [start, end] {
+        assert_eq!(l["session"], sid);
+        assert_eq!(l["guest"], "demo");
+        assert_eq!(l["channel"], "serial0");
+        assert_eq!(l["mode"], "interactive");
+        assert!(l["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    }
+    assert_eq!(end["start"], start["start"]);
+    assert!(end["end"].as_str().is_some());
+    assert_eq!(end["bytes_to_guest"], typed.len() as u64);
+    assert_eq!(end["bytes_from_guest"], s.output.len() as u64);
+    assert_eq!(end["close_code"], 4412);
+    assert_eq!(end["close_reason"], "ended by administrator");
+    let audit = std::fs::read_to_string(stack.state.path("audit.jsonl")).unwrap();
+    assert!(
+        !audit.contains(&t.ticket),
+        "the audit log holds a ticket's text"
+    );
+
+    let m = stack.metrics().await;
+    assert!(
+        metric(&m, "vmgate_sessions_total{channel=\"serial0\"}") >= 1,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "vmgate_bytes_total{direction=\"to_guest\"}") >= typed.len() as u64,
+        "{m}"
+    );
+    assert!(metric(&m, "vmgate_session_open_seconds_count") >= 1, "{m}");
+}
+
+#[tokio::test]
+async fn failed_tickets_are_throttled_per_source_address_and_counted_by_reason() {
+    let stack = Stack::start_secure(|l| l.failed_tickets_per_address = 3).await;
+    let base = format!("wss://{}/ws/demo/serial0", stack.gw_addr);
+    for _ in 0..3 {
+        let ws = stack
+            .connect_as(&format!("{base}?ticket=garbage"), LOCAL, &[])
+            .await
+            .unwrap();
+        let (code, reason) = Session::new(ws).closed().await;
+        assert_eq!(code, 4401);
+        assert!(reason.contains("malformed"), "{reason}");
+    }
+    // A good ticket from the throttled address is refused unchecked.
+    let good = stack.ticket("demo", &["serial0"], false);
+    let ws = stack.connect_as(&good.ws_url, LOCAL, &[]).await.unwrap();
+    let (code, reason) = Session::new(ws).closed().await;
+    assert_eq!(code, 4429);
+    assert!(reason.contains("too many failed tickets"), "{reason}");
+    // Another address is not affected.
+    let other = stack.ticket("demo", &["serial0"], false);
+    let ws = stack.connect_as(&other.ws_url, OTHER, &[]).await.unwrap();
+    let mut s = Session::new(ws);
+    s.expect_notice("you hold the keyboard").await;
+    s.send(b"echo from-other-$((2*21))\n").await;
+    s.expect("from-other-42").await;
+
+    let m = stack.metrics().await;
+    assert_eq!(
+        metric(&m, "vmgate_refusals_total{reason=\"malformed\"}"),
+        3,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "vmgate_refusals_total{reason=\"throttled\"}"),
+        1,
+        "{m}"
+    );
+    assert!(stack.log("gateway.log").contains("ticket check throttled"));
+}
+
+#[tokio::test]
+async fn cross_origin_oversized_and_idle_sessions_are_refused() {
+    let mut stack = Stack::start_secure(|l| {
+        l.allowed_origins = vec!["https://portal.example".into()];
+    })
+    .await;
+    let t = stack.ticket("demo", &["serial0"], false);
+    let err = stack
+        .connect_as(&t.ws_url, LOCAL, &[("origin", "https://evil.example")])
+        .await
+        .expect_err("a foreign page got a console WebSocket");
+    assert!(err.contains("403"), "{err}");
+    // The refused attempt did not use the ticket up.
+    let own = format!("https://{}", stack.gw_addr);
+    let ws = stack
+        .connect_as(&t.ws_url, LOCAL, &[("origin", &own)])
+        .await
+        .expect("the gateway's own page is allowed");
+    Session::new(ws).expect_notice("keyboard").await;
+    let t2 = stack.ticket("demo", &["serial0"], true);
+    let ws = stack
+        .connect_as(&t2.ws_url, LOCAL, &[("origin", "https://portal.example")])
+        .await
+        .expect("a configured origin is allowed");
+    Session::new(ws).expect_notice("read-only").await;
+    let m = stack.metrics().await;
+    assert_eq!(
+        metric(&m, "vmgate_refusals_total{reason=\"origin\"}"),
+        1,
+        "{m}"
+    );
+
+    // Bounded request sizes: a long URL, a huge header, a long ticket.
+    let long = format!("{}&pad={}", t2.ws_url, "x".repeat(9000));
+    let err = stack
+        .connect_as(&long, LOCAL, &[])
+        .await
+        .expect_err("long URL");
+    assert!(err.contains("414"), "{err}");
+    let pad = "y".repeat(20_000);
+    let err = stack
+        .connect_as(&t2.ws_url, LOCAL, &[("x-pad", &pad)])
+        .await
+        .expect_err("huge header");
+    assert!(err.contains("431"), "{err}");
+    let ws = stack
+        .connect_as(
+            &format!(
+                "wss://{}/ws/demo/serial0?ticket=vt1.{}",
+                stack.gw_addr,
+                "A".repeat(5000)
+            ),
+            LOCAL,
+            &[],
+        )
+        .await
+        .unwrap();
+    let (code, reason) = Session::new(ws).closed().await;
+    assert_eq!(code, 4401);
+    assert!(reason.contains("longer than 4096 bytes"), "{reason}");
+
+    // With an idle timeout, a session where nobody types and the guest
+    // prints nothing is ended. (Set only now: the guest boots quietly, and
+    // the harness's boot probe would be idle too.)
+    stack
+        .restart_gateway(|cfg| cfg.limits.idle_timeout_secs = 3)
+        .await;
+    let mut s = stack.serial().await;
+    s.expect_notice("keyboard").await;
+    let (code, reason) = s.closed().await;
+    assert_eq!(code, 4408);
+    assert!(reason.contains("idle for 3s"), "{reason}");
+}
+
+#[tokio::test]
+async fn sessions_per_guest_are_limited_but_the_admin_console_still_opens_and_forces() {
+    let stack = Stack::start_secure(|l| l.max_sessions_per_guest = 2).await;
+    stack.wait_no_sessions().await;
+    let mut a = stack.serial().await;
+    a.expect_notice("you hold the keyboard").await;
+    let mut b = stack.serial().await;
+    b.expect_notice("another session holds the keyboard").await;
+    let t = stack.ticket("demo", &["serial0"], false);
+    let (code, reason) = Session::new(stack.connect(&t.ws_url).await).closed().await;
+    assert_eq!(code, 4429);
+    assert!(
+        reason.contains("guest demo has its maximum of 2"),
+        "{reason}"
+    );
+
+    // The recovery path: an administrator's console needs no ticket, is
+    // not counted against the limit, and can take the keyboard over.
+    let url = format!(
+        "{}/v1/console/demo/serial0?force=true",
+        stack.admin_url().replacen("https://", "wss://", 1)
+    );
+    let ws = vmgate::admin_client::console(&url, &stack.admin_token())
+        .await
+        .unwrap();
+    let mut admin = Session::new(ws);
+    admin.expect_notice("took the keyboard over").await;
+    a.expect_notice("keyboard taken over").await;
+    admin.send(b"echo admin-$((50+1))\n").await;
+    admin.expect("admin-51").await;
+    // Without credentials it does not open.
+    let no_token = AdminCreds {
+        token: None,
+        ..stack.admin_token()
+    };
+    assert!(vmgate::admin_client::console(&url, &no_token)
+        .await
+        .is_err());
+
+    drop(admin);
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while !stack
+        .audit()
+        .iter()
+        .any(|l| l["ticket"] == "admin:token" && l["event"] == "session_end")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "admin console not audited: {:?}",
+            stack.audit()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn silent_clients_are_dropped_at_the_handshake_deadline() {
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+    let stack = Stack::start_secure(|l| l.handshake_deadline_secs = 2).await;
+    // TCP only: no TLS ClientHello ever comes.
+    let mut tcp = tokio::net::TcpStream::connect(stack.gw_addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(common::WAIT, tcp.read(&mut buf))
+        .await
+        .expect("a silent TCP client was kept")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the gateway sent bytes to a silent client");
+
+    // TLS done (HTTP/2 agreed), then no request at all.
+    let roots = vmgate_tls::load_roots(&stack.state.public_ca()).unwrap();
+    let cfg = vmgate_tls::client_config(roots, &[b"h2"]).unwrap();
+    let tcp = tokio::net::TcpStream::connect(stack.gw_addr).await.unwrap();
+    let name = vmgate_tls::rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let mut all = Vec::new();
+    // Closed, cleanly or with the TLS session cut: either ends the read.
+    let _ = tokio::time::timeout(common::WAIT, tls.read_to_end(&mut all))
+        .await
+        .expect("a client that sent no request was kept");
+    assert!(
+        !stack.log("gateway.log").contains("panicked"),
+        "{}",
+        stack.log("gateway.log")
+    );
+}
+
+/// Serves `page` at `/page.html` over plain HTTP and passes every
+/// `/report?…` query to `reports`.
+async fn serve_page(
+    page: String,
+    reports: tokio::sync::mpsc::UnboundedSender<String>,
+) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut c, _)) = listener.accept().await else {
+                return;
+            };
+            let page = page.clone();
+            let reports = reports.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let n = c.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                let target = head.split(' ').nth(1).unwrap_or("").to_string();
+                let resp = if let Some(q) = target.strip_prefix("/report?") {
+                    let _ = reports.send(q.to_string());
+                    "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".to_string()
+                } else if target == "/page.html" {
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                        page.len()
+                    )
+                } else {
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_string()
+                };
+                let _ = c.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Opens `url` in headless Chromium and returns the first report its page
+/// sends, killing the browser afterwards.
+async fn chromium_report(
+    stack: &Stack,
+    url: &str,
+    reports: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let mut browser = tokio::process::Command::new("chromium")
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            // The gateway's certificate is from the test's own CA.
+            "--ignore-certificate-errors",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting chromium");
+    let got = tokio::time::timeout(common::WAIT, reports.recv()).await;
+    let _ = browser.kill().await;
+    match got {
+        Ok(Some(r)) => r,
+        _ => panic!(
+            "the page never reported; gateway log:\n{}",
+            stack.log("gateway.log")
+        ),
+    }
+}
+
+#[tokio::test]
+async fn a_page_from_another_site_cannot_open_a_console_in_chromium() {
+    let mut stack = Stack::start_secure(|_| {}).await;
+    let (tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    // Long enough to outlive the gateway restart below.
+    let t = stack.ticket_with("demo", &["serial0"], true, Duration::from_secs(300), None);
+    // The attacker's page: it has a valid ticket (say, phished) and tries
+    // to ride the user's browser into the console.
+    let page = format!(
+        r#"<!doctype html><script>
+        const report = s => fetch("/report?" + encodeURIComponent(s));
+        const ws = new WebSocket({url:?});
+        ws.onopen = () => report("open");
+        ws.onclose = e => report("closed " + e.code);
+        </script>"#,
+        url = t.ws_url
+    );
+    let site = serve_page(page, tx).await;
+    let page_url = format!("http://{site}/page.html");
+    let r = chromium_report(&stack, &page_url, &mut reports).await;
+    assert_eq!(r, "closed%201006", "a foreign page opened a console");
+    let m = stack.metrics().await;
+    assert_eq!(
+        metric(&m, "vmgate_refusals_total{reason=\"origin\"}"),
+        1,
+        "{m}"
+    );
+
+    // The same page, once its origin is allowed, does open it: the refusal
+    // above was the Origin check and nothing else.
+    stack
+        .restart_gateway(|cfg| cfg.limits.allowed_origins = vec![format!("http://{site}")])
+        .await;
+    let r = chromium_report(&stack, &page_url, &mut reports).await;
+    assert_eq!(r, "open");
+}
