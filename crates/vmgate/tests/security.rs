@@ -423,6 +423,44 @@ async fn sessions_per_guest_are_limited_but_the_admin_console_still_opens_and_fo
         .is_err());
 
     drop(admin);
+
+    // The same from the CLI: `vmgate console GUEST --admin URL --force`
+    // (whether the closed admin WebSocket has let go of the keyboard yet or
+    // not, --force makes this one the writer).
+    let mut cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_vmgate"))
+        .args(["console", "demo", "--force", "--admin", &stack.admin_url()])
+        .arg("--admin-ca")
+        .arg(stack.state.path("admin-server-ca.pem"))
+        .arg("--admin-token-file")
+        .arg(stack.state.path("admin.token"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = cli.stdin.take().unwrap();
+        stdin.write_all(b"echo admin-cli-$((6*7))\n").await.unwrap();
+    }
+    let out = tokio::time::timeout(common::WAIT, cli.wait_with_output())
+        .await
+        .expect("the admin console CLI did not finish")
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stdout.contains("admin-cli-42"),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("you hold the keyboard") || stderr.contains("took the keyboard over"),
+        "{stderr}"
+    );
+
     let deadline = tokio::time::Instant::now() + common::WAIT;
     while !stack
         .audit()
