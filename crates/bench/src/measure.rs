@@ -1,0 +1,220 @@
+//! The measurements, identical for every system.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use crate::source::Mode;
+use crate::stats::{self, Latency};
+use crate::systems::{Conn, System};
+
+/// Aggregate MiB/s of `streams` bulk sessions read at once, counted over
+/// `dur` after `warmup`.
+pub async fn bulk(sys: &System, streams: usize, warmup: Duration, dur: Duration) -> Result<f64> {
+    let total = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..streams {
+        let mut conn = sys.open(Mode::Bulk, false).await?;
+        let total = total.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Ok(n) = conn.recv().await {
+                total.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(warmup).await;
+    let (b0, t0) = (total.load(Ordering::Relaxed), Instant::now());
+    tokio::time::sleep(dur).await;
+    let (b1, t1) = (total.load(Ordering::Relaxed), Instant::now());
+    let finished = tasks.iter().filter(|t| t.is_finished()).count();
+    for t in &tasks {
+        t.abort();
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    anyhow::ensure!(finished == 0, "{finished} bulk stream(s) ended early");
+    Ok(stats::mib_per_s(b1 - b0, t1 - t0))
+}
+
+/// Round trips of 64-byte messages on one session, one at a time.
+pub async fn echo(sys: &System, samples: usize) -> Result<Latency> {
+    let mut conn = sys.open(Mode::Echo, false).await?;
+    let msg = Bytes::from(vec![b'k'; 64]);
+    for _ in 0..samples / 10 + 10 {
+        conn.echo(&msg).await?;
+    }
+    let mut times = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let t = Instant::now();
+        conn.echo(&msg).await?;
+        times.push(t.elapsed());
+    }
+    conn.close().await;
+    stats::latency(&times).context("no samples")
+}
+
+/// Fresh ticket in hand to the first byte of the source, one at a time.
+pub async fn open(sys: &System, samples: usize) -> Result<Latency> {
+    let mut times = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let path = sys.prepare(Mode::Hello)?;
+        let t = Instant::now();
+        let mut conn = sys.open_prepared(Mode::Hello, &path, true).await?;
+        conn.recv().await?;
+        times.push(t.elapsed());
+        conn.close().await;
+    }
+    stats::latency(&times).context("no samples")
+}
+
+/// What holding many idle sessions cost.
+#[derive(Debug, Clone)]
+pub struct Idle {
+    pub wanted: usize,
+    pub opened: usize,
+    /// RSS delta of the system's process(es) per session, KiB.
+    pub rss_kib: f64,
+    /// The same in PSS (shared pages divided among their sharers): fairer
+    /// for websockify's forked processes.
+    pub pss_kib: f64,
+    /// RSS delta of the second process (split: the agent), KiB/session.
+    pub other_rss_kib: Option<f64>,
+    /// Time to the first byte of one more session opened while all are held.
+    pub new_session: Result<Duration, String>,
+    /// Wall time to open them all.
+    pub open_secs: f64,
+}
+
+/// Opens `n` sessions to the idle source (each confirmed by its first
+/// byte), measures, opens one more, then closes them all.
+pub async fn idle(sys: &System, n: usize, concurrency: usize) -> Result<Idle> {
+    let pid = sys.mem_pid.context("no process to measure")?;
+    // Let the previous tests' sessions finish closing.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = Mem::of_tree(pid);
+    let other_before = sys.other_pid.map(Mem::of_tree);
+    let t = Instant::now();
+    let paths: Vec<String> = (0..n)
+        .map(|_| sys.prepare(Mode::Hello))
+        .collect::<Result<_>>()?;
+    let results: Vec<Result<Conn>> = futures_util::stream::iter(paths)
+        .map(|path| async move {
+            let mut c = sys.open_prepared(Mode::Hello, &path, true).await?;
+            c.recv().await?;
+            Ok(c)
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let open_secs = t.elapsed().as_secs_f64();
+    let mut conns = Vec::with_capacity(n);
+    let mut first_err = None;
+    for r in results {
+        match r {
+            Ok(c) => conns.push(c),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = &first_err {
+        eprintln!(
+            "  {} of {n} idle sessions failed to open; first: {e:#}",
+            n - conns.len()
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = Mem::of_tree(pid);
+    let other_after = sys.other_pid.map(Mem::of_tree);
+    let new_session = async {
+        let path = sys.prepare(Mode::Hello)?;
+        let t = Instant::now();
+        let mut c = sys.open_prepared(Mode::Hello, &path, true).await?;
+        c.recv().await?;
+        let d = t.elapsed();
+        c.close().await;
+        anyhow::Ok(d)
+    }
+    .await
+    .map_err(|e| format!("{e:#}"));
+    let opened = conns.len();
+    futures_util::stream::iter(conns)
+        .for_each_concurrent(256, |c| c.close())
+        .await;
+    Ok(Idle {
+        wanted: n,
+        opened,
+        rss_kib: stats::kib_per_session(before.rss_kib, after.rss_kib, opened),
+        pss_kib: stats::kib_per_session(before.pss_kib, after.pss_kib, opened),
+        other_rss_kib: match (other_before, other_after) {
+            (Some(b), Some(a)) => Some(stats::kib_per_session(b.rss_kib, a.rss_kib, opened)),
+            _ => None,
+        },
+        new_session,
+        open_secs,
+    })
+}
+
+/// Memory of a process and all its descendants.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mem {
+    pub rss_kib: u64,
+    pub pss_kib: u64,
+}
+
+impl Mem {
+    pub fn of_tree(root: u32) -> Mem {
+        let mut m = Mem::default();
+        for pid in tree(root) {
+            m.rss_kib += field_kib(&format!("/proc/{pid}/status"), "VmRSS:");
+            m.pss_kib += field_kib(&format!("/proc/{pid}/smaps_rollup"), "Pss:");
+        }
+        m
+    }
+}
+
+fn field_kib(path: &str, key: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// `root` and its descendants, from /proc/*/stat parent ids.
+fn tree(root: u32) -> Vec<u32> {
+    let mut parents = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // The command may hold spaces and parentheses: fields after the last ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            if let Some(ppid) = ppid {
+                parents.push((pid, ppid));
+            }
+        }
+    }
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        out.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    out
+}
