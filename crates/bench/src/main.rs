@@ -56,6 +56,12 @@ struct RunArgs {
     /// Only these systems (raw, client, websockify, aio, split).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
+    /// Only these measurements (bulk, echo, open, idle).
+    #[arg(long, value_delimiter = ',')]
+    tests: Option<Vec<String>>,
+    /// Seconds each throughput window lasts (default 2 quick, 5 full).
+    #[arg(long)]
+    secs: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -119,12 +125,15 @@ fn raise_nofile(want: u64) -> u64 {
 struct Row {
     bulk1: Option<f64>,
     bulk8: Option<f64>,
+    /// CPU ms per MiB of the system's processes, 1 stream.
+    cpu1: Option<f64>,
     echo: Option<Latency>,
     open: Option<Latency>,
     idle: Vec<Idle>,
 }
 
 struct Plan {
+    tests: Vec<String>,
     warmup: Duration,
     dur: Duration,
     echo_samples: usize,
@@ -144,10 +153,15 @@ fn note<T>(what: &str, r: Result<T>) -> Option<T> {
 }
 
 async fn run(args: RunArgs) -> Result<()> {
+    let tests = args
+        .tests
+        .clone()
+        .unwrap_or_else(|| ["bulk", "echo", "open", "idle"].map(String::from).to_vec());
     let plan = if args.quick {
         Plan {
+            tests: tests.clone(),
             warmup: Duration::from_millis(500),
-            dur: Duration::from_secs(2),
+            dur: Duration::from_secs(args.secs.unwrap_or(2)),
             echo_samples: 2_000,
             open_samples: 50,
             idle: args.idle.clone().unwrap_or(vec![1_000, 10_000]),
@@ -155,8 +169,9 @@ async fn run(args: RunArgs) -> Result<()> {
         }
     } else {
         Plan {
+            tests,
             warmup: Duration::from_secs(1),
-            dur: Duration::from_secs(5),
+            dur: Duration::from_secs(args.secs.unwrap_or(5)),
             echo_samples: 10_000,
             open_samples: 200,
             idle: args.idle.clone().unwrap_or(vec![1_000, 10_000]),
@@ -240,8 +255,11 @@ async fn run(args: RunArgs) -> Result<()> {
                 continue;
             }
         };
-        let row = measure_all(&sys, &plan).await;
+        let mut row = measure_all(&sys, &plan).await;
         sys.stop().await;
+        if plan.tests.iter().any(|t| t == "idle") {
+            row.idle = measure_idle(kind, &env, &plan).await;
+        }
         rows.push((kind, row));
     }
     drop(source.stdin.take());
@@ -252,40 +270,61 @@ async fn run(args: RunArgs) -> Result<()> {
 }
 
 async fn measure_all(sys: &System, plan: &Plan) -> Row {
-    let mut row = Row {
-        bulk1: note(
+    let mut row = Row::default();
+    let want = |t: &str| plan.tests.iter().any(|x| x == t);
+    if want("bulk") {
+        let b1 = note(
             "bulk x1",
             measure::bulk(sys, 1, plan.warmup, plan.dur).await,
-        ),
-        ..Row::default()
-    };
-    eprintln!("  bulk x1: {:?} MiB/s", row.bulk1.map(|v| v.round()));
-    row.bulk8 = note(
-        "bulk x8",
-        measure::bulk(sys, 8, plan.warmup, plan.dur).await,
-    );
-    eprintln!("  bulk x8: {:?} MiB/s", row.bulk8.map(|v| v.round()));
-    row.echo = note("echo", measure::echo(sys, plan.echo_samples).await);
-    eprintln!("  echo: {:?}", row.echo);
-    row.open = note("open", measure::open(sys, plan.open_samples).await);
-    eprintln!("  open: {:?}", row.open);
-    if sys.mem_pid.is_some() {
-        for &n in &plan.idle {
-            if sys.kind == Kind::Websockify && n > plan.websockify_idle_max {
-                eprintln!("  idle x{n}: skipped for websockify (one process per session)");
-                continue;
-            }
-            if let Some(i) = note(&format!("idle x{n}"), measure::idle(sys, n, 32).await) {
-                eprintln!("  idle x{n}: {i:?}");
-                let stop = i.opened < n || i.new_session.is_err();
-                row.idle.push(i);
-                if stop {
-                    break;
-                }
-            }
-        }
+        );
+        eprintln!("  bulk x1: {b1:?}");
+        row.bulk1 = b1.map(|b| b.mib_s);
+        row.cpu1 = b1.and_then(|b| b.cpu_ms_per_mib);
+        let b8 = note(
+            "bulk x8",
+            measure::bulk(sys, 8, plan.warmup, plan.dur).await,
+        );
+        eprintln!("  bulk x8: {b8:?}");
+        row.bulk8 = b8.map(|b| b.mib_s);
+    }
+    if want("echo") {
+        row.echo = note("echo", measure::echo(sys, plan.echo_samples).await);
+        eprintln!("  echo: {:?}", row.echo);
+    }
+    if want("open") {
+        row.open = note("open", measure::open(sys, plan.open_samples).await);
+        eprintln!("  open: {:?}", row.open);
     }
     row
+}
+
+/// Idle sessions, each level on a freshly started system: memory freed by
+/// the earlier tests would otherwise be reused and hide what sessions cost.
+async fn measure_idle(kind: Kind, env: &Env, plan: &Plan) -> Vec<Idle> {
+    let mut out = Vec::new();
+    for &n in &plan.idle {
+        if kind == Kind::Websockify && n > plan.websockify_idle_max {
+            eprintln!("  idle x{n}: skipped for websockify (one process per session)");
+            continue;
+        }
+        let Some(sys) = note("restart", System::start(kind, env).await) else {
+            break;
+        };
+        if sys.mem_pid.is_none() {
+            sys.stop().await;
+            break;
+        }
+        let r = note(&format!("idle x{n}"), measure::idle(&sys, n, 32).await);
+        sys.stop().await;
+        let Some(i) = r else { break };
+        eprintln!("  idle x{n}: {i:?}");
+        let stop = i.opened < n || i.new_session.is_err();
+        out.push(i);
+        if stop {
+            break;
+        }
+    }
+    out
 }
 
 fn machine() -> String {
@@ -341,21 +380,24 @@ fn report(rows: &[(Kind, Row)], plan: &Plan, quick: bool) {
         plan.warmup.as_millis()
     );
     println!(
-        "| {:<34} | {:>9} | {:>7} | {:>12} | {:>7} |",
-        "system", "1 stream", "ratio", "8 streams", "ratio"
+        "| {:<34} | {:>9} | {:>7} | {:>12} | {:>7} | {:>14} |",
+        "system", "1 stream", "ratio", "8 streams", "ratio", "CPU ms per MiB"
     );
     println!(
-        "|{:-<36}|{:->11}|{:->9}|{:->14}|{:->9}|",
-        "", "", "", "", ""
+        "|{:-<36}|{:->11}|{:->9}|{:->14}|{:->9}|{:->16}|",
+        "", "", "", "", "", ""
     );
     for (k, r) in rows {
         println!(
-            "| {:<34} | {:>9} | {:>7} | {:>12} | {:>7} |",
+            "| {:<34} | {:>9} | {:>7} | {:>12} | {:>7} | {:>14} |",
             k.label(),
             f0(r.bulk1),
             ratio_s(stats::ratio(r.bulk1, wsb1)),
             f0(r.bulk8),
             ratio_s(stats::ratio(r.bulk8, wsb8)),
+            r.cpu1
+                .map(|v| format!("{v:.2}"))
+                .unwrap_or_else(|| "-".into()),
         );
     }
     println!();

@@ -12,9 +12,19 @@ use crate::source::Mode;
 use crate::stats::{self, Latency};
 use crate::systems::{Conn, System};
 
+/// What a bulk measurement found.
+#[derive(Debug, Clone, Copy)]
+pub struct Bulk {
+    /// Aggregate MiB/s at the client.
+    pub mib_s: f64,
+    /// CPU time the system's own processes spent per MiB carried (ms), a
+    /// figure that other load on the machine disturbs less than MiB/s.
+    pub cpu_ms_per_mib: Option<f64>,
+}
+
 /// Aggregate MiB/s of `streams` bulk sessions read at once, counted over
 /// `dur` after `warmup`.
-pub async fn bulk(sys: &System, streams: usize, warmup: Duration, dur: Duration) -> Result<f64> {
+pub async fn bulk(sys: &System, streams: usize, warmup: Duration, dur: Duration) -> Result<Bulk> {
     let total = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..streams {
@@ -27,9 +37,12 @@ pub async fn bulk(sys: &System, streams: usize, warmup: Duration, dur: Duration)
         }));
     }
     tokio::time::sleep(warmup).await;
+    let pids = sys.cpu_pids();
+    let c0: u64 = pids.iter().map(|p| cpu_ticks_of_tree(*p)).sum();
     let (b0, t0) = (total.load(Ordering::Relaxed), Instant::now());
     tokio::time::sleep(dur).await;
     let (b1, t1) = (total.load(Ordering::Relaxed), Instant::now());
+    let c1: u64 = pids.iter().map(|p| cpu_ticks_of_tree(*p)).sum();
     let finished = tasks.iter().filter(|t| t.is_finished()).count();
     for t in &tasks {
         t.abort();
@@ -38,7 +51,34 @@ pub async fn bulk(sys: &System, streams: usize, warmup: Duration, dur: Duration)
         let _ = t.await;
     }
     anyhow::ensure!(finished == 0, "{finished} bulk stream(s) ended early");
-    Ok(stats::mib_per_s(b1 - b0, t1 - t0))
+    let mib = (b1 - b0) as f64 / (1024.0 * 1024.0);
+    Ok(Bulk {
+        mib_s: stats::mib_per_s(b1 - b0, t1 - t0),
+        cpu_ms_per_mib: (!pids.is_empty() && mib > 0.0)
+            .then(|| (c1 - c0) as f64 * 1000.0 / ticks_per_sec() / mib),
+    })
+}
+
+fn ticks_per_sec() -> f64 {
+    // USER_HZ: 100 on every Linux architecture the harness runs on.
+    100.0
+}
+
+/// User + system CPU ticks of a process and its descendants (live ones;
+/// reaped children's time shows in their parent's cutime/cstime).
+fn cpu_ticks_of_tree(root: u32) -> u64 {
+    tree(root)
+        .into_iter()
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // After the command: state ppid ... utime is field 14 of stat, 12th here.
+            let utime: u64 = f.get(11)?.parse().ok()?;
+            let stime: u64 = f.get(12)?.parse().ok()?;
+            Some(utime + stime)
+        })
+        .sum()
 }
 
 /// Round trips of 64-byte messages on one session, one at a time.
@@ -94,7 +134,7 @@ pub struct Idle {
 /// byte), measures, opens one more, then closes them all.
 pub async fn idle(sys: &System, n: usize, concurrency: usize) -> Result<Idle> {
     let pid = sys.mem_pid.context("no process to measure")?;
-    // Let the previous tests' sessions finish closing.
+    // Let the start-up probe's session finish closing.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = Mem::of_tree(pid);
     let other_before = sys.other_pid.map(Mem::of_tree);

@@ -393,6 +393,17 @@ impl System {
         })
     }
 
+    /// The processes whose CPU time is the system's (none for the raw
+    /// ceiling and the client ceiling: their work is the source's).
+    pub fn cpu_pids(&self) -> Vec<u32> {
+        match self.kind {
+            Kind::Raw | Kind::Client => vec![],
+            // Every websockify instance (the bulk one does the work).
+            Kind::Websockify => self.children.iter().filter_map(|c| c.id()).collect(),
+            _ => self.mem_pid.into_iter().chain(self.other_pid).collect(),
+        }
+    }
+
     /// Opens a prepared session.
     pub async fn open_prepared(&self, mode: Mode, path: &str, small: bool) -> Result<Conn> {
         let port = match &self.reach {
