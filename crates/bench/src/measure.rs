@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 
 use crate::source::Mode;
 use crate::stats::{self, Latency};
-use crate::systems::{Conn, System};
+use crate::systems::{Conn, Kind, System};
 
 /// What a bulk measurement found.
 #[derive(Debug, Clone, Copy)]
@@ -81,35 +81,86 @@ fn cpu_ticks_of_tree(root: u32) -> u64 {
         .sum()
 }
 
-/// Round trips of 64-byte messages on one session, one at a time.
-pub async fn echo(sys: &System, samples: usize) -> Result<Latency> {
-    let mut conn = sys.open(Mode::Echo, false).await?;
+/// Round trips of 64-byte messages, one at a time, on one session per
+/// system: `samples` per system in total, taken in `rounds` rounds that
+/// visit every system in turn.
+pub async fn echo_rounds(
+    systems: &[&System],
+    samples: usize,
+    rounds: usize,
+) -> Vec<(Kind, Result<Latency>)> {
     let msg = Bytes::from(vec![b'k'; 64]);
-    for _ in 0..samples / 10 + 10 {
-        conn.echo(&msg).await?;
+    let mut conns = Vec::new();
+    for sys in systems {
+        let c = async {
+            let mut c = sys.open(Mode::Echo, false).await?;
+            for _ in 0..samples / 10 + 10 {
+                c.echo(&msg).await?;
+            }
+            anyhow::Ok(c)
+        }
+        .await;
+        conns.push((sys.kind, c, Vec::with_capacity(samples)));
     }
-    let mut times = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        let t = Instant::now();
-        conn.echo(&msg).await?;
-        times.push(t.elapsed());
+    let per_round = samples.div_ceil(rounds.max(1));
+    for _ in 0..rounds {
+        for (_, conn, times) in conns.iter_mut() {
+            let Ok(c) = conn else { continue };
+            for _ in 0..per_round.min(samples - times.len()) {
+                let t = Instant::now();
+                if let Err(e) = c.echo(&msg).await {
+                    *conn = Err(e);
+                    break;
+                }
+                times.push(t.elapsed());
+            }
+        }
     }
-    conn.close().await;
-    stats::latency(&times).context("no samples")
+    let mut out = Vec::new();
+    for (kind, conn, times) in conns {
+        out.push((
+            kind,
+            match conn {
+                Ok(c) => {
+                    c.close().await;
+                    stats::latency(&times).context("no samples")
+                }
+                Err(e) => Err(e),
+            },
+        ));
+    }
+    out
 }
 
-/// Fresh ticket in hand to the first byte of the source, one at a time.
-pub async fn open(sys: &System, samples: usize) -> Result<Latency> {
-    let mut times = Vec::with_capacity(samples);
+/// Fresh ticket in hand to the first byte of the source, one at a time,
+/// visiting every system in turn for each sample.
+pub async fn open_rounds(systems: &[&System], samples: usize) -> Vec<(Kind, Result<Latency>)> {
+    let mut series: Vec<(Kind, Result<Vec<Duration>>)> = systems
+        .iter()
+        .map(|s| (s.kind, Ok(Vec::with_capacity(samples))))
+        .collect();
     for _ in 0..samples {
-        let path = sys.prepare(Mode::Hello)?;
-        let t = Instant::now();
-        let mut conn = sys.open_prepared(Mode::Hello, &path, true).await?;
-        conn.recv().await?;
-        times.push(t.elapsed());
-        conn.close().await;
+        for (sys, (_, times)) in systems.iter().zip(series.iter_mut()) {
+            let Ok(v) = times else { continue };
+            let one = async {
+                let path = sys.prepare(Mode::Hello)?;
+                let t = Instant::now();
+                let mut conn = sys.open_prepared(Mode::Hello, &path, true).await?;
+                conn.recv().await?;
+                let d = t.elapsed();
+                conn.close().await;
+                anyhow::Ok(d)
+            };
+            match one.await {
+                Ok(d) => v.push(d),
+                Err(e) => *times = Err(e),
+            }
+        }
     }
-    stats::latency(&times).context("no samples")
+    series
+        .into_iter()
+        .map(|(k, t)| (k, t.and_then(|v| stats::latency(&v).context("no samples"))))
+        .collect()
 }
 
 /// What holding many idle sessions cost.
