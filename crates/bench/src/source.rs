@@ -161,6 +161,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mode: Mode, mut s: S, pattern:
     }
 }
 
+// The handshake callback's error type is tungstenite's, large by its design.
+#[allow(clippy::result_large_err)]
 async fn serve_wss(
     acceptor: tokio_rustls::TlsAcceptor,
     tcp: tokio::net::TcpStream,
@@ -205,13 +207,8 @@ async fn serve_wss(
             }
         }
         Some(Mode::Hello) => {
-            if tx
-                .send(Message::Binary(Bytes::from_static(HELLO)))
-                .await
-                .is_ok()
-            {
-                while let Some(Ok(_)) = rx.next().await {}
-            }
+            let sent = tx.send(Message::Binary(Bytes::from_static(HELLO))).await;
+            while sent.is_ok() && matches!(rx.next().await, Some(Ok(_))) {}
         }
         None => {}
     }
