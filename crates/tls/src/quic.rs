@@ -21,6 +21,14 @@ const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const CONN_WINDOW: u32 = 16 * 1024 * 1024;
 /// Consoles one gateway may have open on one agent at once.
 const MAX_STREAMS: u32 = 20_000;
+/// The largest UDP payload either end sends or accepts. Path MTU discovery
+/// starts at 1200 bytes and climbs only as far as the path carries (a
+/// 1500-byte Ethernet path stays at 1452; loopback or a jumbo-frame LAN go
+/// higher), and each packet saved is per-packet work saved. Kept under
+/// 64 KiB / 10 because quinn sends up to 10 packets in one GSO write and
+/// the kernel refuses a write over 64 KiB: the refused packets look like a
+/// black hole and send the MTU back to 1200. See BENCHMARKS.md.
+const MAX_UDP_PAYLOAD: u16 = 6000;
 /// Kernel send and receive buffers of the QUIC socket. One socket carries
 /// every console of a gateway–agent pair: with Linux's default (~208 KiB)
 /// a burst overflows the receive buffer and the drops read as congestion.
@@ -35,6 +43,11 @@ pub fn transport_config() -> Arc<TransportConfig> {
         .send_window(CONN_WINDOW as u64)
         .max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .mtu_discovery_config(Some({
+            let mut m = quinn::MtuDiscoveryConfig::default();
+            m.upper_bound(MAX_UDP_PAYLOAD);
+            m
+        }))
         // A dead agent or gateway is noticed within seconds, so users get
         // "agent unreachable" instead of a frozen screen.
         .keep_alive_interval(Some(Duration::from_secs(2)))
@@ -65,7 +78,10 @@ fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> Result<End
     socket.bind(&addr.into()).map_err(TlsError::Bind)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| TlsError::Quic("no async runtime for QUIC".into()))?;
-    Endpoint::new(EndpointConfig::default(), server, socket.into(), runtime).map_err(TlsError::Bind)
+    let mut cfg = EndpointConfig::default();
+    cfg.max_udp_payload_size(MAX_UDP_PAYLOAD)
+        .expect("payload size within QUIC's bounds");
+    Endpoint::new(cfg, server, socket.into(), runtime).map_err(TlsError::Bind)
 }
 
 /// A QUIC client endpoint (the gateway), bound to an ephemeral port.
