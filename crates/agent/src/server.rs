@@ -46,8 +46,11 @@ pub async fn serve<B: Backend>(
                 }
             };
             tracing::info!(%peer, "gateway connected");
-            serve_connection(conn, backend, shutdown).await;
-            tracing::info!(%peer, "gateway disconnected");
+            serve_connection(conn.clone(), backend, shutdown).await;
+            let path = conn.stats().path;
+            tracing::info!(%peer, rtt = ?path.rtt, mtu = path.current_mtu,
+                mtu_probes = path.sent_plpmtud_probes, mtu_probes_lost = path.lost_plpmtud_probes,
+                "gateway disconnected");
         });
     }
     endpoint.close(0u32.into(), b"agent shutting down");

@@ -194,6 +194,10 @@ async fn console_ws(
         .protocols(["binary"])
         .max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
+        // Client-to-guest traffic is keystrokes and pointer moves: a small
+        // read buffer (grown only for a larger message) keeps an idle
+        // session from pinning tungstenite's default 128 KiB.
+        .read_buffer_size(ws::READ_BUFFER)
         .on_upgrade(move |socket| {
             // noVNC asks for `binary`: it gets raw bytes and nothing else.
             let controls = socket.protocol().is_none();

@@ -14,6 +14,10 @@ use futures_util::{SinkExt, StreamExt};
 use vmgate_relay::{FrameRx, FrameTx};
 use vmgate_wire::{Close, CloseCode, Frame};
 
+/// What each client WebSocket reads into at first (tungstenite grows it
+/// for a larger message).
+pub const READ_BUFFER: usize = 4 * 1024;
+
 /// The control message for a half-close.
 pub const EOF_MESSAGE: &str = r#"{"type":"eof"}"#;
 

@@ -1,18 +1,21 @@
 //! A QUIC stream as a side of the relay: frames of [`vmgate_wire`] over a
 //! quinn send/receive pair.
 
-use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
-use vmgate_wire::{Close, CloseCode, Frame};
+use bytes::{Buf, Bytes, BytesMut};
+use vmgate_wire::{Close, CloseCode, Frame, FrameError, FRAME_HEADER_LEN, MAX_FRAME_PAYLOAD};
 
-use crate::{FrameRx, FrameTx, READ_CHUNK};
+use crate::{FrameRx, FrameTx};
 
 /// Receives frames from a QUIC stream.
+///
+/// It reads quinn's own chunks ([`quinn::RecvStream::read_chunk`]) instead
+/// of copying into a buffer of its own: an idle stream holds no buffer at
+/// all, and a Data frame that arrives whole inside one chunk is handed on
+/// as a slice of it, without a copy. Only a frame split across chunks is
+/// gathered in `buf`, sized once for that frame.
 pub struct QuicRx {
     stream: quinn::RecvStream,
-    /// Bytes read but not yet decoded; bounded by one frame
-    /// ([`vmgate_wire::MAX_FRAME_PAYLOAD`]) plus one read.
-    buf: BytesMut,
+    frames: Deframer,
     /// Who is on the other end ("agent", "gateway"), for close reasons.
     peer: &'static str,
 }
@@ -22,10 +25,91 @@ impl QuicRx {
     pub fn new(stream: quinn::RecvStream, leftover: BytesMut, peer: &'static str) -> QuicRx {
         QuicRx {
             stream,
-            buf: leftover,
+            frames: Deframer {
+                buf: leftover,
+                chunk: Bytes::new(),
+            },
             peer,
         }
     }
+}
+
+/// Frames out of a sequence of chunks (sans-IO, so it is tested alone).
+#[derive(Default)]
+struct Deframer {
+    /// The frame being gathered across chunks; empty and unallocated
+    /// between frames. Bounded by one frame ([`MAX_FRAME_PAYLOAD`]).
+    buf: BytesMut,
+    /// What is left of the last chunk, not yet decoded.
+    chunk: Bytes,
+}
+
+impl Deframer {
+    /// Hands over the next chunk; the previous one must be used up
+    /// ([`Deframer::take_frame`] returned `None`).
+    fn push(&mut self, chunk: Bytes) {
+        debug_assert!(self.chunk.is_empty());
+        self.chunk = chunk;
+    }
+
+    /// Whether a frame is partly gathered (the stream may not end here).
+    fn mid_frame(&self) -> bool {
+        !self.buf.is_empty() || !self.chunk.is_empty()
+    }
+
+    /// The next whole frame from what was pushed so far, if there is one.
+    fn take_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        loop {
+            if self.buf.is_empty() {
+                if let Some(data) = whole_data_frame(&mut self.chunk) {
+                    return Ok(Some(Frame::Data(data)));
+                }
+            }
+            match Frame::decode(&mut self.buf) {
+                Ok(Some(f)) => {
+                    if self.buf.is_empty() {
+                        // Lets the frame's payload own its allocation alone.
+                        self.buf = BytesMut::new();
+                    }
+                    return Ok(Some(f));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(e),
+            }
+            if self.chunk.is_empty() {
+                // Release quinn's buffer while we wait.
+                self.chunk = Bytes::new();
+                return Ok(None);
+            }
+            // Move over what the frame in progress still needs: its header,
+            // then (its length now known and checked) the rest of it.
+            let need = if self.buf.len() < FRAME_HEADER_LEN {
+                FRAME_HEADER_LEN - self.buf.len()
+            } else {
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+                FRAME_HEADER_LEN + len as usize - self.buf.len()
+            };
+            let n = need.min(self.chunk.len());
+            self.buf.extend_from_slice(&self.chunk[..n]);
+            self.chunk.advance(n);
+        }
+    }
+}
+
+/// Takes a Data frame off the front of `chunk` when all of it is there,
+/// as a slice of the chunk (no copy). Anything else is left for
+/// [`Frame::decode`], which also does the checking.
+fn whole_data_frame(chunk: &mut Bytes) -> Option<Bytes> {
+    if chunk.len() < FRAME_HEADER_LEN || chunk[0] != 0 {
+        return None;
+    }
+    let len = u32::from_be_bytes([chunk[1], chunk[2], chunk[3], chunk[4]]) as usize;
+    if len > MAX_FRAME_PAYLOAD || chunk.len() < FRAME_HEADER_LEN + len {
+        return None;
+    }
+    let data = chunk.slice(FRAME_HEADER_LEN..FRAME_HEADER_LEN + len);
+    chunk.advance(FRAME_HEADER_LEN + len);
+    Some(data)
 }
 
 /// The Close for the other side when the QUIC peer's connection broke.
@@ -41,7 +125,7 @@ fn lost(peer: &str, e: impl std::fmt::Display) -> Close {
 impl FrameRx for QuicRx {
     async fn recv(&mut self) -> Result<Option<Frame>, Close> {
         loop {
-            match Frame::decode(&mut self.buf) {
+            match self.frames.take_frame() {
                 Ok(Some(f)) => return Ok(Some(f)),
                 Ok(None) => {}
                 Err(e) => {
@@ -51,16 +135,15 @@ impl FrameRx for QuicRx {
                     ))
                 }
             }
-            self.buf.reserve(READ_CHUNK);
-            match self.stream.read_buf(&mut self.buf).await {
-                Ok(0) if self.buf.is_empty() => return Ok(None),
-                Ok(0) => {
+            match self.stream.read_chunk(usize::MAX, true).await {
+                Ok(Some(c)) => self.frames.push(c.bytes),
+                Ok(None) if !self.frames.mid_frame() => return Ok(None),
+                Ok(None) => {
                     return Err(Close::new(
                         CloseCode::ProtocolError,
                         format!("stream from {} ended inside a frame", self.peer),
                     ))
                 }
-                Ok(_) => {}
                 Err(e) => return Err(lost(self.peer, e)),
             }
         }
@@ -90,5 +173,75 @@ impl FrameTx for QuicTx {
 
     async fn finish(&mut self) {
         let _ = self.stream.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames() -> Vec<Frame> {
+        vec![
+            Frame::Opened,
+            Frame::Data(Bytes::from_static(b"ready\n")),
+            Frame::Data(Bytes::from(vec![7u8; 3000])),
+            Frame::Notice("keyboard taken over".into()),
+            Frame::Data(Bytes::new()),
+            Frame::Eof,
+            Frame::Close(Close::new(CloseCode::GuestDown, "guest stopped")),
+        ]
+    }
+
+    /// Feeds `wire` in chunks of `size` and collects every frame.
+    fn deframe(wire: &Bytes, size: usize) -> Vec<Frame> {
+        let mut d = Deframer::default();
+        let mut out = Vec::new();
+        for start in (0..wire.len()).step_by(size) {
+            d.push(wire.slice(start..(start + size).min(wire.len())));
+            while let Some(f) = d.take_frame().unwrap() {
+                out.push(f);
+            }
+        }
+        assert!(!d.mid_frame(), "every byte was used");
+        out
+    }
+
+    #[test]
+    fn frames_survive_any_chunking() {
+        let mut wire = BytesMut::new();
+        for f in frames() {
+            f.encode(&mut wire);
+        }
+        let wire = wire.freeze();
+        for size in [1, 2, 4, 5, 6, 7, 64, 1000, 1200, 4096, wire.len()] {
+            assert_eq!(deframe(&wire, size), frames(), "chunks of {size}");
+        }
+    }
+
+    #[test]
+    fn a_whole_data_frame_in_a_chunk_is_not_copied() {
+        let mut wire = BytesMut::new();
+        Frame::Data(Bytes::from_static(b"0123456789")).encode(&mut wire);
+        let wire = wire.freeze();
+        let mut d = Deframer::default();
+        d.push(wire.clone());
+        let Some(Frame::Data(data)) = d.take_frame().unwrap() else {
+            panic!("expected data");
+        };
+        assert_eq!(&data[..], b"0123456789");
+        // The payload points into the chunk itself.
+        assert_eq!(data.as_ptr(), wire[FRAME_HEADER_LEN..].as_ptr());
+        assert_eq!(d.take_frame().unwrap(), None);
+        assert!(!d.mid_frame());
+    }
+
+    #[test]
+    fn malformed_frames_are_refused_on_either_path() {
+        let mut d = Deframer::default();
+        d.push(Bytes::from_static(&[9, 0, 0, 0, 0]));
+        assert_eq!(d.take_frame(), Err(FrameError::Type(9)));
+        let mut d = Deframer::default();
+        d.push(Bytes::from_static(&[0, 0xff, 0, 0, 0]));
+        assert_eq!(d.take_frame(), Err(FrameError::TooLarge(0xff00_0000)));
     }
 }
