@@ -141,6 +141,7 @@ impl Names {
             name: GUEST.into(),
             qmp: None,
             vnc: None,
+            vnc_via: None,
             serial: vec![],
             channel,
         }
