@@ -14,7 +14,7 @@ use vmgate_wire::{
 
 use super::{Backend, Opened, Slot};
 use crate::config::{AgentConfig, GuestConfig};
-use crate::console::{ConsoleHub, ConsoleSpec};
+use crate::console::{unix_connector, ConsoleHub, ConsoleSpec};
 
 struct Guest {
     config: GuestConfig,
@@ -42,7 +42,7 @@ impl QemuBackend {
                     let spec = ConsoleSpec {
                         guest: g.name.clone(),
                         name: s.name.clone(),
-                        socket: s.path.clone(),
+                        connector: unix_connector(s.path.clone()),
                         log: cfg.log_dir.join(format!("{}.{}.log", g.name, s.name)),
                         scrollback_bytes: cfg.scrollback_bytes,
                     };
