@@ -321,7 +321,11 @@ mod tests {
         assert!(!cfg.libvirt.selects_name("mail"));
         let both = format!("{lv}\n[[guest]]\nname = \"x\"");
         let cfg: AgentConfig = toml::from_str(&both).unwrap();
-        assert!(cfg.validate().unwrap_err().to_string().contains("qemu backend"));
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("qemu backend"));
         assert_eq!("libvirt".parse::<BackendKind>(), Ok(BackendKind::Libvirt));
         assert!("xen".parse::<BackendKind>().is_err());
     }

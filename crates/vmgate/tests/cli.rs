@@ -61,7 +61,10 @@ impl PtyConsole {
             if text.contains(needle) {
                 return;
             }
-            assert!(Instant::now() < deadline, "no {needle:?} on the terminal:\n{text}");
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} on the terminal:\n{text}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

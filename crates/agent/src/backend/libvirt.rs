@@ -57,8 +57,13 @@ const RECONNECT_MAX: Duration = Duration::from_secs(2);
 /// unanswered (a hung libvirtd is noticed within ~20 s).
 const KEEPALIVE_INTERVAL: i32 = 5;
 const KEEPALIVE_COUNT: u32 = 3;
-/// How long a `--force` attach waits for the console to be taken over.
-const FORCE_WAIT: Duration = Duration::from_secs(5);
+/// After a channel or VNC stream ends on libvirt's side, how long the
+/// session waits for the domain's stop event to say why before it closes as
+/// a backend failure (libvirtd went away, say).
+const STREAM_END_GRACE: Duration = Duration::from_secs(10);
+/// How long an attach waits for a console that is not connected (being
+/// taken over with `--force`, or reconnecting after libvirtd came back).
+const CONNECT_WAIT: Duration = Duration::from_secs(5);
 
 /// A domain's endpoints, from its live XML.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -94,6 +99,9 @@ struct Shared {
     conn: Mutex<Option<Connect>>,
     domains: Mutex<HashMap<String, Running>>,
     inventory: watch::Sender<Inventory>,
+    /// Channel and VNC sessions whose libvirt stream may end, by session
+    /// id: picked up by [`Backend::session_end`] right after the open.
+    stream_ends: Mutex<HashMap<u64, CancellationToken>>,
     shutdown: CancellationToken,
 }
 
@@ -117,6 +125,7 @@ impl LibvirtBackend {
                 guests: Vec::new(),
             })
             .0,
+            stream_ends: Mutex::new(HashMap::new()),
             shutdown,
         });
         tokio::spawn(supervise(shared.clone()));
@@ -215,9 +224,14 @@ fn open(
     Ok((conn, reg))
 }
 
-/// What a lifecycle event means for the domain's sessions, if it stopped.
-fn stop_reason(event: u32, detail: u32) -> &'static str {
-    match (event, detail) {
+/// Why a domain stopped, for events that mean it did; `None` for the others
+/// (a domain seen inactive after, say, its `SHUTDOWN` event is left to the
+/// `STOPPED` event that follows, which says how it stopped).
+fn stop_reason(event: u32, detail: u32) -> Option<&'static str> {
+    if event != sys::VIR_DOMAIN_EVENT_STOPPED && event != sys::VIR_DOMAIN_EVENT_CRASHED {
+        return None;
+    }
+    Some(match (event, detail) {
         (sys::VIR_DOMAIN_EVENT_STOPPED, sys::VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN) => "shut down",
         (sys::VIR_DOMAIN_EVENT_STOPPED, sys::VIR_DOMAIN_EVENT_STOPPED_DESTROYED) => "destroyed",
         (sys::VIR_DOMAIN_EVENT_STOPPED, sys::VIR_DOMAIN_EVENT_STOPPED_CRASHED)
@@ -228,7 +242,7 @@ fn stop_reason(event: u32, detail: u32) -> &'static str {
         (sys::VIR_DOMAIN_EVENT_STOPPED, sys::VIR_DOMAIN_EVENT_STOPPED_SAVED) => "saved",
         (sys::VIR_DOMAIN_EVENT_STOPPED, sys::VIR_DOMAIN_EVENT_STOPPED_FAILED) => "failed",
         _ => "no longer running",
-    }
+    })
 }
 
 /// What the agent learns about one domain (blocking).
@@ -328,8 +342,9 @@ async fn resync(shared: &Arc<Shared>) {
     publish(shared);
 }
 
-/// Re-reads one domain after an event about it.
-async fn refresh(shared: &Arc<Shared>, name: &str, reason: &'static str) {
+/// Re-reads one domain after an event about it; `stopped` says how, if the
+/// event was its stop.
+async fn refresh(shared: &Arc<Shared>, name: &str, stopped: Option<&'static str>) {
     let Some(conn) = current_conn(shared) else {
         return;
     };
@@ -345,7 +360,11 @@ async fn refresh(shared: &Arc<Shared>, name: &str, reason: &'static str) {
         let mut domains = shared.domains.lock().expect("domains lock");
         match seen {
             Seen::Serve { id, devices } => serve(shared, &mut domains, name.into(), id, devices),
-            Seen::Ignore => stop(&mut domains, name, reason),
+            Seen::Ignore => {
+                if let Some(reason) = stopped {
+                    stop(&mut domains, name, reason);
+                }
+            }
         }
     }
     publish(shared);
@@ -535,12 +554,73 @@ fn console_connector(shared: Weak<Shared>, domain: String, alias: String) -> Con
                 }
                 dom.open_console(Some(&alias), &stream, flags)
                     .map_err(io_err)?;
-                bridge(stream, handle, what)
+                bridge(stream, handle, what, StreamEnd::Eof)
             })
             .await
             .map_err(io::Error::other)?
         })
     })
+}
+
+/// What the tokio side sees when libvirt ends a bridged stream.
+enum StreamEnd {
+    /// End-of-stream (a console hub reconnects on it).
+    Eof,
+    /// Nothing on the pipe; this token is cancelled instead, so the session
+    /// can close with a reason. A libvirt stream does not half-close: its
+    /// end means QEMU or libvirtd went away, which a bare end-of-stream
+    /// would not tell the user.
+    Signal(CancellationToken),
+}
+
+/// A socket whose end-of-stream cancels `ended` instead of being read (see
+/// [`StreamEnd::Signal`]); the session then closes with a reason.
+struct SignalOnEof<S> {
+    inner: S,
+    ended: CancellationToken,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for SignalOnEof<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        if self.ended.is_cancelled() {
+            return std::task::Poll::Pending;
+        }
+        let (before, room) = (buf.filled().len(), buf.remaining());
+        let res = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(res, std::task::Poll::Ready(Ok(()))) && room > 0 && buf.filled().len() == before
+        {
+            // Nothing will wake this read again: the session's close does.
+            self.ended.cancel();
+            return std::task::Poll::Pending;
+        }
+        res
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for SignalOnEof<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Bridges a blocking libvirt stream to tokio.
@@ -554,7 +634,12 @@ fn console_connector(shared: Weak<Shared>, domain: String, alias: String) -> Con
 /// side goes away, the sending thread aborts the stream, which also wakes
 /// the receiving thread; when libvirt ends the stream, the tokio side reads
 /// end-of-stream.
-fn bridge(stream: Stream, handle: Handle, what: String) -> io::Result<Box<dyn Duplex>> {
+fn bridge(
+    stream: Stream,
+    handle: Handle,
+    what: String,
+    end: StreamEnd,
+) -> io::Result<Box<dyn Duplex>> {
     let (ours, theirs) = tokio::io::duplex(BRIDGE_BUF);
     let (mut from_tokio, mut to_tokio) = tokio::io::split(ours);
     let receiver = stream.clone();
@@ -577,6 +662,14 @@ fn bridge(stream: Stream, handle: Handle, what: String) -> io::Result<Box<dyn Du
                         break;
                     }
                 }
+            }
+            match end {
+                // The pipe's other half is still held by the sending thread,
+                // so dropping ours is not enough for end-of-stream.
+                StreamEnd::Eof => {
+                    let _ = h.block_on(to_tokio.shutdown());
+                }
+                StreamEnd::Signal(token) => token.cancel(),
             }
         })?;
     std::thread::Builder::new()
@@ -617,11 +710,13 @@ impl LibvirtBackend {
     }
 
     async fn open_console(&self, hub: ConsoleHub, req: &OpenRequest) -> Result<Opened, Close> {
-        if !hub.connected() && req.force {
-            // Take the console from whoever holds it (virsh console).
+        if !hub.connected() {
+            // Just started, or libvirtd just came back: give the hub a
+            // moment. With --force, take the console from whoever holds it
+            // (an administrator's `virsh console`).
             let mut state = hub.watch_connected();
-            hub.reconnect_forced();
-            let _ = tokio::time::timeout(FORCE_WAIT, state.wait_for(|c| *c)).await;
+            hub.retry_now(req.force);
+            let _ = tokio::time::timeout(CONNECT_WAIT, state.wait_for(|c| *c)).await;
         }
         if !hub.connected() {
             let why = hub.last_error().unwrap_or_else(|| "connecting".into());
@@ -636,10 +731,7 @@ impl LibvirtBackend {
             } else {
                 Close::new(
                     CloseCode::BackendError,
-                    format!(
-                        "{} of {} is not connected: {why}",
-                        req.channel, req.guest
-                    ),
+                    format!("{} of {} is not connected: {why}", req.channel, req.guest),
                 )
             });
         }
@@ -686,18 +778,24 @@ impl Backend for LibvirtBackend {
                 .await
                 .map_err(|e| Close::new(CloseCode::Internal, e.to_string()))?
                 .map_err(|e| {
-                    Close::new(
-                        CloseCode::BackendError,
-                        format!("{what}: {}", e.message()),
-                    )
+                    Close::new(CloseCode::BackendError, format!("{what}: {}", e.message()))
                 })?;
                 let std_stream = std::os::unix::net::UnixStream::from(ffi::adopt_fd(fd));
                 let stream = std_stream
                     .set_nonblocking(true)
                     .and_then(|_| tokio::net::UnixStream::from_std(std_stream))
                     .map_err(|e| Close::new(CloseCode::BackendError, format!("{what}: {e}")))?;
+                let ended = CancellationToken::new();
+                self.shared
+                    .stream_ends
+                    .lock()
+                    .expect("stream_ends lock")
+                    .insert(req.session, ended.clone());
                 return Ok(Opened::Stream {
-                    stream: Box::new(stream),
+                    stream: Box::new(SignalOnEof {
+                        inner: stream,
+                        ended,
+                    }),
                     what,
                     stop: None,
                 });
@@ -710,6 +808,8 @@ impl Backend for LibvirtBackend {
             let (name, force) = (req.channel.clone(), req.force);
             let handle = Handle::current();
             let w = what.clone();
+            let ended = CancellationToken::new();
+            let end = StreamEnd::Signal(ended.clone());
             let stream = tokio::task::spawn_blocking(move || {
                 let dom = conn.lookup_domain_by_name(&guest).map_err(io_err)?;
                 let stream = Stream::new(&conn, 0).map_err(io_err)?;
@@ -722,11 +822,16 @@ impl Backend for LibvirtBackend {
                 };
                 dom.open_channel(Some(&name), &stream, flags)
                     .map_err(io_err)?;
-                bridge(stream, handle, w)
+                bridge(stream, handle, w, end)
             })
             .await
             .map_err(|e| Close::new(CloseCode::Internal, e.to_string()))?
             .map_err(|e| Close::new(CloseCode::BackendError, format!("{what}: {e}")))?;
+            self.shared
+                .stream_ends
+                .lock()
+                .expect("stream_ends lock")
+                .insert(req.session, ended);
             return Ok(Opened::Stream {
                 stream,
                 what,
@@ -750,12 +855,37 @@ impl Backend for LibvirtBackend {
             .expect("domains lock")
             .get(&req.guest)
             .map(|r| (r.alive.clone(), r.stop_reason.clone()));
+        let stream_end = self
+            .shared
+            .stream_ends
+            .lock()
+            .expect("stream_ends lock")
+            .remove(&req.session);
+        let what = format!("{} of {}", req.channel, req.guest);
         let shutdown = self.shared.shutdown.clone();
         async move {
             let Some((alive, why)) = run else {
                 return Close::new(CloseCode::GuestDown, "guest stopped");
             };
-            alive.cancelled().await;
+            let ended = async {
+                match stream_end {
+                    Some(t) => t.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = alive.cancelled() => {}
+                _ = ended => {
+                    // Usually the domain stopping; its event follows.
+                    let stopped = tokio::time::timeout(STREAM_END_GRACE, alive.cancelled()).await;
+                    if stopped.is_err() {
+                        return Close::new(
+                            CloseCode::BackendError,
+                            format!("libvirt ended the stream to {what} (libvirtd restarted?); reconnect"),
+                        );
+                    }
+                }
+            }
             if shutdown.is_cancelled() {
                 return Close::new(CloseCode::GoingAway, "the agent is shutting down");
             }
@@ -822,13 +952,19 @@ mod tests {
                 sys::VIR_DOMAIN_EVENT_STOPPED,
                 sys::VIR_DOMAIN_EVENT_STOPPED_DESTROYED
             ),
-            "destroyed"
+            Some("destroyed")
         );
         assert!(stop_reason(
             sys::VIR_DOMAIN_EVENT_STOPPED,
             sys::VIR_DOMAIN_EVENT_STOPPED_MIGRATED
         )
+        .unwrap()
         .contains("migrated"));
-        assert_eq!(stop_reason(sys::VIR_DOMAIN_EVENT_CRASHED, 0), "crashed");
+        assert_eq!(
+            stop_reason(sys::VIR_DOMAIN_EVENT_CRASHED, 0),
+            Some("crashed")
+        );
+        assert_eq!(stop_reason(sys::VIR_DOMAIN_EVENT_SHUTDOWN, 0), None);
+        assert_eq!(stop_reason(sys::VIR_DOMAIN_EVENT_STARTED, 0), None);
     }
 }

@@ -157,12 +157,14 @@ impl ConsoleHub {
         self.inner.last_error.lock().expect("hub lock").clone()
     }
 
-    /// Makes the next connection attempt, at once, one that takes the
-    /// console over from whoever holds it (`--force`). Does nothing while
-    /// connected.
-    pub fn reconnect_forced(&self) {
+    /// Makes the next connection attempt now instead of after the back-off;
+    /// with `force`, one that takes the console over from whoever holds it
+    /// (`--force`). Does nothing while connected.
+    pub fn retry_now(&self, force: bool) {
         if !self.connected() {
-            self.inner.force_next.store(true, Ordering::SeqCst);
+            if force {
+                self.inner.force_next.store(true, Ordering::SeqCst);
+            }
             self.inner.retry_now.notify_one();
         }
     }

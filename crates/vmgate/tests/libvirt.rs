@@ -1,0 +1,130 @@
+//! What only the libvirt backend does: it follows libvirt's lifecycle
+//! events, closes the sessions of a domain that stops, survives a libvirtd
+//! restart, and opens channels and VNC through libvirt's APIs. Real
+//! libvirtd, real QEMU, real agent and gateway processes.
+
+mod common;
+
+use common::libvirt::{restart_libvirtd, DAEMON};
+use common::{Backend, Event, Session, Stack};
+
+#[tokio::test]
+async fn a_domain_started_after_the_agent_is_routed_without_a_restart() {
+    let stack = Stack::start_with(Backend::Libvirt).await;
+    let late = format!("{}.late", stack.name);
+    let t = stack.ticket(&late, &["serial0"], false);
+    let (code, reason) = Session::new(stack.connect(&t.ws_url).await).closed().await;
+    assert_eq!(code, 4404, "{reason}");
+
+    let _domain = stack.create_domain(&late).await;
+    // The agent learns of it from libvirt's event and pushes its inventory;
+    // the same gateway and agent processes route it.
+    stack.wait_routable_guest(&late).await;
+    stack.wait_booted(&late).await;
+    let t = stack.ticket(&late, &["serial0"], false);
+    let mut s = Session::new(stack.connect(&t.ws_url).await);
+    s.expect_notice("you hold the keyboard").await;
+    s.send(b"echo late-$((20+3))\n").await;
+    s.expect("late-23").await;
+    let log = stack.log("agent.log");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("serving domain") && l.contains(&late)),
+        "agent log:\n{}",
+        stack.log("agent.log")
+    );
+}
+
+#[tokio::test]
+async fn serial_channel_and_vnc_work_and_a_destroyed_domain_closes_them_with_guest_stopped() {
+    let stack = Stack::start_with(Backend::Libvirt).await;
+    let mut serial = stack.serial().await;
+    serial.expect_notice("you hold the keyboard").await;
+    // A channel session through virDomainOpenChannel, echoing.
+    let t = stack.ticket(&stack.name, &["test.echo"], false);
+    let mut echo = Session::new(stack.connect(&t.ws_url).await);
+    echo.send(b"ping-libvirt").await;
+    echo.expect("ping-libvirt").await;
+    // VNC through virDomainOpenGraphicsFD: a fresh RFB connection, with no
+    // VNC listener involved.
+    let t = stack.ticket(&stack.name, &["vnc"], false);
+    let mut vnc = Session::new(stack.connect(&t.ws_url).await);
+    vnc.expect("RFB 003.008\n").await;
+
+    stack.domain.as_ref().unwrap().destroy();
+    for s in [&mut serial, &mut echo, &mut vnc] {
+        let (code, reason) = closed_or_log(&stack, s).await;
+        assert_eq!(code, 4410, "{reason}");
+        assert!(reason.contains("guest stopped"), "{reason}");
+        assert!(reason.contains("destroyed"), "{reason}");
+    }
+    // And it is gone from the inventory: new sessions are refused.
+    let t = stack.ticket(&stack.name, &["serial0"], false);
+    let (code, reason) = Session::new(stack.connect(&t.ws_url).await).closed().await;
+    assert!(code == 4404 || code == 4410, "{code} {reason}");
+}
+
+/// Waits for the session's close; on a timeout, shows the agent's log.
+async fn closed_or_log(stack: &Stack, s: &mut Session) -> (u16, String) {
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match s.next_event(left).await {
+            Event::Closed(code, reason) => return (code, reason),
+            Event::Timeout => panic!(
+                "session not closed; events: {:?} {:?}\nagent log:\n{}\ngateway log:\n{}",
+                s.notices,
+                s.text(),
+                stack.log("agent.log"),
+                stack.log("gateway.log")
+            ),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_libvirtd_restart_under_a_running_agent_is_survived() {
+    // Other tests in this binary need libvirtd up: restart it alone.
+    let exclusive = DAEMON.write().await;
+    let stack = Stack::start_with_daemon_held(Backend::Libvirt).await;
+    let mut before = stack.serial().await;
+    before.expect_notice("you hold the keyboard").await;
+
+    tokio::task::spawn_blocking(restart_libvirtd).await.unwrap();
+    // The console stream went with the daemon: the session is told and
+    // stays attached while the agent reconnects.
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while !stack
+        .log("agent.log")
+        .contains("lost the libvirt connection")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "agent never noticed; agent log:\n{}",
+            stack.log("agent.log")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    before.expect_notice("disconnected").await;
+    while stack
+        .log("agent.log")
+        .matches("connected to libvirt")
+        .count()
+        < 2
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "agent never reconnected; agent log:\n{}",
+            stack.log("agent.log")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // New sessions work, and so does the one that stayed.
+    let mut after = stack.serial().await;
+    after.expect_notice("keyboard").await;
+    before.send(b"echo survived-$((30+3))\n").await;
+    after.expect("survived-33").await;
+    before.expect("survived-33").await;
+    drop(exclusive);
+}
