@@ -128,3 +128,42 @@ async fn a_libvirtd_restart_under_a_running_agent_is_survived() {
     before.expect("survived-33").await;
     drop(exclusive);
 }
+
+#[tokio::test]
+async fn an_administrators_virsh_console_and_force_take_the_console_from_each_other() {
+    let stack = Stack::start_with(Backend::Libvirt).await;
+    let mut s = stack.serial().await;
+    s.expect_notice("you hold the keyboard").await;
+    // The host administrator takes the console over for recovery (`virsh
+    // console` wants a terminal: `script` gives it one).
+    let mut admin = std::process::Command::new("script")
+        .args([
+            "-qfc",
+            &format!(
+                "virsh -c {} console --force {}",
+                common::libvirt::URI,
+                stack.name
+            ),
+            "/dev/null",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("running script(1)");
+    s.expect_notice("disconnected").await;
+    // vmgate does not take it back by itself: a session is refused, and told
+    // how to take it.
+    let t = stack.ticket(&stack.name, &["serial0"], false);
+    let (code, reason) = Session::new(stack.connect(&t.ws_url).await).closed().await;
+    assert_eq!(code, 4409, "{reason}");
+    assert!(reason.contains("--force"), "{reason}");
+    // With --force it does (VIR_DOMAIN_CONSOLE_FORCE), and it works.
+    let t = stack.ticket(&stack.name, &["serial0"], false);
+    let mut f = Session::new(stack.connect(&format!("{}&force=true", t.ws_url)).await);
+    f.expect_notice("keyboard").await;
+    f.send(b"echo taken-back-$((40+2))\n").await;
+    f.expect("taken-back-42").await;
+    let _ = admin.kill();
+    let _ = admin.wait();
+}
