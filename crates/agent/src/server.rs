@@ -145,11 +145,11 @@ async fn serve_console<B: Backend>(req: OpenRequest, mut tx: QuicTx, rx: QuicRx,
             return;
         }
     };
+    let guest_gone = backend.session_end(&req);
     if tx.send(Frame::Opened).await.is_err() {
         return;
     }
     tracing::info!(session = req.session, guest = %req.guest, channel = %req.channel, mode = ?req.mode, "session opened");
-    let guest_gone = backend.session_end(&req);
     let outcome = match opened {
         Opened::Console(crx, ctx) => relay(rx, tx, crx, ctx, guest_gone).await,
         Opened::Stream { stream, what, stop } => {

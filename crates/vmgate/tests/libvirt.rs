@@ -7,6 +7,8 @@ mod common;
 
 use common::libvirt::{restart_libvirtd, DAEMON};
 use common::{Backend, Event, Session, Stack};
+use futures_util::SinkExt;
+use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn a_domain_started_after_the_agent_is_routed_without_a_restart() {
@@ -42,9 +44,23 @@ async fn serial_channel_and_vnc_work_and_a_destroyed_domain_closes_them_with_gue
     serial.expect_notice("you hold the keyboard").await;
     // A channel session through virDomainOpenChannel, echoing.
     let t = stack.ticket(&stack.name, &["test.echo"], false);
+    let mut first = Session::new(stack.connect(&t.ws_url).await);
+    first.send(b"ping-libvirt").await;
+    first.expect("ping-libvirt").await;
+    // The client's end of input ends the channel session normally, and
+    // frees the channel for the next one.
+    first
+        .ws
+        .send(Message::text(r#"{"type":"eof"}"#))
+        .await
+        .unwrap();
+    let (code, reason) = closed_or_log(&stack, &mut first).await;
+    // Both directions ended: the gateway closes without an error code.
+    assert!(code == 1000 || code == 1005, "{code} {reason}");
+    let t = stack.ticket(&stack.name, &["test.echo"], false);
     let mut echo = Session::new(stack.connect(&t.ws_url).await);
-    echo.send(b"ping-libvirt").await;
-    echo.expect("ping-libvirt").await;
+    echo.send(b"pong-libvirt").await;
+    echo.expect("pong-libvirt").await;
     // VNC through virDomainOpenGraphicsFD: a fresh RFB connection, with no
     // VNC listener involved.
     let t = stack.ticket(&stack.name, &["vnc"], false);

@@ -25,7 +25,7 @@ mod ffi;
 use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -172,7 +172,7 @@ async fn supervise(shared: Arc<Shared>) {
                         ev = events.recv() => match ev {
                             None => break "event channel closed",
                             Some(ev) => {
-                                if overflow.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                                if overflow.swap(false, Ordering::SeqCst) {
                                     tracing::warn!("libvirt events overflowed; re-reading every domain");
                                     resync(&shared).await;
                                 } else {
@@ -574,10 +574,13 @@ enum StreamEnd {
 }
 
 /// A socket whose end-of-stream cancels `ended` instead of being read (see
-/// [`StreamEnd::Signal`]); the session then closes with a reason.
+/// [`StreamEnd::Signal`]); the session then closes with a reason. After our
+/// own shutdown (the client's end-of-input) the peer closing is an ordinary
+/// end-of-stream.
 struct SignalOnEof<S> {
     inner: S,
     ended: CancellationToken,
+    shut: bool,
 }
 
 impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for SignalOnEof<S> {
@@ -591,7 +594,10 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for SignalOnEof<S> {
         }
         let (before, room) = (buf.filled().len(), buf.remaining());
         let res = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(res, std::task::Poll::Ready(Ok(()))) && room > 0 && buf.filled().len() == before
+        if matches!(res, std::task::Poll::Ready(Ok(())))
+            && room > 0
+            && buf.filled().len() == before
+            && !self.shut
         {
             // Nothing will wake this read again: the session's close does.
             self.ended.cancel();
@@ -619,6 +625,7 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for SignalOnEof<S> 
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<io::Result<()>> {
+        self.shut = true;
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -642,6 +649,10 @@ fn bridge(
 ) -> io::Result<Box<dyn Duplex>> {
     let (ours, theirs) = tokio::io::duplex(BRIDGE_BUF);
     let (mut from_tokio, mut to_tokio) = tokio::io::split(ours);
+    // Set when the tokio side ended its input and we aborted the stream:
+    // the stream's end is then an ordinary end-of-stream.
+    let we_closed = Arc::new(AtomicBool::new(false));
+    let we_closed_rx = we_closed.clone();
     let receiver = stream.clone();
     let h = handle.clone();
     let what_rx = what.clone();
@@ -664,12 +675,12 @@ fn bridge(
                 }
             }
             match end {
+                StreamEnd::Signal(token) if !we_closed_rx.load(Ordering::SeqCst) => token.cancel(),
                 // The pipe's other half is still held by the sending thread,
                 // so dropping ours is not enough for end-of-stream.
-                StreamEnd::Eof => {
+                _ => {
                     let _ = h.block_on(to_tokio.shutdown());
                 }
-                StreamEnd::Signal(token) => token.cancel(),
             }
         })?;
     std::thread::Builder::new()
@@ -694,6 +705,7 @@ fn bridge(
                 }
             }
             // Wakes the receiving thread if it still waits on libvirt.
+            we_closed.store(true, Ordering::SeqCst);
             let _ = stream.abort();
         })?;
     Ok(Box::new(theirs))
@@ -720,6 +732,8 @@ impl LibvirtBackend {
         }
         if !hub.connected() {
             let why = hub.last_error().unwrap_or_else(|| "connecting".into());
+            // libvirt reports a held console only in its message (the code
+            // is the generic VIR_ERR_OPERATION_FAILED).
             return Err(if why.contains("Active console session") {
                 Close::new(
                     CloseCode::ChannelInUse,
@@ -795,6 +809,7 @@ impl Backend for LibvirtBackend {
                     stream: Box::new(SignalOnEof {
                         inner: stream,
                         ended,
+                        shut: false,
                     }),
                     what,
                     stop: None,
