@@ -89,7 +89,14 @@ pub fn restart_libvirtd() {
     let status = Command::new("kill").args(["-TERM", pid]).status().unwrap();
     assert!(status.success(), "kill libvirtd {pid}");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while Path::new(&format!("/proc/{pid}")).exists() {
+    // Gone, or a zombie its parent has yet to reap.
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+            st.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+    };
+    while alive() {
         assert!(
             std::time::Instant::now() < deadline,
             "libvirtd did not exit"
