@@ -425,3 +425,99 @@ impl HubInner {
         let _ = self.output.send(chunk);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::DuplexStream;
+
+    /// A connector handing the test the guest's end of each connection; it
+    /// refuses ("held by another client") unless forced, once `refuse` is set.
+    fn test_connector(
+        refuse: Arc<AtomicBool>,
+    ) -> (Connector, mpsc::Receiver<(bool, DuplexStream)>) {
+        let (tx, rx) = mpsc::channel(4);
+        let connector: Connector = Arc::new(move |force| {
+            let (tx, refuse) = (tx.clone(), refuse.clone());
+            Box::pin(async move {
+                if refuse.load(Ordering::SeqCst) && !force {
+                    return Err(std::io::Error::other("held by another client"));
+                }
+                let (ours, guest) = tokio::io::duplex(1024);
+                tx.send((force, guest)).await.expect("test alive");
+                Ok(Box::new(ours) as Box<dyn Duplex>)
+            })
+        });
+        (connector, rx)
+    }
+
+    /// The next connection the hub made (the deadline bounds a failing
+    /// test only).
+    async fn next(conns: &mut mpsc::Receiver<(bool, DuplexStream)>) -> (bool, DuplexStream) {
+        tokio::time::timeout(Duration::from_secs(10), conns.recv())
+            .await
+            .expect("the hub never connected")
+            .unwrap()
+    }
+
+    async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+        for _ in 0..500 {
+            if ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{what} never happened");
+    }
+
+    #[tokio::test]
+    async fn the_hub_keeps_output_across_reconnects_and_forces_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let refuse = Arc::new(AtomicBool::new(false));
+        let (connector, mut conns) = test_connector(refuse.clone());
+        let spec = ConsoleSpec {
+            guest: "g".into(),
+            name: "serial0".into(),
+            connector,
+            log: dir.path().join("g.serial0.log"),
+            scrollback_bytes: 1024,
+        };
+        let shutdown = CancellationToken::new();
+        let hub = ConsoleHub::start(spec, shutdown.clone());
+        let (forced, mut guest) = next(&mut conns).await;
+        assert!(!forced);
+        guest.write_all(b"first boot\n").await.unwrap();
+        wait_for("output in scrollback", || {
+            String::from_utf8_lossy(&hub.scrollback()).contains("first boot")
+        })
+        .await;
+
+        // The console is taken by somebody else: the hub retries without
+        // force and says why it is not connected.
+        refuse.store(true, Ordering::SeqCst);
+        drop(guest);
+        wait_for("a refused reconnect", || {
+            !hub.connected() && hub.last_error().is_some_and(|e| e.contains("held"))
+        })
+        .await;
+        assert!(conns.try_recv().is_err(), "connected without force");
+
+        // A forced retry takes it back; old output is still there.
+        hub.retry_now(true);
+        let (forced, mut guest) = next(&mut conns).await;
+        assert!(forced);
+        guest.write_all(b"second\n").await.unwrap();
+        wait_for("new output", || {
+            String::from_utf8_lossy(&hub.scrollback()).contains("second")
+        })
+        .await;
+        let text = String::from_utf8_lossy(&hub.scrollback()).into_owned();
+        assert!(
+            text.contains("first boot") && text.contains("second"),
+            "{text}"
+        );
+        let log = std::fs::read_to_string(dir.path().join("g.serial0.log")).unwrap();
+        assert_eq!(log, "first boot\nsecond\n");
+        shutdown.cancel();
+    }
+}
