@@ -165,7 +165,6 @@ impl Stack {
             Backend::Libvirt => {
                 let name = libvirt::unique_name();
                 let mut cfg = state.agent_config(agent_addr, vec![]);
-                cfg.backend = vmgate_agent::config::BackendKind::Libvirt;
                 cfg.libvirt.uri = libvirt::URI.into();
                 // This test's domains only: other tests run theirs beside.
                 cfg.libvirt.domains = vec![name.clone(), format!("{name}.*")];
@@ -261,14 +260,13 @@ impl Stack {
     }
 
     pub fn start_agent(&mut self) {
-        self.agent = Some(spawn(
-            &[
-                "agent",
-                "--config",
-                self.state.path("agent.toml").to_str().unwrap(),
-            ],
-            self.dir.path().join("agent.log"),
-        ));
+        let config = self.state.path("agent.toml");
+        let mut args = vec!["agent", "--config", config.to_str().unwrap()];
+        // The config leaves `backend` at its default: the flag selects.
+        if self.backend == Backend::Libvirt {
+            args.extend(["--backend", "libvirt"]);
+        }
+        self.agent = Some(spawn(&args, self.dir.path().join("agent.log")));
     }
 
     pub fn kill_agent(&mut self) {
