@@ -528,6 +528,17 @@ fn io_err(e: virt::error::Error) -> io::Error {
     io::Error::other(e.message().to_string())
 }
 
+/// A connection of its own for one stream (blocking).
+///
+/// A thread blocked in `virStreamRecv` holds the connection's I/O: other
+/// calls on the same connection (lookups, other streams' sends) were seen
+/// to wait for the next keepalive, seconds later. With one connection per
+/// stream, its only users are its two bridge threads, and the agent's main
+/// connection (events, lookups, VNC) is never blocked by a stream.
+fn stream_connection(uri: &str) -> io::Result<Connect> {
+    Connect::open(Some(uri)).map_err(io_err)
+}
+
 fn not_connected() -> io::Error {
     io::Error::other("libvirtd is not reachable (the agent reconnects)")
 }
@@ -541,11 +552,13 @@ fn console_connector(shared: Weak<Shared>, domain: String, alias: String) -> Con
             let shared = shared
                 .upgrade()
                 .ok_or_else(|| io::Error::other("agent shutting down"))?;
-            let conn = current_conn(&shared).ok_or_else(not_connected)?;
+            current_conn(&shared).ok_or_else(not_connected)?;
             let force = force || shared.cfg.console_force;
             let handle = Handle::current();
             let what = format!("console {alias} of {domain}");
+            let uri = shared.cfg.uri.clone();
             tokio::task::spawn_blocking(move || {
+                let conn = stream_connection(&uri)?;
                 let dom = conn.lookup_domain_by_name(&domain).map_err(io_err)?;
                 let stream = Stream::new(&conn, 0).map_err(io_err)?;
                 let mut flags = sys::VIR_DOMAIN_CONSOLE_SAFE;
@@ -819,13 +832,15 @@ impl Backend for LibvirtBackend {
         if let Some(slot) = slot {
             let what = format!("channel {} of {}", req.channel, guest);
             let held = slot.take(req.session, req.force, &what)?;
-            let conn = self.conn(&guest)?;
+            self.conn(&guest)?;
+            let uri = self.shared.cfg.uri.clone();
             let (name, force) = (req.channel.clone(), req.force);
             let handle = Handle::current();
             let w = what.clone();
             let ended = CancellationToken::new();
             let end = StreamEnd::Signal(ended.clone());
             let stream = tokio::task::spawn_blocking(move || {
+                let conn = stream_connection(&uri)?;
                 let dom = conn.lookup_domain_by_name(&guest).map_err(io_err)?;
                 let stream = Stream::new(&conn, 0).map_err(io_err)?;
                 // Our own slot already decided who may have the channel;

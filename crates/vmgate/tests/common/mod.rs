@@ -360,6 +360,17 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        // A failing test shows what the services said (CI keeps no files).
+        if std::thread::panicking() {
+            for log in ["agent.log", "gateway.log"] {
+                let text = self.log(log);
+                let tail: Vec<&str> = text.lines().rev().take(60).collect();
+                eprintln!("--- last lines of {log} ---");
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
         for c in [self.agent.take(), self.gateway.take()]
             .into_iter()
             .flatten()
