@@ -39,10 +39,111 @@ pub struct AgentConfig {
     /// Bytes of scrollback kept per serial console (default 1 MiB).
     #[serde(default = "default_scrollback")]
     pub scrollback_bytes: usize,
+    /// Where guests come from: `qemu` (the `[[guest]]` entries below, the
+    /// default) or `libvirt` (every running domain of `[libvirt] uri`).
+    #[serde(default)]
+    pub backend: BackendKind,
     pub tls: AgentTls,
     /// The guests of the `qemu` backend.
     #[serde(default, rename = "guest")]
     pub guests: Vec<GuestConfig>,
+    /// Settings of the `libvirt` backend.
+    #[serde(default)]
+    pub libvirt: LibvirtConfig,
+}
+
+/// Which backend finds the guests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Guests declared in the configuration by their QEMU sockets.
+    #[default]
+    Qemu,
+    /// The running domains of a libvirt daemon, followed by its events.
+    Libvirt,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "qemu" => Ok(BackendKind::Qemu),
+            "libvirt" => Ok(BackendKind::Libvirt),
+            other => Err(format!(
+                "unknown backend {other:?}: use \"qemu\" or \"libvirt\""
+            )),
+        }
+    }
+}
+
+/// The `libvirt` backend: which daemon, and which of its domains.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LibvirtConfig {
+    /// Connection URI (default `qemu:///system`).
+    #[serde(default = "default_libvirt_uri")]
+    pub uri: String,
+    /// Only domains whose name matches one of these patterns (`*`: any run
+    /// of characters, `?`: one character) are exposed. Empty: all.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Only domains carrying a `<metadata>` element in this XML namespace
+    /// are exposed (`virsh metadata DOM --uri URI --key vmgate --set
+    /// '<vmgate/>'`). Unset: no such requirement.
+    #[serde(default)]
+    pub metadata_uri: Option<String>,
+    /// Open serial consoles with `VIR_DOMAIN_CONSOLE_FORCE` on every
+    /// (re)connect, taking them from any other client (an administrator's
+    /// `virsh console`). Default `false`: the agent waits until the console
+    /// is free, and only a session attached with `--force` takes it over.
+    #[serde(default)]
+    pub console_force: bool,
+}
+
+impl Default for LibvirtConfig {
+    fn default() -> Self {
+        LibvirtConfig {
+            uri: default_libvirt_uri(),
+            domains: Vec::new(),
+            metadata_uri: None,
+            console_force: false,
+        }
+    }
+}
+
+impl LibvirtConfig {
+    /// Whether a domain called `name` passes the name patterns.
+    pub fn selects_name(&self, name: &str) -> bool {
+        self.domains.is_empty() || self.domains.iter().any(|p| glob_match(p, name))
+    }
+}
+
+/// `*` matches any run of characters, `?` exactly one; the rest literally.
+fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    // Classic two-pointer match with one backtrack point for the last `*`.
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+fn default_libvirt_uri() -> String {
+    "qemu:///system".into()
 }
 
 /// The agent's QUIC identity and whom it trusts.
@@ -134,6 +235,16 @@ impl AgentConfig {
 
     /// Checks names and uniqueness, so the rest of the agent can trust them.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.backend == BackendKind::Libvirt && !self.guests.is_empty() {
+            return Err(ConfigError::Invalid(
+                "[[guest]] entries are for the qemu backend; the libvirt backend takes its guests from libvirt (select them with [libvirt] domains or metadata_uri)".into(),
+            ));
+        }
+        if self.libvirt.uri.is_empty() || self.libvirt.domains.iter().any(|p| p.is_empty()) {
+            return Err(ConfigError::Invalid(
+                "[libvirt] uri and every domains pattern must be non-empty".into(),
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for g in &self.guests {
             if !vmgate_wire::valid_name(&g.name) {
@@ -236,5 +347,65 @@ mod tests {
         let cfg: AgentConfig = toml::from_str(&qmp).unwrap();
         cfg.validate().unwrap();
         assert_eq!(cfg.guests[0].vnc_via(), Some(VncVia::Qmp));
+    }
+
+    #[test]
+    fn a_config_without_backend_is_qemu_and_libvirt_has_defaults() {
+        let cfg: AgentConfig = toml::from_str(GOOD).unwrap();
+        assert_eq!(cfg.backend, BackendKind::Qemu);
+        assert_eq!(cfg.libvirt.uri, "qemu:///system");
+        assert!(cfg.libvirt.selects_name("anything"));
+    }
+
+    #[test]
+    fn libvirt_backend_parses_and_refuses_guest_entries() {
+        let lv = r#"
+            node = "node-a"
+            listen = "127.0.0.1:7443"
+            log_dir = "/tmp"
+            backend = "libvirt"
+            [tls]
+            cert = "a.pem"
+            key = "a.key"
+            gateway_ca = "ca.pem"
+            [libvirt]
+            uri = "qemu+ssh://root@host/system"
+            domains = ["web-*", "db?"]
+            metadata_uri = "https://example.org/vmgate"
+        "#;
+        let cfg: AgentConfig = toml::from_str(lv).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.backend, BackendKind::Libvirt);
+        assert!(cfg.libvirt.selects_name("web-1"));
+        assert!(cfg.libvirt.selects_name("db2"));
+        assert!(!cfg.libvirt.selects_name("db12"));
+        assert!(!cfg.libvirt.selects_name("mail"));
+        let both = format!("{lv}\n[[guest]]\nname = \"x\"");
+        let cfg: AgentConfig = toml::from_str(&both).unwrap();
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("qemu backend"));
+        assert_eq!("libvirt".parse::<BackendKind>(), Ok(BackendKind::Libvirt));
+        assert!("xen".parse::<BackendKind>().is_err());
+    }
+
+    #[test]
+    fn glob_patterns() {
+        for (p, n, m) in [
+            ("*", "", true),
+            ("a*b", "ab", true),
+            ("a*b", "axxb", true),
+            ("a*b", "axxbc", false),
+            ("*-test-*", "vmgate-test-12-3", true),
+            ("a?c", "abc", true),
+            ("a?c", "ac", false),
+            ("abc", "abc", true),
+            ("abc", "abd", false),
+            ("**x", "yyx", true),
+        ] {
+            assert_eq!(glob_match(p, n), m, "{p} vs {n}");
+        }
     }
 }

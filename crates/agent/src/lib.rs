@@ -8,10 +8,15 @@
 //! * [`config`]: the TOML configuration;
 //! * [`console`]: serial consoles: persistent connection, scrollback, log,
 //!   fan-out, one keyboard;
-//! * [`backend`]: where guests come from (`qemu`: declared in the config);
+//! * [`backend`]: where guests come from (`qemu`: declared in the config;
+//!   `libvirt`: a libvirt daemon's running domains);
 //! * [`server`]: the QUIC listener and the per-stream dispatch;
 //! * [`qmp`]: a small QMP client (commands, fd passing for VNC sessions).
-#![forbid(unsafe_code)]
+//!
+//! `unsafe` is denied everywhere but in `backend::libvirt::ffi`, which calls
+//! libvirt functions the `virt` crate does not wrap (event callbacks, a
+//! returned descriptor) and says why.
+#![deny(unsafe_code)]
 
 pub mod backend;
 pub mod config;
@@ -72,8 +77,18 @@ impl Agent {
 
     /// Serves until `shutdown` fires.
     pub async fn run(self, shutdown: CancellationToken) {
-        tracing::info!(node = %self.config.node, addr = %self.local_addr(), guests = self.config.guests.len(), "agent listening (QUIC)");
-        let backend = backend::qemu::QemuBackend::start(&self.config, shutdown.clone());
-        server::serve(self.endpoint, Arc::new(backend), shutdown).await;
+        match self.config.backend {
+            config::BackendKind::Qemu => {
+                tracing::info!(node = %self.config.node, addr = %self.local_addr(), backend = "qemu", guests = self.config.guests.len(), "agent listening (QUIC)");
+                let backend = backend::qemu::QemuBackend::start(&self.config, shutdown.clone());
+                server::serve(self.endpoint, Arc::new(backend), shutdown).await;
+            }
+            config::BackendKind::Libvirt => {
+                tracing::info!(node = %self.config.node, addr = %self.local_addr(), backend = "libvirt", uri = %self.config.libvirt.uri, "agent listening (QUIC)");
+                let backend =
+                    backend::libvirt::LibvirtBackend::start(&self.config, shutdown.clone());
+                server::serve(self.endpoint, Arc::new(backend), shutdown).await;
+            }
+        }
     }
 }

@@ -148,12 +148,13 @@ async fn serve_console<B: Backend>(req: OpenRequest, mut tx: QuicTx, rx: QuicRx,
             return;
         }
     };
+    let guest_gone = backend.session_end(&req);
     if tx.send(Frame::Opened).await.is_err() {
         return;
     }
     tracing::info!(session = req.session, guest = %req.guest, channel = %req.channel, mode = ?req.mode, "session opened");
     let outcome = match opened {
-        Opened::Console(crx, ctx) => relay(rx, tx, crx, ctx, std::future::pending()).await,
+        Opened::Console(crx, ctx) => relay(rx, tx, crx, ctx, guest_gone).await,
         Opened::Stream { stream, what, stop } => {
             let (r, w) = tokio::io::split(stream);
             let (token, _guard) = match stop {
@@ -161,11 +162,13 @@ async fn serve_console<B: Backend>(req: OpenRequest, mut tx: QuicTx, rx: QuicRx,
                 None => (CancellationToken::new(), None),
             };
             let taken = async move {
-                token.cancelled().await;
-                Close::new(
-                    CloseCode::TakenOver,
-                    "another session took this channel over (--force)",
-                )
+                tokio::select! {
+                    _ = token.cancelled() => Close::new(
+                        CloseCode::TakenOver,
+                        "another session took this channel over (--force)",
+                    ),
+                    close = guest_gone => close,
+                }
             };
             relay(
                 rx,

@@ -28,6 +28,10 @@ enum Cmd {
     Agent {
         #[arg(long)]
         config: PathBuf,
+        /// Where guests come from, overriding the config's `backend`:
+        /// `qemu` (declared guests) or `libvirt` (running domains).
+        #[arg(long)]
+        backend: Option<vmgate_agent::config::BackendKind>,
     },
     /// Run a gateway (off-node, internet-facing).
     Gateway {
@@ -201,8 +205,12 @@ async fn until_signal(shutdown: CancellationToken) {
 
 async fn run(cli: Cli) -> Result<i32> {
     match cli.cmd {
-        Cmd::Agent { config } => {
-            let cfg = vmgate_agent::AgentConfig::load(&config)?;
+        Cmd::Agent { config, backend } => {
+            let mut cfg = vmgate_agent::AgentConfig::load(&config)?;
+            if let Some(b) = backend {
+                cfg.backend = b;
+                cfg.validate()?;
+            }
             let shutdown = CancellationToken::new();
             let agent = vmgate_agent::Agent::bind(cfg)?;
             tokio::spawn(until_signal(shutdown.clone()));

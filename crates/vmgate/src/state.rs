@@ -101,12 +101,14 @@ impl State {
             listen,
             log_dir: self.logs(),
             scrollback_bytes: 1 << 20,
+            backend: Default::default(),
             tls: vmgate_agent::config::AgentTls {
                 cert: self.path("agent.pem"),
                 key: self.path("agent.key"),
                 gateway_ca: self.path("internal-ca.pem"),
             },
             guests,
+            libvirt: Default::default(),
         }
     }
 

@@ -335,7 +335,7 @@ async fn tickets_open_only_their_channel_and_unlisted_ports_are_not_exposed() {
         |cfg| cfg.channel.retain(|c| c.name == ECHO),
     )
     .await;
-    assert!(stack.guest.channel_socket(HIDDEN).is_some());
+    assert!(stack.qemu().channel_socket(HIDDEN).is_some());
     for (ticket, channel) in [
         (ECHO, "serial0"),
         (ECHO, HIDDEN),

@@ -1,24 +1,33 @@
 //! The serial console end to end: QEMU → agent → QUIC → gateway →
-//! WebSocket, with a real guest, real TLS and real QUIC.
+//! WebSocket, with a real guest, real TLS and real QUIC. Each scenario runs
+//! against both agent backends (`qemu::…` and `libvirt::…`).
 
 mod common;
 
 use std::time::Duration;
 
-use common::{Event, Session, Stack, WAIT};
+use common::{for_each_backend, Backend, Event, Session, Stack, WAIT};
 
-#[tokio::test]
-async fn a_typed_command_runs_in_the_guest_and_its_output_comes_back() {
-    let stack = Stack::start().await;
+for_each_backend!(
+    a_typed_command_runs_in_the_guest_and_its_output_comes_back,
+    output_printed_while_nobody_is_attached_is_replayed_and_logged,
+    one_keyboard_many_watchers_and_force_takes_over,
+    each_bad_ticket_is_refused_with_its_own_reason_and_others_are_untouched,
+    unknown_guest_and_unknown_channel_are_refused_clearly,
+    a_dead_agent_closes_its_sessions_and_the_gateway_reconnects,
+    a_session_ends_when_the_ticket_max_session_length_passes,
+);
+
+async fn a_typed_command_runs_in_the_guest_and_its_output_comes_back(backend: Backend) {
+    let stack = Stack::start_backend(backend).await;
     let mut s = stack.serial().await;
     s.expect_notice("you hold the keyboard").await;
     s.send(b"echo typed-$((6*7))\n").await;
     s.expect("typed-42").await;
 }
 
-#[tokio::test]
-async fn output_printed_while_nobody_is_attached_is_replayed_and_logged() {
-    let stack = Stack::start().await;
+async fn output_printed_while_nobody_is_attached_is_replayed_and_logged(backend: Backend) {
+    let stack = Stack::start_backend(backend).await;
     let mut a = stack.serial().await;
     a.send(b"(sleep 2; echo detached-$((5+5))) &\n").await;
     a.expect("echo detached").await;
@@ -35,7 +44,7 @@ async fn output_printed_while_nobody_is_attached_is_replayed_and_logged() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The next session starts with the scrollback, which has it too.
-    let t = stack.ticket("demo", &["serial0"], true);
+    let t = stack.ticket(&stack.name, &["serial0"], true);
     let mut b = Session::new(stack.connect(&t.ws_url).await);
     match b.next_event(WAIT).await {
         Event::Data(d) => assert!(
@@ -46,14 +55,13 @@ async fn output_printed_while_nobody_is_attached_is_replayed_and_logged() {
     }
 }
 
-#[tokio::test]
-async fn one_keyboard_many_watchers_and_force_takes_over() {
-    let stack = Stack::start().await;
+async fn one_keyboard_many_watchers_and_force_takes_over(backend: Backend) {
+    let stack = Stack::start_backend(backend).await;
     let mut a = stack.serial().await;
     a.expect_notice("you hold the keyboard").await;
     let mut b = stack.serial().await;
     b.expect_notice("another session holds the keyboard").await;
-    let ro = stack.ticket("demo", &["serial0"], true);
+    let ro = stack.ticket(&stack.name, &["serial0"], true);
     let mut c = Session::new(stack.connect(&ro.ws_url).await);
     c.expect_notice("read-only").await;
 
@@ -74,7 +82,7 @@ async fn one_keyboard_many_watchers_and_force_takes_over() {
     }
 
     // --force takes the keyboard; the old writer is told and loses it.
-    let t = stack.ticket("demo", &["serial0"], false);
+    let t = stack.ticket(&stack.name, &["serial0"], false);
     let mut d = Session::new(stack.connect(&format!("{}&force=true", t.ws_url)).await);
     d.expect_notice("took the keyboard over").await;
     a.expect_notice("keyboard taken over").await;
@@ -90,9 +98,8 @@ async fn one_keyboard_many_watchers_and_force_takes_over() {
     );
 }
 
-#[tokio::test]
-async fn each_bad_ticket_is_refused_with_its_own_reason_and_others_are_untouched() {
-    let stack = Stack::start().await;
+async fn each_bad_ticket_is_refused_with_its_own_reason_and_others_are_untouched(backend: Backend) {
+    let stack = Stack::start_backend(backend).await;
     let mut live = stack.serial().await;
     live.expect_notice("you hold the keyboard").await;
     let base = format!("wss://{}", stack.gw_addr);
@@ -102,13 +109,13 @@ async fn each_bad_ticket_is_refused_with_its_own_reason_and_others_are_untouched
         async move { Session::new(stack.connect(&url).await).closed().await }
     };
 
-    let expired = stack.ticket_with("demo", &["serial0"], false, Duration::ZERO, None);
+    let expired = stack.ticket_with(&stack.name, &["serial0"], false, Duration::ZERO, None);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (code, reason) = refusal(expired.ws_url).await;
     assert_eq!(code, 4401);
     assert!(reason.contains("expired"), "{reason}");
 
-    let once = stack.ticket("demo", &["serial0"], true);
+    let once = stack.ticket(&stack.name, &["serial0"], true);
     let mut first = Session::new(stack.connect(&once.ws_url).await);
     first.expect_notice("read-only").await;
     let (code, reason) = refusal(once.ws_url.clone()).await;
@@ -117,17 +124,17 @@ async fn each_bad_ticket_is_refused_with_its_own_reason_and_others_are_untouched
 
     let other_guest = stack.ticket("other", &["serial0"], false);
     let (code, reason) = refusal(format!(
-        "{base}/ws/demo/serial0?ticket={}",
-        other_guest.ticket
+        "{base}/ws/{}/serial0?ticket={}",
+        stack.name, other_guest.ticket
     ))
     .await;
     assert_eq!(code, 4403);
     assert!(reason.contains("another guest"), "{reason}");
 
-    let other_channel = stack.ticket("demo", &["test.echo"], false);
+    let other_channel = stack.ticket(&stack.name, &["test.echo"], false);
     let (code, reason) = refusal(format!(
-        "{base}/ws/demo/serial0?ticket={}",
-        other_channel.ticket
+        "{base}/ws/{}/serial0?ticket={}",
+        stack.name, other_channel.ticket
     ))
     .await;
     assert_eq!(code, 4403);
@@ -135,7 +142,7 @@ async fn each_bad_ticket_is_refused_with_its_own_reason_and_others_are_untouched
 
     let foreign = vmgate_ticket::SigningKey::generate();
     let claims = vmgate_ticket::Claims::new(
-        "demo",
+        stack.name.as_str(),
         ["serial0"],
         vmgate_ticket::Mode::Interactive,
         vmgate::tickets::now(),
@@ -143,15 +150,15 @@ async fn each_bad_ticket_is_refused_with_its_own_reason_and_others_are_untouched
         None,
     );
     let forged = vmgate_ticket::mint(&foreign, &claims);
-    let (code, reason) = refusal(format!("{base}/ws/demo/serial0?ticket={forged}")).await;
+    let (code, reason) = refusal(format!("{base}/ws/{}/serial0?ticket={forged}", stack.name)).await;
     assert_eq!(code, 4401);
     assert!(reason.contains("signature"), "{reason}");
 
-    let (code, reason) = refusal(format!("{base}/ws/demo/serial0?ticket=garbage")).await;
+    let (code, reason) = refusal(format!("{base}/ws/{}/serial0?ticket=garbage", stack.name)).await;
     assert_eq!(code, 4401);
     assert!(reason.contains("malformed"), "{reason}");
 
-    let (code, reason) = refusal(format!("{base}/ws/demo/serial0")).await;
+    let (code, reason) = refusal(format!("{base}/ws/{}/serial0", stack.name)).await;
     assert_eq!(code, 4401);
     assert!(reason.contains("missing ticket"), "{reason}");
 
@@ -174,22 +181,20 @@ async fn each_bad_ticket_is_refused_with_its_own_reason_and_others_are_untouched
     }
 }
 
-#[tokio::test]
-async fn unknown_guest_and_unknown_channel_are_refused_clearly() {
-    let stack = Stack::start().await;
+async fn unknown_guest_and_unknown_channel_are_refused_clearly(backend: Backend) {
+    let stack = Stack::start_backend(backend).await;
     let t = stack.ticket("nosuchguest", &["serial0"], false);
     let (code, reason) = Session::new(stack.connect(&t.ws_url).await).closed().await;
     assert_eq!(code, 4404);
     assert!(reason.contains("unknown guest nosuchguest"), "{reason}");
-    let t = stack.ticket("demo", &["serial9"], false);
+    let t = stack.ticket(&stack.name, &["serial9"], false);
     let (code, reason) = Session::new(stack.connect(&t.ws_url).await).closed().await;
     assert_eq!(code, 4405);
     assert!(reason.contains("no channel serial9"), "{reason}");
 }
 
-#[tokio::test]
-async fn a_dead_agent_closes_its_sessions_and_the_gateway_reconnects() {
-    let mut stack = Stack::start().await;
+async fn a_dead_agent_closes_its_sessions_and_the_gateway_reconnects(backend: Backend) {
+    let mut stack = Stack::start_backend(backend).await;
     let mut s = stack.serial().await;
     s.expect_notice("you hold the keyboard").await;
     stack.kill_agent();
@@ -197,7 +202,7 @@ async fn a_dead_agent_closes_its_sessions_and_the_gateway_reconnects() {
     assert_eq!(code, 4502, "{reason}");
     assert!(reason.contains("agent"), "{reason}");
     // While the agent is away, new sessions get a clear refusal.
-    let t = stack.ticket("demo", &["serial0"], false);
+    let t = stack.ticket(&stack.name, &["serial0"], false);
     let (code, reason) = Session::new(stack.connect(&t.ws_url).await).closed().await;
     assert!(code == 4404 || code == 4502, "{code} {reason}");
     // Back again: the same gateway routes new sessions without a restart.
@@ -214,7 +219,7 @@ async fn the_agent_reconnects_to_a_restarted_qemu_by_itself() {
     let mut s = stack.serial().await;
     s.expect_notice("you hold the keyboard").await;
     let before = s.output.len();
-    stack.guest.restart().expect("restarting QEMU");
+    stack.qemu_guest().restart().expect("restarting QEMU");
     // The attached session is told, stays attached, and sees the new boot.
     s.expect_notice("disconnected").await;
     s.expect_booted(before).await;
@@ -223,11 +228,10 @@ async fn the_agent_reconnects_to_a_restarted_qemu_by_itself() {
     assert!(stack.log("agent.log").contains("serial console connected"));
 }
 
-#[tokio::test]
-async fn a_session_ends_when_the_ticket_max_session_length_passes() {
-    let stack = Stack::start().await;
+async fn a_session_ends_when_the_ticket_max_session_length_passes(backend: Backend) {
+    let stack = Stack::start_backend(backend).await;
     let t = stack.ticket_with(
-        "demo",
+        &stack.name,
         &["serial0"],
         false,
         Duration::from_secs(60),

@@ -120,7 +120,7 @@ async fn screendump(stack: &Stack) -> Image {
     ));
     let mut qmp = tokio::time::timeout(
         WAIT,
-        vmgate_agent::qmp::Qmp::connect(&stack.guest.qmp_socket),
+        vmgate_agent::qmp::Qmp::connect(&stack.qemu().qmp_socket),
     )
     .await
     .expect("QMP answers")

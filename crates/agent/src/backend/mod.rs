@@ -2,6 +2,7 @@
 //! endpoints. The server, relay, scrollback and session logic are the same
 //! for every backend.
 
+pub mod libvirt;
 pub mod qemu;
 
 use std::future::Future;
@@ -41,6 +42,14 @@ pub trait Backend: Send + Sync + 'static {
     fn inventory(&self) -> watch::Receiver<Inventory>;
     /// Opens the channel a gateway asked for, or says why not.
     fn open(&self, req: &OpenRequest) -> impl Future<Output = Result<Opened, Close>> + Send;
+    /// Resolves, with the reason to give, when a session that `req` opened
+    /// must end because its guest went away (a libvirt domain stopped).
+    /// Called right after a successful [`Backend::open`]. Backends that keep
+    /// sessions across guest restarts (`qemu`) never resolve it.
+    fn session_end(&self, req: &OpenRequest) -> impl Future<Output = Close> + Send + 'static {
+        let _ = req;
+        std::future::pending()
+    }
 }
 
 /// Holds an exclusive channel (a guest agent serves one client at a time).

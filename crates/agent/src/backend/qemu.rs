@@ -19,7 +19,7 @@ use vmgate_wire::{
 
 use super::{Backend, ChardevStream, Opened, Slot};
 use crate::config::{AgentConfig, GuestConfig, VncVia};
-use crate::console::{ConsoleHub, ConsoleSpec};
+use crate::console::{unix_connector, ConsoleHub, ConsoleSpec};
 use crate::qmp::Qmp;
 
 struct Guest {
@@ -48,7 +48,7 @@ impl QemuBackend {
                     let spec = ConsoleSpec {
                         guest: g.name.clone(),
                         name: s.name.clone(),
-                        socket: s.path.clone(),
+                        connector: unix_connector(s.path.clone()),
                         log: cfg.log_dir.join(format!("{}.{}.log", g.name, s.name)),
                         scrollback_bytes: cfg.scrollback_bytes,
                     };

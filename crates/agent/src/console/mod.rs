@@ -1,9 +1,11 @@
 //! Serial consoles: one persistent connection per console, shared by any
 //! number of sessions.
 //!
-//! A [`ConsoleHub`] owns the connection to one QEMU serial chardev socket
-//! and keeps it open whether or not anybody is attached, reconnecting when
-//! QEMU restarts. Everything the guest prints goes, in this order and under
+//! A [`ConsoleHub`] owns the connection to one serial console and keeps it
+//! open whether or not anybody is attached, reconnecting when it drops. How
+//! it connects is the backend's [`Connector`]: a unix socket to a QEMU
+//! chardev (`qemu`), or `virDomainOpenConsole` (`libvirt`); everything after
+//! the connection is the same code for both. Everything the guest prints goes, in this order and under
 //! one lock, into the [`Scrollback`], the append-only log file, and the
 //! broadcast to attached sessions, so a session attaching sees the
 //! scrollback followed by live output with no gap and no repeat.
@@ -16,20 +18,45 @@
 mod scrollback;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use vmgate_relay::{FrameRx, FrameTx};
 use vmgate_wire::{Close, CloseCode, Frame, Mode};
 
 pub use scrollback::Scrollback;
+
+use crate::backend::Duplex;
+
+/// What a [`Connector`] returns: a fresh byte stream to the console.
+pub type ConnectFuture = Pin<Box<dyn Future<Output = std::io::Result<Box<dyn Duplex>>> + Send>>;
+
+/// Opens a new connection to a console each time the hub (re)connects. The
+/// argument is `force`: take the console over from another client that
+/// holds it (libvirt's `VIR_DOMAIN_CONSOLE_FORCE`); backends without such a
+/// notion ignore it.
+pub type Connector = Arc<dyn Fn(bool) -> ConnectFuture + Send + Sync>;
+
+/// A connector to a QEMU chardev's unix socket (`-chardev socket,server=on`).
+pub fn unix_connector(path: PathBuf) -> Connector {
+    Arc::new(move |_force| {
+        let path = path.clone();
+        Box::pin(async move {
+            let s = UnixStream::connect(&path).await?;
+            Ok(Box::new(s) as Box<dyn Duplex>)
+        })
+    })
+}
 
 /// Bytes read from the chardev at once. Serial output is slow; small reads
 /// keep the broadcast queue's memory bound small.
@@ -45,12 +72,12 @@ const RECONNECT_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
 
 /// Where a console lives and how much of it to remember.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConsoleSpec {
     pub guest: String,
     pub name: String,
-    /// QEMU's chardev socket (`-chardev socket,server=on`).
-    pub socket: PathBuf,
+    /// How to reach the console (see [`unix_connector`]).
+    pub connector: Connector,
     /// Append-only log of everything the console printed.
     pub log: PathBuf,
     pub scrollback_bytes: usize,
@@ -72,6 +99,12 @@ struct HubInner {
     output: broadcast::Sender<Bytes>,
     input: mpsc::Sender<Bytes>,
     connected: watch::Sender<bool>,
+    /// Set by [`ConsoleHub::reconnect_forced`]: the next attempt forces.
+    force_next: AtomicBool,
+    /// Wakes the connection loop out of its back-off.
+    retry_now: Notify,
+    /// Why the last connection attempt failed, for refusals.
+    last_error: Mutex<Option<String>>,
 }
 
 /// One serial console, connected for as long as the agent runs.
@@ -106,6 +139,9 @@ impl ConsoleHub {
             output: broadcast::channel(BROADCAST_DEPTH).0,
             input: input_tx,
             connected: watch::channel(false).0,
+            force_next: AtomicBool::new(false),
+            retry_now: Notify::new(),
+            last_error: Mutex::new(None),
         });
         tokio::spawn(connection_loop(inner.clone(), input_rx, shutdown));
         ConsoleHub { inner }
@@ -114,6 +150,23 @@ impl ConsoleHub {
     /// Whether the chardev is connected now.
     pub fn connected(&self) -> bool {
         *self.inner.connected.borrow()
+    }
+
+    /// Why the last connection attempt failed (`None` once connected).
+    pub fn last_error(&self) -> Option<String> {
+        self.inner.last_error.lock().expect("hub lock").clone()
+    }
+
+    /// Makes the next connection attempt now instead of after the back-off;
+    /// with `force`, one that takes the console over from whoever holds it
+    /// (`--force`). Does nothing while connected.
+    pub fn retry_now(&self, force: bool) {
+        if !self.connected() {
+            if force {
+                self.inner.force_next.store(true, Ordering::SeqCst);
+            }
+            self.inner.retry_now.notify_one();
+        }
     }
 
     /// Changes of the connection state.
@@ -285,8 +338,8 @@ impl FrameTx for ConsoleTx {
     }
 }
 
-/// Keeps the chardev connected until shutdown, reconnecting when QEMU
-/// restarts.
+/// Keeps the console connected until shutdown, reconnecting when it drops
+/// (QEMU restarted, libvirtd restarted, another client took it over).
 async fn connection_loop(
     hub: Arc<HubInner>,
     mut input: mpsc::Receiver<Bytes>,
@@ -295,14 +348,16 @@ async fn connection_loop(
     let spec = &hub.spec;
     let mut backoff = RECONNECT_MIN;
     loop {
+        let force = hub.force_next.swap(false, Ordering::SeqCst);
         let stream = tokio::select! {
             _ = shutdown.cancelled() => return,
-            s = UnixStream::connect(&spec.socket) => s,
+            s = (spec.connector)(force) => s,
         };
         match stream {
             Ok(stream) => {
-                tracing::info!(guest = %spec.guest, console = %spec.name, "serial console connected");
+                tracing::info!(guest = %spec.guest, console = %spec.name, force, "serial console connected");
                 backoff = RECONNECT_MIN;
+                *hub.last_error.lock().expect("hub lock") = None;
                 hub.connected.send_replace(true);
                 let why = tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -313,36 +368,38 @@ async fn connection_loop(
                 let st = hub.state.lock().expect("hub lock");
                 for tx in st.sessions.values() {
                     let _ = tx.try_send(format!(
-                        "serial console of {} disconnected ({why}); waiting for QEMU",
+                        "serial console of {} disconnected ({why}); reconnecting",
                         spec.guest
                     ));
                 }
             }
             Err(e) => {
-                tracing::debug!(guest = %spec.guest, console = %spec.name, error = %e, "serial socket not reachable");
+                tracing::debug!(guest = %spec.guest, console = %spec.name, error = %e, "serial console not reachable");
+                *hub.last_error.lock().expect("hub lock") = Some(e.to_string());
             }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
+            _ = hub.retry_now.notified() => {}
         }
         backoff = (backoff * 2).min(RECONNECT_MAX);
     }
 }
 
-/// Moves bytes between the chardev and the hub until the connection ends.
+/// Moves bytes between the console and the hub until the connection ends.
 async fn pump_chardev(
     hub: &HubInner,
-    stream: UnixStream,
+    stream: Box<dyn Duplex>,
     input: &mut mpsc::Receiver<Bytes>,
 ) -> String {
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut buf = BytesMut::new();
     loop {
         buf.reserve(SERIAL_CHUNK);
         tokio::select! {
             r = rd.read_buf(&mut buf) => match r {
-                Ok(0) => return "QEMU closed the socket".into(),
+                Ok(0) => return "the console connection ended".into(),
                 Ok(_) => hub.publish(buf.split().freeze()),
                 Err(e) => return format!("read error: {e}"),
             },
@@ -366,5 +423,101 @@ impl HubInner {
         }
         // No receiver is fine: nobody attached, the scrollback has it.
         let _ = self.output.send(chunk);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::DuplexStream;
+
+    /// A connector handing the test the guest's end of each connection; it
+    /// refuses ("held by another client") unless forced, once `refuse` is set.
+    fn test_connector(
+        refuse: Arc<AtomicBool>,
+    ) -> (Connector, mpsc::Receiver<(bool, DuplexStream)>) {
+        let (tx, rx) = mpsc::channel(4);
+        let connector: Connector = Arc::new(move |force| {
+            let (tx, refuse) = (tx.clone(), refuse.clone());
+            Box::pin(async move {
+                if refuse.load(Ordering::SeqCst) && !force {
+                    return Err(std::io::Error::other("held by another client"));
+                }
+                let (ours, guest) = tokio::io::duplex(1024);
+                tx.send((force, guest)).await.expect("test alive");
+                Ok(Box::new(ours) as Box<dyn Duplex>)
+            })
+        });
+        (connector, rx)
+    }
+
+    /// The next connection the hub made (the deadline bounds a failing
+    /// test only).
+    async fn next(conns: &mut mpsc::Receiver<(bool, DuplexStream)>) -> (bool, DuplexStream) {
+        tokio::time::timeout(Duration::from_secs(10), conns.recv())
+            .await
+            .expect("the hub never connected")
+            .unwrap()
+    }
+
+    async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+        for _ in 0..500 {
+            if ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{what} never happened");
+    }
+
+    #[tokio::test]
+    async fn the_hub_keeps_output_across_reconnects_and_forces_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let refuse = Arc::new(AtomicBool::new(false));
+        let (connector, mut conns) = test_connector(refuse.clone());
+        let spec = ConsoleSpec {
+            guest: "g".into(),
+            name: "serial0".into(),
+            connector,
+            log: dir.path().join("g.serial0.log"),
+            scrollback_bytes: 1024,
+        };
+        let shutdown = CancellationToken::new();
+        let hub = ConsoleHub::start(spec, shutdown.clone());
+        let (forced, mut guest) = next(&mut conns).await;
+        assert!(!forced);
+        guest.write_all(b"first boot\n").await.unwrap();
+        wait_for("output in scrollback", || {
+            String::from_utf8_lossy(&hub.scrollback()).contains("first boot")
+        })
+        .await;
+
+        // The console is taken by somebody else: the hub retries without
+        // force and says why it is not connected.
+        refuse.store(true, Ordering::SeqCst);
+        drop(guest);
+        wait_for("a refused reconnect", || {
+            !hub.connected() && hub.last_error().is_some_and(|e| e.contains("held"))
+        })
+        .await;
+        assert!(conns.try_recv().is_err(), "connected without force");
+
+        // A forced retry takes it back; old output is still there.
+        hub.retry_now(true);
+        let (forced, mut guest) = next(&mut conns).await;
+        assert!(forced);
+        guest.write_all(b"second\n").await.unwrap();
+        wait_for("new output", || {
+            String::from_utf8_lossy(&hub.scrollback()).contains("second")
+        })
+        .await;
+        let text = String::from_utf8_lossy(&hub.scrollback()).into_owned();
+        assert!(
+            text.contains("first boot") && text.contains("second"),
+            "{text}"
+        );
+        let log = std::fs::read_to_string(dir.path().join("g.serial0.log")).unwrap();
+        assert_eq!(log, "first boot\nsecond\n");
+        shutdown.cancel();
     }
 }

@@ -1,7 +1,18 @@
 //! The end-to-end harness: a real test guest under QEMU, `vmgate agent` and
 //! `vmgate gateway` as separate processes talking QUIC with mutual TLS, and
 //! clients going through the gateway's real TLS listener.
+//!
+//! Every suite can run against both agent backends: [`Stack::start_backend`]
+//! takes a [`Backend`]. Under `qemu` the harness boots the guest itself and
+//! declares its sockets in the agent's config; under `libvirt` it starts
+//! libvirtd if needed and creates the guest as a transient libvirt domain,
+//! which the agent finds by itself. A scenario written as
+//! `async fn NAME(backend: Backend)` that uses [`Stack::name`] (not a
+//! literal guest name) becomes one test per backend with
+//! [`for_each_backend!`]: `qemu::NAME` and `libvirt::NAME`.
 #![allow(dead_code)]
+
+pub mod libvirt;
 
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
@@ -15,6 +26,41 @@ use vmgate::state::{write_toml, GatewayInfo, State};
 use vmgate::tickets::{mint, Minted, TicketRequest};
 use vmgate_testkit::{BootOptions, Guest};
 
+/// Which agent backend a [`Stack`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The agent is given the guest's QEMU sockets in its config.
+    Qemu,
+    /// The guest is a libvirt domain; the agent follows libvirt.
+    Libvirt,
+}
+
+/// Turns each `async fn NAME(backend: Backend)` scenario into two tests,
+/// `qemu::NAME` and `libvirt::NAME`.
+#[allow(unused_macros)]
+macro_rules! for_each_backend {
+    ($($name:ident),* $(,)?) => {
+        mod qemu {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Qemu).await
+                }
+            )*
+        }
+        mod libvirt {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Libvirt).await
+                }
+            )*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use for_each_backend;
+
 /// Generous: TCG guests on two loaded cores are slow, and a deadline here
 /// only bounds a failing test, it never decides a passing one.
 pub const WAIT: Duration = Duration::from_secs(40);
@@ -22,7 +68,16 @@ pub const WAIT: Duration = Duration::from_secs(40);
 pub struct Stack {
     pub dir: tempfile::TempDir,
     pub state: State,
-    pub guest: Guest,
+    pub backend: Backend,
+    /// The guest's name: `demo` under qemu; unique per test under libvirt,
+    /// where domain names are host-wide.
+    pub name: String,
+    /// The QEMU child (qemu backend).
+    pub guest: Option<Guest>,
+    /// The transient domain (libvirt backend).
+    pub domain: Option<libvirt::Domain>,
+    /// Held while the stack lives (libvirt): a libvirtd restart waits.
+    _daemon: Option<tokio::sync::RwLockReadGuard<'static, ()>>,
     pub agent_addr: SocketAddr,
     pub gw_addr: SocketAddr,
     agent: Option<Child>,
@@ -74,7 +129,23 @@ impl Stack {
         boot: impl FnOnce(&mut BootOptions),
         config: impl FnOnce(&mut vmgate_agent::config::GuestConfig),
     ) -> Stack {
-        Stack::start_full(boot, config, |_, _| {}).await
+        Stack::start_full(Backend::Qemu, true, boot, config, |_, _| {}).await
+    }
+
+    /// Boots the test guest, starts an agent (with `backend`) and a gateway
+    /// for it, and waits until the guest's shell is reachable through them.
+    ///
+    /// Under libvirt the agent starts first and the domain after it, so the
+    /// agent learns of it from libvirt's events and its console is attached
+    /// before the guest prints anything.
+    pub async fn start_backend(backend: Backend) -> Stack {
+        Stack::start_full(backend, true, |_| {}, |_| {}, |_, _| {}).await
+    }
+
+    /// [`Stack::start_backend`] for a test that holds [`libvirt::DAEMON`]
+    /// exclusively (to restart libvirtd).
+    pub async fn start_with_daemon_held(backend: Backend) -> Stack {
+        Stack::start_full(backend, false, |_| {}, |_| {}, |_, _| {}).await
     }
 
     /// Like [`Stack::start`], with the gateway's admin listener (token and
@@ -82,6 +153,8 @@ impl Stack {
     /// as `tune` sets them.
     pub async fn start_secure(tune: impl FnOnce(&mut vmgate_gateway::config::Limits)) -> Stack {
         Stack::start_full(
+            Backend::Qemu,
+            true,
             |_| {},
             |_| {},
             |state, cfg| {
@@ -99,10 +172,22 @@ impl Stack {
     /// Boots the stack with the guest's boot options, the agent's view of
     /// the guest and the gateway's configuration changed first.
     pub async fn start_full(
+        backend: Backend,
+        share_daemon: bool,
         boot: impl FnOnce(&mut BootOptions),
         config: impl FnOnce(&mut vmgate_agent::config::GuestConfig),
         configure: impl FnOnce(&State, &mut vmgate_gateway::GatewayConfig),
     ) -> Stack {
+        if backend == Backend::Libvirt {
+            tokio::task::spawn_blocking(libvirt::ensure_daemons)
+                .await
+                .unwrap();
+        }
+        let daemon = if backend == Backend::Libvirt && share_daemon {
+            Some(libvirt::DAEMON.read().await)
+        } else {
+            None
+        };
         let dir = tempfile::tempdir().unwrap();
         let state = State::new(dir.path().join("state"));
         state.init().unwrap();
@@ -114,14 +199,27 @@ impl Stack {
         .expect("building the test guest");
         let run = dir.path().join("guest");
         std::fs::create_dir_all(&run).unwrap();
-        let mut opts = BootOptions::new("demo", &run);
-        boot(&mut opts);
-        let guest = Guest::boot(&image, &opts).expect("booting");
         let agent_addr = free_udp();
         let gw_addr = free_tcp();
-        let mut guest_cfg = vmgate::demo::guest_config(&guest);
-        config(&mut guest_cfg);
-        let agent_cfg = state.agent_config(agent_addr, vec![guest_cfg]);
+        let (name, guest, agent_cfg) = match backend {
+            Backend::Qemu => {
+                let mut opts = BootOptions::new("demo", &run);
+                boot(&mut opts);
+                let guest = Guest::boot(&image, &opts).expect("booting");
+                let mut guest_cfg = vmgate::demo::guest_config(&guest);
+                config(&mut guest_cfg);
+                let cfg = state.agent_config(agent_addr, vec![guest_cfg]);
+                ("demo".to_string(), Some(guest), cfg)
+            }
+            Backend::Libvirt => {
+                let name = libvirt::unique_name();
+                let mut cfg = state.agent_config(agent_addr, vec![]);
+                cfg.libvirt.uri = libvirt::URI.into();
+                // This test's domains only: other tests run theirs beside.
+                cfg.libvirt.domains = vec![name.clone(), format!("{name}.*")];
+                (name, None, cfg)
+            }
+        };
         write_toml(&state.path("agent.toml"), &agent_cfg).unwrap();
         let mut gw_cfg = state.gateway_config(gw_addr, &[agent_addr]);
         configure(&state, &mut gw_cfg);
@@ -134,7 +232,11 @@ impl Stack {
         let mut stack = Stack {
             dir,
             state,
+            backend,
+            name,
             guest,
+            domain: None,
+            _daemon: daemon,
             agent_addr,
             gw_addr,
             agent: None,
@@ -145,15 +247,70 @@ impl Stack {
         };
         stack.start_agent();
         stack.spawn_gateway();
-        stack.wait_routable().await;
+        if backend == Backend::Libvirt {
+            stack.wait_agent_up().await;
+            stack.domain = Some(stack.create_domain(&stack.name.clone()).await);
+        }
+        let name = stack.name.clone();
+        stack.wait_routable_guest(&name).await;
         // Input typed before the guest's shell runs is lost, so tests start
         // once the prompt is there (the agent's scrollback has the boot).
-        let t = stack.ticket("demo", &["serial0"], true);
-        Session::new(stack.connect(&t.ws_url).await)
-            .expect_booted(0)
-            .await;
+        stack.wait_booted(&name).await;
         stack
     }
+    /// Starts another test guest as libvirt domain `name` (a name the
+    /// agent's filter selects: [`Stack::name`] followed by `.something`).
+    pub async fn create_domain(&self, name: &str) -> libvirt::Domain {
+        let image = tokio::task::spawn_blocking(|| {
+            vmgate_testkit::build_image(&vmgate_testkit::default_cache_dir())
+        })
+        .await
+        .unwrap()
+        .expect("building the test guest");
+        let run = self.dir.path().join("guest");
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || libvirt::Domain::create(&name, &image, &run))
+            .await
+            .unwrap()
+    }
+
+    /// The qemu backend's guest process, to read.
+    pub fn qemu(&self) -> &Guest {
+        self.guest
+            .as_ref()
+            .expect("this test needs the qemu backend's guest")
+    }
+
+    /// The qemu backend's guest process.
+    pub fn qemu_guest(&mut self) -> &mut Guest {
+        self.guest
+            .as_mut()
+            .expect("this test needs the qemu backend's guest")
+    }
+
+    /// Waits until the guest's serial console shows a fresh boot's prompt.
+    pub async fn wait_booted(&self, guest: &str) {
+        let t = self.ticket(guest, &["serial0"], true);
+        Session::new(self.connect(&t.ws_url).await)
+            .expect_booted(0)
+            .await;
+    }
+
+    /// Waits until the agent answers the gateway (an unknown guest is
+    /// refused by the agent's inventory, not by a missing route to it).
+    async fn wait_agent_up(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !self.log("gateway.log").contains("inventory") {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the gateway never got the agent's inventory; gateway log:\n{}\nagent log:\n{}",
+                self.log("gateway.log"),
+                self.log("agent.log")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
 
     fn spawn_gateway(&mut self) {
         self.gateway = Some(spawn(
@@ -183,14 +340,13 @@ impl Stack {
     }
 
     pub fn start_agent(&mut self) {
-        self.agent = Some(spawn(
-            &[
-                "agent",
-                "--config",
-                self.state.path("agent.toml").to_str().unwrap(),
-            ],
-            self.dir.path().join("agent.log"),
-        ));
+        let config = self.state.path("agent.toml");
+        let mut args = vec!["agent", "--config", config.to_str().unwrap()];
+        // The config leaves `backend` at its default: the flag selects.
+        if self.backend == Backend::Libvirt {
+            args.extend(["--backend", "libvirt"]);
+        }
+        self.agent = Some(spawn(&args, self.dir.path().join("agent.log")));
     }
 
     pub fn kill_agent(&mut self) {
@@ -206,7 +362,8 @@ impl Stack {
 
     /// The serial console's log file on the agent.
     pub fn console_log(&self) -> String {
-        std::fs::read_to_string(self.state.logs().join("demo.serial0.log")).unwrap_or_default()
+        std::fs::read_to_string(self.state.logs().join(format!("{}.serial0.log", self.name)))
+            .unwrap_or_default()
     }
 
     pub fn ticket(&self, guest: &str, channels: &[&str], read_only: bool) -> Minted {
@@ -247,7 +404,7 @@ impl Stack {
 
     /// Opens an interactive serial session.
     pub async fn serial(&self) -> Session {
-        let t = self.ticket("demo", &["serial0"], false);
+        let t = self.ticket(&self.name, &["serial0"], false);
         Session::new(self.connect(&t.ws_url).await)
     }
 
@@ -398,11 +555,16 @@ impl Stack {
         }
     }
 
-    /// Waits until the gateway routes `demo` to a live agent.
+    /// Waits until the gateway routes the guest to a live agent.
     pub async fn wait_routable(&self) {
+        self.wait_routable_guest(&self.name.clone()).await
+    }
+
+    /// Waits until the gateway routes `guest` to a live agent.
+    pub async fn wait_routable_guest(&self, guest: &str) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let t = self.ticket("demo", &["serial0"], true);
+            let t = self.ticket(guest, &["serial0"], true);
             // The gateway process may not listen yet.
             if let Ok(ws) = vmgate::client::connect(&t.ws_url, &self.state.public_ca()).await {
                 let mut s = Session::new(ws);
@@ -425,6 +587,17 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        // A failing test shows what the services said (CI keeps no files).
+        if std::thread::panicking() {
+            for log in ["agent.log", "gateway.log"] {
+                let text = self.log(log);
+                let tail: Vec<&str> = text.lines().rev().take(60).collect();
+                eprintln!("--- last lines of {log} ---");
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
         for c in [self.agent.take(), self.gateway.take(), self.minter.take()]
             .into_iter()
             .flatten()
@@ -433,7 +606,10 @@ impl Drop for Stack {
             let _ = c.kill();
             let _ = c.wait();
         }
-        self.guest.kill();
+        if let Some(g) = self.guest.as_mut() {
+            g.kill();
+        }
+        // The domain (if any) is destroyed when dropped.
     }
 }
 

@@ -1,0 +1,1000 @@
+//! The `libvirt` backend: every running domain of a libvirt daemon (or
+//! those the config selects), reached through libvirt's own APIs, with the
+//! inventory kept current by libvirt's lifecycle events.
+//!
+//! * serial consoles: `virDomainOpenConsole` (with `VIR_DOMAIN_CONSOLE_SAFE`,
+//!   and `..._FORCE` when configured or when a session attaches with
+//!   `--force`), fed into the same [`ConsoleHub`] as the `qemu` backend;
+//! * channels: `virDomainOpenChannel` (unix virtio-serial channels);
+//! * VNC: `virDomainOpenGraphicsFD`, so no VNC listener is needed;
+//! * inventory: a supervisor task holds one connection, re-reads a domain on
+//!   each of its lifecycle events and every domain after a (re)connect, and
+//!   reconnects with back-off when libvirtd goes away. Domains keep running
+//!   meanwhile; their consoles reconnect once libvirtd is back.
+//!
+//! When a domain stops (shut down, destroyed, crashed, migrated away) its
+//! sessions are closed with [`CloseCode::GuestDown`] "guest stopped".
+//!
+//! libvirt calls block, so they run on tokio's blocking pool. A libvirt
+//! stream is either blocking or driven by libvirt's own event loop; it is
+//! bridged to tokio by [`bridge`]: one thread per direction, through a
+//! bounded in-memory pipe.
+
+mod ffi;
+
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use virt::connect::Connect;
+use virt::domain::Domain;
+use virt::stream::Stream;
+use virt::sys;
+use vmgate_wire::{
+    ChannelInfo, ChannelKind, Close, CloseCode, GuestInfo, GuestState, Inventory, OpenRequest,
+};
+
+use super::{Backend, Duplex, Opened, Slot};
+use crate::config::{AgentConfig, LibvirtConfig};
+use crate::console::{Connector, ConsoleHub, ConsoleSpec};
+
+/// Lifecycle events queued between libvirt's event thread and the
+/// supervisor; on overflow the supervisor re-reads every domain.
+const EVENT_DEPTH: usize = 256;
+/// Bytes in flight per direction between a libvirt stream and tokio, and the
+/// size of one read from either.
+const BRIDGE_BUF: usize = 64 * 1024;
+const RECONNECT_MIN: Duration = Duration::from_millis(200);
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+/// libvirt keepalive: a probe every 5 s, the connection is dead after 3
+/// unanswered (a hung libvirtd is noticed within ~20 s).
+const KEEPALIVE_INTERVAL: i32 = 5;
+const KEEPALIVE_COUNT: u32 = 3;
+/// After a channel or VNC stream ends on libvirt's side, how long the
+/// session waits for the domain's stop event to say why before it closes as
+/// a backend failure (libvirtd went away, say).
+const STREAM_END_GRACE: Duration = Duration::from_secs(10);
+/// How long an attach waits for a console that is not connected (being
+/// taken over with `--force`, or reconnecting after libvirtd came back).
+const CONNECT_WAIT: Duration = Duration::from_secs(5);
+
+/// A domain's endpoints, from its live XML.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Devices {
+    /// Aliases of pty serial ports and consoles (`serial0`, `console1`).
+    consoles: Vec<String>,
+    /// Target names of unix virtio-serial channels.
+    channels: Vec<String>,
+    /// Index of the first VNC display among the domain's graphics.
+    vnc: Option<u32>,
+}
+
+/// A running domain the agent serves.
+struct Running {
+    /// libvirt's id of this run: a domain started again gets a new one.
+    id: u32,
+    devices: Devices,
+    consoles: HashMap<String, ConsoleHub>,
+    /// Exclusive channels, by name.
+    channels: HashMap<String, Arc<Slot>>,
+    /// Cancelled when the domain stops: its hubs stop and its sessions end.
+    alive: CancellationToken,
+    /// Why it stopped, set before `alive` is cancelled.
+    stop_reason: Arc<OnceLock<String>>,
+}
+
+struct Shared {
+    node: String,
+    cfg: LibvirtConfig,
+    log_dir: PathBuf,
+    scrollback_bytes: usize,
+    /// The current connection; `None` while libvirtd is unreachable.
+    conn: Mutex<Option<Connect>>,
+    domains: Mutex<HashMap<String, Running>>,
+    inventory: watch::Sender<Inventory>,
+    /// Channel and VNC sessions whose libvirt stream may end, by session
+    /// id: picked up by [`Backend::session_end`] right after the open.
+    stream_ends: Mutex<HashMap<u64, CancellationToken>>,
+    shutdown: CancellationToken,
+}
+
+/// The domains of one libvirt daemon.
+pub struct LibvirtBackend {
+    shared: Arc<Shared>,
+}
+
+impl LibvirtBackend {
+    /// Starts following libvirt; the inventory fills once connected.
+    pub fn start(cfg: &AgentConfig, shutdown: CancellationToken) -> LibvirtBackend {
+        let shared = Arc::new(Shared {
+            node: cfg.node.clone(),
+            cfg: cfg.libvirt.clone(),
+            log_dir: cfg.log_dir.clone(),
+            scrollback_bytes: cfg.scrollback_bytes,
+            conn: Mutex::new(None),
+            domains: Mutex::new(HashMap::new()),
+            inventory: watch::channel(Inventory {
+                node: cfg.node.clone(),
+                guests: Vec::new(),
+            })
+            .0,
+            stream_ends: Mutex::new(HashMap::new()),
+            shutdown,
+        });
+        tokio::spawn(supervise(shared.clone()));
+        LibvirtBackend { shared }
+    }
+}
+
+/// Holds the connection: connects, follows events, reconnects.
+async fn supervise(shared: Arc<Shared>) {
+    if let Err(e) = ffi::init_event_loop() {
+        tracing::error!(error = %e, "cannot start libvirt's event loop; the libvirt backend serves nothing");
+        return;
+    }
+    let uri = shared.cfg.uri.clone();
+    let mut backoff = RECONNECT_MIN;
+    let mut failures = 0u32;
+    loop {
+        let (tx, mut events) = mpsc::channel(EVENT_DEPTH);
+        let overflow = Arc::new(AtomicBool::new(false));
+        let closed = Arc::new(ffi::Closed {
+            token: CancellationToken::new(),
+            reason: Mutex::new("connection closed"),
+        });
+        let opened = {
+            let (uri, overflow, closed) = (uri.clone(), overflow.clone(), closed.clone());
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                r = tokio::task::spawn_blocking(move || open(&uri, tx, overflow, closed)) => r,
+            }
+        };
+        match opened {
+            Ok(Ok((conn, registration))) => {
+                tracing::info!(%uri, "connected to libvirt");
+                failures = 0;
+                backoff = RECONNECT_MIN;
+                *shared.conn.lock().expect("conn lock") = Some(conn);
+                resync(&shared).await;
+                let why = loop {
+                    tokio::select! {
+                        _ = shared.shutdown.cancelled() => return,
+                        _ = closed.token.cancelled() => {
+                            break *closed.reason.lock().expect("reason lock");
+                        }
+                        ev = events.recv() => match ev {
+                            None => break "event channel closed",
+                            Some(ev) => {
+                                if overflow.swap(false, Ordering::SeqCst) {
+                                    tracing::warn!("libvirt events overflowed; re-reading every domain");
+                                    resync(&shared).await;
+                                } else {
+                                    tracing::debug!(domain = %ev.domain, event = ev.event, detail = ev.detail, "libvirt lifecycle event");
+                                    refresh(&shared, &ev.domain, stop_reason(ev.event, ev.detail)).await;
+                                }
+                            }
+                        }
+                    }
+                };
+                let conn = shared.conn.lock().expect("conn lock").take();
+                tracing::warn!(%uri, reason = why, "lost the libvirt connection; reconnecting (domains keep running)");
+                // Deregistering may talk to the (dead) daemon: not on a
+                // runtime thread.
+                tokio::task::spawn_blocking(move || drop((registration, conn)));
+            }
+            Ok(Err(e)) => {
+                failures += 1;
+                // The first failure says why; repeats while libvirtd is
+                // away would only fill the log.
+                if failures == 1 {
+                    tracing::warn!(%uri, error = %e, "cannot connect to libvirt; retrying");
+                } else {
+                    tracing::debug!(%uri, error = %e, "cannot connect to libvirt; retrying");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "libvirt connect task failed"),
+        }
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(RECONNECT_MAX);
+    }
+}
+
+/// Opens the connection and registers for events (blocking).
+fn open(
+    uri: &str,
+    events: mpsc::Sender<ffi::Lifecycle>,
+    overflow: Arc<AtomicBool>,
+    closed: Arc<ffi::Closed>,
+) -> Result<(Connect, ffi::Registration), String> {
+    let conn = Connect::open(Some(uri)).map_err(|e| e.message().to_string())?;
+    // Local drivers (test:///) have no keepalive; that is fine.
+    let _ = conn.set_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT);
+    let reg = ffi::register(&conn, events, overflow, closed)
+        .map_err(|e| format!("registering for domain events: {}", e.message()))?;
+    Ok((conn, reg))
+}
+
+/// Why a domain stopped, for events that mean it did; `None` for the others
+/// (a domain seen inactive after, say, its `SHUTDOWN` event is left to the
+/// `STOPPED` event that follows, which says how it stopped).
+fn stop_reason(event: u32, detail: u32) -> Option<&'static str> {
+    if event != sys::VIR_DOMAIN_EVENT_STOPPED && event != sys::VIR_DOMAIN_EVENT_CRASHED {
+        return None;
+    }
+    Some(match (event, detail) {
+        (sys::VIR_DOMAIN_EVENT_STOPPED, sys::VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN) => "shut down",
+        (sys::VIR_DOMAIN_EVENT_STOPPED, sys::VIR_DOMAIN_EVENT_STOPPED_DESTROYED) => "destroyed",
+        (sys::VIR_DOMAIN_EVENT_STOPPED, sys::VIR_DOMAIN_EVENT_STOPPED_CRASHED)
+        | (sys::VIR_DOMAIN_EVENT_CRASHED, _) => "crashed",
+        (sys::VIR_DOMAIN_EVENT_STOPPED, sys::VIR_DOMAIN_EVENT_STOPPED_MIGRATED) => {
+            "migrated to another node: reconnect"
+        }
+        (sys::VIR_DOMAIN_EVENT_STOPPED, sys::VIR_DOMAIN_EVENT_STOPPED_SAVED) => "saved",
+        (sys::VIR_DOMAIN_EVENT_STOPPED, sys::VIR_DOMAIN_EVENT_STOPPED_FAILED) => "failed",
+        _ => "no longer running",
+    })
+}
+
+/// What the agent learns about one domain (blocking).
+enum Seen {
+    /// Running and selected: serve it.
+    Serve { id: u32, devices: Devices },
+    /// Gone, stopped, or not selected.
+    Ignore,
+}
+
+fn inspect(cfg: &LibvirtConfig, dom: &Domain) -> Seen {
+    let Ok(name) = dom.name() else {
+        return Seen::Ignore;
+    };
+    if !dom.is_active().unwrap_or(false) || !cfg.selects_name(&name) {
+        return Seen::Ignore;
+    }
+    if !vmgate_wire::valid_name(&name) {
+        tracing::warn!(domain = %name, "domain name is not a valid guest name; not exposed");
+        return Seen::Ignore;
+    }
+    if let Some(uri) = &cfg.metadata_uri {
+        if dom
+            .metadata(sys::VIR_DOMAIN_METADATA_ELEMENT as i32, Some(uri), 0)
+            .is_err()
+        {
+            return Seen::Ignore;
+        }
+    }
+    let Some(id) = dom.id() else {
+        return Seen::Ignore;
+    };
+    match dom.xml_desc(0) {
+        Ok(xml) => match parse_devices(&xml) {
+            Ok(devices) => Seen::Serve { id, devices },
+            Err(e) => {
+                tracing::warn!(domain = %name, error = %e, "cannot read the domain's XML; not exposed");
+                Seen::Ignore
+            }
+        },
+        Err(e) => {
+            tracing::debug!(domain = %name, error = %e.message(), "domain vanished while read");
+            Seen::Ignore
+        }
+    }
+}
+
+fn current_conn(shared: &Shared) -> Option<Connect> {
+    shared.conn.lock().expect("conn lock").clone()
+}
+
+/// Re-reads every domain and reconciles (after a (re)connect or overflow).
+async fn resync(shared: &Arc<Shared>) {
+    let Some(conn) = current_conn(shared) else {
+        return;
+    };
+    let cfg = shared.cfg.clone();
+    let seen = tokio::task::spawn_blocking(move || {
+        let doms = conn
+            .list_all_domains(sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+            .map_err(|e| e.message().to_string())?;
+        Ok::<_, String>(
+            doms.iter()
+                .filter_map(|d| match (d.name(), inspect(&cfg, d)) {
+                    (Ok(name), Seen::Serve { id, devices }) => Some((name, (id, devices))),
+                    _ => None,
+                })
+                .collect::<HashMap<_, _>>(),
+        )
+    })
+    .await;
+    let seen = match seen {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot list libvirt domains");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "libvirt list task failed");
+            return;
+        }
+    };
+    {
+        let mut domains = shared.domains.lock().expect("domains lock");
+        let gone: Vec<String> = domains
+            .keys()
+            .filter(|n| !seen.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            stop(&mut domains, &name, "no longer running");
+        }
+        for (name, (id, devices)) in seen {
+            serve(shared, &mut domains, name, id, devices);
+        }
+    }
+    publish(shared);
+}
+
+/// Re-reads one domain after an event about it; `stopped` says how, if the
+/// event was its stop.
+async fn refresh(shared: &Arc<Shared>, name: &str, stopped: Option<&'static str>) {
+    let Some(conn) = current_conn(shared) else {
+        return;
+    };
+    let cfg = shared.cfg.clone();
+    let lookup = name.to_string();
+    let seen = tokio::task::spawn_blocking(move || match conn.lookup_domain_by_name(&lookup) {
+        Ok(dom) => inspect(&cfg, &dom),
+        Err(_) => Seen::Ignore,
+    })
+    .await
+    .unwrap_or(Seen::Ignore);
+    {
+        let mut domains = shared.domains.lock().expect("domains lock");
+        match seen {
+            Seen::Serve { id, devices } => serve(shared, &mut domains, name.into(), id, devices),
+            Seen::Ignore => {
+                if let Some(reason) = stopped {
+                    stop(&mut domains, name, reason);
+                }
+            }
+        }
+    }
+    publish(shared);
+}
+
+/// Starts serving a running domain, unless this run of it is served already.
+fn serve(
+    shared: &Arc<Shared>,
+    domains: &mut HashMap<String, Running>,
+    name: String,
+    id: u32,
+    devices: Devices,
+) {
+    if domains
+        .get(&name)
+        .is_some_and(|r| r.id == id && r.devices == devices)
+    {
+        return;
+    }
+    if domains.contains_key(&name) {
+        // Restarted (new id) or its devices changed: start over.
+        stop(domains, &name, "restarted");
+    }
+    let alive = shared.shutdown.child_token();
+    let consoles = devices
+        .consoles
+        .iter()
+        .map(|alias| {
+            let spec = ConsoleSpec {
+                guest: name.clone(),
+                name: alias.clone(),
+                connector: console_connector(Arc::downgrade(shared), name.clone(), alias.clone()),
+                log: shared.log_dir.join(format!("{name}.{alias}.log")),
+                scrollback_bytes: shared.scrollback_bytes,
+            };
+            (alias.clone(), ConsoleHub::start(spec, alive.clone()))
+        })
+        .collect();
+    let channels = devices
+        .channels
+        .iter()
+        .map(|c| (c.clone(), Arc::new(Slot::default())))
+        .collect();
+    tracing::info!(domain = %name, id, consoles = ?devices.consoles, channels = ?devices.channels, vnc = devices.vnc.is_some(), "serving domain");
+    domains.insert(
+        name,
+        Running {
+            id,
+            devices,
+            consoles,
+            channels,
+            alive,
+            stop_reason: Arc::new(OnceLock::new()),
+        },
+    );
+}
+
+/// Stops serving a domain: its hubs stop, its sessions close.
+fn stop(domains: &mut HashMap<String, Running>, name: &str, reason: &str) {
+    if let Some(r) = domains.remove(name) {
+        tracing::info!(domain = %name, reason, "domain stopped; closing its sessions");
+        let _ = r.stop_reason.set(reason.to_string());
+        r.alive.cancel();
+    }
+}
+
+fn publish(shared: &Shared) {
+    let domains = shared.domains.lock().expect("domains lock");
+    let mut guests: Vec<GuestInfo> = domains
+        .iter()
+        .map(|(name, r)| {
+            let d = &r.devices;
+            let mut channels: Vec<ChannelInfo> = d
+                .consoles
+                .iter()
+                .map(|c| ChannelInfo {
+                    name: c.clone(),
+                    kind: ChannelKind::Serial,
+                })
+                .collect();
+            if d.vnc.is_some() {
+                channels.push(ChannelInfo {
+                    name: "vnc".into(),
+                    kind: ChannelKind::Vnc,
+                });
+            }
+            channels.extend(d.channels.iter().map(|c| ChannelInfo {
+                name: c.clone(),
+                kind: ChannelKind::Channel,
+            }));
+            GuestInfo {
+                name: name.clone(),
+                state: GuestState::Running,
+                channels,
+            }
+        })
+        .collect();
+    guests.sort_by(|a, b| a.name.cmp(&b.name));
+    shared.inventory.send_if_modified(|inv| {
+        let changed = inv.guests != guests;
+        inv.guests = guests;
+        changed
+    });
+}
+
+fn child<'a, 'i>(n: roxmltree::Node<'a, 'i>, tag: &str) -> Option<roxmltree::Node<'a, 'i>> {
+    n.children().find(|c| c.has_tag_name(tag))
+}
+
+/// Reads the endpoints the agent can open from a domain's live XML.
+fn parse_devices(xml: &str) -> Result<Devices, String> {
+    let doc = roxmltree::Document::parse(xml).map_err(|e| e.to_string())?;
+    let mut out = Devices::default();
+    let Some(devices) = doc.descendants().find(|n| n.has_tag_name("devices")) else {
+        return Ok(out);
+    };
+    let mut graphics = 0u32;
+    for n in devices.children().filter(|n| n.is_element()) {
+        let ty = n.attribute("type");
+        match n.tag_name().name() {
+            // virDomainOpenConsole opens pty consoles only. A <console>
+            // whose target is the serial port is that serial port again.
+            "serial" | "console" if ty == Some("pty") => {
+                let target = child(n, "target").and_then(|t| t.attribute("type"));
+                if n.has_tag_name("console") && target == Some("serial") {
+                    continue;
+                }
+                if let Some(alias) = child(n, "alias").and_then(|a| a.attribute("name")) {
+                    out.consoles.push(alias.to_string());
+                }
+            }
+            // virDomainOpenChannel opens unix channels only.
+            "channel" if ty == Some("unix") => {
+                let target = child(n, "target");
+                if target.and_then(|t| t.attribute("type")) == Some("virtio") {
+                    if let Some(name) = target.and_then(|t| t.attribute("name")) {
+                        out.channels.push(name.to_string());
+                    }
+                }
+            }
+            "graphics" => {
+                if ty == Some("vnc") && out.vnc.is_none() {
+                    out.vnc = Some(graphics);
+                }
+                graphics += 1;
+            }
+            _ => {}
+        }
+    }
+    // Names travel in the wire header and must not collide with each other
+    // or with `vnc`.
+    let mut seen = std::collections::HashSet::from(["vnc".to_string()]);
+    out.consoles
+        .retain(|c| vmgate_wire::valid_name(c) && seen.insert(c.clone()));
+    out.channels
+        .retain(|c| vmgate_wire::valid_name(c) && seen.insert(c.clone()));
+    Ok(out)
+}
+
+fn io_err(e: virt::error::Error) -> io::Error {
+    io::Error::other(e.message().to_string())
+}
+
+/// A connection of its own for one stream (blocking).
+///
+/// A thread blocked in `virStreamRecv` holds the connection's I/O: other
+/// calls on the same connection (lookups, other streams' sends) were seen
+/// to wait for the next keepalive, seconds later. With one connection per
+/// stream, its only users are its two bridge threads, and the agent's main
+/// connection (events, lookups, VNC) is never blocked by a stream.
+fn stream_connection(uri: &str) -> io::Result<Connect> {
+    Connect::open(Some(uri)).map_err(io_err)
+}
+
+fn not_connected() -> io::Error {
+    io::Error::other("libvirtd is not reachable (the agent reconnects)")
+}
+
+/// Opens a domain's console through `virDomainOpenConsole` on each
+/// (re)connect of its hub.
+fn console_connector(shared: Weak<Shared>, domain: String, alias: String) -> Connector {
+    Arc::new(move |force| {
+        let (shared, domain, alias) = (shared.clone(), domain.clone(), alias.clone());
+        Box::pin(async move {
+            let shared = shared
+                .upgrade()
+                .ok_or_else(|| io::Error::other("agent shutting down"))?;
+            current_conn(&shared).ok_or_else(not_connected)?;
+            let force = force || shared.cfg.console_force;
+            let handle = Handle::current();
+            let what = format!("console {alias} of {domain}");
+            let uri = shared.cfg.uri.clone();
+            tokio::task::spawn_blocking(move || {
+                let conn = stream_connection(&uri)?;
+                let dom = conn.lookup_domain_by_name(&domain).map_err(io_err)?;
+                let stream = Stream::new(&conn, 0).map_err(io_err)?;
+                let mut flags = sys::VIR_DOMAIN_CONSOLE_SAFE;
+                if force {
+                    flags |= sys::VIR_DOMAIN_CONSOLE_FORCE;
+                }
+                dom.open_console(Some(&alias), &stream, flags)
+                    .map_err(io_err)?;
+                bridge(stream, handle, what, StreamEnd::Eof)
+            })
+            .await
+            .map_err(io::Error::other)?
+        })
+    })
+}
+
+/// What the tokio side sees when libvirt ends a bridged stream.
+enum StreamEnd {
+    /// End-of-stream (a console hub reconnects on it).
+    Eof,
+    /// Nothing on the pipe; this token is cancelled instead, so the session
+    /// can close with a reason. A libvirt stream does not half-close: its
+    /// end means QEMU or libvirtd went away, which a bare end-of-stream
+    /// would not tell the user.
+    Signal(CancellationToken),
+}
+
+/// A socket whose end-of-stream cancels `ended` instead of being read (see
+/// [`StreamEnd::Signal`]); the session then closes with a reason. After our
+/// own shutdown (the client's end-of-input) the peer closing is an ordinary
+/// end-of-stream.
+struct SignalOnEof<S> {
+    inner: S,
+    ended: CancellationToken,
+    shut: bool,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for SignalOnEof<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        if self.ended.is_cancelled() {
+            return std::task::Poll::Pending;
+        }
+        let (before, room) = (buf.filled().len(), buf.remaining());
+        let res = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(res, std::task::Poll::Ready(Ok(())))
+            && room > 0
+            && buf.filled().len() == before
+            && !self.shut
+        {
+            // Nothing will wake this read again: the session's close does.
+            self.ended.cancel();
+            return std::task::Poll::Pending;
+        }
+        res
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for SignalOnEof<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.shut = true;
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Bridges a blocking libvirt stream to tokio.
+///
+/// Non-blocking libvirt streams need libvirt's event loop to drive them and
+/// callbacks the `virt` crate cannot register safely, so the stream stays
+/// blocking and gets two threads: one receives from libvirt and writes into
+/// an in-memory pipe, one reads the pipe and sends to libvirt. The pipe
+/// (`tokio::io::duplex`) holds at most [`BRIDGE_BUF`] bytes per direction,
+/// so a slow side slows the other down instead of queueing. When the tokio
+/// side goes away, the sending thread aborts the stream, which also wakes
+/// the receiving thread; when libvirt ends the stream, the tokio side reads
+/// end-of-stream.
+fn bridge(
+    stream: Stream,
+    handle: Handle,
+    what: String,
+    end: StreamEnd,
+) -> io::Result<Box<dyn Duplex>> {
+    let (ours, theirs) = tokio::io::duplex(BRIDGE_BUF);
+    let (mut from_tokio, mut to_tokio) = tokio::io::split(ours);
+    // Set when the tokio side ended its input and we aborted the stream:
+    // the stream's end is then an ordinary end-of-stream.
+    let we_closed = Arc::new(AtomicBool::new(false));
+    let we_closed_rx = we_closed.clone();
+    let receiver = stream.clone();
+    let h = handle.clone();
+    let what_rx = what.clone();
+    std::thread::Builder::new()
+        .name("virstream-recv".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; BRIDGE_BUF];
+            loop {
+                match receiver.recv(&mut buf) {
+                    Ok(n) if n > 0 => {
+                        if h.block_on(to_tokio.write_all(&buf[..n as usize])).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::debug!(stream = %what_rx, error = %e.message(), "libvirt stream ended");
+                        break;
+                    }
+                }
+            }
+            match end {
+                StreamEnd::Signal(token) if !we_closed_rx.load(Ordering::SeqCst) => token.cancel(),
+                // The pipe's other half is still held by the sending thread,
+                // so dropping ours is not enough for end-of-stream.
+                _ => {
+                    let _ = h.block_on(to_tokio.shutdown());
+                }
+            }
+        })?;
+    std::thread::Builder::new()
+        .name("virstream-send".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; BRIDGE_BUF];
+            'pipe: loop {
+                let n = match handle.block_on(from_tokio.read(&mut buf)) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let mut sent = 0;
+                while sent < n {
+                    match stream.send(&buf[sent..n]) {
+                        Ok(k) if k > 0 => sent += k as usize,
+                        Ok(_) => break 'pipe,
+                        Err(e) => {
+                            tracing::debug!(stream = %what, error = %e.message(), "libvirt stream send failed");
+                            break 'pipe;
+                        }
+                    }
+                }
+            }
+            // Wakes the receiving thread if it still waits on libvirt.
+            we_closed.store(true, Ordering::SeqCst);
+            let _ = stream.abort();
+        })?;
+    Ok(Box::new(theirs))
+}
+
+impl LibvirtBackend {
+    fn conn(&self, guest: &str) -> Result<Connect, Close> {
+        current_conn(&self.shared).ok_or_else(|| {
+            Close::new(
+                CloseCode::BackendError,
+                format!("guest {guest}: libvirtd is not reachable right now; try again shortly"),
+            )
+        })
+    }
+
+    async fn open_console(&self, hub: ConsoleHub, req: &OpenRequest) -> Result<Opened, Close> {
+        if !hub.connected() {
+            // Just started, or libvirtd just came back: give the hub a
+            // moment. With --force, take the console from whoever holds it
+            // (an administrator's `virsh console`).
+            let mut state = hub.watch_connected();
+            hub.retry_now(req.force);
+            let _ = tokio::time::timeout(CONNECT_WAIT, state.wait_for(|c| *c)).await;
+        }
+        if !hub.connected() {
+            let why = hub.last_error().unwrap_or_else(|| "connecting".into());
+            // libvirt reports a held console only in its message (the code
+            // is the generic VIR_ERR_OPERATION_FAILED).
+            return Err(if why.contains("Active console session") {
+                Close::new(
+                    CloseCode::ChannelInUse,
+                    format!(
+                        "{} of {} is held by another console client; use --force to take it over",
+                        req.channel, req.guest
+                    ),
+                )
+            } else {
+                Close::new(
+                    CloseCode::BackendError,
+                    format!("{} of {} is not connected: {why}", req.channel, req.guest),
+                )
+            });
+        }
+        let (rx, tx) = hub.attach(req.session, req.mode, req.force);
+        Ok(Opened::Console(rx, tx))
+    }
+}
+
+impl Backend for LibvirtBackend {
+    fn inventory(&self) -> watch::Receiver<Inventory> {
+        self.shared.inventory.subscribe()
+    }
+
+    async fn open(&self, req: &OpenRequest) -> Result<Opened, Close> {
+        let (hub, slot, vnc) = {
+            let domains = self.shared.domains.lock().expect("domains lock");
+            let r = domains.get(&req.guest).ok_or_else(|| {
+                Close::new(
+                    CloseCode::UnknownGuest,
+                    format!(
+                        "no running domain {} on node {}",
+                        req.guest, self.shared.node
+                    ),
+                )
+            })?;
+            (
+                r.consoles.get(&req.channel).cloned(),
+                r.channels.get(&req.channel).cloned(),
+                r.devices.vnc,
+            )
+        };
+        if let Some(hub) = hub {
+            return self.open_console(hub, req).await;
+        }
+        let guest = req.guest.clone();
+        if req.channel == "vnc" {
+            if let Some(idx) = vnc {
+                let conn = self.conn(&guest)?;
+                let what = format!("VNC of {guest}");
+                let fd = tokio::task::spawn_blocking(move || {
+                    let dom = conn.lookup_domain_by_name(&guest)?;
+                    dom.open_graphics_fd(idx, sys::VIR_DOMAIN_OPEN_GRAPHICS_SKIPAUTH)
+                })
+                .await
+                .map_err(|e| Close::new(CloseCode::Internal, e.to_string()))?
+                .map_err(|e| {
+                    Close::new(CloseCode::BackendError, format!("{what}: {}", e.message()))
+                })?;
+                let std_stream = std::os::unix::net::UnixStream::from(ffi::adopt_fd(fd));
+                let stream = std_stream
+                    .set_nonblocking(true)
+                    .and_then(|_| tokio::net::UnixStream::from_std(std_stream))
+                    .map_err(|e| Close::new(CloseCode::BackendError, format!("{what}: {e}")))?;
+                let ended = CancellationToken::new();
+                self.shared
+                    .stream_ends
+                    .lock()
+                    .expect("stream_ends lock")
+                    .insert(req.session, ended.clone());
+                return Ok(Opened::Stream {
+                    stream: Box::new(SignalOnEof {
+                        inner: stream,
+                        ended,
+                        shut: false,
+                    }),
+                    what,
+                    stop: None,
+                });
+            }
+        }
+        if let Some(slot) = slot {
+            let what = format!("channel {} of {}", req.channel, guest);
+            let held = slot.take(req.session, req.force, &what)?;
+            self.conn(&guest)?;
+            let uri = self.shared.cfg.uri.clone();
+            let (name, force) = (req.channel.clone(), req.force);
+            let handle = Handle::current();
+            let w = what.clone();
+            let ended = CancellationToken::new();
+            let end = StreamEnd::Signal(ended.clone());
+            let stream = tokio::task::spawn_blocking(move || {
+                let conn = stream_connection(&uri)?;
+                let dom = conn.lookup_domain_by_name(&guest).map_err(io_err)?;
+                let stream = Stream::new(&conn, 0).map_err(io_err)?;
+                // Our own slot already decided who may have the channel;
+                // FORCE also ends a stream of the session just taken over.
+                let flags = if force {
+                    sys::VIR_DOMAIN_CHANNEL_FORCE
+                } else {
+                    0
+                };
+                dom.open_channel(Some(&name), &stream, flags)
+                    .map_err(io_err)?;
+                bridge(stream, handle, w, end)
+            })
+            .await
+            .map_err(|e| Close::new(CloseCode::Internal, e.to_string()))?
+            .map_err(|e| Close::new(CloseCode::BackendError, format!("{what}: {e}")))?;
+            self.shared
+                .stream_ends
+                .lock()
+                .expect("stream_ends lock")
+                .insert(req.session, ended);
+            return Ok(Opened::Stream {
+                stream,
+                what,
+                stop: Some(held),
+            });
+        }
+        Err(Close::new(
+            CloseCode::UnknownChannel,
+            format!("guest {} has no channel {}", req.guest, req.channel),
+        ))
+    }
+
+    fn session_end(
+        &self,
+        req: &OpenRequest,
+    ) -> impl std::future::Future<Output = Close> + Send + 'static {
+        let run = self
+            .shared
+            .domains
+            .lock()
+            .expect("domains lock")
+            .get(&req.guest)
+            .map(|r| (r.alive.clone(), r.stop_reason.clone()));
+        let stream_end = self
+            .shared
+            .stream_ends
+            .lock()
+            .expect("stream_ends lock")
+            .remove(&req.session);
+        let what = format!("{} of {}", req.channel, req.guest);
+        let shutdown = self.shared.shutdown.clone();
+        async move {
+            let Some((alive, why)) = run else {
+                return Close::new(CloseCode::GuestDown, "guest stopped");
+            };
+            let ended = async {
+                match stream_end {
+                    Some(t) => t.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = alive.cancelled() => {}
+                _ = ended => {
+                    // Usually the domain stopping; its event follows.
+                    let stopped = tokio::time::timeout(STREAM_END_GRACE, alive.cancelled()).await;
+                    if stopped.is_err() {
+                        return Close::new(
+                            CloseCode::BackendError,
+                            format!("libvirt ended the stream to {what} (libvirtd restarted?); reconnect"),
+                        );
+                    }
+                }
+            }
+            if shutdown.is_cancelled() {
+                return Close::new(CloseCode::GoingAway, "the agent is shutting down");
+            }
+            let why = why.get().map(String::as_str).unwrap_or("no longer running");
+            Close::new(CloseCode::GuestDown, format!("guest stopped ({why})"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIVE: &str = r#"<domain type='qemu' id='3'>
+      <name>demo</name>
+      <devices>
+        <serial type='pty'>
+          <source path='/dev/pts/3'/>
+          <target type='isa-serial' port='0'><model name='isa-serial'/></target>
+          <alias name='serial0'/>
+        </serial>
+        <console type='pty' tty='/dev/pts/3'>
+          <target type='serial' port='0'/>
+          <alias name='serial0'/>
+        </console>
+        <console type='pty'>
+          <target type='virtio' port='1'/>
+          <alias name='console1'/>
+        </console>
+        <serial type='file'><target port='1'/><alias name='serial1'/></serial>
+        <channel type='unix'>
+          <source mode='bind' path='/var/lib/libvirt/qemu/channel/target/domain-3-demo/test.echo'/>
+          <target type='virtio' name='test.echo' state='disconnected'/>
+          <alias name='channel0'/>
+        </channel>
+        <channel type='spicevmc'><target type='virtio' name='com.redhat.spice.0'/></channel>
+        <channel type='unix'><target type='virtio' name='bad/name'/></channel>
+        <graphics type='spice' autoport='yes'/>
+        <graphics type='vnc' socket='/run/vnc.sock'/>
+      </devices>
+    </domain>"#;
+
+    #[test]
+    fn parses_pty_consoles_unix_channels_and_the_vnc_index() {
+        let d = parse_devices(LIVE).unwrap();
+        assert_eq!(d.consoles, vec!["serial0", "console1"]);
+        assert_eq!(d.channels, vec!["test.echo"]);
+        assert_eq!(d.vnc, Some(1));
+    }
+
+    #[test]
+    fn a_domain_without_devices_has_no_endpoints_and_bad_xml_is_an_error() {
+        assert_eq!(
+            parse_devices("<domain><name>x</name></domain>").unwrap(),
+            Devices::default()
+        );
+        assert!(parse_devices("<domain>").is_err());
+    }
+
+    #[test]
+    fn stop_reasons_name_the_cause() {
+        assert_eq!(
+            stop_reason(
+                sys::VIR_DOMAIN_EVENT_STOPPED,
+                sys::VIR_DOMAIN_EVENT_STOPPED_DESTROYED
+            ),
+            Some("destroyed")
+        );
+        assert!(stop_reason(
+            sys::VIR_DOMAIN_EVENT_STOPPED,
+            sys::VIR_DOMAIN_EVENT_STOPPED_MIGRATED
+        )
+        .unwrap()
+        .contains("migrated"));
+        assert_eq!(
+            stop_reason(sys::VIR_DOMAIN_EVENT_CRASHED, 0),
+            Some("crashed")
+        );
+        assert_eq!(stop_reason(sys::VIR_DOMAIN_EVENT_SHUTDOWN, 0), None);
+        assert_eq!(stop_reason(sys::VIR_DOMAIN_EVENT_STARTED, 0), None);
+    }
+}

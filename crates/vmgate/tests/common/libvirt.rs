@@ -1,0 +1,179 @@
+//! The test guest as a transient libvirt domain, and the daemons under it.
+//!
+//! The domain boots the test kit's kernel and initramfs directly, with a pty
+//! serial port (`serial0`), a unix virtio channel (`test.echo`) and VNC on a
+//! unix socket, under TCG. Domain names are host-wide, so each test gets its
+//! own (`vmgate-t<pid>-<n>`); a domain left by a killed test run is
+//! destroyed the next time the harness starts.
+//!
+//! libvirtd and virtlogd are started by `scripts/libvirt-up` (installed by
+//! `scripts/deps.d/libvirt.sh`) if they are not running.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use vmgate_testkit::{GuestImage, ECHO_CHANNEL, KERNEL_CMDLINE};
+
+pub const URI: &str = "qemu:///system";
+
+/// Serialises tests that restart libvirtd against tests that need it up:
+/// those take it shared, a restart takes it exclusively.
+pub static DAEMON: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn virsh(args: &[&str]) -> Output {
+    Command::new("virsh")
+        .args(["-q", "-c", URI])
+        .args(args)
+        .output()
+        .expect("running virsh (install it with scripts/deps.d/libvirt.sh)")
+}
+
+fn virsh_ok(args: &[&str]) -> String {
+    let out = virsh(args);
+    assert!(
+        out.status.success(),
+        "virsh {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Starts virtlogd and libvirtd if needed (once per test process), and
+/// destroys domains that earlier, killed test processes left running.
+pub fn ensure_daemons() {
+    static DONE: Mutex<bool> = Mutex::new(false);
+    let mut done = DONE.lock().unwrap();
+    if *done {
+        return;
+    }
+    daemons_up();
+    for name in virsh_ok(&["list", "--name"]).lines() {
+        let Some(pid) = name
+            .strip_prefix("vmgate-t")
+            .and_then(|r| r.split('-').next())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = virsh(&["destroy", name]);
+        }
+    }
+    *done = true;
+}
+
+fn daemons_up() {
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/libvirt-up"))
+        .output()
+        .expect("running scripts/libvirt-up");
+    assert!(
+        out.status.success(),
+        "scripts/libvirt-up failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Stops libvirtd (SIGTERM, as a service manager would) and starts it again;
+/// running domains survive and libvirtd takes them back.
+pub fn restart_libvirtd() {
+    let pid = std::fs::read_to_string("/var/run/libvirtd.pid").expect("libvirtd pid file");
+    let pid = pid.trim();
+    let status = Command::new("kill").args(["-TERM", pid]).status().unwrap();
+    assert!(status.success(), "kill libvirtd {pid}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // Gone, or a zombie its parent has yet to reap.
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+            st.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+    };
+    while alive() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "libvirtd did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    daemons_up();
+}
+
+/// A unique domain name for this test.
+pub fn unique_name() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "vmgate-t{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A running transient domain; destroyed when dropped.
+pub struct Domain {
+    pub name: String,
+    pub vnc_socket: PathBuf,
+}
+
+impl Domain {
+    /// Defines and starts the test guest as transient domain `name`.
+    pub fn create(name: &str, image: &GuestImage, run_dir: &Path) -> Domain {
+        std::fs::create_dir_all(run_dir).unwrap();
+        let vnc_socket = run_dir.join(format!("{name}.vnc.sock"));
+        let xml = format!(
+            r#"<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>128</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{kernel}</kernel>
+    <initrd>{initrd}</initrd>
+    <cmdline>{KERNEL_CMDLINE}</cmdline>
+  </os>
+  <on_reboot>restart</on_reboot>
+  <devices>
+    <serial type='pty'><target port='0'/></serial>
+    <console type='pty'><target type='serial' port='0'/></console>
+    <controller type='virtio-serial' index='0'/>
+    <channel type='unix'>
+      <source mode='bind'/>
+      <target type='virtio' name='{ECHO_CHANNEL}'/>
+    </channel>
+    <graphics type='vnc' socket='{vnc}'/>
+    <video><model type='vga'/></video>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"#,
+            kernel = image.kernel.display(),
+            initrd = image.initrd.display(),
+            vnc = vnc_socket.display(),
+        );
+        let path = run_dir.join(format!("{name}.xml"));
+        std::fs::write(&path, xml).unwrap();
+        virsh_ok(&["create", path.to_str().unwrap()]);
+        Domain {
+            name: name.into(),
+            vnc_socket,
+        }
+    }
+
+    /// Pulls the plug (`virsh destroy`).
+    pub fn destroy(&self) {
+        virsh_ok(&["destroy", &self.name]);
+    }
+}
+
+impl Drop for Domain {
+    fn drop(&mut self) {
+        let _ = virsh(&["destroy", &self.name]);
+    }
+}

@@ -1,0 +1,185 @@
+//! What only the libvirt backend does: it follows libvirt's lifecycle
+//! events, closes the sessions of a domain that stops, survives a libvirtd
+//! restart, and opens channels and VNC through libvirt's APIs. Real
+//! libvirtd, real QEMU, real agent and gateway processes.
+
+mod common;
+
+use common::libvirt::{restart_libvirtd, DAEMON};
+use common::{Backend, Event, Session, Stack};
+use futures_util::SinkExt;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn a_domain_started_after_the_agent_is_routed_without_a_restart() {
+    let stack = Stack::start_backend(Backend::Libvirt).await;
+    let late = format!("{}.late", stack.name);
+    let t = stack.ticket(&late, &["serial0"], false);
+    let (code, reason) = Session::new(stack.connect(&t.ws_url).await).closed().await;
+    assert_eq!(code, 4404, "{reason}");
+
+    let _domain = stack.create_domain(&late).await;
+    // The agent learns of it from libvirt's event and pushes its inventory;
+    // the same gateway and agent processes route it.
+    stack.wait_routable_guest(&late).await;
+    stack.wait_booted(&late).await;
+    let t = stack.ticket(&late, &["serial0"], false);
+    let mut s = Session::new(stack.connect(&t.ws_url).await);
+    s.expect_notice("you hold the keyboard").await;
+    s.send(b"echo late-$((20+3))\n").await;
+    s.expect("late-23").await;
+    let log = stack.log("agent.log");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("serving domain") && l.contains(&late)),
+        "agent log:\n{}",
+        stack.log("agent.log")
+    );
+}
+
+#[tokio::test]
+async fn serial_channel_and_vnc_work_and_a_destroyed_domain_closes_them_with_guest_stopped() {
+    let stack = Stack::start_backend(Backend::Libvirt).await;
+    let mut serial = stack.serial().await;
+    serial.expect_notice("you hold the keyboard").await;
+    // A channel session through virDomainOpenChannel, echoing.
+    let t = stack.ticket(&stack.name, &["test.echo"], false);
+    let mut first = Session::new(stack.connect(&t.ws_url).await);
+    first.send(b"ping-libvirt").await;
+    first.expect("ping-libvirt").await;
+    // The client's end of input ends the channel session normally, and
+    // frees the channel for the next one.
+    first
+        .ws
+        .send(Message::text(r#"{"type":"eof"}"#))
+        .await
+        .unwrap();
+    let (code, reason) = closed_or_log(&stack, &mut first).await;
+    // Both directions ended: the gateway closes without an error code.
+    assert!(code == 1000 || code == 1005, "{code} {reason}");
+    let t = stack.ticket(&stack.name, &["test.echo"], false);
+    let mut echo = Session::new(stack.connect(&t.ws_url).await);
+    echo.send(b"pong-libvirt").await;
+    echo.expect("pong-libvirt").await;
+    // VNC through virDomainOpenGraphicsFD: a fresh RFB connection, with no
+    // VNC listener involved.
+    let t = stack.ticket(&stack.name, &["vnc"], false);
+    let mut vnc = Session::new(stack.connect(&t.ws_url).await);
+    vnc.expect("RFB 003.008\n").await;
+
+    stack.domain.as_ref().unwrap().destroy();
+    for s in [&mut serial, &mut echo, &mut vnc] {
+        let (code, reason) = closed_or_log(&stack, s).await;
+        assert_eq!(code, 4410, "{reason}");
+        assert!(reason.contains("guest stopped"), "{reason}");
+        assert!(reason.contains("destroyed"), "{reason}");
+    }
+    // And it is gone from the inventory: new sessions are refused.
+    let t = stack.ticket(&stack.name, &["serial0"], false);
+    let (code, reason) = Session::new(stack.connect(&t.ws_url).await).closed().await;
+    assert!(code == 4404 || code == 4410, "{code} {reason}");
+}
+
+/// Waits for the session's close; on a timeout, shows the agent's log.
+async fn closed_or_log(stack: &Stack, s: &mut Session) -> (u16, String) {
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match s.next_event(left).await {
+            Event::Closed(code, reason) => return (code, reason),
+            Event::Timeout => panic!(
+                "session not closed; events: {:?} {:?}\nagent log:\n{}\ngateway log:\n{}",
+                s.notices,
+                s.text(),
+                stack.log("agent.log"),
+                stack.log("gateway.log")
+            ),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_libvirtd_restart_under_a_running_agent_is_survived() {
+    // Other tests in this binary need libvirtd up: restart it alone.
+    let exclusive = DAEMON.write().await;
+    let stack = Stack::start_with_daemon_held(Backend::Libvirt).await;
+    let mut before = stack.serial().await;
+    before.expect_notice("you hold the keyboard").await;
+
+    tokio::task::spawn_blocking(restart_libvirtd).await.unwrap();
+    // The console stream went with the daemon: the session is told and
+    // stays attached while the agent reconnects.
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while !stack
+        .log("agent.log")
+        .contains("lost the libvirt connection")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "agent never noticed; agent log:\n{}",
+            stack.log("agent.log")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    before.expect_notice("disconnected").await;
+    while stack
+        .log("agent.log")
+        .matches("connected to libvirt")
+        .count()
+        < 2
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "agent never reconnected; agent log:\n{}",
+            stack.log("agent.log")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // New sessions work, and so does the one that stayed.
+    let mut after = stack.serial().await;
+    after.expect_notice("keyboard").await;
+    before.send(b"echo survived-$((30+3))\n").await;
+    after.expect("survived-33").await;
+    before.expect("survived-33").await;
+    drop(exclusive);
+}
+
+#[tokio::test]
+async fn an_administrators_virsh_console_and_force_take_the_console_from_each_other() {
+    let stack = Stack::start_backend(Backend::Libvirt).await;
+    let mut s = stack.serial().await;
+    s.expect_notice("you hold the keyboard").await;
+    // The host administrator takes the console over for recovery (`virsh
+    // console` wants a terminal: `script` gives it one).
+    let mut admin = std::process::Command::new("script")
+        .args([
+            "-qfc",
+            &format!(
+                "virsh -c {} console --force {}",
+                common::libvirt::URI,
+                stack.name
+            ),
+            "/dev/null",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("running script(1)");
+    s.expect_notice("disconnected").await;
+    // vmgate does not take it back by itself: a session is refused, and told
+    // how to take it.
+    let t = stack.ticket(&stack.name, &["serial0"], false);
+    let (code, reason) = Session::new(stack.connect(&t.ws_url).await).closed().await;
+    assert_eq!(code, 4409, "{reason}");
+    assert!(reason.contains("--force"), "{reason}");
+    // With --force it does (VIR_DOMAIN_CONSOLE_FORCE), and it works.
+    let t = stack.ticket(&stack.name, &["serial0"], false);
+    let mut f = Session::new(stack.connect(&format!("{}&force=true", t.ws_url)).await);
+    f.expect_notice("keyboard").await;
+    f.send(b"echo taken-back-$((40+2))\n").await;
+    f.expect("taken-back-42").await;
+    let _ = admin.kill();
+    let _ = admin.wait();
+}
