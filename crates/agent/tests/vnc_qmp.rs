@@ -28,6 +28,8 @@ fn config(dir: &std::path::Path, qmp: std::path::PathBuf) -> AgentConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         log_dir: dir.join("logs"),
         scrollback_bytes: 1024,
+        backend: Default::default(),
+        libvirt: Default::default(),
         tls: AgentTls {
             cert: dir.join("unused.pem"),
             key: dir.join("unused.key"),

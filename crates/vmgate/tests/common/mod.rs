@@ -311,7 +311,6 @@ impl Stack {
         }
     }
 
-
     fn spawn_gateway(&mut self) {
         self.gateway = Some(spawn(
             &[
