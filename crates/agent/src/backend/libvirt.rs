@@ -15,10 +15,10 @@
 //! When a domain stops (shut down, destroyed, crashed, migrated away) its
 //! sessions are closed with [`CloseCode::GuestDown`] "guest stopped".
 //!
-//! libvirt calls block, so they run on tokio's blocking pool. A libvirt
-//! stream is either blocking or driven by libvirt's own event loop; it is
-//! bridged to tokio by [`bridge`]: one thread per direction, through a
-//! bounded in-memory pipe.
+//! libvirt calls block, so they run on tokio's blocking pool. Streams are
+//! non-blocking, woken by libvirt's event loop, each on a connection of its
+//! own, and bridged to tokio by [`bridge`]: one thread per direction,
+//! through a bounded in-memory pipe.
 
 mod ffi;
 
