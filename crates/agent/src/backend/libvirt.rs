@@ -15,10 +15,10 @@
 //! When a domain stops (shut down, destroyed, crashed, migrated away) its
 //! sessions are closed with [`CloseCode::GuestDown`] "guest stopped".
 //!
-//! libvirt calls block, so they run on tokio's blocking pool. A libvirt
-//! stream is either blocking or driven by libvirt's own event loop; it is
-//! bridged to tokio by [`bridge`]: one thread per direction, through a
-//! bounded in-memory pipe.
+//! libvirt calls block, so they run on tokio's blocking pool. Streams are
+//! non-blocking, woken by libvirt's event loop, each on a connection of its
+//! own, and bridged to tokio by [`bridge`]: one thread per direction,
+//! through a bounded in-memory pipe.
 
 mod ffi;
 
@@ -528,13 +528,9 @@ fn io_err(e: virt::error::Error) -> io::Error {
     io::Error::other(e.message().to_string())
 }
 
-/// A connection of its own for one stream (blocking).
-///
-/// A thread blocked in `virStreamRecv` holds the connection's I/O: other
-/// calls on the same connection (lookups, other streams' sends) were seen
-/// to wait for the next keepalive, seconds later. With one connection per
-/// stream, its only users are its two bridge threads, and the agent's main
-/// connection (events, lookups, VNC) is never blocked by a stream.
+/// A connection of its own for one stream (blocking), so a busy stream
+/// never delays the agent's main connection (events, lookups, VNC) or
+/// another stream.
 fn stream_connection(uri: &str) -> io::Result<Connect> {
     Connect::open(Some(uri)).map_err(io_err)
 }
@@ -560,14 +556,14 @@ fn console_connector(shared: Weak<Shared>, domain: String, alias: String) -> Con
             tokio::task::spawn_blocking(move || {
                 let conn = stream_connection(&uri)?;
                 let dom = conn.lookup_domain_by_name(&domain).map_err(io_err)?;
-                let stream = Stream::new(&conn, 0).map_err(io_err)?;
+                let stream = Stream::new(&conn, sys::VIR_STREAM_NONBLOCK).map_err(io_err)?;
                 let mut flags = sys::VIR_DOMAIN_CONSOLE_SAFE;
                 if force {
                     flags |= sys::VIR_DOMAIN_CONSOLE_FORCE;
                 }
                 dom.open_console(Some(&alias), &stream, flags)
                     .map_err(io_err)?;
-                bridge(stream, handle, what, StreamEnd::Eof)
+                bridge(&conn, stream, handle, what, StreamEnd::Eof)
             })
             .await
             .map_err(io::Error::other)?
@@ -643,18 +639,19 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for SignalOnEof<S> 
     }
 }
 
-/// Bridges a blocking libvirt stream to tokio.
+/// Bridges a libvirt stream to tokio.
 ///
-/// Non-blocking libvirt streams need libvirt's event loop to drive them and
-/// callbacks the `virt` crate cannot register safely, so the stream stays
-/// blocking and gets two threads: one receives from libvirt and writes into
-/// an in-memory pipe, one reads the pipe and sends to libvirt. The pipe
-/// (`tokio::io::duplex`) holds at most [`BRIDGE_BUF`] bytes per direction,
-/// so a slow side slows the other down instead of queueing. When the tokio
-/// side goes away, the sending thread aborts the stream, which also wakes
-/// the receiving thread; when libvirt ends the stream, the tokio side reads
-/// end-of-stream.
+/// The stream is non-blocking and libvirt's event loop says when it has
+/// data ([`ffi::stream_watch`]); a blocking `virStreamRecv` was seen to miss
+/// wake-ups while libvirt's event loop runs (output stalled until the next
+/// keepalive). Two threads move the bytes, one per direction, through an
+/// in-memory pipe (`tokio::io::duplex`) holding at most [`BRIDGE_BUF`]
+/// bytes per direction, so a slow side slows the other down instead of
+/// queueing. When the tokio side ends its input, the sending thread aborts
+/// the stream and wakes the receiving one; when libvirt ends the stream, the
+/// tokio side sees `end`.
 fn bridge(
+    conn: &Connect,
     stream: Stream,
     handle: Handle,
     what: String,
@@ -666,7 +663,11 @@ fn bridge(
     // the stream's end is then an ordinary end-of-stream.
     let we_closed = Arc::new(AtomicBool::new(false));
     let we_closed_rx = we_closed.clone();
+    let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel::<()>(1);
+    ffi::stream_watch(&stream, wake_tx.clone()).map_err(io_err)?;
+    ffi::wake_on_close(conn, wake_tx.clone()).map_err(io_err)?;
     let receiver = stream.clone();
+    let rx_conn = conn.clone();
     let h = handle.clone();
     let what_rx = what.clone();
     std::thread::Builder::new()
@@ -674,19 +675,31 @@ fn bridge(
         .spawn(move || {
             let mut buf = vec![0u8; BRIDGE_BUF];
             loop {
-                match receiver.recv(&mut buf) {
-                    Ok(n) if n > 0 => {
-                        if h.block_on(to_tokio.write_all(&buf[..n as usize])).is_err() {
+                match ffi::stream_recv(&receiver, &mut buf) {
+                    Ok(Some(0)) => break,
+                    Ok(Some(n)) => {
+                        if h.block_on(to_tokio.write_all(&buf[..n])).is_err() {
                             break;
                         }
                     }
-                    Ok(_) => break,
+                    Ok(None) => {
+                        if wake_rx.recv().is_err() {
+                            break;
+                        }
+                        // A dead connection leaves the stream "empty", not
+                        // failed.
+                        if !rx_conn.is_alive().unwrap_or(false) {
+                            tracing::debug!(stream = %what_rx, "libvirt connection closed");
+                            break;
+                        }
+                    }
                     Err(e) => {
                         tracing::debug!(stream = %what_rx, error = %e.message(), "libvirt stream ended");
                         break;
                     }
                 }
             }
+            ffi::stream_unwatch(&receiver);
             match end {
                 StreamEnd::Signal(token) if !we_closed_rx.load(Ordering::SeqCst) => token.cancel(),
                 // The pipe's other half is still held by the sending thread,
@@ -707,9 +720,11 @@ fn bridge(
                 };
                 let mut sent = 0;
                 while sent < n {
-                    match stream.send(&buf[sent..n]) {
-                        Ok(k) if k > 0 => sent += k as usize,
-                        Ok(_) => break 'pipe,
+                    match ffi::stream_send(&stream, &buf[sent..n]) {
+                        Ok(Some(k)) if k > 0 => sent += k,
+                        // libvirt's send queue is full (rare: the daemon is
+                        // slow to take input); try again shortly.
+                        Ok(_) => std::thread::sleep(Duration::from_millis(5)),
                         Err(e) => {
                             tracing::debug!(stream = %what, error = %e.message(), "libvirt stream send failed");
                             break 'pipe;
@@ -717,9 +732,11 @@ fn bridge(
                     }
                 }
             }
-            // Wakes the receiving thread if it still waits on libvirt.
             we_closed.store(true, Ordering::SeqCst);
             let _ = stream.abort();
+            // The receiving thread may be waiting for an event that an
+            // aborted stream never sends.
+            let _ = wake_tx.try_send(());
         })?;
     Ok(Box::new(theirs))
 }
@@ -842,7 +859,7 @@ impl Backend for LibvirtBackend {
             let stream = tokio::task::spawn_blocking(move || {
                 let conn = stream_connection(&uri)?;
                 let dom = conn.lookup_domain_by_name(&guest).map_err(io_err)?;
-                let stream = Stream::new(&conn, 0).map_err(io_err)?;
+                let stream = Stream::new(&conn, sys::VIR_STREAM_NONBLOCK).map_err(io_err)?;
                 // Our own slot already decided who may have the channel;
                 // FORCE also ends a stream of the session just taken over.
                 let flags = if force {
@@ -852,7 +869,7 @@ impl Backend for LibvirtBackend {
                 };
                 dom.open_channel(Some(&name), &stream, flags)
                     .map_err(io_err)?;
-                bridge(stream, handle, w, end)
+                bridge(&conn, stream, handle, w, end)
             })
             .await
             .map_err(|e| Close::new(CloseCode::Internal, e.to_string()))?

@@ -3,15 +3,18 @@
 //!
 //! Why it exists: the `virt` crate (0.5) wraps neither domain lifecycle
 //! callbacks (`virConnectDomainEventRegisterAny`) nor the connection close
-//! callback (`virConnectRegisterCloseCallback`), and hands the descriptor
-//! from `virDomainOpenGraphicsFD` back as a bare integer. This module calls
-//! `virt::sys` for those three things and turns them into owned Rust values:
-//! events into a bounded channel, a close into a cancelled token, a
-//! descriptor into an [`OwnedFd`].
+//! callback (`virConnectRegisterCloseCallback`), registers stream callbacks
+//! with a pointer to a value that moves, cannot tell a non-blocking stream's
+//! "no data yet" (-2) from an error, and hands the descriptor from
+//! `virDomainOpenGraphicsFD` back as a bare integer. This module calls
+//! `virt::sys` for those things and turns them into owned Rust values:
+//! events into a bounded channel, a close into a cancelled token, stream
+//! readiness into a wake-up, a descriptor into an [`OwnedFd`].
 #![allow(unsafe_code)]
 
 use std::ffi::CStr;
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::raw::c_char;
 use std::os::raw::{c_int, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -19,6 +22,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use virt::connect::Connect;
+use virt::stream::Stream;
 use virt::sys;
 
 /// A domain lifecycle event (`VIR_DOMAIN_EVENT_*` and its detail).
@@ -164,6 +168,128 @@ pub fn adopt_fd(fd: u32) -> OwnedFd {
     // SAFETY: libvirt created this descriptor for the caller and keeps no
     // copy; nothing else in the process knows it, so owning it is sound.
     unsafe { OwnedFd::from_raw_fd(fd as c_int) }
+}
+
+/// A non-blocking stream read: `Some(n)` bytes (0 at the end of the
+/// stream), `None` when nothing is there yet.
+pub fn stream_recv(stream: &Stream, buf: &mut [u8]) -> Result<Option<usize>, virt::error::Error> {
+    // SAFETY: the stream is alive (borrowed) and `buf` is writable for its
+    // length.
+    let rc =
+        unsafe { sys::virStreamRecv(stream.as_ptr(), buf.as_mut_ptr() as *mut c_char, buf.len()) };
+    match rc {
+        -2 => Ok(None),
+        n if n >= 0 => Ok(Some(n as usize)),
+        _ => Err(virt::error::Error::last_error()),
+    }
+}
+
+/// A non-blocking stream write: `Some(n)` bytes taken, `None` when it
+/// would block.
+pub fn stream_send(stream: &Stream, data: &[u8]) -> Result<Option<usize>, virt::error::Error> {
+    // SAFETY: the stream is alive (borrowed) and `data` readable for its
+    // length; libvirt does not keep the pointer.
+    let rc =
+        unsafe { sys::virStreamSend(stream.as_ptr(), data.as_ptr() as *const c_char, data.len()) };
+    match rc {
+        -2 => Ok(None),
+        n if n >= 0 => Ok(Some(n as usize)),
+        _ => Err(virt::error::Error::last_error()),
+    }
+}
+
+/// Wakes `wake` (from libvirt's event thread, never blocking it) whenever
+/// the stream has data, ends or fails. One watch per stream; remove it with
+/// [`stream_unwatch`] before the stream is dropped.
+pub fn stream_watch(
+    stream: &Stream,
+    wake: std::sync::mpsc::SyncSender<()>,
+) -> Result<(), virt::error::Error> {
+    let opaque = Box::into_raw(Box::new(wake)) as *mut c_void;
+    let events =
+        sys::VIR_STREAM_EVENT_READABLE | sys::VIR_STREAM_EVENT_ERROR | sys::VIR_STREAM_EVENT_HANGUP;
+    // SAFETY: `opaque` is an owned box given to libvirt and freed by
+    // `free_waker` exactly once.
+    let rc = unsafe {
+        sys::virStreamEventAddCallback(
+            stream.as_ptr(),
+            events as c_int,
+            Some(stream_cb),
+            opaque,
+            Some(free_waker),
+        )
+    };
+    if rc < 0 {
+        let err = virt::error::Error::last_error();
+        // SAFETY: registration failed; libvirt did not keep the box.
+        unsafe {
+            drop(Box::from_raw(
+                opaque as *mut std::sync::mpsc::SyncSender<()>,
+            ))
+        };
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// Also wakes `wake` when `conn` closes (libvirtd went away): a stream
+/// whose connection dies gets no stream event. For a connection that
+/// carries one stream; libvirt drops `wake` with the connection.
+pub fn wake_on_close(
+    conn: &Connect,
+    wake: std::sync::mpsc::SyncSender<()>,
+) -> Result<(), virt::error::Error> {
+    let opaque = Box::into_raw(Box::new(wake)) as *mut c_void;
+    // SAFETY: `opaque` is an owned box given to libvirt, freed by
+    // `free_waker` exactly once.
+    let rc = unsafe {
+        sys::virConnectRegisterCloseCallback(
+            conn.as_ptr(),
+            Some(close_wake_cb),
+            opaque,
+            Some(free_waker),
+        )
+    };
+    if rc < 0 {
+        let err = virt::error::Error::last_error();
+        // SAFETY: registration failed; libvirt did not keep the box.
+        unsafe {
+            drop(Box::from_raw(
+                opaque as *mut std::sync::mpsc::SyncSender<()>,
+            ))
+        };
+        return Err(err);
+    }
+    Ok(())
+}
+
+unsafe extern "C" fn close_wake_cb(_conn: sys::virConnectPtr, _reason: c_int, opaque: *mut c_void) {
+    // SAFETY: `opaque` is the SyncSender box registered with this callback.
+    let wake = &*(opaque as *const std::sync::mpsc::SyncSender<()>);
+    let _ = wake.try_send(());
+}
+
+/// Removes the watch of [`stream_watch`] (errors mean there was none).
+pub fn stream_unwatch(stream: &Stream) {
+    // SAFETY: the stream is alive (borrowed).
+    unsafe {
+        sys::virStreamEventRemoveCallback(stream.as_ptr());
+    }
+}
+
+unsafe extern "C" fn stream_cb(_st: sys::virStreamPtr, _events: c_int, opaque: *mut c_void) {
+    // SAFETY: `opaque` is the SyncSender box registered with this callback,
+    // alive until `free_waker`.
+    let wake = &*(opaque as *const std::sync::mpsc::SyncSender<()>);
+    // Full means a wake-up is already pending: nothing is lost.
+    let _ = wake.try_send(());
+}
+
+unsafe extern "C" fn free_waker(opaque: *mut c_void) {
+    // SAFETY: the pointer came from Box::into_raw in `stream_watch`.
+    drop(Box::from_raw(
+        opaque as *mut std::sync::mpsc::SyncSender<()>,
+    ));
 }
 
 unsafe extern "C" fn lifecycle_cb(
