@@ -9,19 +9,40 @@ use std::time::{Duration, Instant};
 
 use common::{Session, WAIT};
 
+/// The demo process, stopped like a user would (SIGTERM) if the test fails
+/// half-way, so it never leaves a QEMU behind.
+struct Demo(std::process::Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + WAIT;
+            while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_demo_serves_a_console_and_stops_qemu_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let mut demo = Command::new(env!("CARGO_BIN_EXE_vmgate"))
-        .args(["demo", "--listen", "127.0.0.1:0", "--state-dir"])
-        .arg(&state)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut demo = Demo(
+        Command::new(env!("CARGO_BIN_EXE_vmgate"))
+            .args(["demo", "--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(&state)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     // stderr names QEMU's pid; stdout the console URL.
-    let stderr = BufReader::new(demo.stderr.take().unwrap());
+    let stderr = BufReader::new(demo.0.stderr.take().unwrap());
     let (pid_tx, pid_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in stderr.lines().map_while(Result::ok) {
@@ -30,7 +51,7 @@ async fn the_demo_serves_a_console_and_stops_qemu_on_sigterm() {
             }
         }
     });
-    let stdout = BufReader::new(demo.stdout.take().unwrap());
+    let stdout = BufReader::new(demo.0.stdout.take().unwrap());
     let (url_tx, url_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in stdout.lines().map_while(Result::ok) {
@@ -55,13 +76,13 @@ async fn the_demo_serves_a_console_and_stops_qemu_on_sigterm() {
     s.expect("demo-42").await;
 
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(demo.id() as i32),
+        nix::unistd::Pid::from_raw(demo.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
     let deadline = Instant::now() + WAIT;
     let status = loop {
-        if let Some(s) = demo.try_wait().unwrap() {
+        if let Some(s) = demo.0.try_wait().unwrap() {
             break s;
         }
         assert!(Instant::now() < deadline, "demo did not stop on SIGTERM");
