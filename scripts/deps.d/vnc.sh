@@ -5,7 +5,11 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(chromium python3 python3-venv nodejs npm)
+pkgs=(chromium python3 python3-venv)
+# Node.js may come from elsewhere than Debian (its npm then conflicts with
+# Debian's): install Debian's only where there is none.
+command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
+command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
