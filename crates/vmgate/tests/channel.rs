@@ -14,7 +14,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Event, Session, Stack, WAIT};
+use common::{for_each_backend, Backend, Event, Session, Stack, WAIT};
+
+// Scenarios that run against both agent backends (`qemu::…`, `libvirt::…`).
+for_each_backend!(
+    sixty_four_mib_of_random_bytes_go_through_the_echo_port_and_back_unchanged,
+    a_second_session_is_refused_in_use_and_force_takes_the_port_over,
+);
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -59,10 +65,10 @@ async fn exit_status(child: &mut Child, what: &str, stack: &Stack) -> ExitStatus
 
 /// Opens a session on `channel` with a ticket for `ticket_channels`.
 async fn open(stack: &Stack, ticket_channels: &[&str], channel: &str, ro: bool) -> Session {
-    let t = stack.ticket("demo", ticket_channels, ro);
+    let t = stack.ticket(&stack.name, ticket_channels, ro);
     let url = format!(
-        "wss://{}/ws/demo/{channel}?ticket={}",
-        stack.gw_addr, t.ticket
+        "wss://{}/ws/{}/{channel}?ticket={}",
+        stack.gw_addr, stack.name, t.ticket
     );
     Session::new(stack.connect(&url).await)
 }
@@ -137,17 +143,18 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-#[tokio::test]
-async fn sixty_four_mib_of_random_bytes_go_through_the_echo_port_and_back_unchanged() {
+async fn sixty_four_mib_of_random_bytes_go_through_the_echo_port_and_back_unchanged(
+    backend: Backend,
+) {
     const SIZE: usize = 64 << 20;
-    let stack = Stack::start().await;
+    let stack = Stack::start_backend(backend).await;
     let mut input = vec![0u8; SIZE];
     std::fs::File::open("/dev/urandom")
         .unwrap()
         .read_exact(&mut input)
         .unwrap();
     let input = Arc::new(input);
-    let mut child = cli(&stack, "cli", &["demo", ECHO]);
+    let mut child = cli(&stack, "cli", &[&stack.name, ECHO]);
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
@@ -298,16 +305,15 @@ async fn the_guest_going_away_ends_the_cli_with_status_4_after_its_last_bytes() 
     drop(stdin);
 }
 
-#[tokio::test]
-async fn a_second_session_is_refused_in_use_and_force_takes_the_port_over() {
-    let stack = Stack::start().await;
+async fn a_second_session_is_refused_in_use_and_force_takes_the_port_over(backend: Backend) {
+    let stack = Stack::start_backend(backend).await;
     let mut a = open_echo_when_free(&stack).await;
     let (code, reason) = open(&stack, &[ECHO], ECHO, false).await.closed().await;
     assert_eq!(code, 4409, "{reason}");
     assert!(reason.contains("in use"), "{reason}");
     assert!(reason.contains("--force"), "{reason}");
     // The CLI says so with its own status.
-    let mut child = cli(&stack, "second", &["demo", ECHO]);
+    let mut child = cli(&stack, "second", &[&stack.name, ECHO]);
     let status = exit_status(&mut child, "second", &stack).await;
     let log = stack.log("second.log");
     assert_eq!(status.code(), Some(3), "{log}");
@@ -316,7 +322,7 @@ async fn a_second_session_is_refused_in_use_and_force_takes_the_port_over() {
     a.send(b"still-mine").await;
     a.expect("still-mine").await;
     // --force: the holder is told, the new session has the port.
-    let t = stack.ticket("demo", &[ECHO], false);
+    let t = stack.ticket(&stack.name, &[ECHO], false);
     let mut b = Session::new(stack.connect(&format!("{}&force=true", t.ws_url)).await);
     let (code, reason) = a.closed().await;
     assert_eq!(code, 4411, "{reason}");
