@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use vmgate_relay::bytes_io::{ByteRx, ByteTx};
 use vmgate_relay::quic::{QuicRx, QuicTx};
 use vmgate_relay::{relay, FrameTx};
-use vmgate_wire::{Close, CloseCode, Frame, OpenRequest, StreamKind, MAX_HEADER_LEN};
+use vmgate_wire::{Close, CloseCode, Frame, Mode, OpenRequest, StreamKind, MAX_HEADER_LEN};
 
 use crate::backend::{Backend, Opened};
 
@@ -170,6 +170,14 @@ async fn serve_console<B: Backend>(req: OpenRequest, mut tx: QuicTx, rx: QuicRx,
                     close = guest_gone => close,
                 }
             };
+            // Whatever the backend: a read-only session's input never
+            // reaches a channel. VNC is the exception: its viewer must
+            // still speak RFB, and the gateway drops its input messages.
+            let rx = ReadOnly {
+                inner: rx,
+                drop_input: req.mode == Mode::ReadOnly && req.channel != "vnc",
+                dropped: 0,
+            };
             relay(
                 rx,
                 tx,
@@ -182,4 +190,33 @@ async fn serve_console<B: Backend>(req: OpenRequest, mut tx: QuicTx, rx: QuicRx,
     };
     tracing::info!(session = req.session, guest = %req.guest, channel = %req.channel,
         reason = %outcome.close, to_guest = outcome.a_to_b, from_guest = outcome.b_to_a, "session ended");
+}
+
+/// The gateway's side of a byte-stream session, with the client's input
+/// (Data and Eof) dropped when the session is read-only.
+struct ReadOnly {
+    inner: QuicRx,
+    drop_input: bool,
+    /// Input bytes dropped, logged when the session ends.
+    dropped: u64,
+}
+
+impl vmgate_relay::FrameRx for ReadOnly {
+    async fn recv(&mut self) -> Result<Option<Frame>, Close> {
+        loop {
+            match self.inner.recv().await? {
+                Some(Frame::Data(d)) if self.drop_input => self.dropped += d.len() as u64,
+                Some(Frame::Eof) if self.drop_input => {}
+                other => return Ok(other),
+            }
+        }
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        if self.dropped > 0 {
+            tracing::info!(bytes = self.dropped, "read-only session: input dropped");
+        }
+    }
 }

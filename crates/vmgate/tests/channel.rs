@@ -20,6 +20,10 @@ use common::{for_each_backend, Backend, Event, Session, Stack, WAIT};
 for_each_backend!(
     sixty_four_mib_of_random_bytes_go_through_the_echo_port_and_back_unchanged,
     a_second_session_is_refused_in_use_and_force_takes_the_port_over,
+    eof_from_the_client_reaches_the_guest_and_comes_back_as_eof,
+    a_read_only_sessions_input_and_eof_never_reach_the_guest,
+    piped_input_gets_its_answer_before_the_cli_sends_eof,
+    listen_serves_each_socat_connection_as_its_own_session,
 );
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -211,9 +215,8 @@ async fn sixty_four_mib_of_random_bytes_go_through_the_echo_port_and_back_unchan
     guest_saw_eofs(&stack, 1).await;
 }
 
-#[tokio::test]
-async fn eof_from_the_client_reaches_the_guest_and_comes_back_as_eof() {
-    let stack = Stack::start().await;
+async fn eof_from_the_client_reaches_the_guest_and_comes_back_as_eof(backend: Backend) {
+    let stack = Stack::start_backend(backend).await;
     let mut s = open(&stack, &[ECHO], ECHO, false).await;
     s.send(b"before-eof").await;
     s.expect("before-eof").await;
@@ -243,13 +246,12 @@ async fn eof_from_the_client_reaches_the_guest_and_comes_back_as_eof() {
     guest_saw_eofs(&stack, 2).await;
 }
 
-#[tokio::test]
-async fn piped_input_gets_its_answer_before_the_cli_sends_eof() {
-    let stack = Stack::start().await;
+async fn piped_input_gets_its_answer_before_the_cli_sends_eof(backend: Backend) {
+    let stack = Stack::start_backend(backend).await;
     // stdin ends at once; the CLI lingers until the guest's output has been
     // quiet (generously long here: a loaded TCG guest may take seconds to
     // answer), then sends the EOF, so the echo is not cut off.
-    let mut child = cli(&stack, "cli", &["demo", ECHO, "--linger", "5s"]);
+    let mut child = cli(&stack, "cli", &[&stack.name, ECHO, "--linger", "5s"]);
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"piped request\n").unwrap();
     drop(stdin);
@@ -364,9 +366,8 @@ async fn tickets_open_only_their_channel_and_unlisted_ports_are_not_exposed() {
     assert!(gw_log.contains("wrong_channel"), "{gw_log}");
 }
 
-#[tokio::test]
-async fn a_read_only_sessions_input_and_eof_never_reach_the_guest() {
-    let stack = Stack::start().await;
+async fn a_read_only_sessions_input_and_eof_never_reach_the_guest(backend: Backend) {
+    let stack = Stack::start_backend(backend).await;
     let before = guest_bytes_received(&stack).await;
     let mut ro = open(&stack, &[ECHO], ECHO, true).await;
     ro.send(b"read-only-input").await;
@@ -471,15 +472,14 @@ async fn a_stalled_flooding_channel_does_not_hold_up_the_serial_console() {
     );
 }
 
-#[tokio::test]
-async fn listen_serves_each_socat_connection_as_its_own_session() {
-    let stack = Stack::start().await;
+async fn listen_serves_each_socat_connection_as_its_own_session(backend: Backend) {
+    let stack = Stack::start_backend(backend).await;
     let sock: PathBuf = stack.dir.path().join("echo.sock");
     let mut fwd = cli(
         &stack,
         "listen",
         &[
-            "demo",
+            &stack.name,
             ECHO,
             "--listen",
             &format!("unix:{}", sock.display()),
@@ -521,7 +521,7 @@ async fn listen_serves_each_socat_connection_as_its_own_session() {
     let mut fwd = cli(
         &stack,
         "listen-tcp",
-        &["demo", ECHO, "--listen", "tcp:127.0.0.1:0"],
+        &[&stack.name, ECHO, "--listen", "tcp:127.0.0.1:0"],
     );
     let deadline = Instant::now() + WAIT;
     let addr = loop {
