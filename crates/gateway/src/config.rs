@@ -194,16 +194,22 @@ fn default_server_name() -> String {
     "localhost".into()
 }
 
+/// Reads and parses a TOML configuration file (the gateway's and `vmgate
+/// admin`'s), naming the file in every error.
+pub(crate) fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.into(),
+        source,
+    })
+}
+
 impl GatewayConfig {
     pub fn load(path: &Path) -> Result<GatewayConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        let cfg: GatewayConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.into(),
-            source,
-        })?;
+        let cfg: GatewayConfig = read_toml(path)?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -68,14 +68,7 @@ fn default_max_ttl() -> u64 {
 
 impl MinterConfig {
     pub fn load(path: &Path) -> Result<MinterConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        let cfg: MinterConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.into(),
-            source,
-        })?;
+        let cfg: MinterConfig = crate::config::read_toml(path)?;
         cfg.validate()?;
         Ok(cfg)
     }
