@@ -1,10 +1,13 @@
 //! The graphical console end to end: a real guest's VGA screen through QMP
-//! `add_client` (or QEMU's VNC socket) → agent → QUIC → gateway →
-//! WebSocket, to `vmgate vnc` and third-party viewers (vncdotool, a raw RFB
-//! client) and to the web page in headless Chromium.
+//! `add_client` (or QEMU's VNC socket) under the qemu backend, or
+//! `virDomainOpenGraphicsFD` under the libvirt backend → agent → QUIC →
+//! gateway → WebSocket, to `vmgate vnc` and third-party viewers
+//! (vncdotool, a raw RFB client) and to the web page in headless Chromium.
+//! Each scenario runs against both backends ([`for_each_backend!`]).
 //!
 //! The guest's VGA console shows a static banner and a shell prompt with
-//! the cursor hidden, so a capture equals QMP `screendump` pixel for pixel
+//! the cursor hidden, so a capture equals the hypervisor's own screendump
+//! (QMP `screendump`, or `virsh screenshot` under libvirt) pixel for pixel
 //! as long as nobody typed on it.
 
 mod common;
@@ -14,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{Session, Stack, WAIT};
+use common::{for_each_backend, Backend, Session, Stack, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -109,7 +112,9 @@ impl Image {
     }
 }
 
-/// QMP `screendump` of the stack's guest.
+/// The guest's screen as the hypervisor sees it: QMP `screendump` under
+/// the qemu backend, `virsh screenshot` (libvirt's own screendump) under
+/// libvirt.
 async fn screendump(stack: &Stack) -> Image {
     let path = stack.dir.path().join(format!(
         "screendump-{}.ppm",
@@ -118,20 +123,39 @@ async fn screendump(stack: &Stack) -> Image {
             .unwrap()
             .as_nanos()
     ));
-    let mut qmp = tokio::time::timeout(
-        WAIT,
-        vmgate_agent::qmp::Qmp::connect(&stack.qemu().qmp_socket),
-    )
-    .await
-    .expect("QMP answers")
-    .expect("QMP connects");
-    qmp.execute(
-        "screendump",
-        serde_json::json!({ "filename": path.to_str().unwrap() }),
-    )
-    .await
-    .expect("screendump");
-    drop(qmp);
+    match stack.backend {
+        Backend::Qemu => {
+            let mut qmp = tokio::time::timeout(
+                WAIT,
+                vmgate_agent::qmp::Qmp::connect(&stack.qemu().qmp_socket),
+            )
+            .await
+            .expect("QMP answers")
+            .expect("QMP connects");
+            qmp.execute(
+                "screendump",
+                serde_json::json!({ "filename": path.to_str().unwrap() }),
+            )
+            .await
+            .expect("screendump");
+        }
+        Backend::Libvirt => {
+            // libvirt asks QEMU for a PNG when QEMU can write one.
+            let (name, ppm) = (stack.name.clone(), path.clone());
+            tokio::task::spawn_blocking(move || {
+                let shot = ppm.with_extension("shot");
+                let out = common::libvirt::virsh(&["screenshot", &name, shot.to_str().unwrap()]);
+                assert!(
+                    out.status.success(),
+                    "virsh screenshot failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                png_to_ppm(&shot, &ppm);
+            })
+            .await
+            .unwrap();
+        }
+    }
     Image::ppm(&path)
 }
 
@@ -154,7 +178,7 @@ async fn settled_screen(stack: &Stack) -> Image {
     }
 }
 
-/// `vmgate vnc demo` for the stack, listening on a free local port.
+/// `vmgate vnc GUEST` for the stack's guest, listening on a free local port.
 struct VncCli {
     child: Child,
     addr: String,
@@ -163,7 +187,7 @@ struct VncCli {
 impl VncCli {
     async fn start(stack: &Stack, read_only: bool) -> VncCli {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmgate"));
-        cmd.args(["vnc", "demo", "--state-dir"])
+        cmd.args(["vnc", &stack.name, "--state-dir"])
             .arg(&stack.state.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -242,17 +266,25 @@ async fn vncdo_capture(cli: &VncCli, out: &Path) -> Image {
         .expect("vncdotool finished")
         .unwrap();
     assert!(status.success(), "vncdotool capture failed: {status}");
-    // vncdotool writes PNG; Pillow (its dependency) turns it into PPM.
+    png_to_ppm(&png, out);
+    Image::ppm(out)
+}
+
+/// Pillow (vncdotool's dependency, in the same venv) turns a PNG into PPM.
+fn png_to_ppm(png: &Path, out: &Path) {
     let python = vncdo().with_file_name("python");
     let status = Command::new(python)
         .arg("-c")
         .arg("import sys; from PIL import Image; Image.open(sys.argv[1]).convert('RGB').save(sys.argv[2])")
-        .arg(&png)
+        .arg(png)
         .arg(out)
         .status()
         .unwrap();
-    assert!(status.success(), "converting the capture to PPM failed");
-    Image::ppm(out)
+    assert!(
+        status.success(),
+        "converting {} to PPM failed",
+        png.display()
+    );
 }
 
 async fn assert_capture_equals_screendump(stack: &Stack) {
@@ -264,12 +296,25 @@ async fn assert_capture_equals_screendump(stack: &Stack) {
     capture.assert_same(&before, "vncdotool capture vs screendump");
 }
 
-#[tokio::test]
-async fn vncdotool_through_vmgate_vnc_sees_exactly_the_screendump_via_qmp_add_client() {
-    let stack = Stack::start().await;
+for_each_backend!(
+    vncdotool_through_vmgate_vnc_sees_exactly_the_screendump,
+    read_only_viewers_never_reach_the_guest_while_an_interactive_one_does,
+    malformed_rfb_from_a_viewer_closes_only_its_session_with_a_logged_reason,
+    the_web_page_shows_the_screen_over_one_http2_connection_and_types_into_the_guest,
+    a_read_only_page_says_so_and_shows_why_the_screen_closed,
+);
+
+/// Each backend's way to QEMU's VNC server, as the agent logs it: QMP
+/// `add_client` on a socketpair, or libvirt's `virDomainOpenGraphicsFD`.
+async fn vncdotool_through_vmgate_vnc_sees_exactly_the_screendump(backend: Backend) {
+    let stack = Stack::start_backend(backend).await;
     assert_capture_equals_screendump(&stack).await;
     let agent = plain(&stack.log("agent.log"));
-    assert!(agent.contains("QMP add_client"), "agent log:\n{agent}");
+    let via = match backend {
+        Backend::Qemu => "QMP add_client",
+        Backend::Libvirt => "virDomainOpenGraphicsFD",
+    };
+    assert!(agent.contains(via), "agent log:\n{agent}");
 }
 
 #[tokio::test]
@@ -438,10 +483,9 @@ async fn read_only_vnc_session_end(stack: &Stack) -> String {
 
 const RO_LINE: &str = "echo ro-$((2+3)) > /dev/ttyS0";
 
-#[tokio::test]
-async fn read_only_viewers_never_reach_the_guest_while_an_interactive_one_does() {
-    let stack = Stack::start().await;
-    let ro_ticket = stack.ticket("demo", &["serial0"], true);
+async fn read_only_viewers_never_reach_the_guest_while_an_interactive_one_does(backend: Backend) {
+    let stack = Stack::start_backend(backend).await;
+    let ro_ticket = stack.ticket(&stack.name, &["serial0"], true);
     let mut serial = Session::new(stack.connect(&ro_ticket.ws_url).await);
     serial.expect_notice("read-only").await;
     let ro_cli = VncCli::start(&stack, true).await;
@@ -485,14 +529,15 @@ async fn read_only_viewers_never_reach_the_guest_while_an_interactive_one_does()
     drop((ro_cli, rw_cli));
 }
 
-#[tokio::test]
-async fn malformed_rfb_from_a_viewer_closes_only_its_session_with_a_logged_reason() {
-    let stack = Stack::start().await;
+async fn malformed_rfb_from_a_viewer_closes_only_its_session_with_a_logged_reason(
+    backend: Backend,
+) {
+    let stack = Stack::start_backend(backend).await;
     let cli = VncCli::start(&stack, false).await;
     let mut good = RawViewer::connect(&cli).await;
     let mut serial = stack.serial().await;
 
-    let t = stack.ticket("demo", &["vnc"], false);
+    let t = stack.ticket(&stack.name, &["vnc"], false);
     let mut bad = Session::new(stack.connect(&t.ws_url).await);
     bad.send(b"RFB 003.008\n\x01\x01").await;
     bad.send(&[200, 1, 2, 3]).await;
@@ -569,16 +614,17 @@ async fn browser_with(
     report
 }
 
-#[tokio::test]
-async fn the_web_page_shows_the_screen_over_one_http2_connection_and_types_into_the_guest() {
-    let stack = Stack::start().await;
-    let ro_ticket = stack.ticket("demo", &["serial0"], true);
+async fn the_web_page_shows_the_screen_over_one_http2_connection_and_types_into_the_guest(
+    backend: Backend,
+) {
+    let stack = Stack::start_backend(backend).await;
+    let ro_ticket = stack.ticket(&stack.name, &["serial0"], true);
     let mut watcher = Session::new(stack.connect(&ro_ticket.ws_url).await);
     watcher.expect_notice("read-only").await;
     let before = settled_screen(&stack).await;
 
     // `vmgate ticket demo --channel vnc --channel serial0` mints this URL.
-    let t = stack.ticket("demo", &["vnc", "serial0"], false);
+    let t = stack.ticket(&stack.name, &["vnc", "serial0"], false);
     assert!(t.url.contains("/console#ticket="), "{}", t.url);
     let out = stack.dir.path().join("browser");
     std::fs::create_dir_all(&out).unwrap();
@@ -602,12 +648,15 @@ async fn the_web_page_shows_the_screen_over_one_http2_connection_and_types_into_
     // Screen and serial on one HTTP/2 connection: the browser's own record
     // (an extended CONNECT is answered 200, an HTTP/1.1 upgrade 101) ...
     assert_eq!(report["documentProtocol"], "h2", "{report:#}");
+    let ws = &report["websockets"];
     assert_eq!(
-        report["websockets"]["/ws/demo/vnc"]["status"], 200,
+        ws[format!("/ws/{}/vnc", stack.name)]["status"],
+        200,
         "{report:#}"
     );
     assert_eq!(
-        report["websockets"]["/ws/demo/serial0"]["status"], 200,
+        ws[format!("/ws/{}/serial0", stack.name)]["status"],
+        200,
         "{report:#}"
     );
     // ... and the gateway's: both sessions came from one client TCP port.
@@ -625,8 +674,8 @@ async fn the_web_page_shows_the_screen_over_one_http2_connection_and_types_into_
     let mut again = Session::new(
         stack
             .connect(&format!(
-                "wss://{}/ws/demo/vnc?ticket={}",
-                stack.gw_addr, t.ticket
+                "wss://{}/ws/{}/vnc?ticket={}",
+                stack.gw_addr, stack.name, t.ticket
             ))
             .await,
     );
@@ -635,11 +684,10 @@ async fn the_web_page_shows_the_screen_over_one_http2_connection_and_types_into_
     assert!(reason.contains("already used"), "{reason}");
 }
 
-#[tokio::test]
-async fn a_read_only_page_says_so_and_shows_why_the_screen_closed() {
-    let stack = Stack::start().await;
+async fn a_read_only_page_says_so_and_shows_why_the_screen_closed(backend: Backend) {
+    let stack = Stack::start_backend(backend).await;
     let t = stack.ticket_with(
-        "demo",
+        &stack.name,
         &["vnc"],
         true,
         Duration::from_secs(60),

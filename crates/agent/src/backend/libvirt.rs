@@ -824,6 +824,7 @@ impl Backend for LibvirtBackend {
                 .map_err(|e| {
                     Close::new(CloseCode::BackendError, format!("{what}: {}", e.message()))
                 })?;
+                tracing::debug!(session = req.session, guest = %req.guest, "VNC client handed to QEMU (virDomainOpenGraphicsFD)");
                 let std_stream = std::os::unix::net::UnixStream::from(ffi::adopt_fd(fd));
                 let stream = std_stream
                     .set_nonblocking(true)
