@@ -98,6 +98,27 @@ pub struct LibvirtConfig {
     /// is free, and only a session attached with `--force` takes it over.
     #[serde(default)]
     pub console_force: bool,
+    /// How a channel (virtio-serial port) session reaches the guest; see
+    /// [`ChannelVia`]. Default `socket`.
+    #[serde(default)]
+    pub channel_via: ChannelVia,
+}
+
+/// How the libvirt backend opens a guest channel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelVia {
+    /// Connect to the channel's unix socket, whose path the domain's live
+    /// XML gives: what libvirt's `virDomainOpenChannel` does inside
+    /// libvirtd, done by the agent, so the kernel's socket buffers carry
+    /// flow control end to end (a client that does not read slows the
+    /// guest down). Needs a local URI; with a remote one, `stream` is used.
+    #[default]
+    Socket,
+    /// `virDomainOpenChannel`: a libvirt stream, which works through a
+    /// remote URI but has no flow control toward its reader, so the agent
+    /// ends a session whose client falls too far behind (docs/libvirt.md).
+    Stream,
 }
 
 impl Default for LibvirtConfig {
@@ -107,6 +128,7 @@ impl Default for LibvirtConfig {
             domains: Vec::new(),
             metadata_uri: None,
             console_force: false,
+            channel_via: ChannelVia::default(),
         }
     }
 }
@@ -115,6 +137,20 @@ impl LibvirtConfig {
     /// Whether a domain called `name` passes the name patterns.
     pub fn selects_name(&self, name: &str) -> bool {
         self.domains.is_empty() || self.domains.iter().any(|p| glob_match(p, name))
+    }
+
+    /// Whether the URI names a daemon on this host (no host part:
+    /// `qemu:///system`, `qemu+unix:///session`), whose sockets the agent
+    /// can reach itself.
+    pub fn is_local(&self) -> bool {
+        self.uri
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.starts_with('/'))
+    }
+
+    /// Whether channel sessions connect to the channel's socket directly.
+    pub fn channels_by_socket(&self) -> bool {
+        self.channel_via == ChannelVia::Socket && self.is_local()
     }
 }
 
@@ -355,6 +391,8 @@ mod tests {
         assert_eq!(cfg.backend, BackendKind::Qemu);
         assert_eq!(cfg.libvirt.uri, "qemu:///system");
         assert!(cfg.libvirt.selects_name("anything"));
+        assert_eq!(cfg.libvirt.channel_via, ChannelVia::Socket);
+        assert!(cfg.libvirt.channels_by_socket());
     }
 
     #[test]
@@ -380,6 +418,24 @@ mod tests {
         assert!(cfg.libvirt.selects_name("db2"));
         assert!(!cfg.libvirt.selects_name("db12"));
         assert!(!cfg.libvirt.selects_name("mail"));
+        // A remote daemon's channel sockets are not ours to connect to.
+        assert!(!cfg.libvirt.is_local());
+        assert!(!cfg.libvirt.channels_by_socket());
+        for (uri, local) in [
+            ("qemu:///session", true),
+            ("qemu+unix:///system?socket=/run/x", true),
+            ("qemu+tcp://10.0.0.1/system", false),
+            ("test:///default", true),
+        ] {
+            let c = LibvirtConfig {
+                uri: uri.into(),
+                ..LibvirtConfig::default()
+            };
+            assert_eq!(c.is_local(), local, "{uri}");
+        }
+        let stream = format!("{lv}\nchannel_via = \"stream\"");
+        let cfg: AgentConfig = toml::from_str(&stream).unwrap();
+        assert_eq!(cfg.libvirt.channel_via, ChannelVia::Stream);
         let both = format!("{lv}\n[[guest]]\nname = \"x\"");
         let cfg: AgentConfig = toml::from_str(&both).unwrap();
         assert!(cfg

@@ -138,7 +138,12 @@ async fn serve_inventory<B: Backend>(mut tx: QuicTx, backend: Arc<B>) {
     }
 }
 
-async fn serve_console<B: Backend>(req: OpenRequest, mut tx: QuicTx, rx: QuicRx, backend: Arc<B>) {
+async fn serve_console<B: Backend>(
+    req: OpenRequest,
+    mut tx: QuicTx,
+    mut rx: QuicRx,
+    backend: Arc<B>,
+) {
     let opened = match backend.open(&req).await {
         Ok(o) => o,
         Err(close) => {
@@ -154,7 +159,7 @@ async fn serve_console<B: Backend>(req: OpenRequest, mut tx: QuicTx, rx: QuicRx,
     }
     tracing::info!(session = req.session, guest = %req.guest, channel = %req.channel, mode = ?req.mode, "session opened");
     let outcome = match opened {
-        Opened::Console(crx, ctx) => relay(rx, tx, crx, ctx, guest_gone).await,
+        Opened::Console(crx, ctx) => relay(&mut rx, tx, crx, ctx, guest_gone).await,
         Opened::Stream { stream, what, stop } => {
             let (r, w) = tokio::io::split(stream);
             let (token, _guard) = match stop {
@@ -174,7 +179,7 @@ async fn serve_console<B: Backend>(req: OpenRequest, mut tx: QuicTx, rx: QuicRx,
             // reaches a channel. VNC is the exception: its viewer must
             // still speak RFB, and the gateway drops its input messages.
             let rx = ReadOnly {
-                inner: rx,
+                inner: &mut rx,
                 drop_input: req.mode == Mode::ReadOnly && req.channel != "vnc",
                 dropped: 0,
             };
@@ -190,18 +195,28 @@ async fn serve_console<B: Backend>(req: OpenRequest, mut tx: QuicTx, rx: QuicRx,
     };
     tracing::info!(session = req.session, guest = %req.guest, channel = %req.channel,
         reason = %outcome.close, to_guest = outcome.a_to_b, from_guest = outcome.b_to_a, "session ended");
+    // The gateway may still be sending (a client that floods while the
+    // guest's output waits in front of our Close). Dropping the stream now
+    // would stop it (STOP_SENDING), which the gateway takes for a lost
+    // agent before it reaches the Close; so read and drop until the gateway
+    // ends its side, for a while.
+    let drain = async { while let Ok(Some(_)) = vmgate_relay::FrameRx::recv(&mut rx).await {} };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
+
+/// How long an ended session reads what the gateway still sends.
+const LINGER: Duration = Duration::from_secs(5);
 
 /// The gateway's side of a byte-stream session, with the client's input
 /// (Data and Eof) dropped when the session is read-only.
-struct ReadOnly {
-    inner: QuicRx,
+struct ReadOnly<'a> {
+    inner: &'a mut QuicRx,
     drop_input: bool,
     /// Input bytes dropped, logged when the session ends.
     dropped: u64,
 }
 
-impl vmgate_relay::FrameRx for ReadOnly {
+impl vmgate_relay::FrameRx for ReadOnly<'_> {
     async fn recv(&mut self) -> Result<Option<Frame>, Close> {
         loop {
             match self.inner.recv().await? {
@@ -213,7 +228,7 @@ impl vmgate_relay::FrameRx for ReadOnly {
     }
 }
 
-impl Drop for ReadOnly {
+impl Drop for ReadOnly<'_> {
     fn drop(&mut self) {
         if self.dropped > 0 {
             tracing::info!(bytes = self.dropped, "read-only session: input dropped");

@@ -6,7 +6,15 @@
 //! from the gateway. Without it (the `binary` subprotocol noVNC speaks)
 //! only binary messages are sent. A session's end is a WebSocket close
 //! frame whose code and reason say why (`vmgate_wire::CloseCode`); after
-//! EOF both ways it is 1000 "session ended".
+//! EOF both ways it is 1000 "session ended". After its close frame the
+//! gateway reads (and drops) what the client still sends, until the
+//! client's close frame or [`LINGER`]: closing a TCP connection with unread
+//! input resets it, and a reset can destroy the close frame, and with it
+//! the reason, before the client reads it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
@@ -18,31 +26,72 @@ use vmgate_wire::{Close, CloseCode, Frame};
 /// for a larger message).
 pub const READ_BUFFER: usize = 4 * 1024;
 
+/// How long a closed session waits for the client's close frame.
+pub const LINGER: Duration = Duration::from_secs(5);
+
 /// The control message for a half-close.
 pub const EOF_MESSAGE: &str = r#"{"type":"eof"}"#;
 
 pub struct WsRx {
-    stream: SplitStream<WebSocket>,
+    /// `None` once handed to [`linger`].
+    stream: Option<SplitStream<WebSocket>>,
+    /// The client closed (or broke) the connection: nothing to wait for.
+    peer_done: bool,
+    /// Shared with [`WsTx`]: our close frame went out.
+    closed: Arc<AtomicBool>,
 }
 
 pub struct WsTx {
     sink: SplitSink<WebSocket, Message>,
     controls: bool,
     /// A close frame went out; otherwise `finish` sends a normal one.
-    closed: bool,
+    closed: Arc<AtomicBool>,
 }
 
 /// Splits a WebSocket into relay halves.
 pub fn split(ws: WebSocket, controls: bool) -> (WsRx, WsTx) {
     let (sink, stream) = ws.split();
+    let closed = Arc::new(AtomicBool::new(false));
     (
-        WsRx { stream },
+        WsRx {
+            stream: Some(stream),
+            peer_done: false,
+            closed: closed.clone(),
+        },
         WsTx {
             sink,
             controls,
-            closed: false,
+            closed,
         },
     )
+}
+
+impl Drop for WsRx {
+    fn drop(&mut self) {
+        let Some(stream) = self.stream.take() else {
+            return;
+        };
+        if self.peer_done || !self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(linger(stream));
+        }
+    }
+}
+
+/// Reads and drops the client's messages until its close frame, for at
+/// most [`LINGER`]; the connection closes when this returns (and the
+/// sending half is gone).
+async fn linger(mut stream: SplitStream<WebSocket>) {
+    let drain = async {
+        while let Some(Ok(m)) = stream.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 fn client_gone() -> Close {
@@ -51,8 +100,15 @@ fn client_gone() -> Close {
 
 impl FrameRx for WsRx {
     async fn recv(&mut self) -> Result<Option<Frame>, Close> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(client_gone());
+        };
         loop {
-            match self.stream.next().await {
+            let next = stream.next().await;
+            if matches!(next, Some(Ok(Message::Close(_))) | Some(Err(_)) | None) {
+                self.peer_done = true;
+            }
+            match next {
                 Some(Ok(Message::Binary(b))) => return Ok(Some(Frame::Data(b))),
                 Some(Ok(Message::Text(t))) => {
                     if t.as_str().trim() == EOF_MESSAGE {
@@ -88,7 +144,7 @@ impl FrameTx for WsTx {
                     .into(),
             ),
             Frame::Close(c) => {
-                self.closed = true;
+                self.closed.store(true, Ordering::SeqCst);
                 Message::Close(Some(CloseFrame {
                     code: c.code as u16,
                     reason: c.reason.into(),
@@ -102,8 +158,7 @@ impl FrameTx for WsTx {
     async fn finish(&mut self) {
         // Both directions ended with EOF: the session is over, normally.
         // Say so with a code, so clients need not guess from a bare close.
-        if !self.closed {
-            self.closed = true;
+        if !self.closed.swap(true, Ordering::SeqCst) {
             let normal = Close::normal();
             let _ = self
                 .sink

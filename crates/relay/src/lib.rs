@@ -42,6 +42,14 @@ pub trait FrameRx: Send {
     fn recv(&mut self) -> impl Future<Output = Result<Option<Frame>, Close>> + Send;
 }
 
+/// A side lent to the relay, to be used again after it (the agent reads
+/// what a gateway still sends after the session's Close).
+impl<T: FrameRx> FrameRx for &mut T {
+    fn recv(&mut self) -> impl Future<Output = Result<Option<Frame>, Close>> + Send {
+        (**self).recv()
+    }
+}
+
 /// The sending half of a side.
 pub trait FrameTx: Send {
     /// Sends one frame; an error is the [`Close`] for the other side.

@@ -144,6 +144,17 @@ impl FrameRx for QuicRx {
                         format!("stream from {} ended inside a frame", self.peer),
                     ))
                 }
+                Err(quinn::ReadError::Reset(code))
+                    if code == quinn::VarInt::from_u32(RESET_MID_FRAME) =>
+                {
+                    return Err(Close::new(
+                        CloseCode::BackendError,
+                        format!(
+                            "the {} ended the session, and its reason was not read in time",
+                            self.peer
+                        ),
+                    ))
+                }
                 Err(e) => return Err(lost(self.peer, e)),
             }
         }
@@ -151,28 +162,65 @@ impl FrameRx for QuicRx {
 }
 
 /// Sends frames on a QUIC stream.
+///
+/// Cancel-safe: the relay drops a pump mid-send when the session ends
+/// (stop, the other side's Close), and its Close must still follow whole
+/// frames. So the frame being sent lives here, not in the send future;
+/// the next send, or `finish`, writes what is left of it first. Dropped
+/// with part of a frame unsent, the stream is reset with the frame's
+/// position lost rather than finished inside a frame.
 pub struct QuicTx {
     stream: quinn::SendStream,
     peer: &'static str,
+    /// What is left of the frame being sent (quinn empties written chunks).
+    pending: [Bytes; 2],
 }
+
+/// The QUIC stream error code for "reset inside a frame".
+const RESET_MID_FRAME: u32 = 1;
 
 impl QuicTx {
     pub fn new(stream: quinn::SendStream, peer: &'static str) -> QuicTx {
-        QuicTx { stream, peer }
+        QuicTx {
+            stream,
+            peer,
+            pending: Default::default(),
+        }
+    }
+
+    /// Writes what is left of the pending frame. Each `write_chunks` either
+    /// writes (and empties what it wrote) or waits without writing, so
+    /// cancelling this loses nothing.
+    async fn flush(&mut self) -> Result<(), Close> {
+        while let Some(i) = self.pending.iter().position(|b| !b.is_empty()) {
+            self.stream
+                .write_chunks(&mut self.pending[i..])
+                .await
+                .map_err(|e| lost(self.peer, e))?;
+        }
+        Ok(())
     }
 }
 
 impl FrameTx for QuicTx {
     async fn send(&mut self, frame: Frame) -> Result<(), Close> {
-        let mut chunks = frame.to_chunks();
-        self.stream
-            .write_all_chunks(&mut chunks)
-            .await
-            .map_err(|e| lost(self.peer, e))
+        self.flush().await?;
+        self.pending = frame.to_chunks();
+        self.flush().await
     }
 
     async fn finish(&mut self) {
-        let _ = self.stream.finish();
+        if self.flush().await.is_ok() {
+            let _ = self.stream.finish();
+        }
+    }
+}
+
+impl Drop for QuicTx {
+    fn drop(&mut self) {
+        if self.pending.iter().any(|b| !b.is_empty()) {
+            let _ = self.stream.reset(quinn::VarInt::from_u32(RESET_MID_FRAME));
+        }
     }
 }
 

@@ -24,6 +24,7 @@ for_each_backend!(
     a_read_only_sessions_input_and_eof_never_reach_the_guest,
     piped_input_gets_its_answer_before_the_cli_sends_eof,
     listen_serves_each_socat_connection_as_its_own_session,
+    a_stalled_flooding_channel_does_not_hold_up_the_serial_console,
 );
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -395,10 +396,13 @@ async fn a_read_only_sessions_input_and_eof_never_reach_the_guest(backend: Backe
     assert!(agent_log.contains("input dropped"), "{agent_log}");
 }
 
-#[tokio::test]
-async fn a_stalled_flooding_channel_does_not_hold_up_the_serial_console() {
+/// Under libvirt the agent connects to the channel's socket itself (the
+/// default `channel_via = "socket"`), so a client that does not read holds
+/// the guest back exactly as under the qemu backend.
+async fn a_stalled_flooding_channel_does_not_hold_up_the_serial_console(backend: Backend) {
     const MSG: usize = 64 << 10;
-    let stack = Stack::start().await;
+    let stack = Stack::start_backend(backend).await;
+    let rss_before = rss_kib(stack.agent_pid());
     let flood = open_echo_when_free(&stack).await;
     let (mut sink, mut stream) = futures_util::StreamExt::split(flood.ws);
     let sent = Arc::new(AtomicU64::new(0));
@@ -466,10 +470,120 @@ async fn a_stalled_flooding_channel_does_not_hold_up_the_serial_console() {
         }
     }
     assert!(got >= stalled_at);
+    let grew = rss_kib(stack.agent_pid()).saturating_sub(rss_before);
     eprintln!(
-        "flood stalled after {:.1} MiB sent without reading",
+        "flood stalled after {:.1} MiB sent without reading; agent RSS grew {grew} KiB",
         stalled_at as f64 / (1 << 20) as f64
     );
+    // Backpressure, not buffering: the agent did not keep the flood.
+    assert!(
+        grew < 32 << 10,
+        "the agent grew by {grew} KiB holding a stalled flood"
+    );
+    if backend == Backend::Libvirt {
+        let log = stack.log("agent.log");
+        assert!(log.contains("channel opened on its socket"), "{log}");
+    }
+}
+
+/// The agent's resident memory, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// `channel_via = "stream"` (what a remote libvirt URI gets):
+/// `virDomainOpenChannel` works both ways, and since a libvirt stream
+/// cannot hold the guest back, a client that stops reading has its session
+/// ended with the reason once the agent's bounded backlog is full, instead
+/// of the agent's memory growing without end; other sessions go on.
+#[tokio::test]
+async fn through_a_libvirt_stream_a_reader_that_stalls_is_ended_with_a_reason_not_buffered() {
+    const MSG: usize = 64 << 10;
+    let stack = Stack::start_libvirt_with(|l| {
+        l.channel_via = vmgate_agent::config::ChannelVia::Stream;
+    })
+    .await;
+    let mut echo = open_echo_when_free(&stack).await;
+    echo.send(b"through-the-stream").await;
+    echo.expect("through-the-stream").await;
+    let log = stack.log("agent.log");
+    assert!(
+        log.contains("channel opened through virDomainOpenChannel"),
+        "{log}"
+    );
+    drop(echo);
+
+    let rss_before = rss_kib(stack.agent_pid());
+    let flood = open_echo_when_free(&stack).await;
+    let (mut sink, mut stream) = futures_util::StreamExt::split(flood.ws);
+    let writer = tokio::spawn(async move {
+        let mut at = 0u64;
+        loop {
+            let chunk = vec![(at >> 16) as u8; MSG];
+            if sink.send(Message::binary(chunk)).await.is_err() {
+                return at;
+            }
+            at += MSG as u64;
+        }
+    });
+    // Nothing is read until the agent gave up on the session ...
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while !stack
+        .log("agent.log")
+        .contains("the reader fell too far behind a libvirt stream")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent never ended the stalled stream; agent log:\n{}",
+            stack.log("agent.log")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let grew = rss_kib(stack.agent_pid()).saturating_sub(rss_before);
+    // ... then what got through, and the close frame with the reason.
+    let (code, reason) = loop {
+        let m = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut stream))
+            .await
+            .expect("the stalled session's close frame in time");
+        match m {
+            Some(Ok(Message::Close(Some(f)))) => break (u16::from(f.code), f.reason.to_string()),
+            Some(Ok(_)) => {}
+            other => panic!("flood session ended without a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(code, 4503, "{reason}");
+    assert!(reason.contains("client fell over 8 MiB behind"), "{reason}");
+    let sent = writer.await.unwrap();
+    eprintln!(
+        "stream session ended after {:.1} MiB sent; agent RSS grew {grew} KiB",
+        sent as f64 / (1 << 20) as f64
+    );
+    // The backlog's bound, not the flood, is what the agent held.
+    assert!(grew < 64 << 10, "the agent grew by {grew} KiB");
+    // The guest and the channel are fine: the console answers and a new
+    // session on the channel echoes.
+    let mut serial = stack.serial().await;
+    serial.send(b"echo after-$((6*7))\n").await;
+    serial.expect("after-42").await;
+    // (It may first get what the guest still held of the flood.)
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut again = loop {
+        let mut s = open(&stack, &[ECHO], ECHO, false).await;
+        s.send(b"again-after-the-flood").await;
+        match s.next_event(WAIT).await {
+            Event::Closed(4409, _) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Event::Data(_) => break s,
+            other => panic!("reopening {ECHO}: {other:?}"),
+        }
+    };
+    again.expect("again-after-the-flood").await;
 }
 
 async fn listen_serves_each_socat_connection_as_its_own_session(backend: Backend) {

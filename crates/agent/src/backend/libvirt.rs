@@ -5,7 +5,11 @@
 //! * serial consoles: `virDomainOpenConsole` (with `VIR_DOMAIN_CONSOLE_SAFE`,
 //!   and `..._FORCE` when configured or when a session attaches with
 //!   `--force`), fed into the same [`ConsoleHub`] as the `qemu` backend;
-//! * channels: `virDomainOpenChannel` (unix virtio-serial channels);
+//! * channels (unix virtio-serial channels): the channel's own unix socket,
+//!   from the live XML, when the daemon is local (`channel_via = "socket"`,
+//!   the default: flow control end to end); else `virDomainOpenChannel`,
+//!   whose libvirt stream has none, so a session whose client falls more
+//!   than [`STREAM_BACKLOG`] behind ends with a reason;
 //! * VNC: `virDomainOpenGraphicsFD`, so no VNC listener is needed;
 //! * inventory: a supervisor task holds one connection, re-reads a domain on
 //!   each of its lifecycle events and every domain after a (re)connect, and
@@ -18,11 +22,11 @@
 //! libvirt calls block, so they run on tokio's blocking pool. Streams are
 //! non-blocking, woken by libvirt's event loop, each on a connection of its
 //! own, and bridged to tokio by [`bridge`]: one thread per direction,
-//! through a bounded in-memory pipe.
+//! through bounded buffers.
 
 mod ffi;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,7 +35,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Handle;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use virt::connect::Connect;
 use virt::domain::Domain;
@@ -51,6 +55,16 @@ const EVENT_DEPTH: usize = 256;
 /// Bytes in flight per direction between a libvirt stream and tokio, and the
 /// size of one read from either.
 const BRIDGE_BUF: usize = 64 * 1024;
+/// Guest output a libvirt stream may hold for a reader that is behind.
+/// libvirt's client library queues whatever libvirtd sends, without limit,
+/// so the agent reads every stream at once into a backlog of its own,
+/// bounded by this; a session whose client falls further behind ends.
+/// (Console hubs always read, and channels on their socket have the
+/// kernel's flow control.)
+const STREAM_BACKLOG: usize = 8 << 20;
+/// The channel libvirt itself talks to the QEMU guest agent on: libvirtd
+/// holds it, so it is never offered to users.
+const GUEST_AGENT_CHANNEL: &str = "org.qemu.guest_agent.0";
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
 /// libvirt keepalive: a probe every 5 s, the connection is dead after 3
@@ -72,6 +86,8 @@ struct Devices {
     consoles: Vec<String>,
     /// Target names of unix virtio-serial channels.
     channels: Vec<String>,
+    /// Their unix sockets (libvirt's `<source path>`), by target name.
+    sockets: BTreeMap<String, PathBuf>,
     /// Index of the first VNC display among the domain's graphics.
     vnc: Option<u32>,
 }
@@ -101,7 +117,7 @@ struct Shared {
     inventory: watch::Sender<Inventory>,
     /// Channel and VNC sessions whose libvirt stream may end, by session
     /// id: picked up by [`Backend::session_end`] right after the open.
-    stream_ends: Mutex<HashMap<u64, CancellationToken>>,
+    stream_ends: Mutex<HashMap<u64, Ended>>,
     shutdown: CancellationToken,
 }
 
@@ -500,8 +516,13 @@ fn parse_devices(xml: &str) -> Result<Devices, String> {
             "channel" if ty == Some("unix") => {
                 let target = child(n, "target");
                 if target.and_then(|t| t.attribute("type")) == Some("virtio") {
-                    if let Some(name) = target.and_then(|t| t.attribute("name")) {
+                    let name = target.and_then(|t| t.attribute("name"));
+                    if let Some(name) = name.filter(|n| *n != GUEST_AGENT_CHANNEL) {
                         out.channels.push(name.to_string());
+                        let path = child(n, "source").and_then(|s| s.attribute("path"));
+                        if let Some(path) = path {
+                            out.sockets.insert(name.to_string(), path.into());
+                        }
                     }
                 }
             }
@@ -521,6 +542,7 @@ fn parse_devices(xml: &str) -> Result<Devices, String> {
         .retain(|c| vmgate_wire::valid_name(c) && seen.insert(c.clone()));
     out.channels
         .retain(|c| vmgate_wire::valid_name(c) && seen.insert(c.clone()));
+    out.sockets.retain(|c, _| out.channels.contains(c));
     Ok(out)
 }
 
@@ -575,11 +597,90 @@ fn console_connector(shared: Weak<Shared>, domain: String, alias: String) -> Con
 enum StreamEnd {
     /// End-of-stream (a console hub reconnects on it).
     Eof,
-    /// Nothing on the pipe; this token is cancelled instead, so the session
-    /// can close with a reason. A libvirt stream does not half-close: its
-    /// end means QEMU or libvirtd went away, which a bare end-of-stream
-    /// would not tell the user.
-    Signal(CancellationToken),
+    /// Nothing on the pipe; [`Ended`] says so instead, so the session can
+    /// close with a reason. A libvirt stream does not half-close: its end
+    /// means QEMU or libvirtd went away, which a bare end-of-stream would
+    /// not tell the user.
+    Signal(Ended),
+}
+
+/// The end of a channel or VNC session's stream, seen by
+/// [`Backend::session_end`]: `token` is cancelled when the stream ends,
+/// with `why` set first when the agent itself knows the reason.
+#[derive(Clone, Default)]
+struct Ended {
+    token: CancellationToken,
+    why: Arc<OnceLock<Close>>,
+}
+
+/// Guest output read from a libvirt stream and not yet taken by the
+/// session: at most [`STREAM_BACKLOG`] bytes.
+#[derive(Default)]
+struct Backlog {
+    state: Mutex<BacklogState>,
+    ready: Notify,
+    /// Cancelled when the bound was hit: the session ends now, whatever
+    /// is still queued or being written.
+    overflowed: CancellationToken,
+}
+
+#[derive(Default)]
+struct BacklogState {
+    chunks: VecDeque<Vec<u8>>,
+    bytes: usize,
+    /// Set by the reading thread when the stream ended (`true`: because
+    /// the backlog was full).
+    end: Option<bool>,
+    /// The session's side is gone: stop keeping bytes.
+    gone: bool,
+}
+
+impl Backlog {
+    /// Keeps `data`; false when that would exceed the bound (or nobody
+    /// reads any more).
+    fn push(&self, data: &[u8]) -> bool {
+        let mut st = self.state.lock().expect("backlog lock");
+        if st.gone || st.bytes + data.len() > STREAM_BACKLOG {
+            return false;
+        }
+        st.bytes += data.len();
+        st.chunks.push_back(data.to_vec());
+        drop(st);
+        self.ready.notify_one();
+        true
+    }
+
+    fn finish(&self, overflowed: bool) {
+        self.state.lock().expect("backlog lock").end = Some(overflowed);
+        if overflowed {
+            self.overflowed.cancel();
+        }
+        self.ready.notify_one();
+    }
+
+    /// The next chunk, or how the stream ended once all are taken.
+    async fn next(&self) -> Result<Vec<u8>, bool> {
+        loop {
+            {
+                let mut st = self.state.lock().expect("backlog lock");
+                if let Some(chunk) = st.chunks.pop_front() {
+                    st.bytes -= chunk.len();
+                    return Ok(chunk);
+                }
+                if let Some(overflowed) = st.end {
+                    return Err(overflowed);
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    fn abandon(&self) {
+        let mut st = self.state.lock().expect("backlog lock");
+        st.gone = true;
+        st.chunks.clear();
+        st.bytes = 0;
+    }
 }
 
 /// A socket whose end-of-stream cancels `ended` instead of being read (see
@@ -644,12 +745,17 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for SignalOnEof<S> 
 /// The stream is non-blocking and libvirt's event loop says when it has
 /// data ([`ffi::stream_watch`]); a blocking `virStreamRecv` was seen to miss
 /// wake-ups while libvirt's event loop runs (output stalled until the next
-/// keepalive). Two threads move the bytes, one per direction, through an
-/// in-memory pipe (`tokio::io::duplex`) holding at most [`BRIDGE_BUF`]
-/// bytes per direction, so a slow side slows the other down instead of
-/// queueing. When the tokio side ends its input, the sending thread aborts
-/// the stream and wakes the receiving one; when libvirt ends the stream, the
-/// tokio side sees `end`.
+/// keepalive). Two threads move the bytes, one per direction. Toward libvirt
+/// an in-memory pipe (`tokio::io::duplex`) holds at most [`BRIDGE_BUF`]
+/// bytes, and a send returns once libvirt has written it, so a slow guest
+/// slows the client down. From libvirt there is no such flow control:
+/// libvirt's client library queues all libvirtd sends whether or not
+/// anyone reads, so the receiving thread always reads, into a [`Backlog`]
+/// of at most [`STREAM_BACKLOG`] bytes that a tokio task feeds to the pipe;
+/// when it is full the stream is aborted and the session ends saying why.
+/// When the tokio side ends its input, the sending thread aborts the stream
+/// and wakes the receiving one; when libvirt ends the stream, the tokio side
+/// sees `end` after the bytes before it.
 fn bridge(
     conn: &Connect,
     stream: Stream,
@@ -666,19 +772,62 @@ fn bridge(
     let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel::<()>(1);
     ffi::stream_watch(&stream, wake_tx.clone()).map_err(io_err)?;
     ffi::wake_on_close(conn, wake_tx.clone()).map_err(io_err)?;
+    let backlog = Arc::new(Backlog::default());
+    let feeder = backlog.clone();
+    let what_feed = what.clone();
+    handle.spawn(async move {
+        let overflowed = loop {
+            let chunk = tokio::select! {
+                _ = feeder.overflowed.cancelled() => break true,
+                next = feeder.next() => match next {
+                    Ok(chunk) => chunk,
+                    Err(overflowed) => break overflowed,
+                },
+            };
+            tokio::select! {
+                _ = feeder.overflowed.cancelled() => break true,
+                written = to_tokio.write_all(&chunk) => if written.is_err() {
+                    feeder.abandon();
+                    return;
+                },
+            }
+        };
+        match end {
+            StreamEnd::Signal(ended) if overflowed || !we_closed_rx.load(Ordering::SeqCst) => {
+                if overflowed {
+                    let _ = ended.why.set(Close::new(
+                        CloseCode::BackendError,
+                        // Short: a WebSocket close reason holds 123 bytes.
+                        format!(
+                            "{what_feed}: client fell over {} MiB behind (libvirt streams have no flow control)",
+                            STREAM_BACKLOG >> 20
+                        ),
+                    ));
+                }
+                ended.token.cancel();
+            }
+            // The pipe's other half is still held by the sending thread, so
+            // dropping ours is not enough for end-of-stream.
+            _ => {
+                let _ = to_tokio.shutdown().await;
+            }
+        }
+    });
     let receiver = stream.clone();
     let rx_conn = conn.clone();
-    let h = handle.clone();
     let what_rx = what.clone();
     std::thread::Builder::new()
         .name("virstream-recv".into())
         .spawn(move || {
             let mut buf = vec![0u8; BRIDGE_BUF];
+            let mut overflowed = false;
             loop {
                 match ffi::stream_recv(&receiver, &mut buf) {
                     Ok(Some(0)) => break,
                     Ok(Some(n)) => {
-                        if h.block_on(to_tokio.write_all(&buf[..n])).is_err() {
+                        if !backlog.push(&buf[..n]) {
+                            tracing::warn!(stream = %what_rx, limit = STREAM_BACKLOG, "the reader fell too far behind a libvirt stream; ending it (channel_via = \"socket\" has flow control)");
+                            overflowed = true;
                             break;
                         }
                     }
@@ -700,22 +849,18 @@ fn bridge(
                 }
             }
             ffi::stream_unwatch(&receiver);
-            match end {
-                StreamEnd::Signal(token) if !we_closed_rx.load(Ordering::SeqCst) => token.cancel(),
-                // The pipe's other half is still held by the sending thread,
-                // so dropping ours is not enough for end-of-stream.
-                _ => {
-                    let _ = h.block_on(to_tokio.shutdown());
-                }
+            if overflowed {
+                let _ = receiver.abort();
             }
+            backlog.finish(overflowed);
         })?;
     std::thread::Builder::new()
         .name("virstream-send".into())
         .spawn(move || {
             let mut buf = vec![0u8; BRIDGE_BUF];
-            'pipe: loop {
+            let failed = 'pipe: loop {
                 let n = match handle.block_on(from_tokio.read(&mut buf)) {
-                    Ok(0) | Err(_) => break,
+                    Ok(0) | Err(_) => break false,
                     Ok(n) => n,
                 };
                 let mut sent = 0;
@@ -727,16 +872,25 @@ fn bridge(
                         Ok(_) => std::thread::sleep(Duration::from_millis(5)),
                         Err(e) => {
                             tracing::debug!(stream = %what, error = %e.message(), "libvirt stream send failed");
-                            break 'pipe;
+                            break 'pipe true;
                         }
                     }
                 }
+            };
+            if !failed {
+                we_closed.store(true, Ordering::SeqCst);
             }
-            we_closed.store(true, Ordering::SeqCst);
             let _ = stream.abort();
             // The receiving thread may be waiting for an event that an
             // aborted stream never sends.
             let _ = wake_tx.try_send(());
+            if failed {
+                // The stream is dead and the session ends saying why (the
+                // receiving side signals it); until then the client's input
+                // goes nowhere, rather than failing the session first with
+                // a bare "broken pipe".
+                while let Ok(1..) = handle.block_on(from_tokio.read(&mut buf)) {}
+            }
         })?;
     Ok(Box::new(theirs))
 }
@@ -748,6 +902,21 @@ impl LibvirtBackend {
                 CloseCode::BackendError,
                 format!("guest {guest}: libvirtd is not reachable right now; try again shortly"),
             )
+        })
+    }
+
+    /// A socket for `session` whose end [`Backend::session_end`] explains.
+    fn signal_on_eof(&self, session: u64, inner: tokio::net::UnixStream) -> Box<dyn Duplex> {
+        let ended = Ended::default();
+        self.shared
+            .stream_ends
+            .lock()
+            .expect("stream_ends lock")
+            .insert(session, ended.clone());
+        Box::new(SignalOnEof {
+            inner,
+            ended: ended.token,
+            shut: false,
         })
     }
 
@@ -790,7 +959,7 @@ impl Backend for LibvirtBackend {
     }
 
     async fn open(&self, req: &OpenRequest) -> Result<Opened, Close> {
-        let (hub, slot, vnc) = {
+        let (hub, slot, vnc, socket) = {
             let domains = self.shared.domains.lock().expect("domains lock");
             let r = domains.get(&req.guest).ok_or_else(|| {
                 Close::new(
@@ -805,6 +974,7 @@ impl Backend for LibvirtBackend {
                 r.consoles.get(&req.channel).cloned(),
                 r.channels.get(&req.channel).cloned(),
                 r.devices.vnc,
+                r.devices.sockets.get(&req.channel).cloned(),
             )
         };
         if let Some(hub) = hub {
@@ -830,18 +1000,8 @@ impl Backend for LibvirtBackend {
                     .set_nonblocking(true)
                     .and_then(|_| tokio::net::UnixStream::from_std(std_stream))
                     .map_err(|e| Close::new(CloseCode::BackendError, format!("{what}: {e}")))?;
-                let ended = CancellationToken::new();
-                self.shared
-                    .stream_ends
-                    .lock()
-                    .expect("stream_ends lock")
-                    .insert(req.session, ended.clone());
                 return Ok(Opened::Stream {
-                    stream: Box::new(SignalOnEof {
-                        inner: stream,
-                        ended,
-                        shut: false,
-                    }),
+                    stream: self.signal_on_eof(req.session, stream),
                     what,
                     stop: None,
                 });
@@ -851,11 +1011,25 @@ impl Backend for LibvirtBackend {
             let what = format!("channel {} of {}", req.channel, guest);
             let held = slot.take(req.session, req.force, &what)?;
             self.conn(&guest)?;
+            if let Some(path) = socket.filter(|_| self.shared.cfg.channels_by_socket()) {
+                let s = tokio::net::UnixStream::connect(&path).await.map_err(|e| {
+                    Close::new(
+                        CloseCode::BackendError,
+                        format!("{what}: connecting to {}: {e}", path.display()),
+                    )
+                })?;
+                tracing::debug!(session = req.session, channel = %what, path = %path.display(), "channel opened on its socket");
+                return Ok(Opened::Stream {
+                    stream: self.signal_on_eof(req.session, s),
+                    what,
+                    stop: Some(held),
+                });
+            }
             let uri = self.shared.cfg.uri.clone();
             let (name, force) = (req.channel.clone(), req.force);
             let handle = Handle::current();
             let w = what.clone();
-            let ended = CancellationToken::new();
+            let ended = Ended::default();
             let end = StreamEnd::Signal(ended.clone());
             let stream = tokio::task::spawn_blocking(move || {
                 let conn = stream_connection(&uri)?;
@@ -875,6 +1049,7 @@ impl Backend for LibvirtBackend {
             .await
             .map_err(|e| Close::new(CloseCode::Internal, e.to_string()))?
             .map_err(|e| Close::new(CloseCode::BackendError, format!("{what}: {e}")))?;
+            tracing::debug!(session = req.session, channel = %what, "channel opened through virDomainOpenChannel");
             self.shared
                 .stream_ends
                 .lock()
@@ -917,13 +1092,19 @@ impl Backend for LibvirtBackend {
             };
             let ended = async {
                 match stream_end {
-                    Some(t) => t.cancelled().await,
+                    Some(e) => {
+                        e.token.cancelled().await;
+                        e.why.get().cloned()
+                    }
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 _ = alive.cancelled() => {}
-                _ = ended => {
+                why = ended => {
+                    if let Some(close) = why {
+                        return close;
+                    }
                     // Usually the domain stopping; its event follows.
                     let stopped = tokio::time::timeout(STREAM_END_GRACE, alive.cancelled()).await;
                     if stopped.is_err() {
@@ -969,6 +1150,10 @@ mod tests {
           <target type='virtio' name='test.echo' state='disconnected'/>
           <alias name='channel0'/>
         </channel>
+        <channel type='unix'>
+          <source mode='bind' path='/var/lib/libvirt/qemu/channel/target/domain-3-demo/org.qemu.guest_agent.0'/>
+          <target type='virtio' name='org.qemu.guest_agent.0' state='connected'/>
+        </channel>
         <channel type='spicevmc'><target type='virtio' name='com.redhat.spice.0'/></channel>
         <channel type='unix'><target type='virtio' name='bad/name'/></channel>
         <graphics type='spice' autoport='yes'/>
@@ -980,7 +1165,15 @@ mod tests {
     fn parses_pty_consoles_unix_channels_and_the_vnc_index() {
         let d = parse_devices(LIVE).unwrap();
         assert_eq!(d.consoles, vec!["serial0", "console1"]);
+        // libvirt's own guest-agent channel is libvirtd's, never offered.
         assert_eq!(d.channels, vec!["test.echo"]);
+        assert_eq!(
+            d.sockets,
+            BTreeMap::from([(
+                "test.echo".to_string(),
+                PathBuf::from("/var/lib/libvirt/qemu/channel/target/domain-3-demo/test.echo")
+            )])
+        );
         assert_eq!(d.vnc, Some(1));
     }
 

@@ -129,7 +129,14 @@ impl Stack {
         boot: impl FnOnce(&mut BootOptions),
         config: impl FnOnce(&mut vmgate_agent::config::GuestConfig),
     ) -> Stack {
-        Stack::start_full(Backend::Qemu, true, boot, config, |_, _| {}).await
+        Stack::start_full(
+            Backend::Qemu,
+            true,
+            boot,
+            |cfg| config(&mut cfg.guests[0]),
+            |_, _| {},
+        )
+        .await
     }
 
     /// Boots the test guest, starts an agent (with `backend`) and a gateway
@@ -146,6 +153,21 @@ impl Stack {
     /// exclusively (to restart libvirtd).
     pub async fn start_with_daemon_held(backend: Backend) -> Stack {
         Stack::start_full(backend, false, |_| {}, |_| {}, |_, _| {}).await
+    }
+
+    /// [`Stack::start_backend`] under libvirt, with the agent's `[libvirt]`
+    /// settings changed by `tune`.
+    pub async fn start_libvirt_with(
+        tune: impl FnOnce(&mut vmgate_agent::config::LibvirtConfig),
+    ) -> Stack {
+        Stack::start_full(
+            Backend::Libvirt,
+            true,
+            |_| {},
+            |cfg| tune(&mut cfg.libvirt),
+            |_, _| {},
+        )
+        .await
     }
 
     /// Like [`Stack::start`], with the gateway's admin listener (token and
@@ -169,13 +191,13 @@ impl Stack {
         .await
     }
 
-    /// Boots the stack with the guest's boot options, the agent's view of
-    /// the guest and the gateway's configuration changed first.
+    /// Boots the stack with the guest's boot options, the agent's
+    /// configuration and the gateway's configuration changed first.
     pub async fn start_full(
         backend: Backend,
         share_daemon: bool,
         boot: impl FnOnce(&mut BootOptions),
-        config: impl FnOnce(&mut vmgate_agent::config::GuestConfig),
+        config: impl FnOnce(&mut vmgate_agent::config::AgentConfig),
         configure: impl FnOnce(&State, &mut vmgate_gateway::GatewayConfig),
     ) -> Stack {
         if backend == Backend::Libvirt {
@@ -206,8 +228,7 @@ impl Stack {
                 let mut opts = BootOptions::new("demo", &run);
                 boot(&mut opts);
                 let guest = Guest::boot(&image, &opts).expect("booting");
-                let mut guest_cfg = vmgate::demo::guest_config(&guest);
-                config(&mut guest_cfg);
+                let guest_cfg = vmgate::demo::guest_config(&guest);
                 let cfg = state.agent_config(agent_addr, vec![guest_cfg]);
                 ("demo".to_string(), Some(guest), cfg)
             }
@@ -220,6 +241,8 @@ impl Stack {
                 (name, None, cfg)
             }
         };
+        let mut agent_cfg = agent_cfg;
+        config(&mut agent_cfg);
         write_toml(&state.path("agent.toml"), &agent_cfg).unwrap();
         let mut gw_cfg = state.gateway_config(gw_addr, &[agent_addr]);
         configure(&state, &mut gw_cfg);
@@ -346,6 +369,11 @@ impl Stack {
             args.extend(["--backend", "libvirt"]);
         }
         self.agent = Some(spawn(&args, self.dir.path().join("agent.log")));
+    }
+
+    /// The agent process's id.
+    pub fn agent_pid(&self) -> u32 {
+        self.agent.as_ref().expect("the agent runs").id()
     }
 
     pub fn kill_agent(&mut self) {
