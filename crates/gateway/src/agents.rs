@@ -102,18 +102,7 @@ impl AgentPool {
                     format!("unknown guest {guest}: no connected agent hosts it"),
                 )
             })?;
-        if !route.guest.channels.iter().any(|c| c.name == channel) {
-            return Err(Close::new(
-                CloseCode::UnknownChannel,
-                format!("guest {guest} has no channel {channel}"),
-            ));
-        }
-        if route.guest.state != GuestState::Running {
-            return Err(Close::new(
-                CloseCode::GuestDown,
-                format!("guest {guest} is not running"),
-            ));
-        }
+        admit(&route.guest, channel)?;
         Ok(route)
     }
 
@@ -187,6 +176,26 @@ impl AgentPool {
     }
 }
 
+/// Whether a known guest takes a session on `channel` now. The state comes
+/// first: a guest that is down may list no channels (the libvirt backend
+/// learns a domain's endpoints when it starts).
+fn admit(guest: &GuestInfo, channel: &str) -> Result<(), Close> {
+    let name = &guest.name;
+    if guest.state != GuestState::Running {
+        return Err(Close::new(
+            CloseCode::GuestDown,
+            format!("guest {name} is not running"),
+        ));
+    }
+    if !guest.channels.iter().any(|c| c.name == channel) {
+        return Err(Close::new(
+            CloseCode::UnknownChannel,
+            format!("guest {name} has no channel {channel}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Keeps one agent connected and its guests routed, until shutdown.
 async fn agent_loop(pool: Arc<AgentPool>, idx: usize, shutdown: CancellationToken) {
     let entry = pool.agents[idx].clone();
@@ -241,5 +250,46 @@ async fn follow_agent(
             Ok(None) => return Err("agent ended the inventory stream".into()),
             Err(c) => return Err(c.reason),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmgate_wire::{ChannelInfo, ChannelKind};
+
+    fn guest(state: GuestState, channels: &[&str]) -> GuestInfo {
+        GuestInfo {
+            name: "web".into(),
+            state,
+            channels: channels
+                .iter()
+                .map(|c| ChannelInfo {
+                    name: c.to_string(),
+                    kind: ChannelKind::Serial,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_down_guest_is_refused_as_not_running_whatever_its_channels() {
+        for g in [
+            guest(GuestState::Down, &[]),
+            guest(GuestState::Down, &["serial0"]),
+        ] {
+            let e = admit(&g, "serial0").unwrap_err();
+            assert_eq!(e.code, CloseCode::GuestDown);
+            assert_eq!(e.reason, "guest web is not running");
+        }
+    }
+
+    #[test]
+    fn a_running_guest_admits_its_channels_only() {
+        let g = guest(GuestState::Running, &["serial0"]);
+        assert!(admit(&g, "serial0").is_ok());
+        let e = admit(&g, "serial9").unwrap_err();
+        assert_eq!(e.code, CloseCode::UnknownChannel);
+        assert_eq!(e.reason, "guest web has no channel serial9");
     }
 }

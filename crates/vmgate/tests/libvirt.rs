@@ -80,6 +80,63 @@ async fn serial_channel_and_vnc_work_and_a_destroyed_domain_closes_them_with_gue
     assert!(code == 4404 || code == 4410, "{code} {reason}");
 }
 
+#[tokio::test]
+async fn a_defined_domain_that_is_not_running_is_refused_as_down_until_it_is_undefined() {
+    let stack = Stack::start_backend_with_admin(Backend::Libvirt).await;
+    let name = format!("{}.p", stack.name);
+    // Defined, never started: listed down (from libvirt's DEFINED event).
+    let domain = stack.define_domain(&name).await;
+    stack.wait_guest_state(&name, Some("down")).await;
+    let reason = refused(&stack, &name, 4410).await;
+    assert_eq!(reason, format!("guest {name} is not running"));
+    let gw_log = stack.log("gateway.log");
+    assert!(
+        gw_log
+            .lines()
+            .any(|l| l.contains("session refused") && l.contains(&name) && l.contains("(4410)")),
+        "refusal not logged:\n{gw_log}"
+    );
+
+    // Started: served, with its console.
+    domain.start();
+    stack.wait_routable_guest(&name).await;
+    assert_eq!(stack.guest_state(&name).await.as_deref(), Some("running"));
+    stack.wait_booted(&name).await;
+    let t = stack.ticket(&name, &["serial0"], false);
+    let mut s = Session::new(stack.connect(&t.ws_url).await);
+    s.expect_notice("you hold the keyboard").await;
+    s.send(b"echo persistent-$((50+5))\n").await;
+    s.expect("persistent-55").await;
+
+    // Destroyed: the session closes with the reason, and the domain is
+    // listed down again, not forgotten.
+    domain.destroy();
+    let (code, reason) = closed_or_log(&stack, &mut s).await;
+    assert_eq!(code, 4410, "{reason}");
+    assert_eq!(reason, "guest stopped (destroyed)");
+    let reason = refused(&stack, &name, 4410).await;
+    assert!(reason.contains("not running"), "{reason}");
+    stack.wait_guest_state(&name, Some("down")).await;
+
+    // Undefined: gone, an unknown guest.
+    domain.undefine();
+    stack.wait_guest_state(&name, None).await;
+    let reason = refused(&stack, &name, 4404).await;
+    assert!(
+        reason.contains(&format!("unknown guest {name}")),
+        "{reason}"
+    );
+}
+
+/// Opens a serial session to `guest` and expects it refused with `code`;
+/// returns the reason.
+async fn refused(stack: &Stack, guest: &str, code: u16) -> String {
+    let t = stack.ticket(guest, &["serial0"], false);
+    let (c, reason) = Session::new(stack.connect(&t.ws_url).await).closed().await;
+    assert_eq!(c, code, "{reason}");
+    reason
+}
+
 /// Waits for the session's close; on a timeout, shows the agent's log.
 async fn closed_or_log(stack: &Stack, s: &mut Session) -> (u16, String) {
     let deadline = tokio::time::Instant::now() + common::WAIT;

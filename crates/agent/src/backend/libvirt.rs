@@ -17,7 +17,10 @@
 //!   meanwhile; their consoles reconnect once libvirtd is back.
 //!
 //! When a domain stops (shut down, destroyed, crashed, migrated away) its
-//! sessions are closed with [`CloseCode::GuestDown`] "guest stopped".
+//! sessions are closed with [`CloseCode::GuestDown`] "guest stopped". A
+//! selected persistent domain that is defined but not running is listed as
+//! [`GuestState::Down`] (no channels: its endpoints are known once it runs),
+//! so a session to it is refused as "not running" rather than "unknown".
 //!
 //! libvirt calls block, so they run on tokio's blocking pool. Streams are
 //! non-blocking, woken by libvirt's event loop, each on a connection of its
@@ -26,7 +29,7 @@
 
 mod ffi;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -114,6 +117,9 @@ struct Shared {
     /// The current connection; `None` while libvirtd is unreachable.
     conn: Mutex<Option<Connect>>,
     domains: Mutex<HashMap<String, Running>>,
+    /// Selected persistent domains that are defined but not running, never
+    /// also in `domains`. Locked after `domains` when both are held.
+    down: Mutex<BTreeSet<String>>,
     inventory: watch::Sender<Inventory>,
     /// Channel and VNC sessions whose libvirt stream may end, by session
     /// id: picked up by [`Backend::session_end`] right after the open.
@@ -136,6 +142,7 @@ impl LibvirtBackend {
             scrollback_bytes: cfg.scrollback_bytes,
             conn: Mutex::new(None),
             domains: Mutex::new(HashMap::new()),
+            down: Mutex::new(BTreeSet::new()),
             inventory: watch::channel(Inventory {
                 node: cfg.node.clone(),
                 guests: Vec::new(),
@@ -265,7 +272,9 @@ fn stop_reason(event: u32, detail: u32) -> Option<&'static str> {
 enum Seen {
     /// Running and selected: serve it.
     Serve { id: u32, devices: Devices },
-    /// Gone, stopped, or not selected.
+    /// Selected, persistent and not running: list it as down.
+    Down,
+    /// Gone, not selected, or stopped and transient.
     Ignore,
 }
 
@@ -273,7 +282,7 @@ fn inspect(cfg: &LibvirtConfig, dom: &Domain) -> Seen {
     let Ok(name) = dom.name() else {
         return Seen::Ignore;
     };
-    if !dom.is_active().unwrap_or(false) || !cfg.selects_name(&name) {
+    if !cfg.selects_name(&name) {
         return Seen::Ignore;
     }
     if !vmgate_wire::valid_name(&name) {
@@ -287,6 +296,11 @@ fn inspect(cfg: &LibvirtConfig, dom: &Domain) -> Seen {
         {
             return Seen::Ignore;
         }
+    }
+    match (dom.is_active(), dom.is_persistent()) {
+        (Ok(true), _) => {}
+        (Ok(false), Ok(true)) => return Seen::Down,
+        _ => return Seen::Ignore,
     }
     let Some(id) = dom.id() else {
         return Seen::Ignore;
@@ -317,14 +331,15 @@ async fn resync(shared: &Arc<Shared>) {
     };
     let cfg = shared.cfg.clone();
     let seen = tokio::task::spawn_blocking(move || {
+        // Active and inactive (defined) domains alike.
         let doms = conn
-            .list_all_domains(sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+            .list_all_domains(0)
             .map_err(|e| e.message().to_string())?;
         Ok::<_, String>(
             doms.iter()
                 .filter_map(|d| match (d.name(), inspect(&cfg, d)) {
-                    (Ok(name), Seen::Serve { id, devices }) => Some((name, (id, devices))),
-                    _ => None,
+                    (Ok(_), Seen::Ignore) | (Err(_), _) => None,
+                    (Ok(name), seen) => Some((name, seen)),
                 })
                 .collect::<HashMap<_, _>>(),
         )
@@ -343,16 +358,24 @@ async fn resync(shared: &Arc<Shared>) {
     };
     {
         let mut domains = shared.domains.lock().expect("domains lock");
+        let mut down = shared.down.lock().expect("down lock");
         let gone: Vec<String> = domains
             .keys()
-            .filter(|n| !seen.contains_key(*n))
+            .filter(|n| !matches!(seen.get(*n), Some(Seen::Serve { .. })))
             .cloned()
             .collect();
         for name in gone {
             stop(&mut domains, &name, "no longer running");
         }
-        for (name, (id, devices)) in seen {
-            serve(shared, &mut domains, name, id, devices);
+        down.clear();
+        for (name, seen) in seen {
+            match seen {
+                Seen::Serve { id, devices } => serve(shared, &mut domains, name, id, devices),
+                Seen::Down => {
+                    down.insert(name);
+                }
+                Seen::Ignore => {}
+            }
         }
     }
     publish(shared);
@@ -374,12 +397,25 @@ async fn refresh(shared: &Arc<Shared>, name: &str, stopped: Option<&'static str>
     .unwrap_or(Seen::Ignore);
     {
         let mut domains = shared.domains.lock().expect("domains lock");
+        let mut down = shared.down.lock().expect("down lock");
+        if let (Some(reason), false) = (stopped, matches!(seen, Seen::Serve { .. })) {
+            stop(&mut domains, name, reason);
+        }
         match seen {
-            Seen::Serve { id, devices } => serve(shared, &mut domains, name.into(), id, devices),
-            Seen::Ignore => {
-                if let Some(reason) = stopped {
-                    stop(&mut domains, name, reason);
+            Seen::Serve { id, devices } => {
+                down.remove(name);
+                serve(shared, &mut domains, name.into(), id, devices)
+            }
+            // Inactive but still served: its STOPPED event follows and
+            // closes its sessions with the reason.
+            Seen::Down if domains.contains_key(name) => {}
+            Seen::Down => {
+                if down.insert(name.into()) {
+                    tracing::info!(domain = %name, "domain defined but not running; listed as down");
                 }
+            }
+            Seen::Ignore => {
+                down.remove(name);
             }
         }
     }
@@ -449,6 +485,19 @@ fn stop(domains: &mut HashMap<String, Running>, name: &str, reason: &str) {
 
 fn publish(shared: &Shared) {
     let domains = shared.domains.lock().expect("domains lock");
+    let down = shared.down.lock().expect("down lock");
+    let guests = listing(&domains, &down);
+    drop((down, domains));
+    shared.inventory.send_if_modified(|inv| {
+        let changed = inv.guests != guests;
+        inv.guests = guests;
+        changed
+    });
+}
+
+/// The inventory's guests: the running domains with their endpoints, and
+/// the defined ones that are down, without channels.
+fn listing(domains: &HashMap<String, Running>, down: &BTreeSet<String>) -> Vec<GuestInfo> {
     let mut guests: Vec<GuestInfo> = domains
         .iter()
         .map(|(name, r)| {
@@ -477,13 +526,14 @@ fn publish(shared: &Shared) {
                 channels,
             }
         })
+        .chain(down.iter().map(|name| GuestInfo {
+            name: name.clone(),
+            state: GuestState::Down,
+            channels: Vec::new(),
+        }))
         .collect();
     guests.sort_by(|a, b| a.name.cmp(&b.name));
-    shared.inventory.send_if_modified(|inv| {
-        let changed = inv.guests != guests;
-        inv.guests = guests;
-        changed
-    });
+    guests
 }
 
 fn child<'a, 'i>(n: roxmltree::Node<'a, 'i>, tag: &str) -> Option<roxmltree::Node<'a, 'i>> {
@@ -953,6 +1003,24 @@ impl LibvirtBackend {
     }
 }
 
+/// Why a guest the agent does not serve is refused: down if it is a
+/// defined domain that is not running (the gateway may not know yet).
+fn not_served(shared: &Shared, guest: &str) -> Close {
+    if shared.down.lock().expect("down lock").contains(guest) {
+        return Close::new(
+            CloseCode::GuestDown,
+            format!(
+                "guest {guest} is not running (its libvirt domain is shut off on node {}; start it first)",
+                shared.node
+            ),
+        );
+    }
+    Close::new(
+        CloseCode::UnknownGuest,
+        format!("no domain {guest} is served on node {}", shared.node),
+    )
+}
+
 impl Backend for LibvirtBackend {
     fn inventory(&self) -> watch::Receiver<Inventory> {
         self.shared.inventory.subscribe()
@@ -961,15 +1029,9 @@ impl Backend for LibvirtBackend {
     async fn open(&self, req: &OpenRequest) -> Result<Opened, Close> {
         let (hub, slot, vnc, socket) = {
             let domains = self.shared.domains.lock().expect("domains lock");
-            let r = domains.get(&req.guest).ok_or_else(|| {
-                Close::new(
-                    CloseCode::UnknownGuest,
-                    format!(
-                        "no running domain {} on node {}",
-                        req.guest, self.shared.node
-                    ),
-                )
-            })?;
+            let r = domains
+                .get(&req.guest)
+                .ok_or_else(|| not_served(&self.shared, &req.guest))?;
             (
                 r.consoles.get(&req.channel).cloned(),
                 r.channels.get(&req.channel).cloned(),
@@ -1184,6 +1246,33 @@ mod tests {
             Devices::default()
         );
         assert!(parse_devices("<domain>").is_err());
+    }
+
+    #[test]
+    fn running_domains_list_their_endpoints_and_defined_ones_are_down_without_any() {
+        let running = Running {
+            id: 3,
+            devices: parse_devices(LIVE).unwrap(),
+            consoles: HashMap::new(),
+            channels: HashMap::new(),
+            alive: CancellationToken::new(),
+            stop_reason: Arc::default(),
+        };
+        let domains = HashMap::from([("demo".to_string(), running)]);
+        let down = BTreeSet::from(["off".to_string(), "alpha".to_string()]);
+        let guests = listing(&domains, &down);
+        let seen: Vec<_> = guests
+            .iter()
+            .map(|g| (g.name.as_str(), g.state, g.channels.len()))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("alpha", GuestState::Down, 0),
+                ("demo", GuestState::Running, 4),
+                ("off", GuestState::Down, 0),
+            ]
+        );
     }
 
     #[test]

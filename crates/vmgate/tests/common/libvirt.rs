@@ -3,8 +3,9 @@
 //! The domain boots the test kit's kernel and initramfs directly, with a pty
 //! serial port (`serial0`), a unix virtio channel (`test.echo`) and VNC on a
 //! unix socket, under TCG. Domain names are host-wide, so each test gets its
-//! own (`vmgate-t<pid>-<n>`); a domain left by a killed test run is
-//! destroyed the next time the harness starts.
+//! own (`vmgate-t<pid>-<n>`, or that followed by `.something`); a domain
+//! left by a killed test run is destroyed and undefined the next time the
+//! harness starts.
 //!
 //! libvirtd and virtlogd are started by `scripts/libvirt-up` (installed by
 //! `scripts/deps.d/libvirt.sh`) if they are not running.
@@ -46,7 +47,8 @@ fn virsh_ok(args: &[&str]) -> String {
 }
 
 /// Starts virtlogd and libvirtd if needed (once per test process), and
-/// destroys domains that earlier, killed test processes left running.
+/// removes the domains that earlier, killed test processes left behind
+/// (running or only defined).
 pub fn ensure_daemons() {
     static DONE: Mutex<bool> = Mutex::new(false);
     let mut done = DONE.lock().unwrap();
@@ -54,7 +56,7 @@ pub fn ensure_daemons() {
         return;
     }
     daemons_up();
-    for name in virsh_ok(&["list", "--name"]).lines() {
+    for name in virsh_ok(&["list", "--all", "--name"]).lines() {
         let Some(pid) = name
             .strip_prefix("vmgate-t")
             .and_then(|r| r.split('-').next())
@@ -63,6 +65,7 @@ pub fn ensure_daemons() {
         };
         if !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = virsh(&["destroy", name]);
+            let _ = virsh(&["undefine", name]);
         }
     }
     *done = true;
@@ -116,15 +119,35 @@ pub fn unique_name() -> String {
     )
 }
 
-/// A running transient domain; destroyed when dropped.
+/// A test guest domain; destroyed (and undefined, if persistent) when
+/// dropped.
 pub struct Domain {
     pub name: String,
     pub vnc_socket: PathBuf,
+    persistent: bool,
 }
 
 impl Domain {
     /// Defines and starts the test guest as transient domain `name`.
     pub fn create(name: &str, image: &GuestImage, run_dir: &Path) -> Domain {
+        let d = Domain::write_xml(name, image, run_dir, false);
+        virsh_ok(&["create", d.xml(run_dir).to_str().unwrap()]);
+        d
+    }
+
+    /// Defines the test guest as persistent domain `name`, not started.
+    pub fn define(name: &str, image: &GuestImage, run_dir: &Path) -> Domain {
+        let d = Domain::write_xml(name, image, run_dir, true);
+        virsh_ok(&["define", d.xml(run_dir).to_str().unwrap()]);
+        d
+    }
+
+    fn xml(&self, run_dir: &Path) -> PathBuf {
+        run_dir.join(format!("{}.xml", self.name))
+    }
+
+    /// Writes the test guest's domain XML to `run_dir/NAME.xml`.
+    fn write_xml(name: &str, image: &GuestImage, run_dir: &Path, persistent: bool) -> Domain {
         std::fs::create_dir_all(run_dir).unwrap();
         let vnc_socket = run_dir.join(format!("{name}.vnc.sock"));
         let xml = format!(
@@ -157,23 +180,36 @@ impl Domain {
             initrd = image.initrd.display(),
             vnc = vnc_socket.display(),
         );
-        let path = run_dir.join(format!("{name}.xml"));
-        std::fs::write(&path, xml).unwrap();
-        virsh_ok(&["create", path.to_str().unwrap()]);
-        Domain {
+        let d = Domain {
             name: name.into(),
             vnc_socket,
-        }
+            persistent,
+        };
+        std::fs::write(d.xml(run_dir), xml).unwrap();
+        d
+    }
+
+    /// Starts a defined domain (`virsh start`).
+    pub fn start(&self) {
+        virsh_ok(&["start", &self.name]);
     }
 
     /// Pulls the plug (`virsh destroy`).
     pub fn destroy(&self) {
         virsh_ok(&["destroy", &self.name]);
     }
+
+    /// Removes a defined domain's definition (`virsh undefine`).
+    pub fn undefine(&self) {
+        virsh_ok(&["undefine", &self.name]);
+    }
 }
 
 impl Drop for Domain {
     fn drop(&mut self) {
         let _ = virsh(&["destroy", &self.name]);
+        if self.persistent {
+            let _ = virsh(&["undefine", &self.name]);
+        }
     }
 }

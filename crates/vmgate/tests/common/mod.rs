@@ -191,6 +191,22 @@ impl Stack {
         .await
     }
 
+    /// [`Stack::start_backend`] with the gateway's admin listener (token and
+    /// admin-CA certificates).
+    pub async fn start_backend_with_admin(backend: Backend) -> Stack {
+        Stack::start_full(
+            backend,
+            true,
+            |_| {},
+            |_| {},
+            |state, cfg| {
+                state.init_admin().unwrap();
+                cfg.admin = Some(state.gateway_admin_config(free_tcp()));
+            },
+        )
+        .await
+    }
+
     /// Boots the stack with the guest's boot options, the agent's
     /// configuration and the gateway's configuration changed first.
     pub async fn start_full(
@@ -284,6 +300,20 @@ impl Stack {
     /// Starts another test guest as libvirt domain `name` (a name the
     /// agent's filter selects: [`Stack::name`] followed by `.something`).
     pub async fn create_domain(&self, name: &str) -> libvirt::Domain {
+        self.domain(name, libvirt::Domain::create).await
+    }
+
+    /// Defines another test guest as persistent libvirt domain `name`,
+    /// without starting it (a name as for [`Stack::create_domain`]).
+    pub async fn define_domain(&self, name: &str) -> libvirt::Domain {
+        self.domain(name, libvirt::Domain::define).await
+    }
+
+    async fn domain(
+        &self,
+        name: &str,
+        make: fn(&str, &vmgate_testkit::GuestImage, &std::path::Path) -> libvirt::Domain,
+    ) -> libvirt::Domain {
         let image = tokio::task::spawn_blocking(|| {
             vmgate_testkit::build_image(&vmgate_testkit::default_cache_dir())
         })
@@ -292,7 +322,7 @@ impl Stack {
         .expect("building the test guest");
         let run = self.dir.path().join("guest");
         let name = name.to_string();
-        tokio::task::spawn_blocking(move || libvirt::Domain::create(&name, &image, &run))
+        tokio::task::spawn_blocking(move || make(&name, &image, &run))
             .await
             .unwrap()
     }
@@ -557,6 +587,41 @@ impl Stack {
             .await
             .map(|(ws, _)| ws)
             .map_err(|e| e.to_string())
+    }
+
+    /// The state (`running`, `down`) of `guest` in the gateway's admin
+    /// `GET /v1/guests`, or `None` if it is not listed.
+    pub async fn guest_state(&self, guest: &str) -> Option<String> {
+        let a = self
+            .admin(
+                http::Method::GET,
+                &format!("{}/v1/guests", self.admin_url()),
+                &self.admin_token(),
+            )
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let v: Vec<serde_json::Value> = a.json().unwrap();
+        v.iter()
+            .find(|g| g["name"] == guest)
+            .map(|g| g["state"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// Waits until [`Stack::guest_state`] of `guest` is `want`.
+    pub async fn wait_guest_state(&self, guest: &str, want: Option<&str>) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let state = self.guest_state(guest).await;
+            if state.as_deref() == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{guest} stays {state:?}, not {want:?}; gateway log:\n{}\nagent log:\n{}",
+                self.log("gateway.log"),
+                self.log("agent.log")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Waits until the gateway lists no session (earlier ones finished).
