@@ -228,6 +228,77 @@ impl Drop for QuicTx {
 mod tests {
     use super::*;
 
+    /// A real QUIC stream pair over loopback (mutual TLS, the project's
+    /// transport settings).
+    async fn stream_pair() -> (QuicTx, quinn::RecvStream, impl Sized) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = vmgate_tls::pki::Ca::new("test").unwrap();
+        let ca_pem = ca.write_cert(&dir.path().join("ca.pem")).unwrap();
+        let server_id = ca.issue_to(dir.path(), "agent", &["localhost"]).unwrap();
+        let client_id = ca.issue_to(dir.path(), "gw", &["gateway"]).unwrap();
+        let server = vmgate_tls::quic_server(
+            "127.0.0.1:0".parse().unwrap(),
+            vmgate_tls::mtls_server_config(&server_id, &ca_pem, &[b"t"]).unwrap(),
+        )
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+        let client = vmgate_tls::quic_client(
+            vmgate_tls::mtls_client_config(&client_id, &ca_pem, &[b"t"]).unwrap(),
+        )
+        .unwrap();
+        let accept = tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            let (_tx, rx) = conn.accept_bi().await.unwrap();
+            (rx, conn, server)
+        });
+        let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
+        let (mut tx, _rx) = conn.open_bi().await.unwrap();
+        // A stream exists for its peer once something is sent on it.
+        tx.write_all(&[]).await.unwrap();
+        let mut tx = QuicTx::new(tx, "test");
+        tx.send(Frame::Opened).await.unwrap();
+        let (rx, server_conn, server) = accept.await.unwrap();
+        (tx, rx, (dir, conn, client, server_conn, server))
+    }
+
+    /// The relay drops a pump mid-send when a session ends; its Close must
+    /// still come out as a whole frame after the whole Data frame, never
+    /// inside it.
+    #[tokio::test]
+    async fn a_send_cancelled_mid_frame_is_completed_before_the_next_frame() {
+        let (mut tx, recv, _keep) = stream_pair().await;
+        // With nobody reading, sends stop once the stream's flow-control
+        // window is full, part way into a frame.
+        let mut sent = vec![Frame::Opened];
+        loop {
+            let data = Frame::Data(Bytes::from(vec![sent.len() as u8; MAX_FRAME_PAYLOAD - 1]));
+            sent.push(data.clone());
+            let send = tx.send(data);
+            if tokio::time::timeout(std::time::Duration::from_millis(300), send)
+                .await
+                .is_err()
+            {
+                break;
+            }
+            assert!(sent.len() < 64, "the window never filled");
+        }
+        assert!(tx.pending.iter().any(|b| !b.is_empty()), "a frame was cut");
+        let close = Close::new(CloseCode::BackendError, "ended while busy");
+        let reader = tokio::spawn(async move {
+            let mut rx = QuicRx::new(recv, BytesMut::new(), "test");
+            let mut frames = Vec::new();
+            while let Some(f) = rx.recv().await.unwrap() {
+                frames.push(f);
+            }
+            frames
+        });
+        tx.send(Frame::Close(close.clone())).await.unwrap();
+        tx.finish().await;
+        let frames = reader.await.unwrap();
+        sent.push(Frame::Close(close));
+        assert_eq!(frames, sent);
+    }
+
     fn frames() -> Vec<Frame> {
         vec![
             Frame::Opened,
