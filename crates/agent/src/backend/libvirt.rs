@@ -1071,7 +1071,7 @@ impl Backend for LibvirtBackend {
         }
         if let Some(slot) = slot {
             let what = format!("channel {} of {}", req.channel, guest);
-            let held = slot.take(req.session, req.force, &what)?;
+            let held = slot.take(req.session, req.force, &what).await?;
             self.conn(&guest)?;
             if let Some(path) = socket.filter(|_| self.shared.cfg.channels_by_socket()) {
                 let s = tokio::net::UnixStream::connect(&path).await.map_err(|e| {

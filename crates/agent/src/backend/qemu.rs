@@ -208,7 +208,7 @@ impl Backend for QemuBackend {
         // Only configured ports: this map is the allowlist.
         if let Some((path, slot)) = guest.channels.get(&req.channel) {
             let what = format!("channel {} of {}", req.channel, req.guest);
-            let held = slot.take(req.session, req.force, &what)?;
+            let held = slot.take(req.session, req.force, &what).await?;
             let s = connect(path, &req.guest, &what).await?;
             let s = ChardevStream::new(s, what.clone(), req.mode == Mode::ReadOnly);
             return Ok(Opened::Stream {
