@@ -42,7 +42,7 @@ async fn serial_channel_and_vnc_work_and_a_destroyed_domain_closes_them_with_gue
     let stack = Stack::start_backend(Backend::Libvirt).await;
     let mut serial = stack.serial().await;
     serial.expect_notice("you hold the keyboard").await;
-    // A channel session through virDomainOpenChannel, echoing.
+    // A channel session (on the channel's own socket), echoing.
     let t = stack.ticket(&stack.name, &["test.echo"], false);
     let mut first = Session::new(stack.connect(&t.ws_url).await);
     first.send(b"ping-libvirt").await;
@@ -130,6 +130,77 @@ async fn a_defined_domain_that_is_not_running_is_refused_as_down_until_it_is_und
 
 /// Opens a serial session to `guest` and expects it refused with `code`;
 /// returns the reason.
+/// `virsh save` takes a running domain off the node the way a migration
+/// away does, and `virsh restore` brings it back the way a migration in
+/// does (a STARTED event, a new libvirt id), with the guest's memory as it
+/// was: its sessions close with the reason, and afterwards it is served
+/// again with its shell where it left off.
+#[tokio::test]
+async fn a_saved_domain_closes_its_sessions_and_once_restored_is_served_where_it_was() {
+    let stack = Stack::start_backend(Backend::Libvirt).await;
+    let mut serial = stack.serial().await;
+    serial.expect_notice("you hold the keyboard").await;
+    serial.send(b"MARK=kept-$((40+2))\n").await;
+    serial.send(b"echo set-$((1+1))\n").await;
+    serial.expect("set-2").await;
+
+    let image = stack.dir.path().join("saved.img");
+    let (name, file) = (stack.name.clone(), image.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        common::libvirt::virsh(&["save", &name, file.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "virsh save: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, reason) = closed_or_log(&stack, &mut serial).await;
+    assert_eq!(code, 4410, "{reason}");
+    assert!(reason.contains("guest stopped (saved)"), "{reason}");
+
+    let file = image.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        common::libvirt::virsh(&["restore", file.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "virsh restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stack.wait_routable_guest(&stack.name).await;
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    // The console reconnects to the restored domain's new pty.
+    let mut serial = loop {
+        let mut s = stack.serial().await;
+        match s.next_event(common::WAIT).await {
+            Event::Closed(code, reason) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the restored domain's console never opened: {code} {reason}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            _ => break s,
+        }
+    };
+    serial.expect_notice("you hold the keyboard").await;
+    // The same shell, not a new boot: the variable set before the save.
+    serial.send(b"echo mark=$MARK\n").await;
+    serial.expect("mark=kept-42").await;
+    let log = stack.log("agent.log");
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("serving domain") && l.contains(&stack.name))
+            .count(),
+        2,
+        "served once per run:\n{log}"
+    );
+}
+
 async fn refused(stack: &Stack, guest: &str, code: u16) -> String {
     let t = stack.ticket(guest, &["serial0"], false);
     let (c, reason) = Session::new(stack.connect(&t.ws_url).await).closed().await;
