@@ -492,17 +492,19 @@ impl Stack {
             .unwrap_or_else(|e| panic!("admin request to {url}: {e:#}"))
     }
 
+    /// `GET` on the gateway's admin listener with the token; must be 200.
+    pub async fn admin_get(&self, path: &str) -> vmgate::admin_client::Answer {
+        let url = format!("{}{path}", self.admin_url());
+        let a = self
+            .admin(http::Method::GET, &url, &self.admin_token())
+            .await;
+        assert_eq!(a.status, 200, "GET {path}: {}", a.body);
+        a
+    }
+
     /// The gateway's `/metrics` text.
     pub async fn metrics(&self) -> String {
-        let a = self
-            .admin(
-                http::Method::GET,
-                &format!("{}/metrics", self.admin_url()),
-                &self.admin_token(),
-            )
-            .await;
-        assert_eq!(a.status, 200, "{}", a.body);
-        a.body
+        self.admin_get("/metrics").await.body
     }
 
     /// The audit log's lines, parsed.
@@ -592,15 +594,7 @@ impl Stack {
     /// The state (`running`, `down`) of `guest` in the gateway's admin
     /// `GET /v1/guests`, or `None` if it is not listed.
     pub async fn guest_state(&self, guest: &str) -> Option<String> {
-        let a = self
-            .admin(
-                http::Method::GET,
-                &format!("{}/v1/guests", self.admin_url()),
-                &self.admin_token(),
-            )
-            .await;
-        assert_eq!(a.status, 200, "{}", a.body);
-        let v: Vec<serde_json::Value> = a.json().unwrap();
+        let v: Vec<serde_json::Value> = self.admin_get("/v1/guests").await.json().unwrap();
         v.iter()
             .find(|g| g["name"] == guest)
             .map(|g| g["state"].as_str().unwrap_or_default().to_string())
