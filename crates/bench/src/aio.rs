@@ -17,7 +17,7 @@ pub async fn run(state_dir: &Path, agent_toml: &Path) -> Result<()> {
     agent_cfg.listen = "127.0.0.1:0".parse()?;
     let shutdown = CancellationToken::new();
     let agent = vmgate_agent::Agent::bind(agent_cfg)?;
-    let gw_cfg = state.gateway_config("127.0.0.1:0".parse()?, &[agent.local_addr()]);
+    let gw_cfg = crate::systems::gateway_config(&state, "127.0.0.1:0".parse()?, agent.local_addr());
     let gateway = vmgate_gateway::Gateway::bind(gw_cfg, shutdown.clone()).await?;
     println!("https://{}", gateway.local_addr());
     let agent_task = tokio::spawn(agent.run(shutdown.clone()));

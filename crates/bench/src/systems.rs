@@ -17,6 +17,21 @@ use vmgate::tickets::{mint, TicketRequest};
 use vmgate_agent::config::{Endpoint, GuestConfig};
 
 use crate::client::{self, Client, Ws};
+
+/// The gateway's configuration for a benchmark. The benchmark measures
+/// capacity, so the session limits (a production safety net: 64 per guest,
+/// 10,000 per gateway by default) are lifted above the idle levels it holds;
+/// all its sessions go to one guest.
+pub fn gateway_config(
+    state: &State,
+    listen: std::net::SocketAddr,
+    agent: std::net::SocketAddr,
+) -> vmgate_gateway::GatewayConfig {
+    let mut cfg = state.gateway_config(listen, &[agent]);
+    cfg.limits.max_sessions = 1_000_000;
+    cfg.limits.max_sessions_per_guest = 1_000_000;
+    cfg
+}
 use crate::source::{Mode, Ports};
 
 /// The guest every vmgate system serves; its channels all lead to the
@@ -298,9 +313,8 @@ impl System {
                 let agent_toml = env.work.join("agent-split.toml");
                 write_toml(&agent_toml, &agent_cfg)?;
                 let port = free_tcp_port()?;
-                let gw_cfg = env
-                    .state
-                    .gateway_config(format!("127.0.0.1:{port}").parse()?, &[agent_addr]);
+                let gw_cfg =
+                    gateway_config(&env.state, format!("127.0.0.1:{port}").parse()?, agent_addr);
                 let gw_toml = env.work.join("gateway-split.toml");
                 write_toml(&gw_toml, &gw_cfg)?;
                 let vmgate = env.bin_dir.join("vmgate");
