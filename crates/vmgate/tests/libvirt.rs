@@ -201,6 +201,86 @@ async fn a_saved_domain_closes_its_sessions_and_once_restored_is_served_where_it
     );
 }
 
+/// `[libvirt] metadata_uri`: only domains carrying a `<metadata>` element
+/// in that namespace are served. The filter is read on each lifecycle
+/// event, so an element set later takes effect at the domain's next one.
+#[tokio::test]
+async fn a_metadata_filter_serves_only_the_domains_that_carry_the_element() {
+    let stack = Stack::start_libvirt_with(|l| {
+        l.metadata_uri = Some(common::libvirt::METADATA_NS.into());
+    })
+    .await;
+    // The stack's own domain carries the element: it is served (the stack
+    // started). Another one, selected by name, does not.
+    let plain = format!("{}.plain", stack.name);
+    let _domain = stack.create_untagged_domain(&plain).await;
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while !stack
+        .log("agent.log")
+        .lines()
+        .any(|l| l.contains("libvirt lifecycle event") && l.contains(&plain))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent never heard of {plain}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let reason = refused(&stack, &plain, 4404).await;
+    assert!(reason.contains("unknown guest"), "{reason}");
+
+    // Tag it while it runs; a pause and resume (two lifecycle events)
+    // makes the agent read it again.
+    let name = plain.clone();
+    tokio::task::spawn_blocking(move || {
+        for args in [
+            vec![
+                "metadata",
+                &name,
+                "--uri",
+                common::libvirt::METADATA_NS,
+                "--key",
+                "t",
+                "--set",
+                "<selected/>",
+                "--live",
+            ],
+            vec!["suspend", &name],
+            vec!["resume", &name],
+        ] {
+            let out = common::libvirt::virsh(&args);
+            assert!(
+                out.status.success(),
+                "virsh {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    })
+    .await
+    .unwrap();
+    stack.wait_routable_guest(&plain).await;
+    // Its shell has been up for a while (unwatched); type until it answers.
+    let t = stack.ticket(&plain, &["serial0"], false);
+    let mut s = Session::new(stack.connect(&t.ws_url).await);
+    s.expect_notice("you hold the keyboard").await;
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        s.send(b"echo tagged-$((5*5))\n").await;
+        let retry = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        while !s.text().contains("tagged-25") && tokio::time::Instant::now() < retry {
+            let _ = s.next_event(retry - tokio::time::Instant::now()).await;
+        }
+        if s.text().contains("tagged-25") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no answer from {plain}: {}",
+            s.text()
+        );
+    }
+}
+
 async fn refused(stack: &Stack, guest: &str, code: u16) -> String {
     let t = stack.ticket(guest, &["serial0"], false);
     let (c, reason) = Session::new(stack.connect(&t.ws_url).await).closed().await;

@@ -20,6 +20,10 @@ use vmgate_testkit::{GuestImage, ECHO_CHANNEL, KERNEL_CMDLINE};
 
 pub const URI: &str = "qemu:///system";
 
+/// The XML namespace of the `<metadata>` element the test domains carry
+/// (for the agent's `metadata_uri` filter), unless made untagged.
+pub const METADATA_NS: &str = "https://vmgate.test/selected";
+
 /// Serialises tests that restart libvirtd against tests that need it up:
 /// those take it shared, a restart takes it exclusively.
 pub static DAEMON: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
@@ -130,14 +134,21 @@ pub struct Domain {
 impl Domain {
     /// Defines and starts the test guest as transient domain `name`.
     pub fn create(name: &str, image: &GuestImage, run_dir: &Path) -> Domain {
-        let d = Domain::write_xml(name, image, run_dir, false);
+        let d = Domain::write_xml(name, image, run_dir, false, true);
+        virsh_ok(&["create", d.xml(run_dir).to_str().unwrap()]);
+        d
+    }
+
+    /// [`Domain::create`] without the [`METADATA_NS`] element.
+    pub fn create_untagged(name: &str, image: &GuestImage, run_dir: &Path) -> Domain {
+        let d = Domain::write_xml(name, image, run_dir, false, false);
         virsh_ok(&["create", d.xml(run_dir).to_str().unwrap()]);
         d
     }
 
     /// Defines the test guest as persistent domain `name`, not started.
     pub fn define(name: &str, image: &GuestImage, run_dir: &Path) -> Domain {
-        let d = Domain::write_xml(name, image, run_dir, true);
+        let d = Domain::write_xml(name, image, run_dir, true, true);
         virsh_ok(&["define", d.xml(run_dir).to_str().unwrap()]);
         d
     }
@@ -147,12 +158,24 @@ impl Domain {
     }
 
     /// Writes the test guest's domain XML to `run_dir/NAME.xml`.
-    fn write_xml(name: &str, image: &GuestImage, run_dir: &Path, persistent: bool) -> Domain {
+    fn write_xml(
+        name: &str,
+        image: &GuestImage,
+        run_dir: &Path,
+        persistent: bool,
+        tagged: bool,
+    ) -> Domain {
         std::fs::create_dir_all(run_dir).unwrap();
         let vnc_socket = run_dir.join(format!("{name}.vnc.sock"));
+        let metadata = if tagged {
+            format!("<metadata><t:selected xmlns:t='{METADATA_NS}'/></metadata>")
+        } else {
+            String::new()
+        };
         let xml = format!(
             r#"<domain type='qemu'>
   <name>{name}</name>
+  {metadata}
   <memory unit='MiB'>128</memory>
   <vcpu>1</vcpu>
   <os>

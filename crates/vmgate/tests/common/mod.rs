@@ -303,6 +303,11 @@ impl Stack {
         self.domain(name, libvirt::Domain::create).await
     }
 
+    /// [`Stack::create_domain`] without the test domains' metadata element.
+    pub async fn create_untagged_domain(&self, name: &str) -> libvirt::Domain {
+        self.domain(name, libvirt::Domain::create_untagged).await
+    }
+
     /// Defines another test guest as persistent libvirt domain `name`,
     /// without starting it (a name as for [`Stack::create_domain`]).
     pub async fn define_domain(&self, name: &str) -> libvirt::Domain {
