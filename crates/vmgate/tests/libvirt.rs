@@ -1,7 +1,9 @@
 //! What only the libvirt backend does: it follows libvirt's lifecycle
-//! events, closes the sessions of a domain that stops, survives a libvirtd
-//! restart, and opens channels and VNC through libvirt's APIs. Real
-//! libvirtd, real QEMU, real agent and gateway processes.
+//! events (start, stop, save and restore, live migration to a second
+//! node), closes the sessions of a domain that stops, lists defined domains
+//! as down, honours the metadata filter, survives a libvirtd restart, and
+//! shares the console with `virsh console`. Real libvirtd, real QEMU, real
+//! agent and gateway processes.
 
 mod common;
 
@@ -279,6 +281,103 @@ async fn a_metadata_filter_serves_only_the_domains_that_carry_the_element() {
             s.text()
         );
     }
+}
+
+/// Live migration to another node, for real: the domain's sessions on the
+/// first node close with "migrated to another node: reconnect", the second
+/// node's agent reports the domain at once, and the same gateway routes
+/// the next session there, to the same running guest. The second node is
+/// a second libvirtd on this machine ([`common::libvirt::SecondNode`]).
+#[tokio::test]
+async fn a_live_migrated_domain_is_followed_to_the_other_nodes_agent() {
+    let node_b = tokio::task::spawn_blocking(common::libvirt::SecondNode::start)
+        .await
+        .unwrap();
+    let b_addr = common::free_udp();
+    let mut stack = Stack::start_full(
+        Backend::Libvirt,
+        true,
+        |_| {},
+        |_| {},
+        |_, gw| {
+            let mut b = gw.agent_list[0].clone();
+            b.addr = b_addr;
+            gw.agent_list.push(b);
+        },
+    )
+    .await;
+    let mut cfg = stack.state.agent_config(b_addr, vec![]);
+    cfg.node = "node-b".into();
+    cfg.log_dir = stack.dir.path().join("logs-node-b");
+    cfg.libvirt.uri = node_b.uri.clone();
+    cfg.libvirt.domains = vec![stack.name.clone()];
+    // Node B's channel sockets live in its own mount namespace.
+    cfg.libvirt.channel_via = vmgate_agent::config::ChannelVia::Stream;
+    stack.spawn_libvirt_agent("agent-b", &cfg);
+
+    let mut serial = stack.serial().await;
+    serial.expect_notice("you hold the keyboard").await;
+    serial.send(b"MIG=moved-$((6*7))\n").await;
+    serial.send(b"echo before-$((2+2))\n").await;
+    serial.expect("before-4").await;
+
+    let (name, uri) = (stack.name.clone(), node_b.uri.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        common::libvirt::virsh(&[
+            "migrate",
+            "--live",
+            &name,
+            &uri,
+            "--migrateuri",
+            "tcp://127.0.0.1",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "virsh migrate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, reason) = closed_or_log(&stack, &mut serial).await;
+    assert_eq!(code, 4410, "{reason}");
+    assert!(reason.contains("migrated to another node"), "{reason}");
+
+    // The next session reaches node B's agent, and the same guest.
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    let mut serial = loop {
+        let mut s = stack.serial().await;
+        match s.next_event(common::WAIT).await {
+            Event::Closed(code, reason) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "never routed to node B: {code} {reason}\n{}",
+                    stack.log("agent-b.log")
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            _ => break s,
+        }
+    };
+    serial.expect_notice("you hold the keyboard").await;
+    serial.send(b"echo mig=$MIG\n").await;
+    serial.expect("mig=moved-42").await;
+    let b_log = stack.log("agent-b.log");
+    assert!(
+        b_log
+            .lines()
+            .any(|l| l.contains("serving domain") && l.contains(&stack.name)),
+        "agent-b log:\n{b_log}"
+    );
+    // Channels and VNC there too.
+    let t = stack.ticket(&stack.name, &["test.echo"], false);
+    let mut echo = Session::new(stack.connect(&t.ws_url).await);
+    echo.send(b"echo-on-b").await;
+    echo.expect("echo-on-b").await;
+    let t = stack.ticket(&stack.name, &["vnc"], false);
+    let mut vnc = Session::new(stack.connect(&t.ws_url).await);
+    vnc.expect("RFB 003.008\n").await;
+    drop(node_b);
 }
 
 async fn refused(stack: &Stack, guest: &str, code: u16) -> String {

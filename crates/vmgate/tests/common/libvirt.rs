@@ -113,6 +113,124 @@ pub fn restart_libvirtd() {
     daemons_up();
 }
 
+/// A second libvirt "host" on this machine, for live migration: libvirtd
+/// and virtlogd in mount and UTS namespaces of their own, with their own
+/// state directories, host name and host UUID (libvirt refuses to migrate
+/// to a host it takes for itself). They share the network namespace, so
+/// migration runs over loopback, and their RPC socket is reachable from
+/// here at [`SecondNode::uri`]. Stopped (its domains destroyed) on drop.
+pub struct SecondNode {
+    pub uri: String,
+    dir: PathBuf,
+}
+
+impl SecondNode {
+    /// Starts the daemons (blocking) and waits until libvirtd answers.
+    pub fn start() -> SecondNode {
+        // Daemons of an earlier test process that was killed.
+        for entry in std::fs::read_dir("/tmp").unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix("vmgate-node-b-") else {
+                continue;
+            };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                stop_node(&entry.path());
+            }
+        }
+        let dir = PathBuf::from(format!("/tmp/vmgate-node-b-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for sub in ["run", "lib/qemu", "log", "cache", "etc"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        let copied = Command::new("cp")
+            .args(["-a", "/etc/libvirt/."])
+            .arg(dir.join("etc"))
+            .status()
+            .unwrap();
+        assert!(copied.success(), "copying /etc/libvirt");
+        let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap();
+        let conf = dir.join("etc/libvirtd.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap_or_default();
+        text.push_str(&format!("\nhost_uuid = \"{}\"\n", uuid.trim()));
+        std::fs::write(&conf, text).unwrap();
+        let d = dir.display();
+        let script = format!(
+            "set -e
+             hostname vmgate-node-b
+             mount --bind {d}/run /run/libvirt
+             mount --bind {d}/lib /var/lib/libvirt
+             mount --bind {d}/log /var/log/libvirt
+             mkdir -p /var/cache/libvirt
+             mount --bind {d}/cache /var/cache/libvirt
+             mount --bind {d}/etc /etc/libvirt
+             virtlogd -d -p {d}/virtlogd.pid
+             libvirtd -d -p {d}/libvirtd.pid"
+        );
+        let out = Command::new("unshare")
+            .args(["--mount", "--uts", "--propagation", "private", "sh", "-c"])
+            .arg(&script)
+            .output()
+            .expect("running unshare");
+        assert!(
+            out.status.success(),
+            "starting the second libvirtd: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let node = SecondNode {
+            uri: format!("qemu+unix:///system?socket={d}/run/libvirt-sock"),
+            dir,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !node.virsh(&["version"]).status.success() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the second libvirtd never answered"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        node
+    }
+
+    pub fn virsh(&self, args: &[&str]) -> Output {
+        Command::new("virsh")
+            .args(["-q", "-c", &self.uri])
+            .args(args)
+            .output()
+            .expect("running virsh")
+    }
+}
+
+impl Drop for SecondNode {
+    fn drop(&mut self) {
+        stop_node(&self.dir);
+    }
+}
+
+/// Destroys a second node's domains and stops its daemons; its mount
+/// namespace goes with its last process.
+fn stop_node(dir: &Path) {
+    let uri = format!(
+        "qemu+unix:///system?socket={}/run/libvirt-sock",
+        dir.display()
+    );
+    let list = Command::new("virsh")
+        .args(["-q", "-c", &uri, "list", "--name"])
+        .output();
+    if let Ok(list) = list {
+        for name in String::from_utf8_lossy(&list.stdout).lines() {
+            let _ = Command::new("virsh")
+                .args(["-q", "-c", &uri, "destroy", name.trim()])
+                .output();
+        }
+    }
+    for daemon in ["libvirtd", "virtlogd"] {
+        if let Ok(pid) = std::fs::read_to_string(dir.join(format!("{daemon}.pid"))) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A unique domain name for this test.
 pub fn unique_name() -> String {
     static N: AtomicU32 = AtomicU32::new(0);

@@ -86,10 +86,12 @@ pub struct Stack {
     pub gw_cfg: vmgate_gateway::GatewayConfig,
     /// `vmgate admin`, once started.
     minter: Option<Child>,
+    /// More agents ([`Stack::spawn_libvirt_agent`]).
+    extra_agents: Vec<Child>,
     pub minter_addr: Option<SocketAddr>,
 }
 
-fn free_udp() -> SocketAddr {
+pub fn free_udp() -> SocketAddr {
     UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -283,6 +285,7 @@ impl Stack {
             gw_cfg,
             minter: None,
             minter_addr: None,
+            extra_agents: Vec::new(),
         };
         stack.start_agent();
         stack.spawn_gateway();
@@ -404,6 +407,22 @@ impl Stack {
             args.extend(["--backend", "libvirt"]);
         }
         self.agent = Some(spawn(&args, self.dir.path().join("agent.log")));
+    }
+
+    /// Starts another `vmgate agent --backend libvirt` with `cfg`, logging
+    /// to `{name}.log`; stopped with the stack.
+    pub fn spawn_libvirt_agent(&mut self, name: &str, cfg: &vmgate_agent::AgentConfig) {
+        let path = self.state.path(&format!("{name}.toml"));
+        write_toml(&path, cfg).unwrap();
+        let args = [
+            "agent",
+            "--config",
+            path.to_str().unwrap(),
+            "--backend",
+            "libvirt",
+        ];
+        let log = self.dir.path().join(format!("{name}.log"));
+        self.extra_agents.push(spawn(&args, log));
     }
 
     /// The agent process's id.
@@ -689,9 +708,11 @@ impl Drop for Stack {
                 }
             }
         }
+        let extra = std::mem::take(&mut self.extra_agents);
         for c in [self.agent.take(), self.gateway.take(), self.minter.take()]
             .into_iter()
             .flatten()
+            .chain(extra)
         {
             let mut c = c;
             let _ = c.kill();
