@@ -26,6 +26,7 @@ pub mod agents;
 pub mod assets;
 pub mod audit;
 pub mod config;
+pub mod follow;
 pub mod limits;
 pub mod metrics;
 pub mod minter;

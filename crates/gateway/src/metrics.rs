@@ -35,6 +35,8 @@ pub struct Metrics {
     pub bytes_to_guest: AtomicU64,
     /// Console bytes carried from guests to clients.
     pub bytes_from_guest: AtomicU64,
+    /// Sessions that followed their guest to another node.
+    followed: AtomicU64,
     labeled: Mutex<Labeled>,
 }
 
@@ -79,6 +81,11 @@ impl Metrics {
         });
     }
 
+    /// A session followed its guest to another node (live migration).
+    pub fn followed(&self) {
+        self.followed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -113,6 +120,16 @@ impl Metrics {
             out,
             "vmgate_bytes_total{{direction=\"from_guest\"}} {}",
             self.bytes_from_guest.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP vmgate_sessions_followed_total Sessions that followed their guest to another node."
+        );
+        let _ = writeln!(out, "# TYPE vmgate_sessions_followed_total counter");
+        let _ = writeln!(
+            out,
+            "vmgate_sessions_followed_total {}",
+            self.followed.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,

@@ -26,7 +26,7 @@ use vmgate_wire::{Close, CloseCode, Frame, Mode};
 
 use crate::limits::{self, ConnLimits};
 use crate::pages::{Grant, JoinError};
-use crate::{assets, rfb_filter, ws, Shared};
+use crate::{assets, follow, rfb_filter, ws, Shared};
 
 /// The largest WebSocket message accepted from a client.
 const MAX_MESSAGE: usize = 1 << 20;
@@ -344,10 +344,46 @@ async fn session(
     };
     let dropped = rx.dropped_count();
     let out = if vnc {
+        // An RFB stream cannot be resumed on another QEMU mid-way: a moved
+        // guest's viewer gets the close and reconnects.
         relay(live.count_to_guest(rx), tx, qrx, qtx, stop).await
     } else {
-        // Other channels are not RFB: relay the viewer's bytes as they are.
-        relay(live.count_to_guest(rx.into_inner()), tx, qrx, qtx, stop).await
+        // Other channels are not RFB: relay the viewer's bytes as they are,
+        // and follow the guest when it migrates.
+        let mut rx = live.count_to_guest(rx.into_inner());
+        let mut tx = follow::HoldMoved::new(tx);
+        tokio::pin!(stop);
+        let (mut qrx, mut qtx) = (qrx, qtx);
+        let mut total = (0, 0);
+        loop {
+            let out = relay(&mut rx, &mut tx, qrx, qtx, &mut stop).await;
+            total = (total.0 + out.a_to_b, total.1 + out.b_to_a);
+            let done = |close| vmgate_relay::Outcome {
+                close,
+                a_to_b: total.0,
+                b_to_a: total.1,
+            };
+            if out.close.code != CloseCode::GuestMoved {
+                break done(out.close);
+            }
+            tracing::info!(session = sid, %guest, %channel, "guest migrated; following it");
+            match follow::reopen(&shared.pool, sid, &guest, &channel, mode, &mut stop).await {
+                Ok((r, t)) => {
+                    shared.metrics.followed();
+                    tracing::info!(session = sid, %guest, %channel, "session follows the guest to its new node");
+                    (qrx, qtx) = (live.count_from_guest(r), t);
+                    tx.resume(format!(
+                        "guest {guest} migrated to another node: this session follows it"
+                    ))
+                    .await;
+                }
+                Err(close) => {
+                    tracing::warn!(session = sid, %guest, %channel, reason = %close, "could not follow the guest");
+                    tx.give_up(close.clone()).await;
+                    break done(close);
+                }
+            }
+        }
     };
     live.finish(&out);
     tracing::info!(session = sid, %peer, %guest, %channel, reason = %out.close,

@@ -60,6 +60,17 @@ pub trait FrameTx: Send {
     }
 }
 
+/// A side lent to the relay (the gateway relays a client again after its
+/// guest moved to another node).
+impl<T: FrameTx> FrameTx for &mut T {
+    fn send(&mut self, frame: Frame) -> impl Future<Output = Result<(), Close>> + Send {
+        (**self).send(frame)
+    }
+    fn finish(&mut self) -> impl Future<Output = ()> + Send {
+        (**self).finish()
+    }
+}
+
 /// How a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {

@@ -64,7 +64,8 @@ Exit status:
   2    bad command line
   3    refused: ticket (4401, 4403), no such guest or channel (4404, 4405),
        channel in use (4409: retry later or use --force), too many (4429)
-  4    the guest went away (4410): QEMU closed the port, e.g. it powered off
+  4    the guest went away (4410): QEMU closed the port, e.g. it powered off;
+       or it migrated and could not be followed (4413)
   5    ended by someone else: taken over with --force (4411), by an
        administrator (4412), the ticket's maximum session length (4408), the
        gateway shutting down (1001)
@@ -171,7 +172,7 @@ impl Ended {
                 | CloseCode::UnknownChannel
                 | CloseCode::ChannelInUse
                 | CloseCode::TooMany => 3,
-                CloseCode::GuestDown => 4,
+                CloseCode::GuestDown | CloseCode::GuestMoved => 4,
                 CloseCode::TakenOver
                 | CloseCode::EndedByAdmin
                 | CloseCode::SessionExpired
@@ -612,6 +613,7 @@ mod tests {
             assert_eq!(closed(c), 3, "{c}");
         }
         assert_eq!(closed(4410), 4);
+        assert_eq!(closed(4413), 4);
         for c in [4411, 4412, 4408, 1001] {
             assert_eq!(closed(c), 5, "{c}");
         }

@@ -33,6 +33,11 @@ pub enum CloseCode {
     TakenOver = 4411,
     /// An administrator ended the session.
     EndedByAdmin = 4412,
+    /// The guest migrated to another node. Between agent and gateway it
+    /// asks the gateway to follow (serial consoles and channels); a client
+    /// gets it when following was not possible (VNC, or the guest did not
+    /// show up elsewhere in time): a new session reaches the guest there.
+    GuestMoved = 4413,
     /// Too many sessions or too many failed attempts.
     TooMany = 4429,
     /// Something inside the gateway or agent failed.
@@ -45,7 +50,7 @@ pub enum CloseCode {
 
 impl CloseCode {
     /// Every code, for round-trip checks and metrics labels.
-    pub const ALL: [CloseCode; 16] = [
+    pub const ALL: [CloseCode; 17] = [
         CloseCode::Normal,
         CloseCode::GoingAway,
         CloseCode::ProtocolError,
@@ -58,6 +63,7 @@ impl CloseCode {
         CloseCode::GuestDown,
         CloseCode::TakenOver,
         CloseCode::EndedByAdmin,
+        CloseCode::GuestMoved,
         CloseCode::TooMany,
         CloseCode::Internal,
         CloseCode::AgentUnreachable,
@@ -88,6 +94,7 @@ impl CloseCode {
             CloseCode::GuestDown => "guest_down",
             CloseCode::TakenOver => "taken_over",
             CloseCode::EndedByAdmin => "ended_by_admin",
+            CloseCode::GuestMoved => "guest_moved",
             CloseCode::TooMany => "too_many",
             CloseCode::Internal => "internal",
             CloseCode::AgentUnreachable => "agent_unreachable",

@@ -247,6 +247,10 @@ fn open(
     Ok((conn, reg))
 }
 
+/// The stop reason of a domain that migrated away: its sessions close with
+/// [`CloseCode::GuestMoved`], which the gateway follows to the new node.
+const MIGRATED_AWAY: &str = "migrated to another node";
+
 /// Why a domain stopped, for events that mean it did; `None` for the others
 /// (a domain seen inactive after, say, its `SHUTDOWN` event is left to the
 /// `STOPPED` event that follows, which says how it stopped).
@@ -259,9 +263,7 @@ fn stop_reason(event: u32, detail: u32) -> Option<&'static str> {
         (sys::VIR_DOMAIN_EVENT_STOPPED, sys::VIR_DOMAIN_EVENT_STOPPED_DESTROYED) => "destroyed",
         (sys::VIR_DOMAIN_EVENT_STOPPED, sys::VIR_DOMAIN_EVENT_STOPPED_CRASHED)
         | (sys::VIR_DOMAIN_EVENT_CRASHED, _) => "crashed",
-        (sys::VIR_DOMAIN_EVENT_STOPPED, sys::VIR_DOMAIN_EVENT_STOPPED_MIGRATED) => {
-            "migrated to another node: reconnect"
-        }
+        (sys::VIR_DOMAIN_EVENT_STOPPED, sys::VIR_DOMAIN_EVENT_STOPPED_MIGRATED) => MIGRATED_AWAY,
         (sys::VIR_DOMAIN_EVENT_STOPPED, sys::VIR_DOMAIN_EVENT_STOPPED_SAVED) => "saved",
         (sys::VIR_DOMAIN_EVENT_STOPPED, sys::VIR_DOMAIN_EVENT_STOPPED_FAILED) => "failed",
         _ => "no longer running",
@@ -1181,6 +1183,12 @@ impl Backend for LibvirtBackend {
                 return Close::new(CloseCode::GoingAway, "the agent is shutting down");
             }
             let why = why.get().map(String::as_str).unwrap_or("no longer running");
+            if why == MIGRATED_AWAY {
+                return Close::new(
+                    CloseCode::GuestMoved,
+                    format!("guest {MIGRATED_AWAY}: reconnect"),
+                );
+            }
             Close::new(CloseCode::GuestDown, format!("guest stopped ({why})"))
         }
     }

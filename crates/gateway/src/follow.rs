@@ -1,0 +1,181 @@
+//! Following a guest across live migration.
+//!
+//! When a guest migrates, its agent ends the session with
+//! [`CloseCode::GuestMoved`]. For serial consoles and channels (byte
+//! streams that can go on against the guest's new QEMU) the gateway keeps
+//! the client's WebSocket, waits for an agent to report the guest again,
+//! opens the same channel there, tells the client in a notice, and relays
+//! on. The client's close frame is held back meanwhile ([`HoldMoved`]) and
+//! only sent if following fails. VNC is not followed: an RFB stream cannot
+//! be resumed on another QEMU mid-way, so its viewer gets 4413 and
+//! reconnects.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use vmgate_relay::quic::{QuicRx, QuicTx};
+use vmgate_relay::FrameTx;
+use vmgate_wire::{Close, CloseCode, Frame, Mode};
+
+use crate::agents::AgentPool;
+
+/// How long a moved guest may take to show up on its new node (libvirt
+/// reports it there when the migration completes, before it stops here).
+pub const FOLLOW_WAIT: Duration = Duration::from_secs(30);
+/// Between attempts while the routes catch up with the move.
+const RETRY: Duration = Duration::from_millis(200);
+
+/// The client's sending half, holding back a [`CloseCode::GuestMoved`]
+/// close (and the end of the stream after it) until the gateway knows
+/// whether it can follow the guest.
+pub struct HoldMoved<T> {
+    inner: T,
+    held: Option<Close>,
+}
+
+impl<T: FrameTx> HoldMoved<T> {
+    pub fn new(inner: T) -> HoldMoved<T> {
+        HoldMoved { inner, held: None }
+    }
+
+    /// The session goes on against the guest's new node: tell the client.
+    pub async fn resume(&mut self, notice: String) {
+        self.held = None;
+        let _ = self.inner.send(Frame::Notice(notice)).await;
+    }
+
+    /// Following failed: the client gets `close` after all.
+    pub async fn give_up(&mut self, close: Close) {
+        self.held = None;
+        let _ = self.inner.send(Frame::Close(close)).await;
+        self.inner.finish().await;
+    }
+}
+
+impl<T: FrameTx> FrameTx for HoldMoved<T> {
+    async fn send(&mut self, frame: Frame) -> Result<(), Close> {
+        match frame {
+            Frame::Close(c) if c.code == CloseCode::GuestMoved => {
+                self.held = Some(c);
+                Ok(())
+            }
+            other => self.inner.send(other).await,
+        }
+    }
+
+    async fn finish(&mut self) {
+        if self.held.is_none() {
+            self.inner.finish().await;
+        }
+    }
+}
+
+/// Opens `channel` of `guest` again, on whichever agent reports it now,
+/// within [`FOLLOW_WAIT`]; `stop` (the session's own end: expiry, an
+/// administrator) still ends the wait.
+pub async fn reopen<S: Future<Output = Close>>(
+    pool: &AgentPool,
+    session: u64,
+    guest: &str,
+    channel: &str,
+    mode: Mode,
+    stop: &mut Pin<&mut S>,
+) -> Result<(QuicRx, QuicTx), Close> {
+    let deadline = tokio::time::Instant::now() + FOLLOW_WAIT;
+    loop {
+        // While the routes still point at the old node (or at nothing yet)
+        // the attempt fails with one of these; anything else is final.
+        let last = match pool.open(session, guest, channel, mode, false).await {
+            Ok(s) => return Ok(s),
+            Err(c)
+                if matches!(
+                    c.code,
+                    CloseCode::UnknownGuest
+                        | CloseCode::GuestDown
+                        | CloseCode::GuestMoved
+                        | CloseCode::AgentUnreachable
+                ) =>
+            {
+                c
+            }
+            Err(c) => return Err(c),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Close::new(
+                CloseCode::GuestMoved,
+                format!(
+                    "guest {guest} migrated but was not found on another node ({}): reconnect",
+                    last.reason
+                ),
+            ));
+        }
+        tokio::select! {
+            c = stop.as_mut() => return Err(c),
+            _ = tokio::time::sleep(RETRY) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client side that records what reaches it.
+    #[derive(Default)]
+    struct Record {
+        frames: Vec<Frame>,
+        finished: bool,
+    }
+
+    impl FrameTx for Record {
+        async fn send(&mut self, frame: Frame) -> Result<(), Close> {
+            self.frames.push(frame);
+            Ok(())
+        }
+        async fn finish(&mut self) {
+            self.finished = true;
+        }
+    }
+
+    fn moved() -> Close {
+        Close::new(
+            CloseCode::GuestMoved,
+            "guest migrated to another node: reconnect",
+        )
+    }
+
+    #[tokio::test]
+    async fn a_moved_close_is_held_until_followed_or_given_up() {
+        let mut tx = HoldMoved::new(Record::default());
+        tx.send(Frame::Data("a".into())).await.unwrap();
+        tx.send(Frame::Close(moved())).await.unwrap();
+        tx.finish().await;
+        // Nothing of the end reached the client: the session may go on.
+        assert_eq!(tx.inner.frames, vec![Frame::Data("a".into())]);
+        assert!(!tx.inner.finished);
+        tx.resume("followed".into()).await;
+        tx.send(Frame::Data("b".into())).await.unwrap();
+        assert_eq!(
+            tx.inner.frames[1..],
+            [Frame::Notice("followed".into()), Frame::Data("b".into())]
+        );
+        // Moved again, and this time not found: the client gets the close.
+        tx.send(Frame::Close(moved())).await.unwrap();
+        tx.finish().await;
+        let lost = Close::new(CloseCode::GuestMoved, "not found on another node");
+        tx.give_up(lost.clone()).await;
+        assert_eq!(tx.inner.frames.last(), Some(&Frame::Close(lost)));
+        assert!(tx.inner.finished);
+    }
+
+    #[tokio::test]
+    async fn other_closes_pass_at_once() {
+        let mut tx = HoldMoved::new(Record::default());
+        let down = Close::new(CloseCode::GuestDown, "guest stopped (destroyed)");
+        tx.send(Frame::Close(down.clone())).await.unwrap();
+        tx.finish().await;
+        assert_eq!(tx.inner.frames, vec![Frame::Close(down)]);
+        assert!(tx.inner.finished);
+    }
+}
