@@ -532,18 +532,14 @@ async fn through_a_libvirt_stream_a_reader_that_stalls_is_ended_with_a_reason_no
         }
     });
     // Nothing is read until the agent gave up on the session ...
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while !stack
-        .log("agent.log")
-        .contains("the reader fell too far behind a libvirt stream")
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the agent never ended the stalled stream; agent log:\n{}",
-            stack.log("agent.log")
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    stack
+        .wait_log(
+            "agent.log",
+            Duration::from_secs(120),
+            "end of the stalled stream",
+            |l| l.contains("the reader fell too far behind a libvirt stream"),
+        )
+        .await;
     let grew = rss_kib(stack.agent_pid()).saturating_sub(rss_before);
     // ... then what got through, and the close frame with the reason.
     let (code, reason) = loop {

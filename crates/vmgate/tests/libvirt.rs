@@ -216,18 +216,14 @@ async fn a_metadata_filter_serves_only_the_domains_that_carry_the_element() {
     // started). Another one, selected by name, does not.
     let plain = format!("{}.plain", stack.name);
     let _domain = stack.create_untagged_domain(&plain).await;
-    let deadline = tokio::time::Instant::now() + common::WAIT;
-    while !stack
-        .log("agent.log")
-        .lines()
-        .any(|l| l.contains("libvirt lifecycle event") && l.contains(&plain))
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the agent never heard of {plain}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    stack
+        .wait_log(
+            "agent.log",
+            common::WAIT,
+            &format!("lifecycle event about {plain}"),
+            |l| l.contains("libvirt lifecycle event") && l.contains(&plain),
+        )
+        .await;
     let reason = refused(&stack, &plain, 4404).await;
     assert!(reason.contains("unknown guest"), "{reason}");
 

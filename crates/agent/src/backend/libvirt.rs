@@ -55,8 +55,9 @@ use crate::console::{Connector, ConsoleHub, ConsoleSpec};
 /// Lifecycle events queued between libvirt's event thread and the
 /// supervisor; on overflow the supervisor re-reads every domain.
 const EVENT_DEPTH: usize = 256;
-/// Bytes in flight per direction between a libvirt stream and tokio, and the
-/// size of one read from either.
+/// Bytes in the pipe between tokio and a libvirt stream, per direction (from
+/// the guest, [`STREAM_BACKLOG`] more may wait before it), and the size of
+/// one read from either.
 const BRIDGE_BUF: usize = 64 * 1024;
 /// Guest output a libvirt stream may hold for a reader that is behind.
 /// libvirt's client library queues whatever libvirtd sends, without limit,

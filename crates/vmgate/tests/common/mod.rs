@@ -360,11 +360,26 @@ impl Stack {
     /// Waits until the agent answers the gateway (an unknown guest is
     /// refused by the agent's inventory, not by a missing route to it).
     async fn wait_agent_up(&self) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while !self.log("gateway.log").contains("inventory") {
+        self.wait_log("gateway.log", WAIT, "the agent's inventory", |l| {
+            l.contains("inventory")
+        })
+        .await;
+    }
+
+    /// Waits (at most `wait`) until the log `name` has a line for which
+    /// `line` holds; fails showing the gateway's and agent's logs.
+    pub async fn wait_log(
+        &self,
+        name: &str,
+        wait: Duration,
+        what: &str,
+        line: impl Fn(&str) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + wait;
+        while !self.log(name).lines().any(&line) {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "the gateway never got the agent's inventory; gateway log:\n{}\nagent log:\n{}",
+                "no {what} in {name}; gateway log:\n{}\nagent log:\n{}",
                 self.log("gateway.log"),
                 self.log("agent.log")
             );
