@@ -1,10 +1,10 @@
 //! A client WebSocket as a side of the relay.
 //!
 //! Binary messages carry the console's bytes, unchanged. With `controls`
-//! (the vmgate console protocol) text messages carry JSON control messages:
-//! `{"type":"eof"}` both ways for a half-close, `{"type":"notice","text":…}`
-//! from the gateway. Without it (the `binary` subprotocol noVNC speaks)
-//! only binary messages are sent. A session's end is a WebSocket close
+//! (the vmgate console protocol) text messages carry control messages
+//! ([`vmgate_wire::Control`]): EOF both ways for a half-close, notices from
+//! the gateway. Without it (the `binary` subprotocol noVNC speaks) only
+//! binary messages are sent. A session's end is a WebSocket close
 //! frame whose code and reason say why (`vmgate_wire::CloseCode`); after
 //! EOF both ways it is 1000 "session ended". After its close frame the
 //! gateway reads (and drops) what the client still sends, until the
@@ -20,7 +20,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use vmgate_relay::{FrameRx, FrameTx};
-use vmgate_wire::{Close, CloseCode, Frame};
+use vmgate_wire::{Close, CloseCode, Control, Frame};
 
 /// What each client WebSocket reads into at first (tungstenite grows it
 /// for a larger message).
@@ -28,9 +28,6 @@ pub const READ_BUFFER: usize = 4 * 1024;
 
 /// How long a closed session waits for the client's close frame.
 pub const LINGER: Duration = Duration::from_secs(5);
-
-/// The control message for a half-close.
-pub const EOF_MESSAGE: &str = r#"{"type":"eof"}"#;
 
 pub struct WsRx {
     /// `None` once handed to [`linger`].
@@ -110,13 +107,14 @@ impl FrameRx for WsRx {
             }
             match next {
                 Some(Ok(Message::Binary(b))) => return Ok(Some(Frame::Data(b))),
-                Some(Ok(Message::Text(t))) => {
-                    if t.as_str().trim() == EOF_MESSAGE {
-                        return Ok(Some(Frame::Eof));
-                    }
-                    // Other control messages are reserved; ignoring them
-                    // lets newer clients talk to this gateway.
-                }
+                Some(Ok(Message::Text(t))) => match Control::parse(t.as_str()) {
+                    Ok(Control::Eof) => return Ok(Some(Frame::Eof)),
+                    // Notices are the gateway's to send, and kinds this
+                    // build does not know are ignored, so newer clients
+                    // can talk to it.
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "client sent a bad control message"),
+                },
                 Some(Ok(Message::Close(_))) | None => {
                     return Ok(Some(Frame::Close(Close::new(
                         CloseCode::Normal,
@@ -137,12 +135,10 @@ impl FrameTx for WsTx {
     async fn send(&mut self, frame: Frame) -> Result<(), Close> {
         let msg = match frame {
             Frame::Data(b) => Message::Binary(b),
-            Frame::Eof if self.controls => Message::Text(EOF_MESSAGE.into()),
-            Frame::Notice(text) if self.controls => Message::Text(
-                serde_json::json!({"type": "notice", "text": text})
-                    .to_string()
-                    .into(),
-            ),
+            Frame::Eof if self.controls => Message::Text(Control::Eof.to_text().into()),
+            Frame::Notice(text) if self.controls => {
+                Message::Text(Control::notice(text).to_text().into())
+            }
             Frame::Close(c) => {
                 self.closed.store(true, Ordering::SeqCst);
                 Message::Close(Some(CloseFrame {

@@ -36,9 +36,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use vmgate_gateway::ws::EOF_MESSAGE;
 use vmgate_ticket::Mode;
-use vmgate_wire::CloseCode;
+use vmgate_wire::{CloseCode, Control};
 
 use crate::client::Ws;
 use crate::state::{self, State};
@@ -385,7 +384,7 @@ async fn send_input<R: AsyncRead + Unpin>(
             }
         }
     }
-    sink.send(Message::text(EOF_MESSAGE))
+    sink.send(Message::text(Control::Eof.to_text()))
         .await
         .map_err(|e| format!("sending to the gateway: {e}"))
 }

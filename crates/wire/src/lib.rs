@@ -7,16 +7,22 @@
 //! ([`StreamKind::Inventory`]), on which the agent pushes [`Inventory`]
 //! snapshots whenever its guests change.
 //!
+//! The client side of the gateway speaks WebSocket; its text messages are
+//! [`Control`] messages, and its close codes are the same [`CloseCode`]s
+//! (`control.rs` says how a client reads them).
+//!
 //! No sockets and no clock here: the service crates feed bytes in and read
 //! frames out. `docs/wire.md` is the byte-level description.
 #![forbid(unsafe_code)]
 
 mod close;
+mod control;
 mod frame;
 mod header;
 mod inventory;
 
 pub use close::{Close, CloseCode};
+pub use control::{Control, ControlError, EXIT_STATUS, MAX_CONTROL_LEN, MAX_NOTICE};
 pub use frame::{Frame, FrameError, FRAME_HEADER_LEN, MAX_FRAME_PAYLOAD};
 pub use header::{HeaderError, Mode, OpenRequest, StreamKind, MAX_HEADER_LEN, MAX_NAME_LEN};
 pub use inventory::{ChannelInfo, ChannelKind, GuestInfo, GuestState, Inventory};
