@@ -28,13 +28,13 @@ use axum::routing::{any, delete, get, post};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use tokio::net::TcpListener;
-use vmgate_relay::{relay, FrameTx};
 use vmgate_tls::rustls;
-use vmgate_wire::{Close, CloseCode, Frame, Mode};
+use vmgate_wire::Mode;
 
 use crate::config::{AdminAuth, AdminListener};
 use crate::limits::{self, ConnLimits};
 use crate::public::{ClientCert, Peer};
+use crate::session::{self, Grant};
 use crate::sessions::ENDED_BY_ADMIN;
 use crate::{ws, GatewayError, Shared};
 
@@ -289,74 +289,32 @@ async fn console_ws(
         .on_upgrade(move |socket| {
             let controls = socket.protocol().is_none();
             let (rx, tx) = ws::split(socket, controls);
-            admin_session(shared, rx, tx, guest, channel, q, peer, who)
+            let req = session::Request {
+                guest,
+                channel,
+                peer,
+            };
+            session::serve(shared, req, rx, tx, move |_, req| {
+                Ok(admin_grant(req, &q, who))
+            })
         })
 }
 
-/// An administrator's console: like a ticket's session, without the ticket
-/// and outside the session limits; audited as `admin:<how>`.
-#[allow(clippy::too_many_arguments)]
-async fn admin_session(
-    shared: Arc<Shared>,
-    rx: ws::WsRx,
-    mut tx: ws::WsTx,
-    guest: String,
-    channel: String,
-    q: ConsoleQuery,
-    peer: SocketAddr,
-    who: &'static str,
-) {
-    let opening = std::time::Instant::now();
+/// An administrator's console: no ticket, outside the session limits,
+/// `force` allowed (unless read-only), audited as `admin:<how>`. It goes
+/// through the same pipeline as every session, so a read-only VNC console
+/// is filtered like a read-only ticket's.
+fn admin_grant(req: &session::Request, q: &ConsoleQuery, who: &'static str) -> Grant {
     let mode = if q.read_only {
         Mode::ReadOnly
     } else {
         Mode::Interactive
     };
-    let sid = shared.pool.session_id();
-    let record = crate::audit::SessionRecord {
-        session: sid,
-        ticket: format!("admin:{who}"),
-        guest: guest.clone(),
-        channel: channel.clone(),
-        mode: if q.read_only {
-            "read-only"
-        } else {
-            "interactive"
-        },
-        peer,
-    };
-    let live = match shared.sessions.admit(record, true) {
-        Ok(l) => l,
-        Err(close) => return refuse(&mut tx, close).await,
-    };
-    let force = q.force && !q.read_only;
-    let (qrx, qtx) = match shared.pool.open(sid, &guest, &channel, mode, force).await {
-        Ok(s) => s,
-        Err(close) => {
-            shared.metrics.refused(close.code.as_str());
-            tracing::warn!(%peer, %guest, %channel, reason = %close, "admin console refused");
-            return refuse(&mut tx, close).await;
-        }
-    };
-    tracing::info!(session = sid, %peer, %guest, %channel, by = who, force, "admin console opened");
-    live.opened(opening.elapsed());
-    let (rx, qrx) = (live.count_to_guest(rx), live.count_from_guest(qrx));
-    let ended = live.stop();
-    let shutdown = shared.shutdown.clone();
-    let stop = async move {
-        tokio::select! {
-            _ = shutdown.cancelled() => Close::new(CloseCode::GoingAway, "the gateway is shutting down"),
-            c = ended => c,
-        }
-    };
-    let out = relay(rx, tx, qrx, qtx, stop).await;
-    tracing::info!(session = sid, %peer, %guest, %channel, reason = %out.close, "admin console ended");
-    live.finish(&out);
-}
-
-async fn refuse(tx: &mut ws::WsTx, close: Close) {
-    let _ = tx.send(Frame::Close(close)).await;
-    tx.finish().await;
+    tracing::info!(by = who, "administrator's console");
+    let mut g =
+        Grant::new(&req.guest, &req.channel, mode, format!("admin:{who}")).with_force(q.force);
+    g.limited = false;
+    g
 }
 
 #[cfg(test)]

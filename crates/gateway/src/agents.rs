@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use vmgate_relay::quic::{QuicRx, QuicTx};
 use vmgate_relay::FrameRx;
 use vmgate_wire::{
-    Close, CloseCode, Frame, GuestInfo, GuestState, Inventory, Mode, OpenRequest, StreamKind,
+    ChannelKind, Close, CloseCode, Frame, GuestInfo, GuestState, Inventory, Mode, OpenRequest,
+    StreamKind,
 };
 
 use crate::config::AgentEntry;
@@ -30,6 +31,15 @@ struct Route {
     node: String,
     conn: quinn::Connection,
     guest: GuestInfo,
+}
+
+/// A console stream the agent accepted.
+pub struct Opened {
+    pub rx: QuicRx,
+    pub tx: QuicTx,
+    /// The channel's kind, as the agent's inventory says: the session
+    /// pipeline picks its per-kind handling from it, never from the name.
+    pub kind: ChannelKind,
 }
 
 /// A guest as the gateway sees it (for inventory listings).
@@ -88,8 +98,9 @@ impl AgentPool {
         v
     }
 
-    /// Where `guest` lives, if it is known, has `channel`, and is running.
-    fn route(&self, guest: &str, channel: &str) -> Result<Route, Close> {
+    /// Where `guest` lives, if it is known, has `channel`, and is running;
+    /// and the channel's kind.
+    fn route(&self, guest: &str, channel: &str) -> Result<(Route, ChannelKind), Close> {
         let route = self
             .routes
             .read()
@@ -102,8 +113,8 @@ impl AgentPool {
                     format!("unknown guest {guest}: no connected agent hosts it"),
                 )
             })?;
-        admit(&route.guest, channel)?;
-        Ok(route)
+        let kind = admit(&route.guest, channel)?;
+        Ok((route, kind))
     }
 
     /// Checks that a session on `guest`/`channel` could open now, without
@@ -120,8 +131,8 @@ impl AgentPool {
         channel: &str,
         mode: Mode,
         force: bool,
-    ) -> Result<(QuicRx, QuicTx), Close> {
-        let route = self.route(guest, channel)?;
+    ) -> Result<Opened, Close> {
+        let (route, kind) = self.route(guest, channel)?;
         let unreachable = |e: &dyn std::fmt::Display| {
             Close::new(
                 CloseCode::AgentUnreachable,
@@ -145,7 +156,7 @@ impl AgentPool {
             let tx = QuicTx::new(send, "agent");
             let mut rx = QuicRx::new(recv, BytesMut::new(), "agent");
             match rx.recv().await? {
-                Some(Frame::Opened) => Ok((rx, tx)),
+                Some(Frame::Opened) => Ok(Opened { rx, tx, kind }),
                 Some(Frame::Close(c)) => Err(c),
                 _ => Err(Close::new(
                     CloseCode::ProtocolError,
@@ -178,8 +189,8 @@ impl AgentPool {
 
 /// Whether a known guest takes a session on `channel` now. The state comes
 /// first: a guest that is down may list no channels (the libvirt backend
-/// learns a domain's endpoints when it starts).
-fn admit(guest: &GuestInfo, channel: &str) -> Result<(), Close> {
+/// learns a domain's endpoints when it starts). Answers the channel's kind.
+fn admit(guest: &GuestInfo, channel: &str) -> Result<ChannelKind, Close> {
     let name = &guest.name;
     if guest.state != GuestState::Running {
         return Err(Close::new(
@@ -187,13 +198,13 @@ fn admit(guest: &GuestInfo, channel: &str) -> Result<(), Close> {
             format!("guest {name} is not running"),
         ));
     }
-    if !guest.channels.iter().any(|c| c.name == channel) {
-        return Err(Close::new(
+    match guest.channels.iter().find(|c| c.name == channel) {
+        Some(c) => Ok(c.kind),
+        None => Err(Close::new(
             CloseCode::UnknownChannel,
             format!("guest {name} has no channel {channel}"),
-        ));
+        )),
     }
-    Ok(())
 }
 
 /// Keeps one agent connected and its guests routed, until shutdown.
@@ -287,7 +298,7 @@ mod tests {
     #[test]
     fn a_running_guest_admits_its_channels_only() {
         let g = guest(GuestState::Running, &["serial0"]);
-        assert!(admit(&g, "serial0").is_ok());
+        assert_eq!(admit(&g, "serial0"), Ok(ChannelKind::Serial));
         let e = admit(&g, "serial9").unwrap_err();
         assert_eq!(e.code, CloseCode::UnknownChannel);
         assert_eq!(e.reason, "guest web has no channel serial9");

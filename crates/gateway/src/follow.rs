@@ -14,11 +14,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use vmgate_relay::quic::{QuicRx, QuicTx};
 use vmgate_relay::FrameTx;
 use vmgate_wire::{Close, CloseCode, Frame, Mode};
 
-use crate::agents::AgentPool;
+use crate::agents::{AgentPool, Opened};
 
 /// How long a moved guest may take to show up on its new node (libvirt
 /// reports it there when the migration completes, before it stops here).
@@ -81,7 +80,7 @@ pub async fn reopen<S: Future<Output = Close>>(
     channel: &str,
     mode: Mode,
     stop: &mut Pin<&mut S>,
-) -> Result<(QuicRx, QuicTx), Close> {
+) -> Result<Opened, Close> {
     let deadline = tokio::time::Instant::now() + FOLLOW_WAIT;
     loop {
         // While the routes still point at the old node (or at nothing yet)

@@ -13,6 +13,9 @@
 //! * [`ws`]: a client WebSocket as a side of the relay;
 //! * [`assets`]: the embedded web console;
 //! * [`pages`]: web console sessions (one ticket, the page's streams);
+//! * [`session`]: the one session pipeline every credential's grant goes
+//!   through (admission, agent stream, per-kind filter, relay, following,
+//!   audit, metrics);
 //! * [`rfb_filter`]: RFB awareness (read-only viewers, malformed RFB).
 //! * [`admin`]: the administrators' listener (sessions, inventory, metrics,
 //!   recovery consoles); [`minter`]: `vmgate admin`, the separate process
@@ -33,6 +36,7 @@ pub mod minter;
 pub mod pages;
 pub mod public;
 pub mod rfb_filter;
+pub mod session;
 pub mod sessions;
 pub mod tickets;
 pub mod ws;
@@ -85,6 +89,9 @@ pub struct Shared {
     pub sessions: Arc<sessions::Registry>,
     /// Failed ticket checks per source address.
     pub throttle: limits::Throttle,
+    /// Every running session, so shutdown can wait (boundedly) for each to
+    /// tell its client why it ends.
+    pub drain: tokio_util::task::TaskTracker,
 }
 
 impl Shared {
@@ -175,6 +182,7 @@ impl Gateway {
                 )),
                 limits,
                 metrics,
+                drain: tokio_util::task::TaskTracker::new(),
             }),
             admin,
         })

@@ -22,9 +22,10 @@ pub const JOIN_WINDOW: Duration = Duration::from_secs(60);
 /// Page sessions waiting for their streams at once: bounds memory.
 const CAPACITY: usize = 10_000;
 
-/// What a stream of a page session is granted.
+/// What a stream of a page session may open (the session pipeline makes
+/// its [`crate::session::Grant`] from it).
 #[derive(Debug, Clone)]
-pub struct Grant {
+pub struct PageGrant {
     /// The redeemed ticket's id, for logs.
     pub ticket: String,
     pub mode: Mode,
@@ -90,7 +91,7 @@ impl Pages {
         guest: &str,
         channel: &str,
         now: Instant,
-    ) -> Result<Grant, JoinError> {
+    ) -> Result<PageGrant, JoinError> {
         let mut pages = self.pages.lock().expect("pages lock");
         let page = pages.get_mut(token).ok_or(JoinError::Unknown)?;
         if now.duration_since(page.redeemed) >= JOIN_WINDOW {
@@ -106,13 +107,15 @@ impl Pages {
             .position(|c| c == channel)
             .ok_or_else(|| JoinError::Channel(channel.into()))?;
         page.unopened.swap_remove(i);
-        let grant = Grant {
+        let grant = PageGrant {
             ticket: page.claims.id.clone(),
             mode: page.claims.mode,
+            // Checked: a minter may sign any length; one too large for the
+            // clock is no limit, and never a panic with this lock held.
             until: page
                 .claims
                 .max_session
-                .map(|s| page.redeemed + Duration::from_secs(s)),
+                .and_then(|s| page.redeemed.checked_add(Duration::from_secs(s))),
         };
         if page.unopened.is_empty() {
             pages.remove(token);

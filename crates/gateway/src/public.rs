@@ -20,13 +20,13 @@ use hyper_util::server::conn::auto;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use vmgate_relay::{relay, FrameTx};
 use vmgate_ticket::TicketError;
-use vmgate_wire::{Close, CloseCode, Frame, Mode};
+use vmgate_wire::{Close, CloseCode};
 
 use crate::limits::{self, ConnLimits};
-use crate::pages::{Grant, JoinError};
-use crate::{assets, follow, rfb_filter, ws, Shared};
+use crate::pages::JoinError;
+use crate::session::{self, Grant};
+use crate::{assets, ws, Shared};
 
 /// The largest WebSocket message accepted from a client.
 const MAX_MESSAGE: usize = 1 << 20;
@@ -202,7 +202,14 @@ async fn console_ws(
             // noVNC asks for `binary`: it gets raw bytes and nothing else.
             let controls = socket.protocol().is_none();
             let (rx, tx) = ws::split(socket, controls);
-            session(shared, rx, tx, guest, channel, q, peer)
+            let req = session::Request {
+                guest,
+                channel,
+                peer,
+            };
+            session::serve(shared, req, rx, tx, move |shared, req| {
+                authorize(shared, req, q)
+            })
         })
 }
 
@@ -221,179 +228,70 @@ fn refusal(e: &TicketError) -> Close {
 fn redeem(
     shared: &Shared,
     ticket: &str,
-    guest: &str,
-    channel: &str,
-    peer: SocketAddr,
+    req: &session::Request,
 ) -> Result<vmgate_ticket::Claims, Close> {
     let refused = |e: TicketError| {
-        tracing::warn!(%peer, %guest, %channel, reason = e.code(), "ticket refused");
-        shared.ticket_failed(peer, e.code());
+        tracing::warn!(reason = e.code(), "ticket refused");
+        shared.ticket_failed(req.peer, e.code());
         refusal(&e)
     };
     let claims = shared
         .tickets
-        .check(ticket, guest, channel)
+        .check(ticket, &req.guest, &req.channel)
         .map_err(refused)?;
-    shared.pool.check(guest, channel)?;
+    shared.pool.check(&req.guest, &req.channel)?;
     shared.tickets.redeem(&claims).map_err(refused)?;
     Ok(claims)
 }
 
-async fn session(
-    shared: Arc<Shared>,
-    rx: ws::WsRx,
-    tx: ws::WsTx,
-    guest: String,
-    channel: String,
-    q: WsQuery,
-    peer: SocketAddr,
-) {
-    let opening = std::time::Instant::now();
-    if let Err(close) = shared.throttle.check(peer.ip(), opening) {
-        tracing::warn!(%peer, %guest, %channel, "ticket check throttled");
+/// A public console's credential (a ticket, or a web page's session token)
+/// as a [`Grant`].
+fn authorize(shared: &Shared, req: &session::Request, q: WsQuery) -> Result<Grant, Close> {
+    let peer = req.peer;
+    if let Err(close) = shared.throttle.check(peer.ip(), std::time::Instant::now()) {
+        tracing::warn!("ticket check throttled");
         shared.metrics.refused("throttled");
-        return refuse(tx, close).await;
+        return Err(close);
     }
     let grant = match (q.ticket.as_deref(), q.session.as_deref()) {
         (None, None) => {
-            tracing::warn!(%peer, %guest, %channel, reason = "missing_ticket", "ticket refused");
+            tracing::warn!(reason = "missing_ticket", "ticket refused");
             shared.ticket_failed(peer, "missing_ticket");
-            Err(Close::new(
+            return Err(Close::new(
                 CloseCode::TicketRefused,
                 "missing ticket: add ?ticket=… from `vmgate ticket`",
-            ))
+            ));
         }
-        (Some(t), _) => redeem(&shared, t, &guest, &channel, peer).map(|c| Grant {
-            ticket: c.id,
-            mode: c.mode,
-            until: c
-                .max_session
-                .map(|s| std::time::Instant::now() + Duration::from_secs(s)),
-        }),
-        (None, Some(token)) => shared
-            .pages
-            .join(token, &guest, &channel, std::time::Instant::now())
-            .map_err(|e| {
-                tracing::warn!(%peer, %guest, %channel, reason = %e, "page session refused");
-                shared.ticket_failed(peer, "page_session");
-                let code = match e {
-                    JoinError::WrongGuest | JoinError::Channel(_) => CloseCode::TicketScope,
-                    JoinError::Full => CloseCode::TooMany,
-                    JoinError::Unknown => CloseCode::TicketRefused,
-                };
-                Close::new(code, e.to_string())
-            }),
-    };
-    let grant = match grant {
-        Ok(g) => g,
-        Err(close) => {
-            tracing::warn!(%peer, %guest, %channel, reason = %close, "session refused");
-            return refuse(tx, close).await;
+        (Some(t), _) => {
+            let c = redeem(shared, t, req)?;
+            Grant::new(&req.guest, &req.channel, session::wire_mode(c.mode), c.id)
+                .for_at_most(std::time::Instant::now(), c.max_session)
         }
-    };
-    let mode = match grant.mode {
-        vmgate_ticket::Mode::Interactive => Mode::Interactive,
-        vmgate_ticket::Mode::ReadOnly => Mode::ReadOnly,
-    };
-    let force = q.force && mode == Mode::Interactive;
-    let sid = shared.pool.session_id();
-    let record = crate::audit::SessionRecord {
-        session: sid,
-        ticket: grant.ticket.clone(),
-        guest: guest.clone(),
-        channel: channel.clone(),
-        mode: grant.mode.as_str(),
-        peer,
-    };
-    let live = match shared.sessions.admit(record, false) {
-        Ok(live) => live,
-        Err(close) => return refuse(tx, close).await,
-    };
-    let (qrx, qtx) = match shared.pool.open(sid, &guest, &channel, mode, force).await {
-        Ok(s) => s,
-        Err(close) => {
-            shared.metrics.refused(close.code.as_str());
-            tracing::warn!(%peer, %guest, %channel, ticket = %grant.ticket, reason = %close, "session refused");
-            return refuse(tx, close).await;
+        (None, Some(token)) => {
+            let p = shared
+                .pages
+                .join(token, &req.guest, &req.channel, std::time::Instant::now())
+                .map_err(|e| {
+                    tracing::warn!(reason = %e, "page session refused");
+                    shared.ticket_failed(peer, "page_session");
+                    let code = match e {
+                        JoinError::WrongGuest | JoinError::Channel(_) => CloseCode::TicketScope,
+                        JoinError::Full => CloseCode::TooMany,
+                        JoinError::Unknown => CloseCode::TicketRefused,
+                    };
+                    Close::new(code, e.to_string())
+                })?;
+            let mut g = Grant::new(
+                &req.guest,
+                &req.channel,
+                session::wire_mode(p.mode),
+                p.ticket,
+            );
+            g.until = p.until;
+            g
         }
     };
-    tracing::info!(session = sid, %peer, %guest, %channel, ticket = %grant.ticket, ?mode, "session opened");
-    live.opened(opening.elapsed());
-    let qrx = live.count_from_guest(qrx);
-    let ended_by_admin_or_idle = live.stop();
-    let shutdown = shared.shutdown.clone();
-    let until = grant.until;
-    let vnc = channel == "vnc";
-    let (rx, rfb_failed) = rfb_filter::wrap(rx, mode == Mode::ReadOnly, sid);
-    let stop = async move {
-        let expire = async {
-            match until {
-                Some(t) => tokio::time::sleep_until(t.into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => Close::new(CloseCode::GoingAway, "the gateway is shutting down"),
-            _ = expire => Close::new(
-                CloseCode::SessionExpired,
-                "the ticket's maximum session length was reached: mint a new ticket",
-            ),
-            c = rfb_failed => c,
-            c = ended_by_admin_or_idle => c,
-        }
-    };
-    let dropped = rx.dropped_count();
-    let out = if vnc {
-        // An RFB stream cannot be resumed on another QEMU mid-way: a moved
-        // guest's viewer gets the close and reconnects.
-        relay(live.count_to_guest(rx), tx, qrx, qtx, stop).await
-    } else {
-        // Other channels are not RFB: relay the viewer's bytes as they are,
-        // and follow the guest when it migrates.
-        let mut rx = live.count_to_guest(rx.into_inner());
-        let mut tx = follow::HoldMoved::new(tx);
-        tokio::pin!(stop);
-        let (mut qrx, mut qtx) = (qrx, qtx);
-        let mut total = (0, 0);
-        loop {
-            let out = relay(&mut rx, &mut tx, qrx, qtx, &mut stop).await;
-            total = (total.0 + out.a_to_b, total.1 + out.b_to_a);
-            let done = |close| vmgate_relay::Outcome {
-                close,
-                a_to_b: total.0,
-                b_to_a: total.1,
-            };
-            if out.close.code != CloseCode::GuestMoved {
-                break done(out.close);
-            }
-            tracing::info!(session = sid, %guest, %channel, "guest migrated; following it");
-            match follow::reopen(&shared.pool, sid, &guest, &channel, mode, &mut stop).await {
-                Ok((r, t)) => {
-                    shared.metrics.followed();
-                    tracing::info!(session = sid, %guest, %channel, "session follows the guest to its new node");
-                    (qrx, qtx) = (live.count_from_guest(r), t);
-                    tx.resume(format!(
-                        "guest {guest} migrated to another node: this session follows it"
-                    ))
-                    .await;
-                }
-                Err(close) => {
-                    tracing::warn!(session = sid, %guest, %channel, reason = %close, "could not follow the guest");
-                    tx.give_up(close.clone()).await;
-                    break done(close);
-                }
-            }
-        }
-    };
-    live.finish(&out);
-    tracing::info!(session = sid, %peer, %guest, %channel, reason = %out.close,
-        bytes_to_guest = out.a_to_b, bytes_from_guest = out.b_to_a,
-        input_dropped = dropped.load(std::sync::atomic::Ordering::Relaxed), "session ended");
-}
-
-async fn refuse(mut tx: ws::WsTx, close: Close) {
-    let _ = tx.send(Frame::Close(close)).await;
-    tx.finish().await;
+    Ok(grant.with_force(q.force))
 }
 
 /// Serves HTTPS on `listener` until `shutdown`, then drains.

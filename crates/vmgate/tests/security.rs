@@ -623,3 +623,136 @@ async fn a_page_from_another_site_cannot_open_a_console_in_chromium() {
     let r = chromium_report(&stack, &page_url, &mut reports).await;
     assert_eq!(r, "open");
 }
+
+/// Strips the terminal colours tracing puts in the log files.
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Reads until the session has received at least `n` bytes in all.
+async fn read_to(s: &mut Session, n: usize) {
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while s.output.len() < n {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match s.next_event(left).await {
+            common::Event::Timeout | common::Event::Closed(..) => {
+                panic!("{} of {n} bytes, then {:?}", s.output.len(), s.closed)
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The RFB handshake of a viewer over a console WebSocket, then
+/// SetEncodings and an update request (not input: they pass); returns the
+/// bytes sent.
+async fn rfb_handshake(s: &mut Session) -> usize {
+    read_to(s, 12).await;
+    assert_eq!(&s.output[..12], b"RFB 003.008\n");
+    s.send(b"RFB 003.008\n").await;
+    read_to(s, 13).await;
+    let n = s.output[12] as usize;
+    read_to(s, 13 + n).await;
+    assert!(s.output[13..13 + n].contains(&1), "security None offered");
+    s.send(&[1]).await;
+    read_to(s, 13 + n + 4).await;
+    assert_eq!(
+        &s.output[13 + n..17 + n],
+        &[0, 0, 0, 0],
+        "security result OK"
+    );
+    s.send(&[0]).await;
+    let init = 17 + n;
+    read_to(s, init + 24).await;
+    let name = &s.output[init + 20..init + 24];
+    let name_len = u32::from_be_bytes([name[0], name[1], name[2], name[3]]) as usize;
+    read_to(s, init + 24 + name_len).await;
+    s.send(&[2, 0, 0, 1, 0, 0, 0, 0]).await;
+    s.send(&[3, 0, 0, 0, 0, 0, 0, 16, 0, 16]).await;
+    12 + 1 + 1 + 8 + 10
+}
+
+#[tokio::test]
+async fn an_admin_read_only_vnc_console_never_reaches_the_guest() {
+    let stack = Stack::start_secure(|_| {}).await;
+    let url = format!(
+        "{}/v1/console/demo/vnc?read_only=true",
+        stack.admin_url().replacen("https://", "wss://", 1)
+    );
+    let mut vnc = Session::new(
+        vmgate::admin_client::console(&url, &stack.admin_token())
+            .await
+            .unwrap(),
+    );
+    let mut non_input = rfb_handshake(&mut vnc).await;
+    // Keys typing a command, a click, a paste, a QEMU extended key event.
+    let line = "echo adminro-$((2+3)) > /dev/ttyS0\r";
+    let mut keys = 0;
+    for ch in line.chars() {
+        let sym = if ch == '\r' { 0xff0d } else { ch as u32 };
+        for down in [1u8, 0] {
+            let mut m = vec![4, down, 0, 0];
+            m.extend_from_slice(&sym.to_be_bytes());
+            vnc.send(&m).await;
+            keys += 1;
+        }
+    }
+    vnc.send(&[5, 1, 0, 100, 0, 100]).await;
+    vnc.send(&[5, 0, 0, 100, 0, 100]).await;
+    vnc.send(&[6, 0, 0, 0, 0, 0, 0, 4, b'l', b's', b'\r', b'\n'])
+        .await;
+    vnc.send(&[255, 0, 0, 1, 0, 0, 0xff, 0xff, 0, 0, 0, 0x53])
+        .await;
+    let dropped = keys + 2 + 1 + 1;
+    // The session still works: an update request is answered.
+    let before = vnc.output.len();
+    vnc.send(&[3, 0, 0, 0, 0, 0, 0, 16, 0, 16]).await;
+    non_input += 10;
+    read_to(&mut vnc, before + 1).await;
+    drop(vnc);
+
+    // The agent got the handshake and the update requests, not one byte of
+    // input; the gateway's RFB filter counted what it dropped.
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    let (agent_line, gw_line) = loop {
+        let agent = plain(&stack.log("agent.log"));
+        let gw = plain(&stack.log("gateway.log"));
+        let a = agent
+            .lines()
+            .find(|l| l.contains("session ended") && l.contains("channel=vnc"))
+            .map(str::to_string);
+        let g = gw
+            .lines()
+            .find(|l| l.contains("session ended") && l.contains("channel=vnc"))
+            .map(str::to_string);
+        if let (Some(a), Some(g)) = (a, g) {
+            break (a, g);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no ended VNC session:\nagent:\n{agent}\ngateway:\n{gw}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        agent_line.contains(&format!("to_guest={non_input} ")),
+        "the guest's VNC server got more than {non_input} non-input bytes: {agent_line}"
+    );
+    assert!(
+        gw_line.contains(&format!("input_dropped={dropped}")),
+        "the gateway did not drop the {dropped} input messages: {gw_line}"
+    );
+}

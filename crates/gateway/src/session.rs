@@ -1,0 +1,336 @@
+//! The one session pipeline: every console session, whoever it is for, goes
+//! through [`serve`].
+//!
+//! A credential never opens anything by itself. A public ticket
+//! ([`crate::public`]), a web page's session token ([`crate::pages`]) and an
+//! administrator's credentials ([`crate::admin`]) each only produce a
+//! [`Grant`]: which guest and channel, in which mode, with or without
+//! `force`, until when, whether the session limits apply, and who it is
+//! for in the audit log. From the grant on, everything is written once,
+//! here:
+//!
+//! 1. admission under the session limits ([`crate::sessions`]);
+//! 2. opening the stream on the agent that hosts the guest
+//!    ([`crate::agents`]), which also says the channel's *kind* from that
+//!    agent's inventory;
+//! 3. the per-kind part, chosen from that kind (never from the channel's
+//!    name): [`relay_screen`] for `vnc` (the RFB filter, no following),
+//!    [`relay_following`] for serial consoles and channels (bytes as they
+//!    are, following the guest across live migration). A new kind (audio,
+//!    virtual media, the screen splice) is a new arm of the `match` in
+//!    [`serve`], and the compiler lists every place that must learn it;
+//! 4. the session's end: ticket expiry, an administrator, the idle
+//!    timeout, the gateway's shutdown; the audit lines and the metrics.
+//!
+//! Everything a session logs is inside one tracing span, `session`, with
+//! its id, guest, channel and peer address.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::Instrument;
+use vmgate_relay::{relay, FrameTx, Outcome};
+use vmgate_wire::{ChannelKind, Close, CloseCode, Frame, Mode};
+
+use crate::agents::Opened;
+use crate::sessions::Live;
+use crate::{follow, rfb_filter, ws, Shared};
+
+/// What a credential allows: one session on one channel of one guest.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub guest: String,
+    pub channel: String,
+    pub mode: Mode,
+    /// Take the keyboard (serial) or the channel over from its holder.
+    /// Only ever honoured for an interactive session ([`Grant::force`]).
+    force: bool,
+    /// When the session must end, if the credential limits it.
+    pub until: Option<Instant>,
+    /// Whether the session counts against the session limits. An
+    /// administrator's recovery console does not: users who filled the
+    /// limits must not lock the operator out.
+    pub limited: bool,
+    /// Who the session is for in the audit log and the session listing:
+    /// the ticket's id (never its text), or `admin:<how>`.
+    pub who: String,
+}
+
+impl Grant {
+    /// A grant without `force`, counted against the session limits.
+    pub fn new(guest: &str, channel: &str, mode: Mode, who: String) -> Grant {
+        Grant {
+            guest: guest.into(),
+            channel: channel.into(),
+            mode,
+            force: false,
+            until: None,
+            limited: true,
+            who,
+        }
+    }
+
+    /// Asks for `force`; a read-only grant never gets it.
+    pub fn with_force(mut self, force: bool) -> Grant {
+        self.force = force && self.mode == Mode::Interactive;
+        self
+    }
+
+    /// Whether the session takes over from the channel's holder.
+    pub fn force(&self) -> bool {
+        self.force && self.mode == Mode::Interactive
+    }
+
+    /// Ends the session `max_session` seconds after `from`. A length too
+    /// large for the clock (a minter may sign any number) means no limit,
+    /// never a panic.
+    pub fn for_at_most(mut self, from: Instant, max_session: Option<u64>) -> Grant {
+        self.until = max_session.and_then(|s| from.checked_add(Duration::from_secs(s)));
+        self
+    }
+}
+
+/// The ticket crate's mode as the wire's.
+pub fn wire_mode(m: vmgate_ticket::Mode) -> Mode {
+    match m {
+        vmgate_ticket::Mode::Interactive => Mode::Interactive,
+        vmgate_ticket::Mode::ReadOnly => Mode::ReadOnly,
+    }
+}
+
+fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Interactive => "interactive",
+        Mode::ReadOnly => "read-only",
+    }
+}
+
+/// Where a session request came from and what it asks for, before any
+/// credential was checked. `guest` and `channel` passed
+/// [`vmgate_wire::valid_name`]: they are safe to log.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub guest: String,
+    pub channel: String,
+    pub peer: SocketAddr,
+}
+
+/// Runs one session on a client WebSocket: `authorize` turns the request's
+/// credential into a [`Grant`] (or a refusal the client receives as its
+/// close), then the pipeline does the rest.
+pub async fn serve<F>(shared: Arc<Shared>, req: Request, rx: ws::WsRx, tx: ws::WsTx, authorize: F)
+where
+    F: FnOnce(&Shared, &Request) -> Result<Grant, Close>,
+{
+    let sid = shared.pool.session_id();
+    let span = tracing::info_span!("session", id = sid, guest = %req.guest, channel = %req.channel, peer = %req.peer);
+    let _running = shared.drain.token();
+    pipeline(shared, req, sid, rx, tx, authorize)
+        .instrument(span)
+        .await
+}
+
+async fn pipeline<F>(
+    shared: Arc<Shared>,
+    req: Request,
+    sid: u64,
+    rx: ws::WsRx,
+    tx: ws::WsTx,
+    authorize: F,
+) where
+    F: FnOnce(&Shared, &Request) -> Result<Grant, Close>,
+{
+    let opening = Instant::now();
+    let grant = match authorize(&shared, &req) {
+        Ok(g) => g,
+        Err(close) => {
+            tracing::warn!(reason = %close, "session refused");
+            return refuse(tx, close).await;
+        }
+    };
+    let record = crate::audit::SessionRecord {
+        session: sid,
+        ticket: grant.who.clone(),
+        guest: grant.guest.clone(),
+        channel: grant.channel.clone(),
+        mode: mode_name(grant.mode),
+        peer: req.peer,
+    };
+    let live = match shared.sessions.admit(record, !grant.limited) {
+        Ok(live) => live,
+        Err(close) => return refuse(tx, close).await,
+    };
+    let opened = match shared
+        .pool
+        .open(sid, &grant.guest, &grant.channel, grant.mode, grant.force())
+        .await
+    {
+        Ok(o) => o,
+        Err(close) => {
+            shared.metrics.refused(close.code.as_str());
+            tracing::warn!(ticket = %grant.who, reason = %close, "session refused");
+            return refuse(tx, close).await;
+        }
+    };
+    tracing::info!(ticket = %grant.who, mode = mode_name(grant.mode), force = grant.force(),
+        kind = ?opened.kind, "session opened");
+    live.opened(opening.elapsed());
+    let stop = ends(&shared, &grant, &live);
+    let out = match opened.kind {
+        ChannelKind::Vnc => relay_screen(&live, &grant, sid, rx, tx, opened, stop).await,
+        ChannelKind::Serial | ChannelKind::Channel => {
+            relay_following(&shared, &live, &grant, sid, rx, tx, opened, stop).await
+        }
+    };
+    live.finish(&out);
+}
+
+/// What ends any session from outside its byte streams: the gateway's
+/// shutdown, the grant's deadline, an administrator, the idle timeout.
+fn ends(
+    shared: &Shared,
+    grant: &Grant,
+    live: &Live,
+) -> impl Future<Output = Close> + Send + 'static {
+    let shutdown = shared.shutdown.clone();
+    let until = grant.until;
+    let ended_by_admin_or_idle = live.stop();
+    async move {
+        let expire = async {
+            match until {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => Close::new(CloseCode::GoingAway, "the gateway is shutting down"),
+            _ = expire => Close::new(
+                CloseCode::SessionExpired,
+                "the ticket's maximum session length was reached: mint a new ticket",
+            ),
+            c = ended_by_admin_or_idle => c,
+        }
+    }
+}
+
+/// `vnc`: the viewer's bytes go through the RFB filter (message boundaries,
+/// the shared flag, a read-only viewer's input dropped), whoever the viewer
+/// is. An RFB stream cannot resume on another QEMU mid-way, so a moved
+/// guest's viewer gets the close and reconnects.
+async fn relay_screen(
+    live: &Live,
+    grant: &Grant,
+    sid: u64,
+    rx: ws::WsRx,
+    tx: ws::WsTx,
+    opened: Opened,
+    stop: impl Future<Output = Close> + Send,
+) -> Outcome {
+    let (rx, rfb_failed) = rfb_filter::wrap(rx, grant.mode == Mode::ReadOnly, sid);
+    let dropped = rx.dropped_count();
+    let stop = async move {
+        tokio::select! {
+            c = stop => c,
+            c = rfb_failed => c,
+        }
+    };
+    let out = relay(
+        live.count_to_guest(rx),
+        tx,
+        live.count_from_guest(opened.rx),
+        opened.tx,
+        stop,
+    )
+    .await;
+    tracing::info!(reason = %out.close, bytes_to_guest = out.a_to_b, bytes_from_guest = out.b_to_a,
+        input_dropped = dropped.load(Ordering::Relaxed), "session ended");
+    out
+}
+
+/// Serial consoles and channels: the client's bytes as they are, and the
+/// session follows the guest when it migrates ([`crate::follow`]).
+#[allow(clippy::too_many_arguments)]
+async fn relay_following(
+    shared: &Shared,
+    live: &Live,
+    grant: &Grant,
+    sid: u64,
+    rx: ws::WsRx,
+    tx: ws::WsTx,
+    opened: Opened,
+    stop: impl Future<Output = Close> + Send,
+) -> Outcome {
+    let (guest, channel) = (&grant.guest, &grant.channel);
+    let mut rx = live.count_to_guest(rx);
+    let mut tx = follow::HoldMoved::new(tx);
+    tokio::pin!(stop);
+    let (mut qrx, mut qtx) = (live.count_from_guest(opened.rx), opened.tx);
+    let mut total = (0, 0);
+    let out = loop {
+        let out = relay(&mut rx, &mut tx, qrx, qtx, &mut stop).await;
+        total = (total.0 + out.a_to_b, total.1 + out.b_to_a);
+        let done = |close| Outcome {
+            close,
+            a_to_b: total.0,
+            b_to_a: total.1,
+        };
+        if out.close.code != CloseCode::GuestMoved {
+            break done(out.close);
+        }
+        tracing::info!("guest migrated; following it");
+        // The original mode, never `force`: the new node's holder keeps it.
+        match follow::reopen(&shared.pool, sid, guest, channel, grant.mode, &mut stop).await {
+            Ok(o) => {
+                shared.metrics.followed();
+                tracing::info!("session follows the guest to its new node");
+                (qrx, qtx) = (live.count_from_guest(o.rx), o.tx);
+                tx.resume(format!(
+                    "guest {guest} migrated to another node: this session follows it"
+                ))
+                .await;
+            }
+            Err(close) => {
+                tracing::warn!(reason = %close, "could not follow the guest");
+                tx.give_up(close.clone()).await;
+                break done(close);
+            }
+        }
+    };
+    tracing::info!(reason = %out.close, bytes_to_guest = out.a_to_b, bytes_from_guest = out.b_to_a,
+        "session ended");
+    out
+}
+
+/// Refuses a session: the client gets `close` as its WebSocket close.
+pub async fn refuse(mut tx: ws::WsTx, close: Close) {
+    let _ = tx.send(Frame::Close(close)).await;
+    tx.finish().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_only_grant_never_forces() {
+        let g = Grant::new("g", "serial0", Mode::ReadOnly, "t".into()).with_force(true);
+        assert!(!g.force());
+        let g = Grant::new("g", "serial0", Mode::Interactive, "t".into()).with_force(true);
+        assert!(g.force());
+    }
+
+    #[test]
+    fn a_session_length_too_large_for_the_clock_is_no_limit_not_a_panic() {
+        let now = Instant::now();
+        let g = Grant::new("g", "vnc", Mode::Interactive, "t".into());
+        assert_eq!(g.clone().for_at_most(now, None).until, None);
+        assert_eq!(
+            g.clone().for_at_most(now, Some(30)).until,
+            Some(now + Duration::from_secs(30))
+        );
+        assert_eq!(g.for_at_most(now, Some(u64::MAX)).until, None);
+    }
+}
