@@ -190,8 +190,15 @@ pub struct AgentTls {
     pub cert: PathBuf,
     /// Its private key (PEM).
     pub key: PathBuf,
-    /// CA that gateway client certificates must chain to (PEM).
+    /// The gateway-client CA (PEM): gateways' client certificates must
+    /// chain to it and carry clientAuth. Never the CA that signed `cert`:
+    /// the agent refuses to start if its own certificate chains to it.
     pub gateway_ca: PathBuf,
+    /// If set, only gateways whose certificate names one of these (a DNS
+    /// name or IP address in its subjectAltName) are accepted. Empty: any
+    /// gateway certificate from `gateway_ca`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_gateways: Vec<String>,
 }
 
 /// One guest of the `qemu` backend, declared by its QEMU sockets.
@@ -341,7 +348,7 @@ mod tests {
         [tls]
         cert = "a.pem"
         key = "a.key"
-        gateway_ca = "ca.pem"
+        gateway_ca = "gateway-client-ca.pem"
         [[guest]]
         name = "demo"
         vnc = "/run/vnc.sock"
@@ -405,7 +412,8 @@ mod tests {
             [tls]
             cert = "a.pem"
             key = "a.key"
-            gateway_ca = "ca.pem"
+            gateway_ca = "gateway-client-ca.pem"
+            allowed_gateways = ["gw-1.example", "10.0.0.5"]
             [libvirt]
             uri = "qemu+ssh://root@host/system"
             domains = ["web-*", "db?"]
@@ -414,6 +422,7 @@ mod tests {
         let cfg: AgentConfig = toml::from_str(lv).unwrap();
         cfg.validate().unwrap();
         assert_eq!(cfg.backend, BackendKind::Libvirt);
+        assert_eq!(cfg.tls.allowed_gateways, ["gw-1.example", "10.0.0.5"]);
         assert!(cfg.libvirt.selects_name("web-1"));
         assert!(cfg.libvirt.selects_name("db2"));
         assert!(!cfg.libvirt.selects_name("db12"));

@@ -63,8 +63,12 @@ impl Agent {
             cert: config.tls.cert.clone(),
             key: config.tls.key.clone(),
         };
-        let tls =
-            vmgate_tls::mtls_server_config(&id, &config.tls.gateway_ca, &[vmgate_wire::ALPN])?;
+        let tls = vmgate_tls::agent_server_config(
+            &id,
+            &config.tls.gateway_ca,
+            &config.tls.allowed_gateways,
+            &[vmgate_wire::ALPN],
+        )?;
         let endpoint = vmgate_tls::quic_server(config.listen, tls)?;
         Ok(Agent { endpoint, config })
     }

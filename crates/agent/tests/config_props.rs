@@ -12,7 +12,7 @@ log_dir = "/tmp"
 [tls]
 cert = "a.pem"
 key = "a.key"
-gateway_ca = "ca.pem"
+gateway_ca = "gateway-client-ca.pem"
 [[guest]]
 name = "demo"
 vnc = "/run/vnc.sock"

@@ -34,6 +34,7 @@ fn config(dir: &std::path::Path, qmp: std::path::PathBuf) -> AgentConfig {
             cert: dir.join("unused.pem"),
             key: dir.join("unused.key"),
             gateway_ca: dir.join("unused-ca.pem"),
+            allowed_gateways: Vec::new(),
         },
         guests: vec![GuestConfig {
             name: "bare".into(),

@@ -172,9 +172,11 @@ pub struct PublicTls {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentsTls {
-    /// CA that agent certificates must chain to.
+    /// The agent CA: agent certificates must chain to it (serverAuth).
     pub ca: PathBuf,
-    /// The gateway's client certificate (chains to the agents' gateway CA).
+    /// The gateway's client certificate (clientAuth), from the
+    /// gateway-client CA that agents name in `gateway_ca`; refused at start
+    /// if it chains to `ca`.
     pub cert: PathBuf,
     pub key: PathBuf,
 }

@@ -232,18 +232,15 @@ mod tests {
     /// transport settings).
     async fn stream_pair() -> (QuicTx, quinn::RecvStream, impl Sized) {
         let dir = tempfile::tempdir().unwrap();
-        let ca = vmgate_tls::pki::Ca::new("test").unwrap();
-        let ca_pem = ca.write_cert(&dir.path().join("ca.pem")).unwrap();
-        let server_id = ca.issue_to(dir.path(), "agent", &["localhost"]).unwrap();
-        let client_id = ca.issue_to(dir.path(), "gw", &["gateway"]).unwrap();
+        let link = vmgate_tls::pki::write_link(dir.path(), &["localhost"], &["gateway"]).unwrap();
         let server = vmgate_tls::quic_server(
             "127.0.0.1:0".parse().unwrap(),
-            vmgate_tls::mtls_server_config(&server_id, &ca_pem, &[b"t"]).unwrap(),
+            vmgate_tls::agent_server_config(&link.agent, &link.gateway_ca, &[], &[b"t"]).unwrap(),
         )
         .unwrap();
         let addr = server.local_addr().unwrap();
         let client = vmgate_tls::quic_client(
-            vmgate_tls::mtls_client_config(&client_id, &ca_pem, &[b"t"]).unwrap(),
+            vmgate_tls::gateway_client_config(&link.gateway, &link.agent_ca, &[b"t"]).unwrap(),
         )
         .unwrap();
         let accept = tokio::spawn(async move {

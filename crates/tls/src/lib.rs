@@ -1,25 +1,32 @@
 //! Certificates, rustls configurations and QUIC endpoints.
 //!
-//! Two trust domains, never mixed:
+//! Three certificate authorities, never one:
 //! * **public**: the gateway's HTTPS listener, trusted by browsers and the CLI;
-//! * **internal**: gateway ↔ agent QUIC with mutual TLS. The agent accepts
-//!   only clients whose certificate chains to the gateway CA it is given;
-//!   the gateway accepts only agents that chain to the agent CA.
+//! * **agent CA**: signs node certificates (serverAuth only); gateways
+//!   verify agents against it;
+//! * **gateway-client CA**: signs gateways' client certificates (clientAuth
+//!   only); agents accept a QUIC client only with one of these ([`link`]).
+//!
+//! A node's own certificate is therefore no key to any other node, and a
+//! configuration that mixes the two internal CAs is refused at start.
+//! (The admin listeners' CAs are separate again; see SECURITY.md.)
 //!
 //! [`pki`] makes certificates for the demo and tests; production installs
 //! its own. Only the `ring` provider is compiled in.
 #![forbid(unsafe_code)]
 
+mod link;
 pub mod pki;
 mod quic;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+pub use link::{agent_server_config, gateway_client_config};
 pub use quic::{quic_client, quic_server, transport_config};
 pub use rustls;
 
@@ -38,6 +45,23 @@ pub enum TlsError {
     /// A PEM file holds no private key.
     #[error("{0}: no private key found (expected PEM 'BEGIN PRIVATE KEY')")]
     NoKey(PathBuf),
+    /// A PEM file is malformed.
+    #[error("{path}: {source}")]
+    Pem {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    /// The gateway–agent link's two CAs are one: a certificate that must
+    /// not be trusted by `ca` chains to it.
+    #[error("{cert} chains to {ca}: {fix}")]
+    SharedCa {
+        cert: PathBuf,
+        ca: PathBuf,
+        fix: &'static str,
+    },
+    /// An `allowed_gateways` entry is neither a DNS name nor an IP address.
+    #[error("allowed_gateways: {0:?} is not a DNS name or an IP address")]
+    BadGatewayName(String),
     /// rustls refused the material (key does not match, bad CA, ...).
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
@@ -61,13 +85,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// Reads every certificate in a PEM file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.into(),
-        source,
-    })?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut &pem[..])
-        .collect::<Result<_, _>>()
-        .map_err(|source| TlsError::Read {
+    let pem = read(path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Pem {
             path: path.into(),
             source,
         })?;
@@ -79,16 +100,21 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 
 /// Reads the first private key in a PEM file.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.into(),
-        source,
-    })?;
-    rustls_pemfile::private_key(&mut &pem[..])
-        .map_err(|source| TlsError::Read {
+    match PrivateKeyDer::from_pem_slice(&read(path)?) {
+        Ok(key) => Ok(key),
+        Err(rustls_pki_types::pem::Error::NoItemsFound) => Err(TlsError::NoKey(path.into())),
+        Err(source) => Err(TlsError::Pem {
             path: path.into(),
             source,
-        })?
-        .ok_or_else(|| TlsError::NoKey(path.into()))
+        }),
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.into(),
+        source,
+    })
 }
 
 /// A root store holding the CA certificates of a PEM file.
@@ -117,24 +143,9 @@ pub fn server_config(id: &Identity, alpn: &[&[u8]]) -> Result<ServerConfig, TlsE
     Ok(cfg)
 }
 
-/// Server config that requires a client certificate chaining to `client_ca`.
-pub fn mtls_server_config(
-    id: &Identity,
-    client_ca: &Path,
-    alpn: &[&[u8]],
-) -> Result<ServerConfig, TlsError> {
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(load_roots(client_ca)?), provider())
-            .build()?;
-    let mut cfg = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certs(&id.cert)?, load_key(&id.key)?)?;
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(cfg)
-}
-
-/// Client config that trusts only `server_ca` and presents `id`.
+/// Client config that trusts only `server_ca` and presents `id` (an
+/// administrator's client certificate; gateways use
+/// [`gateway_client_config`]).
 pub fn mtls_client_config(
     id: &Identity,
     server_ca: &Path,

@@ -1,5 +1,10 @@
-//! Certificates for the demo and tests: two CAs (public, internal) and the
-//! leaf certificates the components need, written as PEM files.
+//! Certificates for the demo and tests: the CAs of the three trust domains
+//! (public, agent, gateway-client; see the crate docs) and leaf certificates
+//! with one purpose each, written as PEM files.
+//!
+//! Production installs its own certificates; it must keep the same shape,
+//! which [`crate::agent_server_config`] and [`crate::gateway_client_config`]
+//! check at start.
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +14,16 @@ use rcgen::{
 };
 
 use crate::{Identity, TlsError};
+
+/// What a leaf certificate may be used for: exactly one TLS purpose, so a
+/// server's certificate never works as a client's and the other way round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `serverAuth` only: an agent, a gateway's HTTPS or admin listener.
+    Server,
+    /// `clientAuth` only: a gateway towards agents, an administrator.
+    Client,
+}
 
 /// A CA able to sign leaves.
 pub struct Ca {
@@ -34,9 +49,26 @@ impl Ca {
         self.cert.pem()
     }
 
-    /// A leaf for `names` (DNS names or IP addresses), usable as a server
-    /// and a client certificate. Returns (cert PEM, key PEM).
-    pub fn issue(&self, names: &[&str]) -> Result<(String, String), TlsError> {
+    /// A leaf for `names` (DNS names or IP addresses, also the subject's
+    /// common name), carrying the extended key usage of `purpose` and no
+    /// other. Returns (cert PEM, key PEM).
+    pub fn issue(&self, names: &[&str], purpose: Purpose) -> Result<(String, String), TlsError> {
+        self.issue_with(
+            names,
+            vec![match purpose {
+                Purpose::Server => ExtendedKeyUsagePurpose::ServerAuth,
+                Purpose::Client => ExtendedKeyUsagePurpose::ClientAuth,
+            }],
+        )
+    }
+
+    /// A leaf with the given extended key usages (none: no EKU extension).
+    /// Tests use it to make certificates of the old, mixed shape.
+    pub fn issue_with(
+        &self,
+        names: &[&str],
+        ekus: Vec<ExtendedKeyUsagePurpose>,
+    ) -> Result<(String, String), TlsError> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name.push(
             DnType::CommonName,
@@ -48,25 +80,22 @@ impl Ca {
                 Err(_) => SanType::DnsName((*n).try_into()?),
             });
         }
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = ekus;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.cert, &self.key)?;
         Ok((cert.pem(), key.serialize_pem()))
     }
 
     /// Issues a leaf and writes `<dir>/<stem>.pem` and `<dir>/<stem>.key`.
-    pub fn issue_to(&self, dir: &Path, stem: &str, names: &[&str]) -> Result<Identity, TlsError> {
-        let (cert, key) = self.issue(names)?;
-        let id = Identity {
-            cert: dir.join(format!("{stem}.pem")),
-            key: dir.join(format!("{stem}.key")),
-        };
-        write(&id.cert, cert.as_bytes(), 0o644)?;
-        write(&id.key, key.as_bytes(), 0o600)?;
-        Ok(id)
+    pub fn issue_to(
+        &self,
+        dir: &Path,
+        stem: &str,
+        names: &[&str],
+        purpose: Purpose,
+    ) -> Result<Identity, TlsError> {
+        let (cert, key) = self.issue(names, purpose)?;
+        write_identity(dir, stem, &cert, &key)
     }
 
     /// Writes the CA certificate (never its key) to `path`.
@@ -74,6 +103,50 @@ impl Ca {
         write(path, self.cert_pem().as_bytes(), 0o644)?;
         Ok(path.into())
     }
+}
+
+/// Writes a leaf as `<dir>/<stem>.pem` (0644) and `<dir>/<stem>.key` (0600).
+pub fn write_identity(dir: &Path, stem: &str, cert: &str, key: &str) -> Result<Identity, TlsError> {
+    let id = Identity {
+        cert: dir.join(format!("{stem}.pem")),
+        key: dir.join(format!("{stem}.key")),
+    };
+    write(&id.cert, cert.as_bytes(), 0o644)?;
+    write(&id.key, key.as_bytes(), 0o600)?;
+    Ok(id)
+}
+
+/// The gateway–agent link's credentials, as files: two CAs and a leaf
+/// from each.
+#[derive(Debug, Clone)]
+pub struct LinkFiles {
+    /// `agent-ca.pem`: signs agents (serverAuth); gateways' `[agents] ca`.
+    pub agent_ca: PathBuf,
+    /// `gateway-client-ca.pem`: signs gateways' client certificates
+    /// (clientAuth); agents' `[tls] gateway_ca`.
+    pub gateway_ca: PathBuf,
+    /// `agent.{pem,key}`: an agent's certificate for `agent_names`.
+    pub agent: Identity,
+    /// `gateway-client.{pem,key}`: a gateway's client certificate.
+    pub gateway: Identity,
+}
+
+/// Makes the agent CA and the gateway-client CA, an agent certificate for
+/// `agent_names` and a gateway client certificate for `gateway_names`, and
+/// writes them into `dir` (the CA keys are not kept).
+pub fn write_link(
+    dir: &Path,
+    agent_names: &[&str],
+    gateway_names: &[&str],
+) -> Result<LinkFiles, TlsError> {
+    let agents = Ca::new("vmgate agent CA")?;
+    let gateways = Ca::new("vmgate gateway-client CA")?;
+    Ok(LinkFiles {
+        agent_ca: agents.write_cert(&dir.join("agent-ca.pem"))?,
+        gateway_ca: gateways.write_cert(&dir.join("gateway-client-ca.pem"))?,
+        agent: agents.issue_to(dir, "agent", agent_names, Purpose::Server)?,
+        gateway: gateways.issue_to(dir, "gateway-client", gateway_names, Purpose::Client)?,
+    })
 }
 
 fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
@@ -91,62 +164,4 @@ fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
         .open(path)
         .map_err(err)?;
     f.write_all(data).map_err(err)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The agent accepts a gateway certificate from its gateway CA and
-    /// refuses one from another CA, over a real QUIC handshake.
-    #[tokio::test]
-    async fn mutual_tls_accepts_only_the_configured_ca() {
-        let dir = tempfile::tempdir().unwrap();
-        let internal = Ca::new("internal").unwrap();
-        let rogue = Ca::new("rogue").unwrap();
-        let ca = internal.write_cert(&dir.path().join("ca.pem")).unwrap();
-        let agent_id = internal
-            .issue_to(dir.path(), "agent", &["localhost"])
-            .unwrap();
-        let gw_id = internal.issue_to(dir.path(), "gw", &["gateway"]).unwrap();
-        let rogue_id = rogue.issue_to(dir.path(), "rogue", &["gateway"]).unwrap();
-
-        let server = crate::quic_server(
-            "127.0.0.1:0".parse().unwrap(),
-            crate::mtls_server_config(&agent_id, &ca, &[b"t"]).unwrap(),
-        )
-        .unwrap();
-        let addr = server.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Some(inc) = server.accept().await {
-                tokio::spawn(async move {
-                    if let Ok(conn) = inc.await {
-                        let _ = conn.accept_bi().await;
-                    }
-                });
-            }
-        });
-
-        let good =
-            crate::quic_client(crate::mtls_client_config(&gw_id, &ca, &[b"t"]).unwrap()).unwrap();
-        let conn = good.connect(addr, "localhost").unwrap().await.unwrap();
-        let (mut tx, _rx) = conn.open_bi().await.unwrap();
-        tx.write_all(b"x").await.unwrap();
-
-        let bad = crate::quic_client(crate::mtls_client_config(&rogue_id, &ca, &[b"t"]).unwrap())
-            .unwrap();
-        // TLS 1.3: the client's certificate is checked after the client
-        // thinks the handshake is done, so the refusal shows on first use.
-        let refused = async {
-            let conn = bad.connect(addr, "localhost").unwrap().await?;
-            let (mut tx, mut rx) = conn.open_bi().await?;
-            tx.write_all(b"x").await?;
-            rx.read_to_end(10).await?;
-            Ok::<_, Box<dyn std::error::Error>>(())
-        };
-        assert!(
-            refused.await.is_err(),
-            "a rogue CA's client must be refused"
-        );
-    }
 }

@@ -3,10 +3,11 @@
 //!
 //! ```text
 //! public-ca.pem               trust anchor of the public HTTPS listener (give it to clients)
-//! gateway-public.{pem,key}    the gateway's HTTPS certificate
-//! internal-ca.pem             trust anchor of the gateway–agent link (mutual TLS)
-//! agent.{pem,key}             the agent's QUIC certificate
-//! gateway-internal.{pem,key}  the gateway's client certificate towards agents
+//! gateway-public.{pem,key}    the gateway's HTTPS certificate (serverAuth)
+//! agent-ca.pem                the agent CA: signs agents; gateways' `[agents] ca`
+//! agent.{pem,key}             the agent's QUIC certificate (serverAuth only)
+//! gateway-client-ca.pem       the gateway-client CA: agents' `gateway_ca`
+//! gateway-client.{pem,key}    the gateway's client certificate towards agents (clientAuth only)
 //! ticket.key / ticket.pub     ticket signing key (0600) / verifying key
 //! gateway.json                {"url": …}: where clients reach the gateway
 //! agent.toml, gateway.toml    the configurations the demo runs with
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use vmgate_tls::pki::Ca;
+use vmgate_tls::pki::{Ca, Purpose};
 
 /// The state directory from `--state-dir`, `VMGATE_STATE_DIR`, or `./.vmgate`.
 pub fn resolve(dir: Option<PathBuf>) -> PathBuf {
@@ -63,8 +64,10 @@ impl State {
         self.path("logs")
     }
 
-    /// Creates keys and certificates. The ticket signing key is kept if it
-    /// exists (tickets minted earlier stay valid); certificates are made anew.
+    /// Creates keys and certificates: three CAs (public, agent,
+    /// gateway-client) and a one-purpose leaf from each. The ticket signing
+    /// key is kept if it exists (tickets minted earlier stay valid);
+    /// certificates are made anew.
     pub fn init(&self) -> Result<()> {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("creating state directory {}", self.dir.display()))?;
@@ -74,11 +77,18 @@ impl State {
             &self.dir,
             "gateway-public",
             &["localhost", "127.0.0.1", "::1"],
+            Purpose::Server,
         )?;
-        let internal = Ca::new("vmgate demo internal CA")?;
-        internal.write_cert(&self.path("internal-ca.pem"))?;
-        internal.issue_to(&self.dir, "agent", &["localhost", "127.0.0.1"])?;
-        internal.issue_to(&self.dir, "gateway-internal", &["vmgate-gateway"])?;
+        // A state directory from before the three CAs: its single-CA files
+        // would only confuse whoever copies them.
+        for old in [
+            "internal-ca.pem",
+            "gateway-internal.pem",
+            "gateway-internal.key",
+        ] {
+            let _ = std::fs::remove_file(self.path(old));
+        }
+        vmgate_tls::pki::write_link(&self.dir, &["localhost", "127.0.0.1"], &["vmgate-gateway"])?;
         if !self.signing_key().exists() {
             // A verifying key without its signing key is stale.
             let _ = std::fs::remove_file(self.path("ticket.pub"));
@@ -105,7 +115,8 @@ impl State {
             tls: vmgate_agent::config::AgentTls {
                 cert: self.path("agent.pem"),
                 key: self.path("agent.key"),
-                gateway_ca: self.path("internal-ca.pem"),
+                gateway_ca: self.path("gateway-client-ca.pem"),
+                allowed_gateways: Vec::new(),
             },
             guests,
             libvirt: Default::default(),
@@ -126,9 +137,9 @@ impl State {
             },
             ticket_public_key: self.path("ticket.pub"),
             agents: vmgate_gateway::config::AgentsTls {
-                ca: self.path("internal-ca.pem"),
-                cert: self.path("gateway-internal.pem"),
-                key: self.path("gateway-internal.key"),
+                ca: self.path("agent-ca.pem"),
+                cert: self.path("gateway-client.pem"),
+                key: self.path("gateway-client.key"),
             },
             agent_list: agents
                 .iter()
@@ -150,7 +161,12 @@ impl State {
         use rand::RngCore;
         let admins = Ca::new("vmgate demo admin CA")?;
         admins.write_cert(&self.path("admin-ca.pem"))?;
-        admins.issue_to(&self.dir, "admin-client", &["vmgate-admin"])?;
+        admins.issue_to(
+            &self.dir,
+            "admin-client",
+            &["vmgate-admin"],
+            Purpose::Client,
+        )?;
         // The admin listeners' server certificate has its own CA: admin
         // clients trust only it, and public clients never do.
         let servers = Ca::new("vmgate demo admin server CA")?;
@@ -159,6 +175,7 @@ impl State {
             &self.dir,
             "admin-server",
             &["localhost", "127.0.0.1", "::1"],
+            Purpose::Server,
         )?;
         let mut raw = [0u8; 24];
         rand::rngs::OsRng.fill_bytes(&mut raw);

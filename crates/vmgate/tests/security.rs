@@ -68,7 +68,12 @@ async fn admin_routes_are_absent_on_the_public_listener_and_need_credentials() {
     // A client certificate from another CA fails the TLS handshake.
     let rogue = vmgate_tls::pki::Ca::new("rogue").unwrap();
     let id = rogue
-        .issue_to(stack.dir.path(), "rogue-admin", &["vmgate-admin"])
+        .issue_to(
+            stack.dir.path(),
+            "rogue-admin",
+            &["vmgate-admin"],
+            vmgate_tls::pki::Purpose::Client,
+        )
         .unwrap();
     let rogue_creds = AdminCreds {
         cert: Some(id),
@@ -754,5 +759,151 @@ async fn an_admin_read_only_vnc_console_never_reaches_the_guest() {
     assert!(
         gw_line.contains(&format!("input_dropped={dropped}")),
         "the gateway did not drop the {dropped} input messages: {gw_line}"
+    );
+}
+
+/// A QUIC client to the stack's agent presenting `id` and trusting the
+/// agent CA: opens a console stream on `demo`'s serial console with
+/// `force` and returns the agent's first frame, or how the connection
+/// ended.
+async fn open_on_agent(
+    stack: &Stack,
+    id: &vmgate_tls::Identity,
+) -> Result<vmgate_wire::Frame, quinn::ConnectionError> {
+    use vmgate_wire::{Frame, Mode, OpenRequest, StreamKind};
+    let tls =
+        vmgate_tls::mtls_client_config(id, &stack.state.path("agent-ca.pem"), &[vmgate_wire::ALPN])
+            .unwrap();
+    let client = vmgate_tls::quic_client(tls).unwrap();
+    let attempt = async {
+        let conn = client
+            .connect(stack.agent_addr, "localhost")
+            .unwrap()
+            .await?;
+        let (mut tx, mut rx) = conn.open_bi().await?;
+        let req = OpenRequest {
+            kind: StreamKind::Console,
+            session: 7,
+            guest: "demo".into(),
+            channel: "serial0".into(),
+            mode: Mode::Interactive,
+            force: true,
+        };
+        let mut buf = bytes::BytesMut::new();
+        let first = async {
+            tx.write_all(&req.encode()).await.ok()?;
+            loop {
+                if let Some(f) = Frame::decode(&mut buf).ok()? {
+                    return Some(f);
+                }
+                let chunk = rx.read_chunk(64 * 1024, true).await.ok()??;
+                buf.extend_from_slice(&chunk.bytes);
+            }
+        };
+        match first.await {
+            Some(f) => Ok(f),
+            None => Err(conn.closed().await),
+        }
+    };
+    tokio::time::timeout(common::WAIT, attempt)
+        .await
+        .expect("the agent neither answered nor refused")
+}
+
+/// Runs `vmgate ARGS` and expects it to refuse to start; returns stderr.
+async fn refused_at_start(args: &[&str]) -> String {
+    let out = tokio::time::timeout(
+        common::WAIT,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_vmgate"))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("vmgate {args:?} kept running"))
+    .unwrap();
+    assert!(!out.status.success(), "vmgate {args:?} started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Hole 1: root on one node takes that node's agent certificate and key
+/// and connects, as a gateway would, to another node's agent. The running
+/// `vmgate agent` refuses it in the TLS certificate check (the certificate
+/// is serverAuth only and from the agent CA, not the gateway-client CA),
+/// while the gateway's client certificate, in the same test, opens the
+/// same console. A configuration of the old single-CA layout does not
+/// start, on either side, and says what to change.
+#[tokio::test]
+async fn a_nodes_certificate_opens_no_console_on_an_agent_and_one_ca_layouts_do_not_start() {
+    use vmgate_tls::pki::{write_identity, Ca};
+    let stack = Stack::start().await;
+    let state = &stack.state;
+    // Every node's certificate comes from the agent CA: this one stands
+    // for node A's.
+    let node = vmgate_tls::Identity {
+        cert: state.path("agent.pem"),
+        key: state.path("agent.key"),
+    };
+    let err = open_on_agent(&stack, &node)
+        .await
+        .expect_err("a node's certificate opened a console");
+    let quinn::ConnectionError::ConnectionClosed(close) = &err else {
+        panic!("not refused in the handshake: {err}");
+    };
+    // TLS alert 43, unsupported_certificate: the certificate check.
+    assert_eq!(u64::from(close.error_code), 0x100 + 43, "{err}");
+    stack
+        .wait_log("agent.log", common::WAIT, "certificate refusal", |l| {
+            l.contains("gateway handshake failed")
+                && l.contains("invalid peer certificate")
+                && l.contains("client authentication")
+        })
+        .await;
+
+    let gateway = vmgate_tls::Identity {
+        cert: state.path("gateway-client.pem"),
+        key: state.path("gateway-client.key"),
+    };
+    let first = open_on_agent(&stack, &gateway).await.unwrap();
+    assert_eq!(first, vmgate_wire::Frame::Opened);
+
+    // The old layout: one internal CA, leaves for both purposes.
+    let dir = stack.dir.path();
+    let one = Ca::new("internal").unwrap();
+    let ca = one.write_cert(&dir.join("internal-ca.pem")).unwrap();
+    let both = || {
+        vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ]
+    };
+    let (c, k) = one.issue_with(&["localhost"], both()).unwrap();
+    let old_agent = write_identity(dir, "old-agent", &c, &k).unwrap();
+    let (c, k) = one.issue_with(&["vmgate-gateway"], both()).unwrap();
+    let old_gw = write_identity(dir, "old-gateway", &c, &k).unwrap();
+
+    let mut cfg = state.agent_config("127.0.0.1:0".parse().unwrap(), vec![]);
+    cfg.tls.cert = old_agent.cert;
+    cfg.tls.key = old_agent.key;
+    cfg.tls.gateway_ca = ca.clone();
+    let path = dir.join("old-agent.toml");
+    vmgate::state::write_toml(&path, &cfg).unwrap();
+    let stderr = refused_at_start(&["agent", "--config", path.to_str().unwrap()]).await;
+    assert!(
+        stderr.contains("chains to [tls] gateway_ca") && stderr.contains("gateway-client CA"),
+        "{stderr}"
+    );
+
+    let mut cfg = state.gateway_config("127.0.0.1:0".parse().unwrap(), &[stack.agent_addr]);
+    cfg.agents.ca = ca;
+    cfg.agents.cert = old_gw.cert;
+    cfg.agents.key = old_gw.key;
+    let path = dir.join("old-gateway.toml");
+    vmgate::state::write_toml(&path, &cfg).unwrap();
+    let stderr = refused_at_start(&["gateway", "--config", path.to_str().unwrap()]).await;
+    assert!(
+        stderr.contains("chains to [agents] ca") && stderr.contains("gateway-client CA"),
+        "{stderr}"
     );
 }
