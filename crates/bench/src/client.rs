@@ -1,69 +1,53 @@
-//! The one client every system is measured with: tokio-tungstenite over
-//! tokio-rustls (as `vmgate console` connects), asking for the `binary`
-//! subprotocol so vmgate and websockify both send raw bytes only.
+//! The one client every system is measured with: `vmgate-client`'s
+//! connector (tokio-tungstenite over tokio-rustls, as `vmgate console`
+//! connects), asking for the `binary` subprotocol so vmgate and websockify
+//! both send raw bytes only.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Result};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
-use vmgate_tls::rustls::pki_types::ServerName;
+use vmgate_client::{Connector, Deadlines};
 
-pub type Ws = WebSocketStream<TlsStream<TcpStream>>;
+pub use vmgate_client::Ws;
 
-/// How long one connection attempt may take before it counts as failed.
+/// How long each step of one connection attempt (TCP, TLS, WebSocket) may
+/// take before it counts as failed.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Connects TLS WebSockets to 127.0.0.1, trusting one CA.
 #[derive(Clone)]
 pub struct Client {
-    tls: tokio_rustls::TlsConnector,
+    /// Default buffers, for the throughput and latency runs.
+    normal: Connector,
+    /// Small buffers, for the thousands of idle sessions.
+    small: Connector,
 }
 
 impl Client {
     pub fn new(ca: &std::path::Path) -> Result<Client> {
-        let roots = vmgate_tls::load_roots(ca)?;
-        let tls = vmgate_tls::client_config(roots, &[b"http/1.1"])?;
-        Ok(Client {
-            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
-        })
+        let d = Deadlines {
+            connect: CONNECT_DEADLINE,
+            tls: CONNECT_DEADLINE,
+            websocket: CONNECT_DEADLINE,
+        };
+        let normal = Connector::new(ca)?.deadlines(d).binary_only();
+        let small = normal.clone().websocket_config(
+            WebSocketConfig::default()
+                .read_buffer_size(4096)
+                .write_buffer_size(0),
+        );
+        Ok(Client { normal, small })
     }
 
     /// Opens `wss://127.0.0.1:{port}{path}`. `small` keeps the client's own
     /// read buffer small, for the thousands of idle sessions.
     pub async fn connect(&self, port: u16, path: &str, small: bool) -> Result<Ws> {
-        tokio::time::timeout(CONNECT_DEADLINE, self.connect_inner(port, path, small))
-            .await
-            .map_err(|_| anyhow!("connect to port {port} timed out"))?
-    }
-
-    async fn connect_inner(&self, port: u16, path: &str, small: bool) -> Result<Ws> {
-        let tcp = TcpStream::connect(("127.0.0.1", port))
-            .await
-            .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
-        tcp.set_nodelay(true)?;
-        let name = ServerName::try_from("127.0.0.1").expect("literal address");
-        let tls = self.tls.connect(name, tcp).await.context("TLS handshake")?;
-        let mut req = format!("wss://127.0.0.1:{port}{path}").into_client_request()?;
-        req.headers_mut().insert(
-            "sec-websocket-protocol",
-            http::HeaderValue::from_static("binary"),
-        );
-        let mut cfg = WebSocketConfig::default();
-        if small {
-            cfg = cfg.read_buffer_size(4096).write_buffer_size(0);
-        }
-        let (ws, _) = tokio_tungstenite::client_async_with_config(req, tls, Some(cfg))
-            .await
-            .context("WebSocket handshake")?;
-        Ok(ws)
+        let c = if small { &self.small } else { &self.normal };
+        Ok(c.connect(&format!("wss://127.0.0.1:{port}{path}")).await?)
     }
 }
 

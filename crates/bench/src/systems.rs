@@ -395,7 +395,9 @@ impl System {
                 max_session: None,
             },
         )?;
-        Ok(format!("/ws/{GUEST}/{channel}?ticket={}", t.ticket))
+        // The minted URL's path: built by vmgate-client, like every URL.
+        let uri: http::Uri = t.ws_url.parse()?;
+        Ok(uri.path_and_query().map_or("/", |p| p.as_str()).to_string())
     }
 
     /// What opening a session of `mode` needs before the clock starts:

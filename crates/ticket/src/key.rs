@@ -13,7 +13,10 @@ use std::path::Path;
 
 use base64::Engine as _;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+#[cfg(any(test, feature = "mint"))]
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use ed25519_dalek::pkcs8::{DecodePublicKey, EncodePublicKey};
+#[cfg(any(test, feature = "mint"))]
 use rand::rngs::OsRng;
 
 use crate::KeyError;
@@ -21,9 +24,12 @@ use crate::KeyError;
 /// A string wiped from memory when dropped: holds private-key PEM text.
 pub use ed25519_dalek::pkcs8::spki::der::zeroize::Zeroizing;
 
-/// The private key that mints tickets. Only the management plane has it.
+/// The private key that mints tickets. Only the management plane has it,
+/// and only crates that enable this crate's `mint` feature can name it
+/// (the minter; never the gateway).
 ///
 /// `Debug` shows only the public half, so the key cannot leak into logs.
+#[cfg(any(test, feature = "mint"))]
 #[derive(Clone)]
 pub struct SigningKey(pub(crate) ed25519_dalek::SigningKey);
 
@@ -31,6 +37,7 @@ pub struct SigningKey(pub(crate) ed25519_dalek::SigningKey);
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct VerifyingKey(pub(crate) ed25519_dalek::VerifyingKey);
 
+#[cfg(any(test, feature = "mint"))]
 impl SigningKey {
     /// A new random key from the operating system's generator.
     pub fn generate() -> SigningKey {
@@ -76,6 +83,7 @@ impl SigningKey {
     }
 }
 
+#[cfg(any(test, feature = "mint"))]
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SigningKey")

@@ -4,12 +4,14 @@
 //! This crate owns the ticket format and every check made on it:
 //!
 //! - [`Claims`]: what a ticket grants (guest, channels, mode, deadlines);
-//! - [`SigningKey`] / [`VerifyingKey`]: the Ed25519 key pair and its PEM files.
+//! - `SigningKey` / [`VerifyingKey`]: the Ed25519 key pair and its PEM files.
 //!   Only the management plane holds the signing key; the gateway holds the
 //!   verifying key, so a compromised gateway can check tickets but never mint
-//!   them;
-//! - [`mint`] / [`verify`]: the wire format
-//!   `vt1.<base64url(claims JSON)>.<base64url(signature)>`;
+//!   them. `SigningKey` and `mint` exist only with the `mint` feature, which
+//!   only the minter crate enables;
+//! - `mint` / [`verify`]: the wire format
+//!   `vt1.<base64url(claims JSON)>.<base64url(signature)>`; [`peek`] reads
+//!   a ticket's claims unverified, for clients;
 //! - [`ReplayGuard`]: the in-process single-use check, plus [`replay_key`] and
 //!   [`replay_ttl`] for a shared store.
 //!
@@ -27,6 +29,10 @@ mod token;
 
 pub use claims::{Claims, Mode, VERSION};
 pub use error::{KeyError, TicketError};
-pub use key::{SigningKey, VerifyingKey, Zeroizing};
+#[cfg(any(test, feature = "mint"))]
+pub use key::SigningKey;
+pub use key::{VerifyingKey, Zeroizing};
 pub use replay::{replay_key, replay_ttl, ReplayGuard};
-pub use token::{mint, verify, MAX_TICKET_LEN, PREFIX};
+#[cfg(any(test, feature = "mint"))]
+pub use token::mint;
+pub use token::{peek, verify, MAX_TICKET_LEN, PREFIX};

@@ -15,11 +15,15 @@ use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
-use ed25519_dalek::{Signature, Signer as _};
+use ed25519_dalek::Signature;
+#[cfg(any(test, feature = "mint"))]
+use ed25519_dalek::Signer as _;
 use serde_json::{Map, Value};
 
 use crate::claims::{parse_id, VERSION};
-use crate::{Claims, SigningKey, TicketError, VerifyingKey};
+#[cfg(any(test, feature = "mint"))]
+use crate::SigningKey;
+use crate::{Claims, TicketError, VerifyingKey};
 
 /// The text every version-1 ticket starts with.
 pub const PREFIX: &str = "vt1.";
@@ -48,10 +52,12 @@ const B64: GeneralPurpose = GeneralPurpose::new(
 
 const SIGNATURE_LEN: usize = Signature::BYTE_SIZE;
 
-/// Signs `claims` into a ticket string.
+/// Signs `claims` into a ticket string (feature `mint`: only the minter
+/// enables it).
 ///
 /// Claims whose ticket would exceed [`MAX_TICKET_LEN`] (thousands of
 /// channels, say) mint fine but will be refused by [`verify`].
+#[cfg(any(test, feature = "mint"))]
 pub fn mint(key: &SigningKey, claims: &Claims) -> String {
     // Serialising a struct of strings, integers and unit enums cannot fail.
     let json = serde_json::to_vec(claims).expect("claims serialise to JSON");
@@ -60,6 +66,7 @@ pub fn mint(key: &SigningKey, claims: &Claims) -> String {
 
 /// Builds a ticket around arbitrary payload bytes; [`mint`] without the JSON
 /// step, also used by tests to reach the checks that follow the signature.
+#[cfg(any(test, feature = "mint"))]
 fn sign_payload(key: &SigningKey, payload: &[u8]) -> String {
     let mut ticket = String::with_capacity(
         PREFIX.len() + payload.len().div_ceil(3) * 4 + 1 + SIGNATURE_LEN.div_ceil(3) * 4,
@@ -72,14 +79,17 @@ fn sign_payload(key: &SigningKey, payload: &[u8]) -> String {
     ticket
 }
 
-/// Checks a ticket and returns its claims if it was minted with the key
-/// paired with `key` and has not expired at `now` (unix seconds).
-///
-/// The checks run cheapest and least trusting first: length, shape, base64,
-/// signature, and only then JSON, so input nobody signed never reaches the
-/// JSON parser. The caller still has to check scope ([`Claims::allows`]) and
-/// single use ([`ReplayGuard`](crate::ReplayGuard)).
-pub fn verify(key: &VerifyingKey, ticket: &str, now: u64) -> Result<Claims, TicketError> {
+/// A ticket's parts, split and decoded but not yet trusted.
+struct Parts<'a> {
+    /// `vt1.<claims>`: the text the signature covers.
+    signed: &'a [u8],
+    /// The decoded claims JSON.
+    payload: Vec<u8>,
+    signature: [u8; SIGNATURE_LEN],
+}
+
+/// Length, shape and base64 checks, cheapest first.
+fn split(ticket: &str) -> Result<Parts<'_>, TicketError> {
     if ticket.len() > MAX_TICKET_LEN {
         return Err(TOO_LONG);
     }
@@ -104,20 +114,21 @@ pub fn verify(key: &VerifyingKey, ticket: &str, now: u64) -> Result<Claims, Tick
     let signature: [u8; SIGNATURE_LEN] = signature
         .try_into()
         .map_err(|_| TicketError::Malformed("signature is not 64 bytes"))?;
+    Ok(Parts {
+        signed: &ticket.as_bytes()[..PREFIX.len() + payload_b64.len()],
+        payload,
+        signature,
+    })
+}
 
-    // `verify_strict` also refuses weak public keys and the malleable
-    // signature forms plain Ed25519 verification lets through.
-    let signed = &ticket.as_bytes()[..PREFIX.len() + payload_b64.len()];
-    key.0
-        .verify_strict(signed, &Signature::from_bytes(&signature))
-        .map_err(|_| TicketError::BadSignature)?;
-
-    // From here on the payload was written by a holder of the signing key.
-    // Parsed as a generic object first: the version is read before the
-    // fields it governs, so a ticket from a newer minter is reported as such
-    // rather than as malformed; and serde would otherwise also accept a
-    // struct spelled as a JSON array.
-    let object: Map<String, Value> = serde_json::from_slice(&payload)
+/// The claims JSON, version first.
+///
+/// Parsed as a generic object first: the version is read before the fields
+/// it governs, so a ticket from a newer minter is reported as such rather
+/// than as malformed; and serde would otherwise also accept a struct spelled
+/// as a JSON array.
+fn parse_claims(payload: &[u8]) -> Result<Claims, TicketError> {
+    let object: Map<String, Value> = serde_json::from_slice(payload)
         .map_err(|_| TicketError::Malformed("claims are not a JSON object"))?;
     let version = object
         .get("v")
@@ -129,6 +140,26 @@ pub fn verify(key: &VerifyingKey, ticket: &str, now: u64) -> Result<Claims, Tick
     let claims: Claims = serde_json::from_value(Value::Object(object))
         .map_err(|_| TicketError::Malformed("claims do not match format v1"))?;
     parse_id(&claims.id)?;
+    Ok(claims)
+}
+
+/// Checks a ticket and returns its claims if it was minted with the key
+/// paired with `key` and has not expired at `now` (unix seconds).
+///
+/// The checks run cheapest and least trusting first: length, shape, base64,
+/// signature, and only then JSON, so input nobody signed never reaches the
+/// JSON parser. The caller still has to check scope ([`Claims::allows`]) and
+/// single use ([`ReplayGuard`](crate::ReplayGuard)).
+pub fn verify(key: &VerifyingKey, ticket: &str, now: u64) -> Result<Claims, TicketError> {
+    let parts = split(ticket)?;
+    // `verify_strict` also refuses weak public keys and the malleable
+    // signature forms plain Ed25519 verification lets through.
+    key.0
+        .verify_strict(parts.signed, &Signature::from_bytes(&parts.signature))
+        .map_err(|_| TicketError::BadSignature)?;
+
+    // From here on the payload was written by a holder of the signing key.
+    let claims = parse_claims(&parts.payload)?;
 
     // "Before not_after": at the deadline itself the ticket is already dead.
     if now >= claims.not_after {
@@ -137,6 +168,14 @@ pub fn verify(key: &VerifyingKey, ticket: &str, now: u64) -> Result<Claims, Tick
         });
     }
     Ok(claims)
+}
+
+/// A ticket's claims, **unverified**: the signature and the deadline are
+/// not checked. Only for a client to know what a ticket it was handed is
+/// for (which guest and channels a URL opens); never for a decision to let
+/// anyone in, which is [`verify`]'s. The same length and shape bounds apply.
+pub fn peek(ticket: &str) -> Result<Claims, TicketError> {
+    parse_claims(&split(ticket)?.payload)
 }
 
 #[cfg(test)]
@@ -180,6 +219,25 @@ mod tests {
         );
         assert_eq!(verify(&key().verifying_key(), &ticket, NOW), Ok(c.clone()));
         assert_eq!(verify(&key().verifying_key(), &ticket, NOW + 299), Ok(c));
+    }
+
+    #[test]
+    fn peek_reads_the_claims_without_the_key_or_the_clock() {
+        let c = claims();
+        let ticket = mint(&key(), &c);
+        assert_eq!(peek(&ticket), Ok(c.clone()));
+        // Expired, or signed by anyone: still readable, never trusted.
+        let other = mint(&SigningKey::generate(), &c);
+        assert_eq!(peek(&other), Ok(c));
+        assert_eq!(
+            peek("vt1.e30.AAAA"),
+            Err(TicketError::Malformed("signature is not 64 bytes"))
+        );
+        assert_eq!(peek(&"x".repeat(MAX_TICKET_LEN + 1)), Err(TOO_LONG));
+        assert_eq!(
+            peek(&sign_payload(&key(), b"{}")),
+            Err(TicketError::Malformed("claims have no numeric version"))
+        );
     }
 
     #[test]
@@ -373,6 +431,13 @@ mod tests {
         #[test]
         fn never_panics_on_any_string(s in any::<String>(), now in any::<u64>()) {
             let _ = verify(&key().verifying_key(), &s, now);
+        }
+
+        #[test]
+        fn peek_never_panics_and_agrees_with_verify(s in any::<String>()) {
+            if let Ok(c) = verify(&key().verifying_key(), &s, 0) {
+                prop_assert_eq!(peek(&s), Ok(c));
+            }
         }
 
         #[test]

@@ -3,19 +3,13 @@
 //! the admin CA, or a bearer token read from a file.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use vmgate_tls::rustls::pki_types::ServerName;
+use vmgate_client::{Connector, Ws};
 use vmgate_tls::Identity;
-
-use crate::client::Ws;
 
 /// Largest answer read from an admin API.
 const MAX_ANSWER: usize = 4 << 20;
@@ -63,27 +57,19 @@ impl Answer {
     }
 }
 
-async fn tls_connect(uri: &http::Uri, creds: &AdminCreds) -> Result<TlsStream<TcpStream>> {
-    let host = uri
-        .host()
-        .context("URL has no host")?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let port = uri.port_u16().unwrap_or(443);
-    let alpn: &[&[u8]] = &[b"http/1.1"];
-    let cfg = match &creds.cert {
-        Some(id) => vmgate_tls::mtls_client_config(id, &creds.ca, alpn)?,
-        None => vmgate_tls::client_config(vmgate_tls::load_roots(&creds.ca)?, alpn)?,
-    };
-    let tcp = TcpStream::connect((host.as_str(), port))
-        .await
-        .with_context(|| format!("cannot reach the admin API at {host}:{port}"))?;
-    let name = ServerName::try_from(host.clone()).context("invalid host name")?;
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-        .with_context(|| format!("TLS handshake with the admin API at {host}:{port} failed"))
+impl AdminCreds {
+    /// A connector presenting these credentials: the client certificate in
+    /// the TLS handshake, the token in each WebSocket handshake.
+    fn connector(&self) -> Result<Connector> {
+        let c = match &self.cert {
+            Some(id) => Connector::with_identity(&self.ca, id)?,
+            None => Connector::new(&self.ca)?,
+        };
+        Ok(match &self.token {
+            Some(t) => c.bearer(t).context("the admin token is not header-safe")?,
+            None => c,
+        })
+    }
 }
 
 /// One request to an admin API at `url` (`https://host:port/path`).
@@ -97,7 +83,11 @@ pub async fn request(
     if uri.scheme_str() != Some("https") {
         bail!("admin URLs are https://");
     }
-    let tls = tls_connect(&uri, creds).await?;
+    let (tls, _) = creds
+        .connector()?
+        .tls(&uri)
+        .await
+        .context("the admin API")?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .context("HTTP handshake with the admin API")?;
@@ -137,22 +127,12 @@ pub async fn request(
     })
 }
 
-/// Opens an administrator's console WebSocket (`wss://…/v1/console/…`).
+/// Opens an administrator's console WebSocket (`wss://…/v1/console/…`,
+/// [`vmgate_client::url::admin_console_url`]).
 pub async fn console(ws_url: &str, creds: &AdminCreds) -> Result<Ws> {
-    let mut req = ws_url
-        .into_client_request()
-        .context("invalid WebSocket URL")?;
-    if let Some(t) = &creds.token {
-        req.headers_mut().insert(
-            http::header::AUTHORIZATION,
-            format!("Bearer {t}")
-                .parse()
-                .context("token is not header-safe")?,
-        );
-    }
-    let tls = tls_connect(req.uri(), creds).await?;
-    let (ws, _) = tokio_tungstenite::client_async(req, tls)
+    creds
+        .connector()?
+        .connect(ws_url)
         .await
-        .context("WebSocket handshake with the admin listener failed")?;
-    Ok(ws)
+        .context("the gateway's admin listener")
 }

@@ -6,7 +6,7 @@
 //! port's bytes unchanged; the text message `{"type":"eof"}` is a
 //! half-close, sent when our input ends and received when the guest's
 //! output has ended; the close frame's code says how the session ended and
-//! becomes the exit status ([`EXIT_STATUS`]).
+//! becomes the exit status ([`vmgate_wire::EXIT_STATUS`]).
 //!
 //! The two directions run concurrently: a sender blocked by backpressure
 //! never stops us reading (an echoing guest would otherwise deadlock us).
@@ -25,21 +25,19 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use vmgate_client::ws::{self, WsRx, WsTx};
+use vmgate_client::{url, Ws};
+use vmgate_relay::{FrameRx, FrameTx};
 use vmgate_ticket::Mode;
-use vmgate_wire::{CloseCode, Control};
+use vmgate_wire::{Close, CloseCode, Frame};
 
-use crate::client::Ws;
+use crate::console::printable;
 use crate::state::{self, State};
 use crate::tickets::{self, TicketRequest};
 
@@ -55,28 +53,14 @@ const DRAIN: Duration = Duration::from_secs(2);
 /// How long a ticket minted for one connection may be redeemed.
 const TICKET_TTL: Duration = Duration::from_secs(60);
 
-/// The exit status table, shown by `--help`.
-pub const EXIT_STATUS: &str = "\
-Exit status:
-  0    the session ended normally: EOF both ways, or closed on this side
-  1    the session could not start: no ticket key, gateway unreachable, TLS
-  2    bad command line
-  3    refused: ticket (4401, 4403), no such guest or channel (4404, 4405),
-       channel in use (4409: retry later or use --force), too many (4429)
-  4    the guest went away (4410): QEMU closed the port, e.g. it powered off;
-       or it migrated and could not be followed (4413)
-  5    ended by someone else: taken over with --force (4411), by an
-       administrator (4412), the ticket's maximum session length (4408), the
-       gateway shutting down (1001)
-  6    the connection broke: agent unreachable (4502), backend error (4503),
-       protocol or internal error, connection lost without a close
-  129, 130, 143  stopped by SIGHUP, SIGINT, SIGTERM
+/// What `--help` adds to the exit status table ([`vmgate_wire::EXIT_STATUS`]).
+const LISTEN_STATUS: &str = "\
 With --listen, the command runs until stopped by a signal (exit 0); each
 connection's end is reported on stderr.";
 
 /// `vmgate channel GUEST NAME`.
 #[derive(clap::Args, Debug)]
-#[command(after_help = EXIT_STATUS)]
+#[command(after_help = format!("{}\n{LISTEN_STATUS}", vmgate_wire::EXIT_STATUS))]
 pub struct ChannelArgs {
     /// The guest.
     pub guest: String,
@@ -157,27 +141,13 @@ pub enum Ended {
 }
 
 impl Ended {
-    /// The exit status, as [`EXIT_STATUS`] documents it.
+    /// The exit status, as [`vmgate_wire::EXIT_STATUS`] documents it.
     pub fn exit_code(&self) -> i32 {
         match self {
             Ended::LocalClosed => 0,
             Ended::Signal(n) => 128 + n,
             Ended::Lost(_) => 6,
-            Ended::Closed(code, _) => match CloseCode::from_u16(*code) {
-                CloseCode::Normal => 0,
-                CloseCode::TicketRefused
-                | CloseCode::TicketScope
-                | CloseCode::UnknownGuest
-                | CloseCode::UnknownChannel
-                | CloseCode::ChannelInUse
-                | CloseCode::TooMany => 3,
-                CloseCode::GuestDown | CloseCode::GuestMoved => 4,
-                CloseCode::TakenOver
-                | CloseCode::EndedByAdmin
-                | CloseCode::SessionExpired
-                | CloseCode::GoingAway => 5,
-                _ => 6,
-            },
+            Ended::Closed(code, _) => CloseCode::from_websocket(*code).exit_status(),
         }
     }
 }
@@ -185,11 +155,13 @@ impl Ended {
 impl std::fmt::Display for Ended {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Ended::Closed(1000, reason) => write!(f, "session ended: {reason}"),
-            Ended::Closed(code, reason) => write!(f, "session closed: {reason} ({code})"),
+            Ended::Closed(1000, reason) => write!(f, "session ended: {}", printable(reason)),
+            Ended::Closed(code, reason) => {
+                write!(f, "session closed: {} ({code})", printable(reason))
+            }
             Ended::LocalClosed => write!(f, "the local side closed"),
             Ended::Signal(n) => write!(f, "stopped by signal {n}"),
-            Ended::Lost(e) => write!(f, "connection lost: {e}"),
+            Ended::Lost(e) => write!(f, "connection lost: {}", printable(e)),
         }
     }
 }
@@ -216,7 +188,7 @@ pub async fn run(a: ChannelArgs) -> Result<i32> {
         Some(listen) => serve(target, listen).await,
         None => {
             let url = match &a.url {
-                Some(u) => tickets::ws_url_from(u, Some(&a.name))?,
+                Some(u) => url::ws_url_from(u, Some(&a.name))?,
                 None => target.mint()?,
             };
             let ws = crate::client::connect(&target.with_force(url), &target.ca).await?;
@@ -262,11 +234,11 @@ impl Target {
         .ws_url)
     }
 
-    fn with_force(&self, url: String) -> String {
+    fn with_force(&self, ws_url: String) -> String {
         if self.force {
-            format!("{url}&force=true")
+            url::with_force(&ws_url)
         } else {
-            url
+            ws_url
         }
     }
 }
@@ -309,11 +281,11 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let (mut sink, mut stream) = ws.split();
+    let (mut rx, mut tx) = ws::split(ws);
     let ended = {
         let received = AtomicU64::new(0);
-        let up = send_input(input, &mut sink, linger, &received);
-        let down = receive_output(&mut stream, &mut output, tag, &received);
+        let up = send_input(input, &mut tx, linger, &received);
+        let down = receive_output(&mut rx, &mut output, tag, &received);
         tokio::pin!(up, down);
         let mut up_done = false;
         loop {
@@ -336,12 +308,7 @@ where
             Ended::Signal(_) => "stopped by a signal",
             _ => "the local side closed",
         };
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame {
-                code: WsCode::Normal,
-                reason: reason.into(),
-            })))
-            .await;
+        tx.close(Close::new(CloseCode::Normal, reason)).await;
     }
     let _ = output.flush().await;
     ended
@@ -353,7 +320,7 @@ where
 /// once the EOF is sent; without input, never returns.
 async fn send_input<R: AsyncRead + Unpin>(
     input: Option<R>,
-    sink: &mut SplitSink<Ws, Message>,
+    tx: &mut WsTx,
     linger: Duration,
     received: &AtomicU64,
 ) -> Result<(), String> {
@@ -367,9 +334,8 @@ async fn send_input<R: AsyncRead + Unpin>(
         if n == 0 {
             break;
         }
-        let msg = Message::Binary(Bytes::copy_from_slice(&buf[..n]));
-        if let Err(e) = sink.send(msg).await {
-            return Err(format!("sending to the gateway: {e}"));
+        if let Err(e) = tx.data(Bytes::copy_from_slice(&buf[..n])).await {
+            return Err(format!("sending to the gateway: {}", e.reason));
         }
     }
     if !linger.is_zero() {
@@ -384,9 +350,9 @@ async fn send_input<R: AsyncRead + Unpin>(
             }
         }
     }
-    sink.send(Message::text(Control::Eof.to_text()))
+    tx.send(Frame::Eof)
         .await
-        .map_err(|e| format!("sending to the gateway: {e}"))
+        .map_err(|e| format!("sending to the gateway: {}", e.reason))
 }
 
 /// `received`'s value once the guest's side sent its EOF: nothing more will
@@ -397,15 +363,15 @@ const EOF_SEEN: u64 = u64::MAX;
 /// control message half-closes `output` (a local socket's client reads end
 /// of stream); notices go to stderr.
 async fn receive_output<W: AsyncWrite + Unpin>(
-    stream: &mut SplitStream<Ws>,
+    rx: &mut WsRx,
     output: &mut W,
     tag: &str,
     received: &AtomicU64,
 ) -> Ended {
     let mut output_open = true;
     loop {
-        match stream.next().await {
-            Some(Ok(Message::Binary(b))) => {
+        match rx.recv().await {
+            Ok(Some(Frame::Data(b))) => {
                 if !output_open {
                     continue;
                 }
@@ -414,31 +380,15 @@ async fn receive_output<W: AsyncWrite + Unpin>(
                     return Ended::LocalClosed;
                 }
             }
-            Some(Ok(Message::Text(t))) => {
-                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap_or_default();
-                match v.get("type").and_then(|t| t.as_str()) {
-                    Some("eof") => {
-                        output_open = false;
-                        received.store(EOF_SEEN, Ordering::Relaxed);
-                        let _ = output.shutdown().await;
-                    }
-                    Some("notice") => {
-                        let text = v.get("text").and_then(|t| t.as_str()).unwrap_or_default();
-                        eprintln!("[vmgate] {tag}{text}");
-                    }
-                    // Reserved for newer gateways.
-                    _ => {}
-                }
+            Ok(Some(Frame::Eof)) => {
+                output_open = false;
+                received.store(EOF_SEEN, Ordering::Relaxed);
+                let _ = output.shutdown().await;
             }
-            Some(Ok(Message::Close(frame))) => {
-                return match frame {
-                    Some(f) => Ended::Closed(f.code.into(), f.reason.to_string()),
-                    None => Ended::Closed(1005, "closed without a reason".into()),
-                };
-            }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Ended::Lost(e.to_string()),
-            None => return Ended::Lost("the gateway closed the connection".into()),
+            Ok(Some(Frame::Notice(text))) => eprintln!("[vmgate] {tag}{}", printable(&text)),
+            Ok(Some(Frame::Close(c))) => return Ended::Closed(c.code as u16, c.reason),
+            Ok(_) => {}
+            Err(lost) => return Ended::Lost(lost.reason),
         }
     }
 }

@@ -11,14 +11,11 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::Result;
-use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message;
-
-use crate::client::Ws;
+use vmgate_client::{ws, Ws};
+use vmgate_relay::FrameRx;
+use vmgate_wire::{Close, CloseCode, Frame};
 
 /// Ctrl+]: the escape key, as in telnet and `virsh console`.
 pub const ESCAPE: u8 = 0x1d;
@@ -77,14 +74,16 @@ pub async fn run(ws: Ws, what: &str) -> Result<Ended> {
     match &ended {
         Ended::Detached => eprintln!("\n[vmgate] detached"),
         Ended::Signal => eprintln!("\n[vmgate] stopped by a signal"),
-        Ended::Closed(code, reason) => eprintln!("\n[vmgate] session closed: {reason} ({code})"),
-        Ended::Lost(e) => eprintln!("\n[vmgate] connection lost: {e}"),
+        Ended::Closed(code, reason) => {
+            eprintln!("\n[vmgate] session closed: {} ({code})", printable(reason))
+        }
+        Ended::Lost(e) => eprintln!("\n[vmgate] connection lost: {}", printable(e)),
     }
     Ok(ended)
 }
 
 async fn pump(ws: Ws, tty: bool, nl: &str) -> Ended {
-    let (mut sink, mut stream) = ws.split();
+    let (mut rx, mut tx) = ws::split(ws);
     let mut stdin = tokio::io::stdin();
     let mut stdout = tokio::io::stdout();
     let mut buf = vec![0u8; 4096];
@@ -112,7 +111,7 @@ async fn pump(ws: Ws, tty: bool, nl: &str) -> Ended {
                     let input = &buf[..n];
                     let escape = if tty { input.iter().position(|&b| b == ESCAPE) } else { None };
                     let send = &input[..escape.unwrap_or(n)];
-                    if !send.is_empty() && sink.send(Message::binary(send.to_vec())).await.is_err() {
+                    if !send.is_empty() && tx.data(send.to_vec()).await.is_err() {
                         break Ended::Lost("sending to the gateway failed".into());
                     }
                     if escape.is_some() {
@@ -120,8 +119,8 @@ async fn pump(ws: Ws, tty: bool, nl: &str) -> Ended {
                     }
                 }
             },
-            msg = stream.next() => match msg {
-                Some(Ok(Message::Binary(b))) => {
+            frame = rx.recv() => match frame {
+                Ok(Some(Frame::Data(b))) => {
                     if stdout.write_all(&b).await.is_err() || stdout.flush().await.is_err() {
                         break Ended::Lost("stdout closed".into());
                     }
@@ -129,22 +128,10 @@ async fn pump(ws: Ws, tty: bool, nl: &str) -> Ended {
                         linger.as_mut().reset(tokio::time::Instant::now() + LINGER);
                     }
                 }
-                Some(Ok(Message::Text(t))) => {
-                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(t.as_str()) {
-                        if let Some(text) = v.get("text").and_then(|t| t.as_str()) {
-                            eprint!("{nl}[vmgate] {text}{nl}");
-                        }
-                    }
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    break match frame {
-                        Some(f) => Ended::Closed(f.code.into(), f.reason.to_string()),
-                        None => Ended::Closed(1005, "closed without a reason".into()),
-                    };
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => break Ended::Lost(e.to_string()),
-                None => break Ended::Lost("the gateway closed the connection".into()),
+                Ok(Some(Frame::Notice(text))) => eprint!("{nl}[vmgate] {}{nl}", printable(&text)),
+                Ok(Some(Frame::Close(c))) => break Ended::Closed(c.code as u16, c.reason),
+                Ok(_) => {}
+                Err(lost) => break Ended::Lost(lost.reason),
             },
             _ = &mut linger, if lingering => break Ended::Detached,
             _ = term.recv() => break Ended::Signal,
@@ -153,12 +140,22 @@ async fn pump(ws: Ws, tty: bool, nl: &str) -> Ended {
         }
     };
     if matches!(ended, Ended::Detached | Ended::Signal) {
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame {
-                code: WsCode::Normal,
-                reason: "detached".into(),
-            })))
-            .await;
+        tx.close(Close::new(CloseCode::Normal, "detached")).await;
     }
     ended
+}
+
+/// `text` with control characters shown as `\u{..}` escapes: notices and
+/// close reasons come from the network and must not drive the terminal.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_unicode().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }

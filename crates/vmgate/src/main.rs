@@ -266,23 +266,14 @@ async fn run(cli: Cli) -> Result<i32> {
             let state = State::new(vmgate::state::resolve(a.state.state_dir));
             if let Some(admin) = &a.admin {
                 let guest = a.guest.as_deref().context("name the guest")?;
-                let mut url = format!(
-                    "{}/v1/console/{guest}/{}",
-                    admin
-                        .trim_end_matches('/')
-                        .replacen("https://", "wss://", 1),
-                    a.channel
-                );
-                if a.force {
-                    url.push_str("?force=true");
-                }
+                let url = vmgate_client::url::admin_console_url(admin, guest, &a.channel, a.force)?;
                 let ws = vmgate::admin_client::console(&url, &a.admin_creds.creds()?).await?;
                 let ended =
                     vmgate::console::run(ws, &format!("{guest} ({}, admin)", a.channel)).await?;
                 return Ok(ended.exit_code());
             }
             let ws_url = match (&a.url, &a.guest) {
-                (Some(url), _) => tickets::ws_url_from(url, Some(&a.channel))?,
+                (Some(url), _) => vmgate_client::url::ws_url_from(url, Some(&a.channel))?,
                 (None, Some(guest)) => {
                     tickets::mint(
                         &state,
@@ -299,7 +290,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 (None, None) => anyhow::bail!("name a guest, or pass --url with a ticket URL"),
             };
             let ws_url = if a.force {
-                format!("{ws_url}&force=true")
+                vmgate_client::url::with_force(&ws_url)
             } else {
                 ws_url
             };

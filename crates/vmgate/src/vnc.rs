@@ -3,7 +3,8 @@
 //!
 //! Each accepted connection is its own session: a fresh ticket (minted from
 //! the state directory's signing key), its own WebSocket to the gateway,
-//! relayed byte for byte with the one relay ([`vmgate_relay::relay`]). The
+//! relayed byte for byte with the one relay ([`vmgate_relay::relay`])
+//! through the client crate's WebSocket adapter ([`vmgate_client::ws`]). The
 //! gateway enforces read-only; `--read-only` only asks for such a ticket.
 
 use std::net::SocketAddr;
@@ -11,17 +12,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message;
+use vmgate_client::ws;
 use vmgate_relay::bytes_io::{ByteRx, ByteTx};
-use vmgate_relay::{relay, FrameRx, FrameTx};
-use vmgate_wire::{Close, CloseCode, Frame};
+use vmgate_relay::relay;
+use vmgate_wire::Close;
 
-use crate::client::Ws;
 use crate::state::State;
 use crate::tickets::{mint, TicketRequest};
 
@@ -111,14 +107,13 @@ pub async fn run(opts: VncOptions) -> Result<()> {
 
 /// Relays one viewer connection through its own gateway session.
 async fn serve(tcp: TcpStream, ws_url: &str, ca: &std::path::Path) -> Result<Close> {
-    let ws = crate::client::connect(ws_url, ca).await?;
-    let (sink, stream) = ws.split();
+    let (rx, tx) = ws::split(crate::client::connect(ws_url, ca).await?);
     let (r, w) = tcp.into_split();
     let out = relay(
         ByteRx::new(r, "the VNC viewer"),
         ByteTx::new(w, "the VNC viewer"),
-        WsRx(stream),
-        WsTx(sink),
+        rx,
+        tx,
         std::future::pending(),
     )
     .await;
@@ -144,64 +139,4 @@ fn start_viewer(addr: SocketAddr) -> Result<tokio::process::Child> {
         "no VNC viewer found (tried {}): install one, e.g. `apt-get install tigervnc-viewer`",
         VIEWERS.iter().map(|v| v.0).collect::<Vec<_>>().join(", ")
     )
-}
-
-/// The gateway's WebSocket as the relay's other side.
-struct WsRx(SplitStream<Ws>);
-struct WsTx(SplitSink<Ws, Message>);
-
-fn gateway_lost(e: impl std::fmt::Display) -> Close {
-    Close::new(
-        CloseCode::GoingAway,
-        format!("connection to the gateway lost: {e}"),
-    )
-}
-
-impl FrameRx for WsRx {
-    async fn recv(&mut self) -> Result<Option<Frame>, Close> {
-        loop {
-            return match self.0.next().await {
-                Some(Ok(Message::Binary(b))) => Ok(Some(Frame::Data(b))),
-                Some(Ok(Message::Text(t))) => {
-                    if t.as_str().trim() == r#"{"type":"eof"}"# {
-                        Ok(Some(Frame::Eof))
-                    } else {
-                        // Notices have nowhere to go in RFB.
-                        continue;
-                    }
-                }
-                Some(Ok(Message::Close(f))) => {
-                    let (code, reason) = f
-                        .map(|f| (u16::from(f.code), f.reason.to_string()))
-                        .unwrap_or((1000, String::new()));
-                    Ok(Some(Frame::Close(Close::new(
-                        CloseCode::from_u16(code),
-                        reason,
-                    ))))
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => Err(gateway_lost(e)),
-                None => Ok(None),
-            };
-        }
-    }
-}
-
-impl FrameTx for WsTx {
-    async fn send(&mut self, frame: Frame) -> Result<(), Close> {
-        let msg = match frame {
-            Frame::Data(d) => Message::Binary(d),
-            Frame::Eof => Message::text(r#"{"type":"eof"}"#),
-            Frame::Close(c) => Message::Close(Some(CloseFrame {
-                code: WsCode::from(c.code as u16),
-                reason: c.reason.into(),
-            })),
-            _ => return Ok(()),
-        };
-        self.0.send(msg).await.map_err(gateway_lost)
-    }
-
-    async fn finish(&mut self) {
-        let _ = self.0.close().await;
-    }
 }

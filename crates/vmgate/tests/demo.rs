@@ -66,7 +66,7 @@ async fn the_demo_serves_a_console_and_stops_qemu_on_sigterm() {
         .expect("demo printed a console URL");
 
     // The printed URL opens the guest's serial console.
-    let ws_url = vmgate::tickets::ws_url_from(&url, None).unwrap();
+    let ws_url = vmgate_client::url::ws_url_from(&url, None).unwrap();
     let ws = vmgate::client::connect(&ws_url, &state.join("public-ca.pem"))
         .await
         .unwrap();

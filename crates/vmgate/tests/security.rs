@@ -174,7 +174,7 @@ async fn a_session_ended_by_delete_closes_with_its_reason_and_is_audited_with_it
     let stack = Stack::start_secure(|_| {}).await;
     stack.wait_no_sessions().await;
     let t = stack.ticket("demo", &["serial0"], false);
-    let id = vmgate::tickets::peek(&t.ticket).unwrap().id;
+    let id = vmgate_client::peek(&t.ticket).unwrap().id;
     let mut s = Session::new(stack.connect(&t.ws_url).await);
     s.expect_notice("you hold the keyboard").await;
     let typed = b"echo audited-$((6*7))\n";

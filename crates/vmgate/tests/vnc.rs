@@ -661,7 +661,7 @@ async fn the_web_page_shows_the_screen_over_one_http2_connection_and_types_into_
     );
     // ... and the gateway's: both sessions came from one client TCP port.
     let gw = plain(&stack.log("gateway.log"));
-    let ticket_id = vmgate::tickets::peek(&t.ticket).unwrap().id;
+    let ticket_id = vmgate_client::peek(&t.ticket).unwrap().id;
     let peers: Vec<&str> = gw
         .lines()
         .filter(|l| l.contains("session opened") && l.contains(&format!("ticket={ticket_id}")))

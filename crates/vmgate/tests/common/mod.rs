@@ -25,6 +25,7 @@ use vmgate::client::Ws;
 use vmgate::state::{write_toml, GatewayInfo, State};
 use vmgate::tickets::{mint, Minted, TicketRequest};
 use vmgate_testkit::{BootOptions, Guest};
+use vmgate_wire::Control;
 
 /// Which agent backend a [`Stack`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -602,32 +603,13 @@ impl Stack {
         from: IpAddr,
         headers: &[(&str, &str)],
     ) -> Result<Ws, String> {
-        use std::sync::Arc;
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+        let mut c = vmgate_client::Connector::new(&self.state.public_ca())
+            .unwrap()
+            .bind(from);
         for (k, v) in headers {
-            req.headers_mut().insert(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
+            c = c.header(k, v).unwrap();
         }
-        let sock = tokio::net::TcpSocket::new_v4().unwrap();
-        sock.bind(SocketAddr::new(from, 0)).unwrap();
-        let tcp = sock
-            .connect(self.gw_addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        let roots = vmgate_tls::load_roots(&self.state.public_ca()).unwrap();
-        let tls = vmgate_tls::client_config(roots, &[b"http/1.1"]).unwrap();
-        let name = vmgate_tls::rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(tls))
-            .connect(name.to_owned(), tcp)
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio_tungstenite::client_async(req, tls)
-            .await
-            .map(|(ws, _)| ws)
-            .map_err(|e| e.to_string())
+        c.connect(url).await.map_err(|e| e.to_string())
     }
 
     /// The state (`running`, `down`) of `guest` in the gateway's admin
@@ -772,7 +754,7 @@ impl Session {
     /// Sends the half-close control message (`{"type":"eof"}`).
     pub async fn send_eof(&mut self) {
         self.ws
-            .send(Message::text(r#"{"type":"eof"}"#))
+            .send(Message::text(Control::Eof.to_text()))
             .await
             .expect("sending to the gateway");
     }
@@ -797,17 +779,14 @@ impl Session {
                 self.output.extend_from_slice(&b);
                 Event::Data(b.to_vec())
             }
-            Some(Ok(Message::Text(t))) => {
-                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
-                match v["type"].as_str() {
-                    Some("eof") => Event::Eof,
-                    _ => {
-                        let text = v["text"].as_str().unwrap_or_default().to_string();
-                        self.notices.push(text.clone());
-                        Event::Notice(text)
-                    }
+            Some(Ok(Message::Text(t))) => match Control::parse(t.as_str()) {
+                Ok(Control::Eof) => Event::Eof,
+                Ok(Control::Notice { text }) => {
+                    self.notices.push(text.clone());
+                    Event::Notice(text)
                 }
-            }
+                other => panic!("the gateway sent {other:?}: {t}"),
+            },
             Some(Ok(Message::Close(f))) => {
                 let (c, r) = f
                     .map(|f| (u16::from(f.code), f.reason.to_string()))
