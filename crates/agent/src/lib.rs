@@ -9,7 +9,9 @@
 //! * [`console`]: serial consoles: persistent connection, scrollback, log,
 //!   fan-out, one keyboard;
 //! * [`backend`]: where guests come from (`qemu`: declared in the config;
-//!   `libvirt`: a libvirt daemon's running domains);
+//!   `libvirt`: a libvirt daemon's running domains), and the one dispatch
+//!   from a channel's kind to how it opens;
+//! * [`duplex`]: the byte stream to a guest endpoint both of them hand out;
 //! * [`server`]: the QUIC listener and the per-stream dispatch;
 //! * [`qmp`]: a small QMP client (commands, fd passing for VNC sessions).
 //!
@@ -21,6 +23,7 @@
 pub mod backend;
 pub mod config;
 pub mod console;
+pub mod duplex;
 pub mod qmp;
 pub mod server;
 

@@ -8,8 +8,8 @@
 //! File descriptors travel as SCM_RIGHTS ancillary data on the same
 //! `sendmsg(2)` as the command that names them, which is what QEMU expects
 //! for `getfd`. This needs no `unsafe`: nix's `sendmsg` with
-//! `ControlMessage::ScmRights` is a safe wrapper over a borrowed raw fd, so
-//! this module, like the rest of the crate, forbids unsafe code.
+//! `ControlMessage::ScmRights` is a safe wrapper over a borrowed raw fd. (The
+//! crate denies `unsafe` everywhere but `backend::libvirt::ffi`.)
 
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, BorrowedFd};

@@ -10,7 +10,9 @@ use tokio_util::sync::CancellationToken;
 use vmgate_relay::bytes_io::{ByteRx, ByteTx};
 use vmgate_relay::quic::{QuicRx, QuicTx};
 use vmgate_relay::{relay, FrameTx};
-use vmgate_wire::{Close, CloseCode, Frame, Mode, OpenRequest, StreamKind, MAX_HEADER_LEN};
+use vmgate_wire::{
+    ChannelKind, Close, CloseCode, Frame, Mode, OpenRequest, StreamKind, MAX_HEADER_LEN,
+};
 
 use crate::backend::{Backend, Opened};
 
@@ -160,7 +162,12 @@ async fn serve_console<B: Backend>(
     tracing::info!(session = req.session, guest = %req.guest, channel = %req.channel, mode = ?req.mode, "session opened");
     let outcome = match opened {
         Opened::Console(crx, ctx) => relay(&mut rx, tx, crx, ctx, guest_gone).await,
-        Opened::Stream { stream, what, stop } => {
+        Opened::Stream {
+            stream,
+            kind,
+            what,
+            stop,
+        } => {
             let (r, w) = tokio::io::split(stream);
             let (token, _guard) = match stop {
                 Some((t, g)) => (t, Some(g)),
@@ -180,7 +187,7 @@ async fn serve_console<B: Backend>(
             // still speak RFB, and the gateway drops its input messages.
             let rx = ReadOnly {
                 inner: &mut rx,
-                drop_input: req.mode == Mode::ReadOnly && req.channel != "vnc",
+                drop_input: req.mode == Mode::ReadOnly && kind == ChannelKind::Channel,
                 dropped: 0,
             };
             relay(

@@ -17,8 +17,12 @@
 //! Adapters: [`quic`] (framed, gateway ↔ agent), [`bytes_io`] (unix sockets
 //! to QEMU). The WebSocket adapters live with their WebSocket libraries in
 //! the gateway and the CLI.
+//!
+//! [`backoff`]: how long every reconnect loop (agent to QEMU or libvirtd,
+//! gateway to agent) waits between attempts.
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod bytes_io;
 pub mod quic;
 

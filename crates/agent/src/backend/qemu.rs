@@ -17,9 +17,10 @@ use vmgate_wire::{
     ChannelInfo, ChannelKind, Close, CloseCode, GuestInfo, GuestState, Inventory, Mode, OpenRequest,
 };
 
-use super::{Backend, ChardevStream, Opened, Slot};
+use super::{Backend, ChardevStream, Endpoint, Slot};
 use crate::config::{AgentConfig, GuestConfig, VncVia};
-use crate::console::{unix_connector, ConsoleHub, ConsoleSpec};
+use crate::console::{unix_connector, ConsoleHub, ConsoleRx, ConsoleSpec, ConsoleTx};
+use crate::duplex::Duplex;
 use crate::qmp::Qmp;
 
 struct Guest {
@@ -164,12 +165,24 @@ async fn connect(path: &PathBuf, guest: &str, what: &str) -> Result<UnixStream, 
     })
 }
 
+/// How a `qemu` guest's VNC server is reached (its `vnc_via`).
+pub enum QemuVnc {
+    /// A socketpair handed to QEMU over this QMP socket.
+    Qmp(PathBuf),
+    /// QEMU's VNC unix socket.
+    Socket(PathBuf),
+}
+
 impl Backend for QemuBackend {
+    type Vnc = QemuVnc;
+    /// The port's chardev socket.
+    type Channel = PathBuf;
+
     fn inventory(&self) -> watch::Receiver<Inventory> {
         self.inventory.subscribe()
     }
 
-    async fn open(&self, req: &OpenRequest) -> Result<Opened, Close> {
+    fn lookup(&self, req: &OpenRequest) -> Result<Endpoint<QemuVnc, PathBuf>, Close> {
         let guest = self.guests.get(&req.guest).ok_or_else(|| {
             Close::new(
                 CloseCode::UnknownGuest,
@@ -177,50 +190,66 @@ impl Backend for QemuBackend {
             )
         })?;
         if let Some(hub) = guest.consoles.get(&req.channel) {
-            if !hub.connected() {
-                return Err(Close::new(
-                    CloseCode::GuestDown,
-                    format!(
-                        "guest {} is not running (its serial console {} is not connected)",
-                        req.guest, req.channel
-                    ),
-                ));
-            }
-            let (rx, tx) = hub.attach(req.session, req.mode, req.force);
-            return Ok(Opened::Console(rx, tx));
+            return Ok(Endpoint::Console(hub.clone()));
         }
         if req.channel == "vnc" {
-            let s = match (guest.config.vnc_via(), &guest.config.vnc, &guest.config.qmp) {
-                (Some(VncVia::Qmp), _, Some(qmp)) => Some(vnc_by_qmp(qmp, req).await?),
-                (Some(VncVia::Socket), Some(path), _) => {
-                    Some(connect(path, &req.guest, "VNC socket").await?)
+            match (guest.config.vnc_via(), &guest.config.vnc, &guest.config.qmp) {
+                (Some(VncVia::Qmp), _, Some(qmp)) => {
+                    return Ok(Endpoint::Vnc(QemuVnc::Qmp(qmp.clone())))
                 }
-                _ => None,
-            };
-            if let Some(s) = s {
-                return Ok(Opened::Stream {
-                    stream: Box::new(s),
-                    what: format!("VNC of {}", req.guest),
-                    stop: None,
-                });
+                (Some(VncVia::Socket), Some(path), _) => {
+                    return Ok(Endpoint::Vnc(QemuVnc::Socket(path.clone())))
+                }
+                _ => {}
             }
         }
         // Only configured ports: this map is the allowlist.
         if let Some((path, slot)) = guest.channels.get(&req.channel) {
-            let what = format!("channel {} of {}", req.channel, req.guest);
-            let held = slot.take(req.session, req.force, &what).await?;
-            let s = connect(path, &req.guest, &what).await?;
-            let s = ChardevStream::new(s, what.clone(), req.mode == Mode::ReadOnly);
-            return Ok(Opened::Stream {
-                stream: Box::new(s),
-                what,
-                stop: Some(held),
-            });
+            return Ok(Endpoint::Channel(slot.clone(), path.clone()));
         }
         Err(Close::new(
             CloseCode::UnknownChannel,
             format!("guest {} has no channel {}", req.guest, req.channel),
         ))
+    }
+
+    async fn attach(
+        &self,
+        hub: ConsoleHub,
+        req: &OpenRequest,
+    ) -> Result<(ConsoleRx, ConsoleTx), Close> {
+        if !hub.connected() {
+            return Err(Close::new(
+                CloseCode::GuestDown,
+                format!(
+                    "guest {} is not running (its serial console {} is not connected)",
+                    req.guest, req.channel
+                ),
+            ));
+        }
+        Ok(hub.attach(req.session, req.mode, req.force))
+    }
+
+    async fn open_vnc(&self, vnc: QemuVnc, req: &OpenRequest) -> Result<Box<dyn Duplex>, Close> {
+        let s = match vnc {
+            QemuVnc::Qmp(qmp) => vnc_by_qmp(&qmp, req).await?,
+            QemuVnc::Socket(path) => connect(&path, &req.guest, "VNC socket").await?,
+        };
+        Ok(Box::new(s))
+    }
+
+    async fn open_channel(
+        &self,
+        path: PathBuf,
+        req: &OpenRequest,
+        what: &str,
+    ) -> Result<Box<dyn Duplex>, Close> {
+        let s = connect(&path, &req.guest, what).await?;
+        Ok(Box::new(ChardevStream::new(
+            s,
+            what,
+            req.mode == Mode::ReadOnly,
+        )))
     }
 }
 

@@ -31,12 +31,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
+use vmgate_relay::backoff::Backoff;
 use vmgate_relay::{FrameRx, FrameTx};
 use vmgate_wire::{Close, CloseCode, Frame, Mode};
 
 pub use scrollback::Scrollback;
 
-use crate::backend::Duplex;
+use crate::duplex::Duplex;
 
 /// What a [`Connector`] returns: a fresh byte stream to the console.
 pub type ConnectFuture = Pin<Box<dyn Future<Output = std::io::Result<Box<dyn Duplex>>> + Send>>;
@@ -346,7 +347,7 @@ async fn connection_loop(
     shutdown: CancellationToken,
 ) {
     let spec = &hub.spec;
-    let mut backoff = RECONNECT_MIN;
+    let mut backoff = Backoff::new(RECONNECT_MIN, RECONNECT_MAX);
     loop {
         let force = hub.force_next.swap(false, Ordering::SeqCst);
         let stream = tokio::select! {
@@ -356,7 +357,7 @@ async fn connection_loop(
         match stream {
             Ok(stream) => {
                 tracing::info!(guest = %spec.guest, console = %spec.name, force, "serial console connected");
-                backoff = RECONNECT_MIN;
+                backoff.reset();
                 *hub.last_error.lock().expect("hub lock") = None;
                 hub.connected.send_replace(true);
                 let why = tokio::select! {
@@ -380,10 +381,9 @@ async fn connection_loop(
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.next_wait()) => {}
             _ = hub.retry_now.notified() => {}
         }
-        backoff = (backoff * 2).min(RECONNECT_MAX);
     }
 }
 

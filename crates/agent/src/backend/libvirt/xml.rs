@@ -1,0 +1,148 @@
+//! A domain's endpoints, read from its live XML (sans-IO): the pty
+//! consoles `virDomainOpenConsole` can open, the unix virtio-serial channels
+//! (and their sockets), and which `<graphics>` is VNC.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+
+/// The channel libvirt itself talks to the QEMU guest agent on: libvirtd
+/// holds it, so it is never offered to users.
+const GUEST_AGENT_CHANNEL: &str = "org.qemu.guest_agent.0";
+
+/// A domain's endpoints, from its live XML.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Devices {
+    /// Aliases of pty serial ports and consoles (`serial0`, `console1`).
+    pub consoles: Vec<String>,
+    /// Target names of unix virtio-serial channels.
+    pub channels: Vec<String>,
+    /// Their unix sockets (libvirt's `<source path>`), by target name.
+    pub sockets: BTreeMap<String, PathBuf>,
+    /// Index of the first VNC display among the domain's graphics.
+    pub vnc: Option<u32>,
+}
+
+fn child<'a, 'i>(n: roxmltree::Node<'a, 'i>, tag: &str) -> Option<roxmltree::Node<'a, 'i>> {
+    n.children().find(|c| c.has_tag_name(tag))
+}
+
+/// Reads the endpoints the agent can open from a domain's live XML.
+pub fn parse_devices(xml: &str) -> Result<Devices, String> {
+    let doc = roxmltree::Document::parse(xml).map_err(|e| e.to_string())?;
+    let mut out = Devices::default();
+    let Some(devices) = doc.descendants().find(|n| n.has_tag_name("devices")) else {
+        return Ok(out);
+    };
+    let mut graphics = 0u32;
+    for n in devices.children().filter(|n| n.is_element()) {
+        let ty = n.attribute("type");
+        match n.tag_name().name() {
+            // virDomainOpenConsole opens pty consoles only. A <console>
+            // whose target is the serial port is that serial port again.
+            "serial" | "console" if ty == Some("pty") => {
+                let target = child(n, "target").and_then(|t| t.attribute("type"));
+                if n.has_tag_name("console") && target == Some("serial") {
+                    continue;
+                }
+                if let Some(alias) = child(n, "alias").and_then(|a| a.attribute("name")) {
+                    out.consoles.push(alias.to_string());
+                }
+            }
+            // virDomainOpenChannel opens unix channels only.
+            "channel" if ty == Some("unix") => {
+                let target = child(n, "target");
+                if target.and_then(|t| t.attribute("type")) == Some("virtio") {
+                    let name = target.and_then(|t| t.attribute("name"));
+                    if let Some(name) = name.filter(|n| *n != GUEST_AGENT_CHANNEL) {
+                        out.channels.push(name.to_string());
+                        let path = child(n, "source").and_then(|s| s.attribute("path"));
+                        if let Some(path) = path {
+                            out.sockets.insert(name.to_string(), path.into());
+                        }
+                    }
+                }
+            }
+            "graphics" => {
+                if ty == Some("vnc") && out.vnc.is_none() {
+                    out.vnc = Some(graphics);
+                }
+                graphics += 1;
+            }
+            _ => {}
+        }
+    }
+    // Names travel in the wire header and must not collide with each other
+    // or with `vnc`.
+    let mut seen = HashSet::from(["vnc".to_string()]);
+    out.consoles
+        .retain(|c| vmgate_wire::valid_name(c) && seen.insert(c.clone()));
+    out.channels
+        .retain(|c| vmgate_wire::valid_name(c) && seen.insert(c.clone()));
+    out.sockets.retain(|c, _| out.channels.contains(c));
+    Ok(out)
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    /// A live domain XML with one endpoint of every kind, and some the
+    /// agent must skip.
+    pub const LIVE: &str = r#"<domain type='qemu' id='3'>
+      <name>demo</name>
+      <devices>
+        <serial type='pty'>
+          <source path='/dev/pts/3'/>
+          <target type='isa-serial' port='0'><model name='isa-serial'/></target>
+          <alias name='serial0'/>
+        </serial>
+        <console type='pty' tty='/dev/pts/3'>
+          <target type='serial' port='0'/>
+          <alias name='serial0'/>
+        </console>
+        <console type='pty'>
+          <target type='virtio' port='1'/>
+          <alias name='console1'/>
+        </console>
+        <serial type='file'><target port='1'/><alias name='serial1'/></serial>
+        <channel type='unix'>
+          <source mode='bind' path='/var/lib/libvirt/qemu/channel/target/domain-3-demo/test.echo'/>
+          <target type='virtio' name='test.echo' state='disconnected'/>
+          <alias name='channel0'/>
+        </channel>
+        <channel type='unix'>
+          <source mode='bind' path='/var/lib/libvirt/qemu/channel/target/domain-3-demo/org.qemu.guest_agent.0'/>
+          <target type='virtio' name='org.qemu.guest_agent.0' state='connected'/>
+        </channel>
+        <channel type='spicevmc'><target type='virtio' name='com.redhat.spice.0'/></channel>
+        <channel type='unix'><target type='virtio' name='bad/name'/></channel>
+        <graphics type='spice' autoport='yes'/>
+        <graphics type='vnc' socket='/run/vnc.sock'/>
+      </devices>
+    </domain>"#;
+
+    #[test]
+    fn parses_pty_consoles_unix_channels_and_the_vnc_index() {
+        let d = parse_devices(LIVE).unwrap();
+        assert_eq!(d.consoles, vec!["serial0", "console1"]);
+        // libvirt's own guest-agent channel is libvirtd's, never offered.
+        assert_eq!(d.channels, vec!["test.echo"]);
+        assert_eq!(
+            d.sockets,
+            BTreeMap::from([(
+                "test.echo".to_string(),
+                PathBuf::from("/var/lib/libvirt/qemu/channel/target/domain-3-demo/test.echo")
+            )])
+        );
+        assert_eq!(d.vnc, Some(1));
+    }
+
+    #[test]
+    fn a_domain_without_devices_has_no_endpoints_and_bad_xml_is_an_error() {
+        assert_eq!(
+            parse_devices("<domain><name>x</name></domain>").unwrap(),
+            Devices::default()
+        );
+        assert!(parse_devices("<domain>").is_err());
+    }
+}
