@@ -5,25 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Why a configuration was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this schema.
-    #[error("{path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
-    /// A value is out of range or inconsistent.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
-}
+pub use vmgate_config::ConfigError;
 
 /// The gateway.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -198,16 +180,7 @@ fn default_server_name() -> String {
 
 /// Reads and parses a TOML configuration file (the gateway's and `vmgate
 /// admin`'s), naming the file in every error.
-pub(crate) fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.into(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|source| ConfigError::Parse {
-        path: path.into(),
-        source,
-    })
-}
+pub(crate) use vmgate_config::read_toml;
 
 impl GatewayConfig {
     pub fn load(path: &Path) -> Result<GatewayConfig, ConfigError> {
