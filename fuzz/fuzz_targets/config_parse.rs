@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(cfg) = toml::from_str::<vmgate_agent::AgentConfig>(text) {
         let _ = cfg.validate();
     }
-    if let Ok(cfg) = toml::from_str::<vmgate_gateway::minter::MinterConfig>(text) {
+    if let Ok(cfg) = toml::from_str::<vmgate_minter::MinterConfig>(text) {
         let _ = cfg.validate();
     }
 });

@@ -10,8 +10,9 @@
 //!   including `--force` takeover. It never exists on the public listener.
 //!
 //! Minting is not here: the gateway never holds the ticket signing key, so
-//! a compromised gateway cannot mint. `vmgate admin` ([`crate::minter`])
-//! does, in its own process; `POST /v1/tickets` here says so.
+//! a compromised gateway cannot mint. `vmgate admin` (crate
+//! `vmgate-minter`) does, in its own process; `POST /v1/tickets` here says
+//! so.
 //!
 //! Callers authenticate with a client certificate chaining to the admin CA
 //! (checked in the TLS handshake) or with `Authorization: Bearer <token>`.

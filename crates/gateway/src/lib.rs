@@ -18,8 +18,9 @@
 //!   audit, metrics);
 //! * [`rfb_filter`]: RFB awareness (read-only viewers, malformed RFB).
 //! * [`admin`]: the administrators' listener (sessions, inventory, metrics,
-//!   recovery consoles); [`minter`]: `vmgate admin`, the separate process
-//!   that holds the signing key;
+//!   recovery consoles). Minting is not in this crate: `vmgate admin`
+//!   (crate `vmgate-minter`) holds the signing key, and this crate cannot
+//!   even name one (`vmgate-ticket`'s `mint` feature is off here);
 //! * [`limits`], [`sessions`], [`audit`], [`metrics`]: abuse and session
 //!   limits, the live-session registry, the audit log, Prometheus counters.
 #![forbid(unsafe_code)]
@@ -32,7 +33,6 @@ pub mod config;
 pub mod follow;
 pub mod limits;
 pub mod metrics;
-pub mod minter;
 pub mod pages;
 pub mod public;
 pub mod rfb_filter;

@@ -227,9 +227,9 @@ async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Admin { config } => {
-            let cfg = vmgate_gateway::minter::MinterConfig::load(&config)?;
+            let cfg = vmgate_minter::MinterConfig::load(&config)?;
             let shutdown = CancellationToken::new();
-            let m = vmgate_gateway::minter::MinterServer::bind(cfg, shutdown.clone()).await?;
+            let m = vmgate_minter::MinterServer::bind(cfg, shutdown.clone()).await?;
             tokio::spawn(until_signal(shutdown.clone()));
             m.run().await;
             Ok(0)

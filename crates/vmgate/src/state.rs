@@ -92,9 +92,7 @@ impl State {
         if !self.signing_key().exists() {
             // A verifying key without its signing key is stale.
             let _ = std::fs::remove_file(self.path("ticket.pub"));
-            let key = vmgate_ticket::SigningKey::generate();
-            key.save(self.signing_key())?;
-            key.verifying_key().save(self.path("ticket.pub"))?;
+            vmgate_minter::generate_key_pair(&self.signing_key(), &self.path("ticket.pub"))?;
         }
         std::fs::create_dir_all(self.logs())?;
         Ok(())
@@ -236,8 +234,8 @@ impl State {
         &self,
         listen: std::net::SocketAddr,
         public_url: &str,
-    ) -> vmgate_gateway::minter::MinterConfig {
-        vmgate_gateway::minter::MinterConfig {
+    ) -> vmgate_minter::MinterConfig {
+        vmgate_minter::MinterConfig {
             listen,
             cert: self.path("admin-server.pem"),
             key: self.path("admin-server.key"),
@@ -246,6 +244,7 @@ impl State {
             ticket_signing_key: self.signing_key(),
             public_url: public_url.to_string(),
             max_ttl_secs: 300,
+            max_session_secs: 24 * 3600,
         }
     }
 

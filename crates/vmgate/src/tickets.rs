@@ -2,26 +2,15 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
-use vmgate_client::url;
-use vmgate_ticket::{Claims, Mode, SigningKey};
+use anyhow::{Context, Result};
+use vmgate_minter::{Minter, SigningKey, LOCAL_CAPS};
+use vmgate_ticket::Mode;
 
 use crate::state::State;
 
-/// A minted ticket and where to use it (as `vmgate admin` answers it, too).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Minted {
-    /// Opens the web console.
-    pub url: String,
-    /// The WebSocket of the first channel, for any WebSocket client.
-    pub ws_url: String,
-    pub ticket: String,
-    /// RFC 3339.
-    pub expires_at: String,
-    /// Unix seconds.
-    pub expires_at_unix: u64,
-}
+/// A minted ticket and where to use it (what `vmgate admin` answers, and
+/// `vmgate ticket --json` prints).
+pub type Minted = vmgate_minter::MintedTicket;
 
 /// What to mint.
 #[derive(Debug, Clone)]
@@ -33,6 +22,18 @@ pub struct TicketRequest {
     pub max_session: Option<Duration>,
 }
 
+impl TicketRequest {
+    fn to_minter(&self) -> vmgate_minter::TicketRequest {
+        vmgate_minter::TicketRequest {
+            guest: self.guest.clone(),
+            channels: self.channels.clone(),
+            mode: self.mode,
+            ttl_secs: self.ttl.as_secs(),
+            max_session_secs: self.max_session.map(|d| d.as_secs()),
+        }
+    }
+}
+
 pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -40,16 +41,9 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Mints with the state directory's signing key, for its gateway.
+/// Mints with the state directory's signing key, for its gateway, within
+/// [`LOCAL_CAPS`] (the same checks `vmgate admin` makes).
 pub fn mint(state: &State, req: &TicketRequest) -> Result<Minted> {
-    if req.channels.is_empty() {
-        bail!("a ticket needs at least one --channel");
-    }
-    for name in std::iter::once(&req.guest).chain(&req.channels) {
-        if !vmgate_wire::valid_name(name) {
-            bail!("invalid name {name:?}: use letters, digits and . _ : -");
-        }
-    }
     let key = SigningKey::load(state.signing_key()).with_context(|| {
         format!(
             "no ticket signing key in {} (start `vmgate demo` there, or mint through the admin API)",
@@ -57,25 +51,8 @@ pub fn mint(state: &State, req: &TicketRequest) -> Result<Minted> {
         )
     })?;
     let base = state.gateway_info()?.url;
-    let claims = Claims::new(
-        req.guest.clone(),
-        req.channels.clone(),
-        req.mode,
-        now(),
-        req.ttl.as_secs(),
-        req.max_session.map(|d| d.as_secs()),
-    );
-    let ticket = vmgate_ticket::mint(&key, &claims);
-    Ok(Minted {
-        url: url::web_url(&base, &ticket)?,
-        ws_url: url::ws_url(&base, &req.guest, &req.channels[0], &ticket)?,
-        expires_at: humantime::format_rfc3339_seconds(
-            UNIX_EPOCH + Duration::from_secs(claims.not_after),
-        )
-        .to_string(),
-        expires_at_unix: claims.not_after,
-        ticket,
-    })
+    let minter = Minter::new(key, &base, LOCAL_CAPS)?;
+    Ok(minter.mint(&req.to_minter(), now())?.0)
 }
 
 /// Mints through an admin API (`vmgate admin` at `admin_url`) instead of a
@@ -85,13 +62,7 @@ pub async fn mint_via_admin(
     creds: &crate::admin_client::AdminCreds,
     req: &TicketRequest,
 ) -> Result<Minted> {
-    let body = serde_json::json!({
-        "guest": req.guest,
-        "channels": req.channels,
-        "mode": req.mode,
-        "ttl_secs": req.ttl.as_secs(),
-        "max_session_secs": req.max_session.map(|d| d.as_secs()),
-    });
+    let body = serde_json::to_value(req.to_minter())?;
     let url = format!("{}/v1/tickets", admin_url.trim_end_matches('/'));
     crate::admin_client::request(http::Method::POST, &url, Some(&body), creds)
         .await?

@@ -137,6 +137,33 @@ async fn vmgate_admin_mints_tickets_that_the_gateway_accepts() {
     .unwrap();
     assert_eq!(a.status, 400);
     assert!(a.body.contains("invalid name"), "{}", a.body);
+    // The minter's caps: time to redeem, session length, channel count.
+    let many: Vec<String> = (0..33).map(|i| format!("c{i}")).collect();
+    for (ask, refusal) in [
+        (
+            serde_json::json!({"guest": "demo", "ttl_secs": 301}),
+            "ttl must be 1 to 300",
+        ),
+        (
+            serde_json::json!({"guest": "demo", "max_session_secs": 86401}),
+            "max_session must be 1 to 86400",
+        ),
+        (
+            serde_json::json!({"guest": "demo", "channels": many}),
+            "name 1 to 32 channels",
+        ),
+        (
+            serde_json::json!({"guest": "demo", "channels": []}),
+            "name 1 to 32 channels",
+        ),
+    ] {
+        let a = request(Method::POST, &tickets, Some(&ask), &stack.admin_token())
+            .await
+            .unwrap();
+        assert_eq!(a.status, 400, "{ask}: {}", a.body);
+        assert!(a.body.contains(refusal), "{ask}: {}", a.body);
+    }
+    assert!(stack.log("minter.log").contains("ticket request refused"));
 
     // The CLI: `vmgate ticket --admin URL`, with the client certificate.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmgate"))

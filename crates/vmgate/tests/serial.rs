@@ -140,7 +140,7 @@ async fn each_bad_ticket_is_refused_with_its_own_reason_and_others_are_untouched
     assert_eq!(code, 4403);
     assert!(reason.contains("channel"), "{reason}");
 
-    let foreign = vmgate_ticket::SigningKey::generate();
+    let foreign = vmgate_minter::SigningKey::generate();
     let claims = vmgate_ticket::Claims::new(
         stack.name.as_str(),
         ["serial0"],
@@ -149,7 +149,7 @@ async fn each_bad_ticket_is_refused_with_its_own_reason_and_others_are_untouched
         60,
         None,
     );
-    let forged = vmgate_ticket::mint(&foreign, &claims);
+    let forged = vmgate_minter::sign(&foreign, &claims);
     let (code, reason) = refusal(format!("{base}/ws/{}/serial0?ticket={forged}", stack.name)).await;
     assert_eq!(code, 4401);
     assert!(reason.contains("signature"), "{reason}");
