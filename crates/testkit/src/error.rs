@@ -8,7 +8,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 /// The command line that installs every host package the kit needs.
-pub const INSTALL_HINT: &str = "apt-get install qemu-system-x86 busybox-static cpio";
+pub const INSTALL_HINT: &str = "apt-get install qemu-system-x86 busybox-static cpio gcc";
 
 /// Everything that can go wrong while building or booting the test guest.
 #[derive(Debug, thiserror::Error)]

@@ -36,6 +36,15 @@ pub const PROMPT: &str = "guest# ";
 /// The virtio-serial port the guest echoes back, byte for byte.
 pub const ECHO_CHANNEL: &str = "test.echo";
 
+/// The QEMU audiodev (`-audiodev none`) that both the PC speaker and the VNC display use, so
+/// a VNC client that negotiates QEMU's audio extension hears the guest's `tone` command.
+/// `none` is enough: VNC audio taps QEMU's mixer, not a host sound card.
+pub const AUDIODEV_ID: &str = "snd0";
+
+/// The qdev id of the guest's empty CD-ROM drive (an `ide-cd` on the i440fx's second IDE
+/// channel, `/dev/sr0` in the guest), for QMP's tray and medium commands.
+pub const CDROM_ID: &str = "cd0";
+
 /// How long [`Guest::boot`] waits for QEMU to create its sockets.
 pub const SOCKET_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -164,6 +173,11 @@ impl Guest {
             s(&opts.name),
             s("-accel"),
             s("tcg"),
+            // i440fx (`pc`): its PIIX IDE is what the guest kernel can drive (no AHCI).
+            s("-machine"),
+            s(format!("pc,pcspk-audiodev={AUDIODEV_ID}")),
+            s("-audiodev"),
+            s(format!("none,id={AUDIODEV_ID}")),
             s("-nodefaults"),
             s("-no-user-config"),
             s("-m"),
@@ -179,7 +193,15 @@ impl Guest {
             s("-vga"),
             s("std"),
             s("-vnc"),
-            cat(&[OsStr::new("unix:"), &opt_value(&layout.vnc)]),
+            cat(&[
+                OsStr::new("unix:"),
+                &opt_value(&layout.vnc),
+                OsStr::new(&format!(",audiodev={AUDIODEV_ID}")),
+            ]),
+            // An empty drive: no `drive=`, so QEMU gives it an anonymous backend that
+            // `blockdev-insert-medium` fills later.
+            s("-device"),
+            s(format!("ide-cd,id={CDROM_ID},bus=ide.1,unit=0")),
             s("-qmp"),
             cat(&[OsStr::new("unix:"), &opt_value(&layout.qmp), server]),
             s("-chardev"),
@@ -461,7 +483,13 @@ mod tests {
             .map(|a| a.into_string().unwrap())
             .collect();
         let joined = args.join(" ");
-        assert!(joined.contains("-vnc unix:/run/x/vnc.sock"), "{joined}");
+        assert!(
+            joined.contains("-vnc unix:/run/x/vnc.sock,audiodev=snd0"),
+            "{joined}"
+        );
+        assert!(joined.contains("-machine pc,pcspk-audiodev=snd0"));
+        assert!(joined.contains("-audiodev none,id=snd0"));
+        assert!(joined.contains("-device ide-cd,id=cd0,bus=ide.1,unit=0"));
         assert!(joined.contains("-qmp unix:/run/x/qmp.sock,server=on,wait=off"));
         assert!(joined.contains("path=/run/x/ch-test.echo.sock"));
         assert!(joined.contains("virtserialport,chardev=ch1,name=org.example.two"));

@@ -14,8 +14,9 @@ use std::process::{Command, Stdio};
 use crate::error::KitError;
 use crate::host::{self, find_tool, run};
 
-/// Bumped when the layout of the cache or of the initramfs changes; names the build directory.
-pub const IMAGE_VERSION: u32 = 1;
+/// Bumped when the layout of the cache or of the initramfs changes; names the build directory,
+/// so worktrees on different versions sharing one cache do not rebuild each other's image.
+pub const IMAGE_VERSION: u32 = 2;
 
 /// The guest's `/init`, compiled into the crate so the image always matches the code using it.
 pub const INIT_SCRIPT: &str = include_str!("guest-init.sh");
@@ -32,6 +33,35 @@ pub const GUEST_MODULES: [&str; 6] = [
     "virtio_pci",
     "virtio_console",
 ];
+
+/// Modules loaded in the background once the guest is ready, in dependency order: the IDE
+/// CD-ROM (`/dev/sr0` on i440fx's PIIX IDE; the cloud kernel has no AHCI) and ISO 9660, so
+/// a medium inserted through virtual media can be mounted. In the background because
+/// probing the IDE bus costs about a second under TCG, which boot time need not pay; the
+/// guest creates `/run/cdrom.ready` (see [`CDROM_READY`]) when they are in.
+pub const CDROM_MODULES: [&str; 7] = [
+    "scsi_common",
+    "scsi_mod",
+    "libata",
+    "ata_piix",
+    "cdrom",
+    "sr_mod",
+    "isofs",
+];
+
+/// The source of the guest's `tone HZ MS` command, compiled with `cc -static` at build time.
+pub const TONE_SOURCE: &str = include_str!("tone.c");
+
+/// The files in the guest's `/lib/modules` that name the modules to load, one per line, in
+/// order: [`GUEST_MODULES`] at boot, [`CDROM_MODULES`] after. The init script reads them, so
+/// the lists above are the only ones.
+const MODULE_LISTS: [(&str, &[&str]); 2] = [
+    ("load-at-boot", &GUEST_MODULES),
+    ("load-when-ready", &CDROM_MODULES),
+];
+
+/// The file the guest creates once its CD-ROM drive (`/dev/sr0`) is usable.
+pub const CDROM_READY: &str = "/run/cdrom.ready";
 
 /// Where the static busybox of the `busybox-static` package lives.
 const BUSYBOX: &str = "/bin/busybox";
@@ -110,9 +140,12 @@ pub fn build_image(cache_dir: &Path) -> Result<GuestImage, KitError> {
 /// Describes everything baked into the image by this code; a different recipe means rebuild.
 fn recipe() -> String {
     format!(
-        "vmgate-testkit guest image v{IMAGE_VERSION}\ninit-script: {:016x}\nmodules: {}\n",
+        "vmgate-testkit guest image v{IMAGE_VERSION}\ninit-script: {:016x}\ntone: {:016x}\n\
+         modules: {} / {}\n",
         fnv1a(INIT_SCRIPT.as_bytes()),
-        GUEST_MODULES.join(" ")
+        fnv1a(TONE_SOURCE.as_bytes()),
+        GUEST_MODULES.join(" "),
+        CDROM_MODULES.join(" ")
     )
 }
 
@@ -162,6 +195,7 @@ struct BuildTools {
     dpkg_deb: PathBuf,
     cpio: PathBuf,
     gzip: PathBuf,
+    cc: PathBuf,
     busybox: PathBuf,
 }
 
@@ -183,6 +217,7 @@ impl BuildTools {
             dpkg_deb: find_tool("dpkg-deb", "dpkg")?,
             cpio: find_tool("cpio", "cpio")?,
             gzip: find_tool("gzip", "gzip")?,
+            cc: find_tool("cc", "gcc")?,
             busybox,
         })
     }
@@ -207,6 +242,7 @@ fn build_into(scratch: &Path, image: &GuestImage) -> Result<String, KitError> {
     let kernel = find_kernel(&unpacked, &package)?;
     let root = scratch.join("root");
     make_tree(&tools, &root)?;
+    build_tone(&tools, scratch, &root.join("bin/tone"))?;
     install_modules(&unpacked, &package, &root.join("lib/modules"))?;
 
     let initrd = scratch.join("initrd.img");
@@ -330,6 +366,7 @@ fn make_tree(tools: &BuildTools, root: &Path) -> Result<(), KitError> {
         "run",
         "tmp",
         "root",
+        "mnt",
         "etc",
         "lib/modules",
     ] {
@@ -377,7 +414,33 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), KitError> {
         .map_err(KitError::io(format!("cannot chmod {}", path.display())))
 }
 
-/// Copies [`GUEST_MODULES`] from the unpacked package into `dest` as plain `NAME.ko` files.
+/// Compiles [`TONE_SOURCE`] into the static program `out`: no C library (it makes its few
+/// system calls itself), so it is about 9 kB where a static glibc would add 700 kB to every
+/// boot.
+fn build_tone(tools: &BuildTools, scratch: &Path, out: &Path) -> Result<(), KitError> {
+    let src = scratch.join("tone.c");
+    fs::write(&src, TONE_SOURCE)
+        .map_err(KitError::io(format!("cannot write {}", src.display())))?;
+    run(Command::new(&tools.cc)
+        .args([
+            "-static",
+            "-nostdlib",
+            "-ffreestanding",
+            "-fno-stack-protector",
+            "-fno-pie",
+            "-no-pie",
+            "-Os",
+            "-s",
+            "-Wall",
+            "-o",
+        ])
+        .arg(out)
+        .arg(&src))?;
+    set_mode(out, 0o755)
+}
+
+/// Copies the modules of [`MODULE_LISTS`] from the unpacked package into `dest` as plain
+/// `NAME.ko` files, and writes each list (built-in modules left out) beside them.
 fn install_modules(unpacked: &Path, package: &str, dest: &Path) -> Result<(), KitError> {
     // Debian bookworm ships /lib/modules; later releases merged it into /usr/lib/modules.
     let release_dir = ["lib/modules", "usr/lib/modules"]
@@ -393,27 +456,35 @@ fn install_modules(unpacked: &Path, package: &str, dest: &Path) -> Result<(), Ki
     collect_files(&release_dir.join("kernel"), &mut files)?;
     let builtin = fs::read_to_string(release_dir.join("modules.builtin")).unwrap_or_default();
 
-    for module in GUEST_MODULES {
-        let found = files.iter().find_map(|path| {
-            let name = path.file_name()?.to_str()?;
-            let compression = name.strip_prefix(module)?.strip_prefix(".ko")?;
-            matches!(compression, "" | ".xz" | ".zst" | ".gz").then_some((path, compression))
-        });
-        match found {
-            Some((path, compression)) => {
-                let out = dest.join(format!("{module}.ko"));
-                decompress_module(path, compression, &out)?;
-            }
-            None if is_builtin(&builtin, module) => {
-                tracing::debug!(module, "module is built into the kernel");
-            }
-            None => {
-                return Err(KitError::ModuleMissing {
-                    module: module.to_owned(),
-                    package: package.to_owned(),
-                })
+    for (list, modules) in MODULE_LISTS {
+        let mut order = String::new();
+        for &module in modules {
+            let found = files.iter().find_map(|path| {
+                let name = path.file_name()?.to_str()?;
+                let compression = name.strip_prefix(module)?.strip_prefix(".ko")?;
+                matches!(compression, "" | ".xz" | ".zst" | ".gz").then_some((path, compression))
+            });
+            match found {
+                Some((path, compression)) => {
+                    let out = dest.join(format!("{module}.ko"));
+                    decompress_module(path, compression, &out)?;
+                    order.push_str(module);
+                    order.push('\n');
+                }
+                None if is_builtin(&builtin, module) => {
+                    tracing::debug!(module, "module is built into the kernel");
+                }
+                None => {
+                    return Err(KitError::ModuleMissing {
+                        module: module.to_owned(),
+                        package: package.to_owned(),
+                    })
+                }
             }
         }
+        let list = dest.join(list);
+        fs::write(&list, order)
+            .map_err(KitError::io(format!("cannot write {}", list.display())))?;
     }
     Ok(())
 }

@@ -2,9 +2,11 @@
 //! boots it under QEMU with every endpoint on a unix socket, for tests, benchmarks and the
 //! demo.
 //!
-//! This crate owns the guest: its image (a Debian cloud kernel, six virtio modules and a
-//! busybox initramfs whose `/init` lives in `guest-init.sh`), the cache that keeps it, and
-//! the QEMU command line that exposes QMP, the serial port, VNC and virtio-serial channels.
+//! This crate owns the guest: its image (a Debian cloud kernel, its virtio, IDE CD-ROM and
+//! ISO 9660 modules, and a busybox initramfs whose `/init` lives in `guest-init.sh`, plus a
+//! static `tone` program from `tone.c`), the cache that keeps it, and the QEMU command line
+//! that exposes QMP, the serial port, VNC (with QEMU's audio extension) and virtio-serial
+//! channels, and gives the guest a PC speaker and an empty CD-ROM drive.
 //!
 //! ```no_run
 //! use vmgate_testkit::{build_image, default_cache_dir, BootOptions, Guest};
@@ -19,10 +21,13 @@
 //!
 //! The guest, once booted, runs a root shell on the serial port and on the VGA console
 //! (prompt [`PROMPT`]), echoes every byte on the [`ECHO_CHANNEL`] port, shows a static
-//! screen, and stays near 0% host CPU while idle.
+//! screen, and stays near 0% host CPU while idle. Its shell has `tone HZ MS`, which plays a
+//! square wave on the PC speaker (heard by VNC clients that negotiate QEMU audio), and
+//! `/dev/sr0`, the empty drive [`CDROM_ID`] that virtual media fills (usable once
+//! [`CDROM_READY`] exists in the guest, a second or so after the ready line).
 //!
-//! Host needs: `apt-get install qemu-system-x86 busybox-static cpio`, and apt package lists
-//! (`apt-get update`) for the first build.
+//! Host needs: `apt-get install qemu-system-x86 busybox-static cpio gcc`, and apt
+//! package lists (`apt-get update`) for the first build.
 
 #![forbid(unsafe_code)]
 
@@ -34,11 +39,11 @@ mod stream;
 
 pub use error::{KitError, INSTALL_HINT};
 pub use guest::{
-    process_cpu_time, BootOptions, Guest, ECHO_CHANNEL, KERNEL_CMDLINE, PROMPT, QEMU_BINARY,
-    READY_MARKER, SOCKET_DEADLINE,
+    process_cpu_time, BootOptions, Guest, AUDIODEV_ID, CDROM_ID, ECHO_CHANNEL, KERNEL_CMDLINE,
+    PROMPT, QEMU_BINARY, READY_MARKER, SOCKET_DEADLINE,
 };
 pub use image::{
-    build_image, default_cache_dir, GuestImage, GUEST_MODULES, IMAGE_VERSION, INIT_SCRIPT,
-    KERNEL_METAPACKAGE,
+    build_image, default_cache_dir, GuestImage, CDROM_MODULES, CDROM_READY, GUEST_MODULES,
+    IMAGE_VERSION, INIT_SCRIPT, KERNEL_METAPACKAGE, TONE_SOURCE,
 };
 pub use stream::wait_for_output;

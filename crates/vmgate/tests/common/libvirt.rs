@@ -1,11 +1,12 @@
 //! The test guest as a transient libvirt domain, and the daemons under it.
 //!
 //! The domain boots the test kit's kernel and initramfs directly, with a pty
-//! serial port (`serial0`), a unix virtio channel (`test.echo`) and VNC on a
-//! unix socket, under TCG. Domain names are host-wide, so each test gets its
-//! own (`vmgate-t<pid>-<n>`, or that followed by `.something`); a domain
-//! left by a killed test run is destroyed and undefined the next time the
-//! harness starts.
+//! serial port (`serial0`), a unix virtio channel (`test.echo`), VNC on a
+//! unix socket carrying QEMU audio from the PC speaker (`tone` in the guest),
+//! and an empty IDE CD-ROM drive ([`CDROM_ALIAS`]), under TCG. Domain names
+//! are host-wide, so each test gets its own (`vmgate-t<pid>-<n>`, or that
+//! followed by `.something`); a domain left by a killed test run is destroyed
+//! and undefined the next time the harness starts.
 //!
 //! libvirtd and virtlogd are started by `scripts/libvirt-up` (installed by
 //! `scripts/deps.d/libvirt.sh`) if they are not running.
@@ -23,6 +24,10 @@ pub const URI: &str = "qemu:///system";
 /// The XML namespace of the `<metadata>` element the test domains carry
 /// (for the agent's `metadata_uri` filter), unless made untagged.
 pub const METADATA_NS: &str = "https://vmgate.test/selected";
+
+/// The qdev id libvirt gives the domain's CD-ROM drive (`hdc`: IDE bus 1,
+/// unit 0), for QMP's tray and medium commands.
+pub const CDROM_ALIAS: &str = "ide0-1-0";
 
 /// Serialises tests that restart libvirtd against tests that need it up:
 /// those take it shared, a restart takes it exclusively.
@@ -291,7 +296,7 @@ impl Domain {
             String::new()
         };
         let xml = format!(
-            r#"<domain type='qemu'>
+            r#"<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>{name}</name>
   {metadata}
   <memory unit='MiB'>128</memory>
@@ -311,10 +316,24 @@ impl Domain {
       <source mode='bind'/>
       <target type='virtio' name='{ECHO_CHANNEL}'/>
     </channel>
-    <graphics type='vnc' socket='{vnc}'/>
+    <disk type='file' device='cdrom'>
+      <target dev='hdc' bus='ide'/>
+      <readonly/>
+    </disk>
+    <audio id='1' type='none'/>
+    <graphics type='vnc' socket='{vnc}'>
+      <audio id='1'/>
+    </graphics>
     <video><model type='vga'/></video>
     <memballoon model='none'/>
   </devices>
+  <!-- The PC speaker plays into the same audiodev (libvirt names it
+       audio1). Not <sound model='pcspk'>: libvirt 9.0 turns that into
+       -soundhw, which QEMU 7.1 removed. -->
+  <qemu:commandline>
+    <qemu:arg value='-machine'/>
+    <qemu:arg value='pcspk-audiodev=audio1'/>
+  </qemu:commandline>
 </domain>
 "#,
             kernel = image.kernel.display(),
