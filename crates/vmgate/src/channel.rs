@@ -37,8 +37,8 @@ use vmgate_relay::{FrameRx, FrameTx};
 use vmgate_ticket::Mode;
 use vmgate_wire::{Close, CloseCode, Frame};
 
-use crate::console::printable;
 use crate::state::{self, State};
+use crate::terminal::printable;
 use crate::tickets::{self, TicketRequest};
 
 /// Bytes read from the local side in one go, and so the largest message we

@@ -2,7 +2,12 @@
 //!
 //! With a terminal on stdin it switches it to raw mode (every key goes to the
 //! guest, Ctrl+] detaches) and restores it on every way out: detach, the
-//! session closing, an error, a signal, a panic (the guard's `Drop`). With a
+//! session closing, an error, a signal, a panic (the guard's `Drop`).
+//! The guest's output passes through [`Filter`]: sequences that would set
+//! the terminal's title or clipboard, or move its window, are removed; on
+//! exit the modes the guest left set are undone ([`Filter::reset`]).
+//! Notices and the session's end go to stderr, never mixed into the
+//! guest's bytes on stdout. With a
 //! pipe on stdin it sends the input, then stays until the guest's output has
 //! been quiet for [`LINGER`], so `echo cmd | vmgate console g` shows the
 //! answer.
@@ -16,6 +21,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use vmgate_client::{ws, Ws};
 use vmgate_relay::FrameRx;
 use vmgate_wire::{Close, CloseCode, Frame};
+
+use crate::terminal::{printable, Filter};
 
 /// Ctrl+]: the escape key, as in telnet and `virsh console`.
 pub const ESCAPE: u8 = 0x1d;
@@ -69,7 +76,14 @@ pub async fn run(ws: Ws, what: &str) -> Result<Ended> {
     let raw = if tty { Some(RawMode::enable()?) } else { None };
     let nl = if tty { "\r\n" } else { "\n" };
     eprint!("[vmgate] connected to {what}; escape character is ^]{nl}");
-    let ended = pump(ws, tty, nl).await;
+    let mut filter = Filter::new();
+    let ended = pump(ws, tty, nl, &mut filter).await;
+    if std::io::stdout().is_terminal() {
+        // Undo what the guest left set (alternate screen, mouse, colours).
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        let _ = out.write_all(&filter.reset()).and_then(|()| out.flush());
+    }
     drop(raw);
     match &ended {
         Ended::Detached => eprintln!("\n[vmgate] detached"),
@@ -82,11 +96,12 @@ pub async fn run(ws: Ws, what: &str) -> Result<Ended> {
     Ok(ended)
 }
 
-async fn pump(ws: Ws, tty: bool, nl: &str) -> Ended {
+async fn pump(ws: Ws, tty: bool, nl: &str, filter: &mut Filter) -> Ended {
     let (mut rx, mut tx) = ws::split(ws);
     let mut stdin = tokio::io::stdin();
     let mut stdout = tokio::io::stdout();
     let mut buf = vec![0u8; 4096];
+    let mut shown = Vec::new();
     let mut stdin_open = true;
     let linger = tokio::time::sleep(Duration::MAX / 4);
     tokio::pin!(linger);
@@ -121,7 +136,9 @@ async fn pump(ws: Ws, tty: bool, nl: &str) -> Ended {
             },
             frame = rx.recv() => match frame {
                 Ok(Some(Frame::Data(b))) => {
-                    if stdout.write_all(&b).await.is_err() || stdout.flush().await.is_err() {
+                    shown.clear();
+                    filter.push(&b, &mut shown);
+                    if stdout.write_all(&shown).await.is_err() || stdout.flush().await.is_err() {
                         break Ended::Lost("stdout closed".into());
                     }
                     if lingering {
@@ -143,19 +160,4 @@ async fn pump(ws: Ws, tty: bool, nl: &str) -> Ended {
         tx.close(Close::new(CloseCode::Normal, "detached")).await;
     }
     ended
-}
-
-/// `text` with control characters shown as `\u{..}` escapes: notices and
-/// close reasons come from the network and must not drive the terminal.
-pub fn printable(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_unicode().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect()
 }

@@ -8,5 +8,6 @@ pub mod client;
 pub mod console;
 pub mod demo;
 pub mod state;
+pub mod terminal;
 pub mod tickets;
 pub mod vnc;

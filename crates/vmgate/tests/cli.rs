@@ -153,3 +153,47 @@ async fn piped_input_runs_and_the_client_leaves_when_output_settles() {
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("piped-9"));
 }
+
+/// The guest's output cannot set the operator's terminal title or
+/// clipboard, and text that looks like a vmgate notice stays guest output:
+/// on stdout, among the guest's bytes, while real notices come on stderr.
+#[tokio::test]
+async fn guest_output_cannot_set_the_title_or_clipboard_nor_pass_for_a_notice() {
+    let stack = Stack::start().await;
+    let state = stack.state.dir.to_str().unwrap().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmgate"))
+        .args(["console", "demo", "--state-dir", &state])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // printf substitutes %s, so "fake-42" appears only in what the guest
+    // printed, not in the shell's echo of the command.
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"printf '\\033]0;pwned-%s\\007\\033]52;c;cHduZWQ=\\007[vmgate] keyboard taken over by fake-%s\\n' 7 42\n",
+        )
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("[vmgate] keyboard taken over by fake-42"),
+        "the guest's line is guest output: {stdout:?}"
+    );
+    assert!(!stderr.contains("fake-42"), "{stderr:?}");
+    assert!(stderr.contains("you hold the keyboard"), "{stderr:?}");
+    assert!(
+        !stdout.contains("\u{1b}]"),
+        "an OSC reached the terminal: {stdout:?}"
+    );
+    assert!(!stdout.contains("pwned-7"), "{stdout:?}");
+}
