@@ -37,6 +37,7 @@ use crate::limits::{self, ConnLimits};
 use crate::public::{ClientCert, Peer};
 use crate::session::{self, Grant};
 use crate::sessions::ENDED_BY_ADMIN;
+use crate::untrusted::Escaped;
 use crate::{ws, GatewayError, Shared};
 
 /// The largest WebSocket message accepted on an administrator's console.
@@ -154,7 +155,7 @@ pub async fn require_admin(
             next.run(req).await
         }
         Err(why) => {
-            tracing::warn!(%peer, path = %req.uri().path(), reason = why, "admin request refused");
+            tracing::warn!(%peer, path = %Escaped(req.uri().path()), reason = why, "admin request refused");
             (
                 StatusCode::UNAUTHORIZED,
                 [(header::WWW_AUTHENTICATE, "Bearer")],
@@ -163,6 +164,38 @@ pub async fn require_admin(
                 .into_response()
         }
     }
+}
+
+/// Refuses (403) any request that carries an `Origin` not in `[admin]
+/// allowed_origins`, before authentication: a browser holding an
+/// operator's client certificate would otherwise present it for any page
+/// that asks, e.g. a foreign page opening `wss://admin/v1/console/…?force=true`.
+pub async fn refuse_foreign_origin(
+    State(o): State<Arc<AdminOrigins>>,
+    Extension(Peer(peer)): Extension<Peer>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return next.run(req).await;
+    };
+    let origin = String::from_utf8_lossy(origin.as_bytes());
+    if o.allowed.iter().any(|a| *a == origin) {
+        return next.run(req).await;
+    }
+    o.metrics.refused("admin_origin");
+    tracing::warn!(%peer, origin = %Escaped(&origin), path = %Escaped(req.uri().path()),
+        "admin request from a browser page refused (Origin not allowed)");
+    json_error(
+        StatusCode::FORBIDDEN,
+        "origin not allowed on the admin listener: add it to [admin] allowed_origins if this page is yours",
+    )
+}
+
+/// The origins allowed on the admin listener, and where refusals count.
+pub struct AdminOrigins {
+    allowed: Vec<String>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 pub(crate) fn json_error(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -174,6 +207,7 @@ pub struct AdminServer {
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     auth: Arc<Auth>,
+    allowed_origins: Vec<String>,
 }
 
 impl AdminServer {
@@ -190,6 +224,7 @@ impl AdminServer {
             listener,
             tls: Arc::new(tls),
             auth: Arc::new(auth),
+            allowed_origins: cfg.allowed_origins.clone(),
         })
     }
 
@@ -201,13 +236,17 @@ impl AdminServer {
 
     pub async fn run(self, shared: Arc<Shared>) {
         tracing::info!(addr = %self.local_addr(), "admin listener (HTTPS)");
-        let app = router(shared.clone(), self.auth);
+        let origins = Arc::new(AdminOrigins {
+            allowed: self.allowed_origins,
+            metrics: shared.metrics.clone(),
+        });
+        let app = router(shared.clone(), self.auth, origins);
         let conn = ConnLimits::from(&*shared.limits);
         crate::public::serve(self.listener, self.tls, app, shared.shutdown.clone(), conn).await;
     }
 }
 
-fn router(shared: Arc<Shared>, auth: Arc<Auth>) -> Router {
+fn router(shared: Arc<Shared>, auth: Arc<Auth>, origins: Arc<AdminOrigins>) -> Router {
     let lim = shared.request_limits();
     Router::new()
         .route("/v1/guests", get(guests))
@@ -227,6 +266,7 @@ fn router(shared: Arc<Shared>, auth: Arc<Auth>) -> Router {
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such admin route") })
         .with_state(shared)
         .layer(middleware::from_fn_with_state(auth, require_admin))
+        .layer(middleware::from_fn_with_state(origins, refuse_foreign_origin))
         .layer(middleware::from_fn_with_state(lim, limits::bounded_url))
 }
 
@@ -280,8 +320,8 @@ async fn console_ws(
     Extension(Who(who)): Extension<Who>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    if !vmgate_wire::valid_name(&guest) || !vmgate_wire::valid_name(&channel) {
-        return json_error(StatusCode::BAD_REQUEST, "invalid guest or channel name");
+    if let Err(close) = crate::public::valid_names(&shared, &guest, &channel, peer) {
+        return json_error(StatusCode::BAD_REQUEST, close.reason);
     }
     upgrade
         .protocols(["binary"])

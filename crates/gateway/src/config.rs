@@ -66,6 +66,15 @@ pub struct Limits {
     /// (cross-site WebSocket hijacking). Clients that send no Origin (the
     /// CLI, native tools) are not browsers and pass.
     pub check_origin: bool,
+    /// Longest ticket lifetime accepted (`not_after - iat`), in seconds.
+    /// It also bounds how long after a restart tickets minted before it
+    /// are refused ("issued before the gateway restarted").
+    pub max_ticket_ttl_secs: u64,
+    /// How far a minter's clock may be ahead of this gateway's, in
+    /// seconds. A ticket issued further in the future is refused, and so
+    /// is one issued up to this long after the gateway started (it cannot
+    /// be told from one issued just before). Keep clocks in sync (NTP).
+    pub ticket_clock_skew_secs: u64,
 }
 
 impl Default for Limits {
@@ -81,6 +90,8 @@ impl Default for Limits {
             max_header_bytes: 16 * 1024,
             allowed_origins: Vec::new(),
             check_origin: true,
+            max_ticket_ttl_secs: 3600,
+            ticket_clock_skew_secs: 1,
         }
     }
 }
@@ -111,6 +122,14 @@ pub struct AdminListener {
     /// File holding the administrators' bearer token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// Browser origins (`https://ops.example.com`) whose pages may call
+    /// this listener. Default none: every request that carries an `Origin`
+    /// header is refused (403), so a page on another site cannot ride an
+    /// operator's browser (and its admin client certificate) into the
+    /// admin API or a console. Tools that send no `Origin` (the CLI,
+    /// scripts) are not browsers and pass.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
 }
 
 impl AdminListener {
@@ -197,6 +216,17 @@ impl GatewayConfig {
                 "limits.handshake_deadline_secs must be at least 1".into(),
             ));
         }
+        if l.max_ticket_ttl_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.max_ticket_ttl_secs must be at least 1".into(),
+            ));
+        }
+        if l.ticket_clock_skew_secs > 60 {
+            return Err(ConfigError::Invalid(
+                "limits.ticket_clock_skew_secs above 60: synchronise the clocks (NTP) instead"
+                    .into(),
+            ));
+        }
         if l.failed_tickets_per_address > 0 && l.throttle_window_secs == 0 {
             return Err(ConfigError::Invalid(
                 "limits.throttle_window_secs must be at least 1 when throttling".into(),
@@ -208,15 +238,10 @@ impl GatewayConfig {
                     .into(),
             ));
         }
-        for o in &l.allowed_origins {
-            if !(o.starts_with("https://") || o.starts_with("http://")) || o.ends_with('/') {
-                return Err(ConfigError::Invalid(format!(
-                    "limits.allowed_origins: {o:?} is not an origin like https://console.example.com"
-                )));
-            }
-        }
+        check_origins("limits.allowed_origins", &l.allowed_origins)?;
         if let Some(a) = &self.admin {
             a.auth().validate("[admin]")?;
+            check_origins("[admin] allowed_origins", &a.allowed_origins)?;
             if a.listen == self.listen {
                 return Err(ConfigError::Invalid(
                     "[admin] listen must differ from the public listen address".into(),
@@ -225,6 +250,18 @@ impl GatewayConfig {
         }
         Ok(())
     }
+}
+
+/// Each entry must be an origin: a scheme and a host, no path.
+fn check_origins(what: &str, origins: &[String]) -> Result<(), ConfigError> {
+    for o in origins {
+        if !(o.starts_with("https://") || o.starts_with("http://")) || o.ends_with('/') {
+            return Err(ConfigError::Invalid(format!(
+                "{what}: {o:?} is not an origin like https://console.example.com"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

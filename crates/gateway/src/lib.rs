@@ -22,7 +22,8 @@
 //!   (crate `vmgate-minter`) holds the signing key, and this crate cannot
 //!   even name one (`vmgate-ticket`'s `mint` feature is off here);
 //! * [`limits`], [`sessions`], [`audit`], [`metrics`]: abuse and session
-//!   limits, the live-session registry, the audit log, Prometheus counters.
+//!   limits, the live-session registry, the audit log, Prometheus counters;
+//! * [`untrusted`]: untrusted text in log lines, escaped and bounded.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -39,6 +40,7 @@ pub mod rfb_filter;
 pub mod session;
 pub mod sessions;
 pub mod tickets;
+pub mod untrusted;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -103,11 +105,14 @@ impl Shared {
         }
     }
 
-    /// A ticket check from `peer` failed for `reason`: it counts towards
-    /// the peer's throttle and the refusal metrics.
-    pub fn ticket_failed(&self, peer: SocketAddr, reason: &'static str) {
-        self.throttle.failed(peer.ip(), std::time::Instant::now());
-        self.metrics.refused(reason);
+    /// A ticket from `peer` was refused for `e`: counted in the refusal
+    /// metrics, and towards the peer's throttle if it was actually checked
+    /// ([`limits::counts_against_throttle`]).
+    pub fn ticket_failed(&self, peer: SocketAddr, e: &vmgate_ticket::TicketError) {
+        if limits::counts_against_throttle(e) {
+            self.throttle.failed(peer.ip(), std::time::Instant::now());
+        }
+        self.metrics.refused(e.code());
     }
 }
 
@@ -168,7 +173,11 @@ impl Gateway {
             tls: Arc::new(tls),
             shared: Arc::new(Shared {
                 pool,
-                tickets: tickets::TicketCheck::new(key),
+                tickets: tickets::TicketCheck::new(
+                    key,
+                    limits.max_ticket_ttl_secs,
+                    limits.ticket_clock_skew_secs,
+                ),
                 pages: pages::Pages::default(),
                 shutdown,
                 throttle: limits::Throttle::new(
@@ -209,21 +218,30 @@ impl Gateway {
         self.shared.pool.clone()
     }
 
-    /// Serves until the shutdown token fires.
+    /// Serves until the shutdown token fires, then drains: every session
+    /// tells its client why it ends (1001, "the gateway is shutting
+    /// down"), and connections get [`public::DRAIN`] to finish. Returns
+    /// when all of that is done, or when the drain's bound passes.
     pub async fn run(self) {
         tracing::info!(addr = %self.local_addr(), "gateway listening (HTTPS)");
-        if let Some(admin) = self.admin {
-            tokio::spawn(admin.run(self.shared.clone()));
+        let shared = self.shared.clone();
+        let admin = self.admin.map(|a| tokio::spawn(a.run(shared.clone())));
+        let app = public::router(shared.clone());
+        let conn = limits::ConnLimits::from(&*shared.limits);
+        public::serve(self.listener, self.tls, app, shared.shutdown.clone(), conn).await;
+        let drained = async {
+            if let Some(a) = admin {
+                let _ = a.await;
+            }
+            shared.drain.close();
+            shared.drain.wait().await;
+        };
+        match tokio::time::timeout(public::DRAIN, drained).await {
+            Ok(()) => tracing::info!("gateway drained"),
+            Err(_) => tracing::warn!(
+                sessions = shared.drain.len(),
+                "sessions still ending after the drain period; exiting"
+            ),
         }
-        let app = public::router(self.shared.clone());
-        let conn = limits::ConnLimits::from(&*self.shared.limits);
-        public::serve(
-            self.listener,
-            self.tls,
-            app,
-            self.shared.shutdown.clone(),
-            conn,
-        )
-        .await;
     }
 }

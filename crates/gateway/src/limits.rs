@@ -5,7 +5,7 @@
 //! Session-count limits and the idle timeout live with the sessions they
 //! count ([`crate::sessions`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +19,7 @@ use vmgate_wire::{Close, CloseCode};
 
 use crate::config::Limits;
 use crate::metrics::Metrics;
+use crate::untrusted::Escaped;
 
 /// Source addresses remembered at once. Beyond this the oldest window is
 /// forgotten: memory stays bounded, and an attacker who controls this many
@@ -27,7 +28,7 @@ const THROTTLE_CAPACITY: usize = 65_536;
 
 /// What the throttle counts per source: the address, or an IPv6 /64, which
 /// one host usually holds whole.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Source {
     V4(u32),
     V6(u64),
@@ -44,11 +45,48 @@ fn source(ip: IpAddr) -> Source {
 }
 
 /// Counts failed ticket checks per source address in fixed windows.
+///
+/// Only tickets that were actually checked count: a signature that does
+/// not verify, an expired, replayed or out-of-scope ticket (the caller
+/// decides, see [`counts_against_throttle`]). Text that never parsed as a
+/// ticket costs nothing to refuse and proves nothing about the sender, so a
+/// shared NAT is not locked out by one client sending garbage.
 pub struct Throttle {
     max: u32,
     window: Duration,
+    table: Mutex<Table>,
+}
+
+/// The throttle's memory: each source's window, and the same windows by
+/// start, oldest first, so forgetting expired or (when full) the oldest
+/// windows is O(log n) per failure, never a scan of the table under its lock.
+#[derive(Default)]
+struct Table {
     /// (failures in the window, when the window started)
-    seen: Mutex<HashMap<Source, (u32, Instant)>>,
+    by_source: HashMap<Source, (u32, Instant)>,
+    by_start: BTreeSet<(Instant, Source)>,
+}
+
+impl Table {
+    fn forget(&mut self, src: Source) {
+        if let Some((_, start)) = self.by_source.remove(&src) {
+            self.by_start.remove(&(start, src));
+        }
+    }
+}
+
+/// Whether a refused ticket counts towards its sender's throttle: only if
+/// it was checked (it parsed, and its signature was looked at), and was
+/// refused for what the sender did. A ticket refused for the gateway's own
+/// state (issued before it restarted, or "in the future" of its clock)
+/// is a genuine ticket: every client reconnecting after a restart would
+/// otherwise lock its NAT out.
+pub fn counts_against_throttle(e: &vmgate_ticket::TicketError) -> bool {
+    use vmgate_ticket::TicketError as E;
+    !matches!(
+        e,
+        E::Malformed(_) | E::IssuedBeforeRestart | E::IssuedInFuture | E::ReplayCacheFull
+    )
 }
 
 impl Throttle {
@@ -57,7 +95,7 @@ impl Throttle {
         Throttle {
             max,
             window,
-            seen: Mutex::new(HashMap::new()),
+            table: Mutex::new(Table::default()),
         }
     }
 
@@ -66,8 +104,8 @@ impl Throttle {
         if self.max == 0 {
             return Ok(());
         }
-        let seen = self.seen.lock().expect("throttle lock");
-        match seen.get(&source(ip)) {
+        let table = self.table.lock().expect("throttle lock");
+        match table.by_source.get(&source(ip)) {
             Some(&(n, start)) if n >= self.max && now.duration_since(start) < self.window => {
                 let wait = self.window - now.duration_since(start);
                 Err(Close::new(
@@ -87,25 +125,27 @@ impl Throttle {
         if self.max == 0 {
             return;
         }
-        let mut seen = self.seen.lock().expect("throttle lock");
-        if seen.len() >= THROTTLE_CAPACITY && !seen.contains_key(&source(ip)) {
-            let window = self.window;
-            seen.retain(|_, (_, start)| now.duration_since(*start) < window);
-            if seen.len() >= THROTTLE_CAPACITY {
-                let oldest = seen
-                    .iter()
-                    .min_by_key(|(_, (_, start))| *start)
-                    .map(|(k, _)| *k);
-                if let Some(k) = oldest {
-                    seen.remove(&k);
-                }
+        let src = source(ip);
+        let mut t = self.table.lock().expect("throttle lock");
+        // Forget windows that have passed, oldest first: each is removed
+        // once, so this is amortised O(log n).
+        while let Some(&(start, old)) = t.by_start.first() {
+            if now.duration_since(start) < self.window {
+                break;
+            }
+            t.forget(old);
+        }
+        if let Some(&(n, start)) = t.by_source.get(&src) {
+            t.by_source.insert(src, (n.saturating_add(1), start));
+            return;
+        }
+        if t.by_source.len() >= THROTTLE_CAPACITY {
+            if let Some(&(_, oldest)) = t.by_start.first() {
+                t.forget(oldest);
             }
         }
-        let entry = seen.entry(source(ip)).or_insert((0, now));
-        if now.duration_since(entry.1) >= self.window {
-            *entry = (0, now);
-        }
-        entry.0 = entry.0.saturating_add(1);
+        t.by_source.insert(src, (1, now));
+        t.by_start.insert((now, src));
     }
 }
 
@@ -236,7 +276,9 @@ pub async fn check_origin(State(l): State<RequestLimits>, req: Request, next: Ne
         return next.run(req).await;
     }
     l.metrics.refused("origin");
-    tracing::warn!(origin = ?origin, host = ?host, "console WebSocket from a foreign origin refused");
+    let origin = String::from_utf8_lossy(origin.as_bytes());
+    tracing::warn!(origin = %Escaped(&origin), host = %Escaped(host.as_deref().unwrap_or("")),
+        "console WebSocket from a foreign origin refused");
     (
         StatusCode::FORBIDDEN,
         "origin not allowed: open the console from the gateway's own page, or add this origin to limits.allowed_origins\n",
@@ -282,13 +324,60 @@ mod tests {
     }
 
     #[test]
-    fn memory_stays_bounded() {
+    fn memory_stays_bounded_and_the_oldest_window_goes_first() {
         let t = Throttle::new(1, Duration::from_secs(60));
-        let now = Instant::now();
+        let start = Instant::now();
         for i in 0..(THROTTLE_CAPACITY as u32 + 10) {
+            let now = start + Duration::from_micros(i.into());
             t.failed(IpAddr::V4(i.into()), now);
         }
-        assert!(t.seen.lock().unwrap().len() <= THROTTLE_CAPACITY);
+        let table = t.table.lock().unwrap();
+        assert_eq!(table.by_source.len(), THROTTLE_CAPACITY);
+        assert_eq!(table.by_start.len(), THROTTLE_CAPACITY);
+        assert!(!table.by_source.contains_key(&Source::V4(9)));
+        assert!(table.by_source.contains_key(&Source::V4(10)));
+    }
+
+    #[test]
+    fn passed_windows_are_forgotten_and_a_new_one_starts() {
+        let t = Throttle::new(2, Duration::from_secs(60));
+        let now = Instant::now();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        t.failed(a, now);
+        t.failed(a, now);
+        assert!(t.check(a, now + Duration::from_secs(59)).is_err());
+        let later = now + Duration::from_secs(60);
+        t.failed("192.0.2.2".parse().unwrap(), later);
+        assert_eq!(t.table.lock().unwrap().by_source.len(), 1);
+        t.failed(a, later);
+        assert!(t.check(a, later).is_ok(), "one failure in the new window");
+        t.failed(a, later);
+        assert!(t.check(a, later).is_err());
+    }
+
+    #[test]
+    fn only_checked_tickets_count() {
+        use vmgate_ticket::TicketError;
+        for e in [
+            TicketError::Malformed("empty"),
+            TicketError::IssuedBeforeRestart,
+            TicketError::IssuedInFuture,
+            TicketError::ReplayCacheFull,
+        ] {
+            assert!(!counts_against_throttle(&e), "{e:?}");
+        }
+        for e in [
+            TicketError::BadSignature,
+            TicketError::Expired {
+                expired_secs_ago: 1,
+            },
+            TicketError::Replayed,
+            TicketError::WrongGuest,
+            TicketError::WrongChannel,
+            TicketError::LifetimeTooLong { max_secs: 1 },
+        ] {
+            assert!(counts_against_throttle(&e), "{e:?}");
+        }
     }
 
     #[test]

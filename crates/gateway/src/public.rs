@@ -26,14 +26,15 @@ use vmgate_wire::{Close, CloseCode};
 use crate::limits::{self, ConnLimits};
 use crate::pages::JoinError;
 use crate::session::{self, Grant};
+use crate::untrusted::Escaped;
 use crate::{assets, ws, Shared};
 
 /// The largest WebSocket message accepted from a client.
 const MAX_MESSAGE: usize = 1 << 20;
 /// The largest `POST /api/session` body (a ticket is well under 2 kB).
 const MAX_PAGE_REQUEST: usize = 16 * 1024;
-/// How long open connections get to finish at shutdown.
-const DRAIN: Duration = Duration::from_secs(5);
+/// How long open connections and sessions get to finish at shutdown.
+pub const DRAIN: Duration = Duration::from_secs(5);
 
 /// The client's address, attached to each request of a connection.
 #[derive(Clone, Copy, Debug)]
@@ -146,7 +147,7 @@ async fn page_session(
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(%peer, reason = e.code(), "page ticket refused");
-            shared.ticket_failed(peer, e.code());
+            shared.ticket_failed(peer, &e);
             let close = refusal(&e);
             return refused(StatusCode::FORBIDDEN, close.code, close.reason);
         }
@@ -198,10 +199,15 @@ async fn console_ws(
         // read buffer (grown only for a larger message) keeps an idle
         // session from pinning tungstenite's default 128 KiB.
         .read_buffer_size(ws::READ_BUFFER)
-        .on_upgrade(move |socket| {
+        .on_upgrade(move |socket| async move {
             // noVNC asks for `binary`: it gets raw bytes and nothing else.
             let controls = socket.protocol().is_none();
             let (rx, tx) = ws::split(socket, controls);
+            // Before anything logs them: the names come percent-decoded
+            // from the URL, so they could hold newlines or escapes.
+            if let Err(close) = valid_names(&shared, &guest, &channel, peer) {
+                return session::refuse(tx, close).await;
+            }
             let req = session::Request {
                 guest,
                 channel,
@@ -210,7 +216,30 @@ async fn console_ws(
             session::serve(shared, req, rx, tx, move |shared, req| {
                 authorize(shared, req, q)
             })
+            .await
         })
+}
+
+/// Refuses a guest or channel name that is not [`vmgate_wire::valid_name`],
+/// logging it escaped ([`Escaped`]) and counting it.
+pub fn valid_names(
+    shared: &Shared,
+    guest: &str,
+    channel: &str,
+    peer: SocketAddr,
+) -> Result<(), Close> {
+    if vmgate_wire::valid_name(guest) && vmgate_wire::valid_name(channel) {
+        return Ok(());
+    }
+    shared.metrics.refused("invalid_name");
+    tracing::warn!(%peer, guest = %Escaped(guest), channel = %Escaped(channel), "session refused: invalid guest or channel name");
+    Err(Close::new(
+        CloseCode::ProtocolError,
+        format!(
+            "invalid guest or channel name: use 1 to {} letters, digits and . _ : -",
+            vmgate_wire::MAX_NAME_LEN
+        ),
+    ))
 }
 
 fn refusal(e: &TicketError) -> Close {
@@ -232,7 +261,7 @@ fn redeem(
 ) -> Result<vmgate_ticket::Claims, Close> {
     let refused = |e: TicketError| {
         tracing::warn!(reason = e.code(), "ticket refused");
-        shared.ticket_failed(req.peer, e.code());
+        shared.ticket_failed(req.peer, &e);
         refusal(&e)
     };
     let claims = shared
@@ -255,8 +284,9 @@ fn authorize(shared: &Shared, req: &session::Request, q: WsQuery) -> Result<Gran
     }
     let grant = match (q.ticket.as_deref(), q.session.as_deref()) {
         (None, None) => {
+            // Nothing was checked: counted, not throttled.
             tracing::warn!(reason = "missing_ticket", "ticket refused");
-            shared.ticket_failed(peer, "missing_ticket");
+            shared.metrics.refused("missing_ticket");
             return Err(Close::new(
                 CloseCode::TicketRefused,
                 "missing ticket: add ?ticket=… from `vmgate ticket`",
@@ -272,8 +302,10 @@ fn authorize(shared: &Shared, req: &session::Request, q: WsQuery) -> Result<Gran
                 .pages
                 .join(token, &req.guest, &req.channel, std::time::Instant::now())
                 .map_err(|e| {
+                    // A page token is 256 random bits, cheap to look up:
+                    // counted, not throttled.
                     tracing::warn!(reason = %e, "page session refused");
-                    shared.ticket_failed(peer, "page_session");
+                    shared.metrics.refused("page_session");
                     let code = match e {
                         JoinError::WrongGuest | JoinError::Channel(_) => CloseCode::TicketScope,
                         JoinError::Full => CloseCode::TooMany,
@@ -303,6 +335,7 @@ pub async fn serve(
     conn_limits: ConnLimits,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let conns = tokio_util::task::TaskTracker::new();
     loop {
         let (tcp, addr) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -320,7 +353,7 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let app = app.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        conns.spawn(async move {
             let tls = match tokio::time::timeout(conn_limits.handshake, acceptor.accept(tcp)).await
             {
                 Ok(Ok(s)) => s,
@@ -364,4 +397,8 @@ pub async fn serve(
             }
         });
     }
+    // Each connection drains within DRAIN of the signal (a connection
+    // task never outlives that); this wait is its bound.
+    conns.close();
+    let _ = tokio::time::timeout(DRAIN, conns.wait()).await;
 }

@@ -1,8 +1,10 @@
-//! Ticket redemption at the gateway: signature and expiry, scope, single use.
+//! Ticket redemption at the gateway: signature and expiry, issue time
+//! (maximum lifetime, and the restart rule: [`vmgate_ticket::IssuePolicy`]),
+//! scope, single use.
 
 use std::sync::Mutex;
 
-use vmgate_ticket::{verify, Claims, ReplayGuard, TicketError, VerifyingKey};
+use vmgate_ticket::{verify, Claims, IssuePolicy, ReplayGuard, TicketError, VerifyingKey};
 
 /// Tickets remembered as used at once; a ticket lives seconds, so this is
 /// far above any real rate and only bounds memory against abuse.
@@ -11,6 +13,9 @@ const REPLAY_CAPACITY: usize = 1_000_000;
 /// Checks tickets with the verifying key only: the gateway cannot mint.
 pub struct TicketCheck {
     key: VerifyingKey,
+    /// The maximum lifetime, the clock-skew margin, and this process's
+    /// start: no ticket issued before it is accepted.
+    policy: IssuePolicy,
     replay: Mutex<ReplayGuard>,
 }
 
@@ -22,17 +27,40 @@ pub fn unix_now() -> u64 {
 }
 
 impl TicketCheck {
-    pub fn new(key: VerifyingKey) -> TicketCheck {
+    /// A check with `key`, accepting tickets that live at most `max_ttl`
+    /// seconds and were issued more than `skew` seconds after now (this
+    /// process's start).
+    pub fn new(key: VerifyingKey, max_ttl: u64, skew: u64) -> TicketCheck {
         TicketCheck {
             key,
+            policy: IssuePolicy {
+                max_ttl,
+                skew,
+                started: unix_now(),
+            },
             replay: Mutex::new(ReplayGuard::new(REPLAY_CAPACITY)),
         }
     }
 
+    /// Unix seconds after which tickets may have been issued: a ticket
+    /// minted at or before it is refused as issued before the restart.
+    pub fn accepts_issued_after(&self) -> u64 {
+        self.policy.accepts_after()
+    }
+
+    /// Signature, expiry and issue time.
+    fn verified(&self, ticket: &str) -> Result<Claims, TicketError> {
+        let now = unix_now();
+        let claims = verify(&self.key, ticket, now)?;
+        self.policy.check(&claims, now)?;
+        Ok(claims)
+    }
+
     /// Checks `ticket` for one session on `guest`/`channel`: signature,
-    /// expiry and scope. It is not used up yet: see [`TicketCheck::redeem`].
+    /// expiry, issue time and scope. It is not used up yet: see
+    /// [`TicketCheck::redeem`].
     pub fn check(&self, ticket: &str, guest: &str, channel: &str) -> Result<Claims, TicketError> {
-        let claims = verify(&self.key, ticket, unix_now())?;
+        let claims = self.verified(ticket)?;
         claims.allows(guest, channel)?;
         Ok(claims)
     }
@@ -50,7 +78,7 @@ impl TicketCheck {
     /// Redeems `ticket` for a web console page, whatever its channels: the
     /// page's streams then join the page session ([`crate::pages`]).
     pub fn redeem_page(&self, ticket: &str) -> Result<Claims, TicketError> {
-        let claims = verify(&self.key, ticket, unix_now())?;
+        let claims = self.verified(ticket)?;
         self.redeem(&claims)?;
         Ok(claims)
     }

@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::TicketError;
 
-/// The claims format version this crate mints and accepts.
-pub const VERSION: u8 = 1;
+/// The claims format version this crate mints and accepts. Version 2 added
+/// [`Claims::iat`]; version-1 tickets are refused as unsupported.
+pub const VERSION: u8 = 2;
 
 /// Whether a session may send input to the guest or only watch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -53,6 +54,11 @@ pub struct Claims {
     pub channels: Vec<String>,
     /// Interactive or read-only.
     pub mode: Mode,
+    /// Unix seconds: when the ticket was minted. A gateway refuses tickets
+    /// issued before it started (the previous process may have redeemed
+    /// them) and tickets that would live longer than it allows
+    /// ([`IssuePolicy`](crate::IssuePolicy)).
+    pub iat: u64,
     /// Unix seconds: the session must be opened before this instant.
     pub not_after: u64,
     /// How many seconds a session opened with this ticket may last, if limited.
@@ -77,6 +83,7 @@ impl Claims {
             guest: guest.into(),
             channels: channels.into_iter().map(Into::into).collect(),
             mode,
+            iat: now,
             not_after: now.saturating_add(ttl_secs),
             max_session,
         }
@@ -131,6 +138,7 @@ mod tests {
     fn new_fills_version_id_and_deadline() {
         let c = claims();
         assert_eq!(c.v, VERSION);
+        assert_eq!(c.iat, 1_000);
         assert_eq!(c.not_after, 1_060);
         assert!(parse_id(&c.id).is_ok(), "{}", c.id);
         assert_ne!(c.id, claims().id);

@@ -47,6 +47,22 @@ pub enum TicketError {
     /// another one, so it refuses rather than forget a live ticket.
     #[error("too many tickets in flight: try again shortly")]
     ReplayCacheFull,
+    /// The ticket was minted before this gateway process started (within
+    /// the clock-skew margin): the previous process may have redeemed it,
+    /// and its record of used tickets is gone.
+    #[error("ticket issued before the gateway restarted: mint a new one")]
+    IssuedBeforeRestart,
+    /// The ticket's issue time is further ahead of the gateway's clock than
+    /// the skew margin allows.
+    #[error("ticket issued in the future: the minter's clock is ahead, fix it and mint a new one")]
+    IssuedInFuture,
+    /// The ticket would live (`not_after - iat`) longer than the gateway
+    /// accepts.
+    #[error("ticket lives longer than this gateway allows ({max_secs}s): mint a shorter one")]
+    LifetimeTooLong {
+        /// The gateway's maximum, in seconds.
+        max_secs: u64,
+    },
 }
 
 impl TicketError {
@@ -62,6 +78,9 @@ impl TicketError {
             TicketError::WrongChannel => "wrong_channel",
             TicketError::UnsupportedVersion { .. } => "unsupported_version",
             TicketError::ReplayCacheFull => "replay_cache_full",
+            TicketError::IssuedBeforeRestart => "issued_before_restart",
+            TicketError::IssuedInFuture => "issued_in_future",
+            TicketError::LifetimeTooLong { .. } => "lifetime_too_long",
         }
     }
 }
@@ -124,6 +143,9 @@ mod tests {
             TicketError::WrongChannel,
             TicketError::UnsupportedVersion { version: u64::MAX },
             TicketError::ReplayCacheFull,
+            TicketError::IssuedBeforeRestart,
+            TicketError::IssuedInFuture,
+            TicketError::LifetimeTooLong { max_secs: u64::MAX },
         ]
     }
 

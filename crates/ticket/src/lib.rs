@@ -13,7 +13,10 @@
 //!   `vt1.<base64url(claims JSON)>.<base64url(signature)>`; [`peek`] reads
 //!   a ticket's claims unverified, for clients;
 //! - [`ReplayGuard`]: the in-process single-use check, plus [`replay_key`] and
-//!   [`replay_ttl`] for a shared store.
+//!   [`replay_ttl`] for a shared store;
+//! - [`IssuePolicy`]: a gateway's rules for the issue time: a maximum
+//!   lifetime, and the restart rule (no ticket issued before the gateway
+//!   started is accepted, so a restart never lets a used ticket work again).
 //!
 //! It is sans-IO apart from key-file helpers: verification never reads the
 //! clock, the caller passes `now` as unix seconds, so behaviour at any instant
@@ -23,12 +26,14 @@
 
 mod claims;
 mod error;
+mod issued;
 mod key;
 mod replay;
 mod token;
 
 pub use claims::{Claims, Mode, VERSION};
 pub use error::{KeyError, TicketError};
+pub use issued::IssuePolicy;
 #[cfg(any(test, feature = "mint"))]
 pub use key::SigningKey;
 pub use key::{VerifyingKey, Zeroizing};

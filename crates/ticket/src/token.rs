@@ -138,7 +138,7 @@ fn parse_claims(payload: &[u8]) -> Result<Claims, TicketError> {
         return Err(TicketError::UnsupportedVersion { version });
     }
     let claims: Claims = serde_json::from_value(Value::Object(object))
-        .map_err(|_| TicketError::Malformed("claims do not match format v1"))?;
+        .map_err(|_| TicketError::Malformed("claims do not match format v2"))?;
     parse_id(&claims.id)?;
     Ok(claims)
 }
@@ -365,12 +365,24 @@ mod tests {
     #[test]
     fn unsupported_version() {
         let mut c = claims();
-        c.v = 2;
+        c.v = 3;
         assert_eq!(
             err(&mint(&key(), &c)),
-            TicketError::UnsupportedVersion { version: 2 }
+            TicketError::UnsupportedVersion { version: 3 }
         );
-        // A future format with fields v1 lacks is still reported by version.
+        // A version-1 ticket (no issue time) is refused as such.
+        let v1 = format!(
+            r#"{{"v":1,"id":"{}","guest":"web1","channels":["vnc"],"mode":"interactive","not_after":{}}}"#,
+            c.id,
+            NOW + 60
+        );
+        let e = err(&sign_payload(&key(), v1.as_bytes()));
+        assert_eq!(e, TicketError::UnsupportedVersion { version: 1 });
+        assert_eq!(
+            e.to_string(),
+            "ticket format v1 is not supported here: mint a new one with `vmgate ticket`"
+        );
+        // A future format with fields v2 lacks is still reported by version.
         let future = br#"{"v":300,"audience":"x"}"#;
         assert_eq!(
             err(&sign_payload(&key(), future)),
@@ -383,17 +395,17 @@ mod tests {
         let cases: [(&[u8], &str); 9] = [
             (b"", "claims are not a JSON object"),
             (b"[1]", "claims are not a JSON object"),
-            (b"{\"v\":1} x", "claims are not a JSON object"),
+            (b"{\"v\":2} x", "claims are not a JSON object"),
             (b"\xff", "claims are not a JSON object"),
             (b"{}", "claims have no numeric version"),
-            (b"{\"v\":\"1\"}", "claims have no numeric version"),
-            (b"{\"v\":1}", "claims do not match format v1"),
+            (b"{\"v\":\"2\"}", "claims have no numeric version"),
+            (b"{\"v\":2}", "claims do not match format v2"),
             (
-                br#"{"v":1,"id":"0123456789abcdef0123456789abcdef","guest":"g","channels":[],"mode":"interactive","not_after":1,"extra":1}"#,
-                "claims do not match format v1",
+                br#"{"v":2,"id":"0123456789abcdef0123456789abcdef","guest":"g","channels":[],"mode":"interactive","iat":0,"not_after":1,"extra":1}"#,
+                "claims do not match format v2",
             ),
             (
-                br#"{"v":1,"id":"x","guest":"g","channels":[],"mode":"interactive","not_after":1}"#,
+                br#"{"v":2,"id":"x","guest":"g","channels":[],"mode":"interactive","iat":0,"not_after":1}"#,
                 "ticket id is not 32 lowercase hex digits",
             ),
         ];
@@ -414,8 +426,9 @@ mod tests {
             any::<bool>(),
             any::<u64>(),
             proptest::option::of(any::<u64>()),
+            any::<u64>(),
         )
-            .prop_map(|(guest, channels, ro, not_after, max_session)| {
+            .prop_map(|(guest, channels, ro, not_after, max_session, iat)| {
                 let mode = if ro {
                     Mode::ReadOnly
                 } else {
@@ -423,6 +436,7 @@ mod tests {
                 };
                 let mut c = Claims::new(guest, channels, mode, 0, 0, max_session);
                 c.not_after = not_after;
+                c.iat = iat;
                 c
             })
     }

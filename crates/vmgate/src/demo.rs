@@ -68,11 +68,16 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     let url = format!("https://{gw_addr}");
     state.write_gateway_info(&GatewayInfo { url: url.clone() })?;
     let pool = gateway.pool();
+    let shared = gateway.shared();
     let agent_task = tokio::spawn(agent.run(shutdown.clone()));
     let gw_task = tokio::spawn(gateway.run());
-    // Print the URL only once the gateway can route to the guest.
+    // Print the URL only once the gateway can route to the guest, and
+    // accepts tickets minted now (not within its clock-skew margin of its
+    // start, when it cannot tell them from tickets of a previous process).
     let routed = async {
-        while pool.check("demo", "serial0").is_err() {
+        while pool.check("demo", "serial0").is_err()
+            || vmgate_gateway::tickets::unix_now() <= shared.tickets.accepts_issued_after()
+        {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };

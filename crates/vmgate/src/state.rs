@@ -225,6 +225,7 @@ impl State {
             key: self.path("admin-server.key"),
             client_ca: Some(self.path("admin-ca.pem")),
             token_file: Some(self.path("admin.token")),
+            allowed_origins: Vec::new(),
         }
     }
 

@@ -304,7 +304,10 @@ async fn a_session_ended_by_delete_closes_with_its_reason_and_is_audited_with_it
 async fn failed_tickets_are_throttled_per_source_address_and_counted_by_reason() {
     let stack = Stack::start_secure(|l| l.failed_tickets_per_address = 3).await;
     let base = format!("wss://{}/ws/demo/serial0", stack.gw_addr);
-    for _ in 0..3 {
+    // Garbage that never parses as a ticket is refused and counted, but
+    // does not throttle the address (one client behind a shared NAT must
+    // not lock the others out with it).
+    for _ in 0..5 {
         let ws = stack
             .connect_as(&format!("{base}?ticket=garbage"), LOCAL, &[])
             .await
@@ -312,6 +315,33 @@ async fn failed_tickets_are_throttled_per_source_address_and_counted_by_reason()
         let (code, reason) = Session::new(ws).closed().await;
         assert_eq!(code, 4401);
         assert!(reason.contains("malformed"), "{reason}");
+    }
+    let ok = stack.ticket("demo", &["serial0"], true);
+    let ws = stack.connect_as(&ok.ws_url, LOCAL, &[]).await.unwrap();
+    Session::new(ws).expect_notice("read-only").await;
+    // Tickets that were checked and failed (forged: another key) do.
+    let rogue = vmgate_ticket::SigningKey::generate();
+    for _ in 0..3 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims = vmgate_ticket::Claims::new(
+            "demo",
+            ["serial0"],
+            vmgate_ticket::Mode::Interactive,
+            now,
+            60,
+            None,
+        );
+        let forged = vmgate_ticket::mint(&rogue, &claims);
+        let ws = stack
+            .connect_as(&format!("{base}?ticket={forged}"), LOCAL, &[])
+            .await
+            .unwrap();
+        let (code, reason) = Session::new(ws).closed().await;
+        assert_eq!(code, 4401);
+        assert!(reason.contains("signature invalid"), "{reason}");
     }
     // A good ticket from the throttled address is refused unchecked.
     let good = stack.ticket("demo", &["serial0"], false);
@@ -330,6 +360,11 @@ async fn failed_tickets_are_throttled_per_source_address_and_counted_by_reason()
     let m = stack.metrics().await;
     assert_eq!(
         metric(&m, "vmgate_refusals_total{reason=\"malformed\"}"),
+        5,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "vmgate_refusals_total{reason=\"bad_signature\"}"),
         3,
         "{m}"
     );
@@ -544,10 +579,10 @@ async fn silent_clients_are_dropped_at_the_handshake_deadline() {
     );
 }
 
-/// Serves `page` at `/page.html` over plain HTTP and passes every
-/// `/report?…` query to `reports`.
+/// Serves `page` (as it is at each request) at `/page.html` over plain
+/// HTTP and passes every `/report?…` query to `reports`.
 async fn serve_page(
-    page: String,
+    page: std::sync::Arc<std::sync::Mutex<String>>,
     reports: tokio::sync::mpsc::UnboundedSender<String>,
 ) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -569,6 +604,7 @@ async fn serve_page(
                     let _ = reports.send(q.to_string());
                     "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".to_string()
                 } else if target == "/page.html" {
+                    let page = page.lock().unwrap().clone();
                     format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
                         page.len()
@@ -623,20 +659,21 @@ async fn chromium_report(
 async fn a_page_from_another_site_cannot_open_a_console_in_chromium() {
     let mut stack = Stack::start_secure(|_| {}).await;
     let (tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
-    // Long enough to outlive the gateway restart below.
-    let t = stack.ticket_with("demo", &["serial0"], true, Duration::from_secs(300), None);
     // The attacker's page: it has a valid ticket (say, phished) and tries
     // to ride the user's browser into the console.
-    let page = format!(
-        r#"<!doctype html><script>
+    let attack = |ws_url: &str| {
+        format!(
+            r#"<!doctype html><script>
         const report = s => fetch("/report?" + encodeURIComponent(s));
-        const ws = new WebSocket({url:?});
+        const ws = new WebSocket({ws_url:?});
         ws.onopen = () => report("open");
         ws.onclose = e => report("closed " + e.code);
-        </script>"#,
-        url = t.ws_url
-    );
-    let site = serve_page(page, tx).await;
+        </script>"#
+        )
+    };
+    let t = stack.ticket("demo", &["serial0"], true);
+    let page = std::sync::Arc::new(std::sync::Mutex::new(attack(&t.ws_url)));
+    let site = serve_page(page.clone(), tx).await;
     let page_url = format!("http://{site}/page.html");
     let r = chromium_report(&stack, &page_url, &mut reports).await;
     assert_eq!(r, "closed%201006", "a foreign page opened a console");
@@ -652,6 +689,9 @@ async fn a_page_from_another_site_cannot_open_a_console_in_chromium() {
     stack
         .restart_gateway(|cfg| cfg.limits.allowed_origins = vec![format!("http://{site}")])
         .await;
+    // A ticket minted after the restart (one from before it is refused).
+    let t = stack.ticket("demo", &["serial0"], true);
+    *page.lock().unwrap() = attack(&t.ws_url);
     let r = chromium_report(&stack, &page_url, &mut reports).await;
     assert_eq!(r, "open");
 }
@@ -933,4 +973,351 @@ async fn a_nodes_certificate_opens_no_console_on_an_agent_and_one_ca_layouts_do_
         stderr.contains("chains to [agents] ca") && stderr.contains("gateway-client CA"),
         "{stderr}"
     );
+}
+
+/// A WebSocket to the admin listener's `url` with the bearer token and
+/// extra request headers; the handshake's error if it was refused.
+async fn admin_ws_with(
+    stack: &Stack,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    String,
+> {
+    use std::sync::Arc;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+    let token = stack.admin_token().token.unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let addr = stack.gw_cfg.admin.as_ref().unwrap().listen;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let roots = vmgate_tls::load_roots(&stack.state.path("admin-server-ca.pem")).unwrap();
+    let tls = vmgate_tls::client_config(roots, &[b"http/1.1"]).unwrap();
+    let host = req.uri().host().unwrap().to_string();
+    let name = vmgate_tls::rustls::pki_types::ServerName::try_from(host).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio_tungstenite::client_async(req, tls)
+        .await
+        .map(|(ws, _)| ws)
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn the_admin_listener_refuses_every_request_from_a_browser_page_not_allowed() {
+    let mut stack = Stack::start_secure(|_| {}).await;
+    let url = format!(
+        "{}/v1/console/demo/serial0?force=true",
+        stack.admin_url().replacen("https://", "wss://", 1)
+    );
+    // Valid credentials, but sent by a page on another site: refused
+    // before anything opens, and counted.
+    for origin in ["https://evil.example", &stack.admin_url()] {
+        let err = admin_ws_with(&stack, &url, &[("origin", origin)])
+            .await
+            .expect_err("a page got the admin console");
+        assert!(err.contains("403"), "{err}");
+    }
+    let m = stack.metrics().await;
+    assert_eq!(
+        metric(&m, "vmgate_refusals_total{reason=\"admin_origin\"}"),
+        2,
+        "{m}"
+    );
+    assert!(stack.log("gateway.log").contains("Origin not allowed"));
+    // Without Origin (the CLI, scripts) the same request works.
+    let mut s = Session::new(admin_ws_with(&stack, &url, &[]).await.unwrap());
+    s.send(b"echo no-origin-$((7*7))\n").await;
+    s.expect("no-origin-49").await;
+    drop(s);
+    // An origin the operator allowed works too.
+    stack
+        .restart_gateway(|cfg| {
+            cfg.admin.as_mut().unwrap().allowed_origins = vec!["https://ops.example".into()]
+        })
+        .await;
+    let ws = admin_ws_with(&stack, &url, &[("origin", "https://ops.example")]).await;
+    let mut s = Session::new(ws.expect("an allowed origin"));
+    s.send(b"echo allowed-origin-$((8*8))\n").await;
+    s.expect("allowed-origin-64").await;
+}
+
+#[tokio::test]
+async fn names_with_control_characters_are_refused_and_logged_escaped() {
+    let stack = Stack::start_secure(|_| {}).await;
+    let t = stack.ticket("demo", &["serial0"], false);
+    let evil = "evil%0aFORGED-LINE%1b]0;pwned%07%1b[31m";
+    for url in [
+        format!(
+            "wss://{}/ws/{evil}/serial0?ticket={}",
+            stack.gw_addr, t.ticket
+        ),
+        format!("wss://{}/ws/demo/{evil}?ticket={}", stack.gw_addr, t.ticket),
+    ] {
+        let (code, reason) = Session::new(stack.connect(&url).await).closed().await;
+        assert_eq!(code, 4400, "{reason}");
+        assert!(
+            reason.starts_with("invalid guest or channel name: use 1 to 128 letters"),
+            "{reason}"
+        );
+    }
+    // The admin listener refuses them as well.
+    let url = format!(
+        "{}/v1/console/{evil}/serial0",
+        stack.admin_url().replacen("https://", "wss://", 1)
+    );
+    let err = admin_ws_with(&stack, &url, &[]).await.expect_err("opened");
+    assert!(err.contains("400"), "{err}");
+    let log = stack.log("gateway.log");
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("invalid guest or channel name"))
+        .collect();
+    assert_eq!(refusals.len(), 3, "{log}");
+    for l in &refusals {
+        assert!(
+            l.contains(r"evil\u{a}FORGED-LINE\u{1b}]0;pwned\u{7}\u{1b}[31m"),
+            "{l}"
+        );
+    }
+    // Nothing of the names reached the log raw: no forged line, no
+    // terminal escape (tracing's own colour codes are `ESC[`…`m` only).
+    assert!(!log.lines().any(|l| l.starts_with("FORGED-LINE")), "{log}");
+    assert!(!log.contains("\x1b]0;pwned"), "{log}");
+    let m = stack.metrics().await;
+    assert_eq!(
+        metric(&m, "vmgate_refusals_total{reason=\"invalid_name\"}"),
+        3,
+        "{m}"
+    );
+    // The ticket was not used up by the refused attempts.
+    let mut s = Session::new(stack.connect(&t.ws_url).await);
+    s.expect_notice("keyboard").await;
+}
+
+/// A ticket minted straight with the signing key, as a minter could sign
+/// it, whatever `vmgate ticket` or `vmgate admin` would allow.
+fn mint_raw(stack: &Stack, guest: &str, channels: &[&str], max_session: Option<u64>) -> String {
+    let key = vmgate_ticket::SigningKey::load(stack.state.signing_key()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = vmgate_ticket::Claims::new(
+        guest,
+        channels.iter().copied(),
+        vmgate_ticket::Mode::Interactive,
+        now,
+        60,
+        max_session,
+    );
+    vmgate_ticket::mint(&key, &claims)
+}
+
+/// `POST /api/session` on the public listener: the web page's redemption.
+async fn page_session(stack: &Stack, ticket: &str) -> vmgate::admin_client::Answer {
+    let creds = AdminCreds {
+        ca: stack.state.public_ca(),
+        cert: None,
+        token: None,
+    };
+    request(
+        Method::POST,
+        &format!("https://{}/api/session", stack.gw_addr),
+        Some(&serde_json::json!({ "ticket": ticket })),
+        &creds,
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_huge_max_session_neither_panics_nor_breaks_the_web_console_for_the_next_user() {
+    let stack = Stack::start_secure(|_| {}).await;
+    for huge in [u64::MAX, u64::MAX / 2, 1 << 40] {
+        // Straight to the WebSocket.
+        let t = mint_raw(&stack, "demo", &["serial0"], Some(huge));
+        let url = format!("wss://{}/ws/demo/serial0?ticket={t}", stack.gw_addr);
+        let mut s = Session::new(stack.connect(&url).await);
+        s.expect_notice("keyboard").await;
+        s.send(format!("echo huge-{}\n", huge % 1000).as_bytes())
+            .await;
+        s.expect(&format!("huge-{}", huge % 1000)).await;
+        drop(s);
+        // Through the web page's session.
+        let t = mint_raw(&stack, "demo", &["serial0"], Some(huge));
+        let a = page_session(&stack, &t).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let v: serde_json::Value = a.json().unwrap();
+        let url = format!(
+            "wss://{}/ws/demo/serial0?session={}",
+            stack.gw_addr,
+            v["session"].as_str().unwrap()
+        );
+        let mut s = Session::new(stack.connect(&url).await);
+        s.expect_notice("keyboard").await;
+    }
+    // The next user's web console still works.
+    let t = mint_raw(&stack, "demo", &["serial0"], Some(60));
+    let a = page_session(&stack, &t).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v: serde_json::Value = a.json().unwrap();
+    let url = format!(
+        "wss://{}/ws/demo/serial0?session={}",
+        stack.gw_addr,
+        v["session"].as_str().unwrap()
+    );
+    let mut s = Session::new(stack.connect(&url).await);
+    s.expect_notice("keyboard").await;
+    s.send(b"echo next-user-$((9*9))\n").await;
+    s.expect("next-user-81").await;
+    assert!(!stack.log("gateway.log").contains("panicked"));
+}
+
+#[tokio::test]
+async fn a_read_only_ticket_with_force_cannot_take_the_keyboard_over() {
+    let stack = Stack::start_secure(|_| {}).await;
+    let mut holder = stack.serial().await;
+    holder.expect_notice("you hold the keyboard").await;
+    let ro = stack.ticket("demo", &["serial0"], true);
+    let mut watcher = Session::new(stack.connect(&format!("{}&force=true", ro.ws_url)).await);
+    watcher.expect_notice("read-only").await;
+    watcher.send(b"echo forced-$((5*5))\n").await;
+    // The holder keeps the keyboard: its own line runs, and it comes after
+    // the watcher's input would have, on the same console.
+    holder.send(b"echo holder-$((6*6))\n").await;
+    holder.expect("holder-36").await;
+    watcher.expect("holder-36").await;
+    assert!(!holder.text().contains("forced-25"), "{}", holder.text());
+    assert!(
+        !holder.notices.iter().any(|n| n.contains("taken over")),
+        "{:?}",
+        holder.notices
+    );
+}
+
+#[tokio::test]
+async fn sigterm_closes_every_session_with_going_away_and_the_gateway_exits_0() {
+    use nix::sys::signal::{kill, Signal};
+    let mut stack = Stack::start_secure(|_| {}).await;
+    let mut a = stack.serial().await;
+    a.expect_notice("keyboard").await;
+    let t = stack.ticket("demo", &["serial0"], true);
+    let mut b = Session::new(stack.connect(&t.ws_url).await);
+    b.expect_notice("read-only").await;
+    let url = format!(
+        "{}/v1/console/demo/serial0",
+        stack.admin_url().replacen("https://", "wss://", 1)
+    );
+    let mut admin = Session::new(admin_ws_with(&stack, &url, &[]).await.unwrap());
+    admin
+        .expect_notice("another session holds the keyboard")
+        .await;
+
+    let mut gw = stack.take_gateway().unwrap();
+    let sent = std::time::Instant::now();
+    kill(nix::unistd::Pid::from_raw(gw.id() as i32), Signal::SIGTERM).unwrap();
+    let mut last_close = Duration::ZERO;
+    for s in [&mut a, &mut b, &mut admin] {
+        let (code, reason) = s.closed().await;
+        last_close = sent.elapsed();
+        assert_eq!(
+            (code, reason.as_str()),
+            (1001, "the gateway is shutting down")
+        );
+        // At once, not after the drain period.
+        assert!(
+            last_close < Duration::from_secs(2),
+            "closed {last_close:?} after SIGTERM"
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = gw.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let exited = sent.elapsed();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    // Within the drain's bound (5 s) and the clients' close handshakes.
+    assert!(
+        exited < Duration::from_secs(6),
+        "exited {exited:?} after SIGTERM"
+    );
+    // Not before it had closed every session.
+    assert!(
+        exited >= last_close,
+        "exited {exited:?}, last close {last_close:?}"
+    );
+    assert!(stack.log("gateway.log").contains("gateway drained"));
+}
+
+#[tokio::test]
+async fn a_used_ticket_never_works_again_after_a_gateway_restart() {
+    let mut stack = Stack::start_secure(|_| {}).await;
+    let used = stack.ticket_with("demo", &["serial0"], false, Duration::from_secs(300), None);
+    let unused = stack.ticket_with("demo", &["serial0"], true, Duration::from_secs(300), None);
+    let mut s = Session::new(stack.connect(&used.ws_url).await);
+    s.expect_notice("keyboard").await;
+    drop(s);
+    stack.restart_gateway(|_| {}).await;
+    // The new process has no record of the first redemption: the issue
+    // time alone refuses the replay, and the unused ticket minted before
+    // the restart as well (the old process could have redeemed it).
+    let series = "vmgate_refusals_total{reason=\"issued_before_restart\"}";
+    // (The harness's readiness probes may have been refused so too.)
+    let before = metric(&stack.metrics().await, series);
+    for t in [&used, &unused] {
+        let (code, reason) = Session::new(stack.connect(&t.ws_url).await).closed().await;
+        assert_eq!(code, 4401, "{reason}");
+        assert_eq!(
+            reason,
+            "ticket issued before the gateway restarted: mint a new one"
+        );
+    }
+    let m = stack.metrics().await;
+    assert_eq!(metric(&m, series), before + 2, "{m}");
+    assert!(stack.log("gateway.log").contains("issued_before_restart"));
+    // A fresh ticket works (with force: the agent may not have noticed yet
+    // that the killed gateway's session, which held the keyboard, is gone).
+    let fresh = stack.ticket("demo", &["serial0"], false);
+    let mut s = Session::new(stack.connect(&format!("{}&force=true", fresh.ws_url)).await);
+    s.expect_notice("keyboard").await;
+    s.send(b"echo after-restart-$((4*11))\n").await;
+    s.expect("after-restart-44").await;
+
+    // A ticket living longer than the gateway allows is refused.
+    stack
+        .restart_gateway(|cfg| cfg.limits.max_ticket_ttl_secs = 120)
+        .await;
+    let long = stack.ticket_with("demo", &["serial0"], false, Duration::from_secs(121), None);
+    let (code, reason) = Session::new(stack.connect(&long.ws_url).await)
+        .closed()
+        .await;
+    assert_eq!(code, 4401, "{reason}");
+    assert_eq!(
+        reason,
+        "ticket lives longer than this gateway allows (120s): mint a shorter one"
+    );
+    let ok = stack.ticket_with("demo", &["serial0"], true, Duration::from_secs(120), None);
+    Session::new(stack.connect(&ok.ws_url).await)
+        .expect_notice("read-only")
+        .await;
 }
