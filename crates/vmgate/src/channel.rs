@@ -488,8 +488,14 @@ async fn accept_failed(e: std::io::Error) {
 
 /// Binds `path` for this user only. A socket file nobody listens on (left
 /// by a killed run) is replaced; anything else there is an error.
+///
+/// The socket is the channel, so it is created 0600: the umask is narrowed
+/// around `bind(2)` rather than the mode changed after it, which would leave
+/// a moment when any local user could connect. (`vmgate channel` creates no
+/// other file while it binds, so the process-wide umask is safe to change.)
 fn bind_unix(path: &Path) -> Result<UnixListener> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use nix::sys::stat::{umask, Mode};
+    use std::os::unix::fs::FileTypeExt;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             bail!("{} exists and is not a socket", path.display());
@@ -499,12 +505,10 @@ fn bind_unix(path: &Path) -> Result<UnixListener> {
         }
         std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
     }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))?;
-    // The socket is the channel: only this user may connect.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("restricting {}", path.display()))?;
-    Ok(listener)
+    let old = umask(Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    umask(old);
+    bound.with_context(|| format!("listening on {}", path.display()))
 }
 
 /// One accepted connection: a fresh ticket, a session, and a line on
@@ -552,6 +556,26 @@ mod tests {
             .contains("tcp:127.0.0.1:4000"));
         assert!(parse_listen("/tmp/x").unwrap_err().contains("unix:PATH"));
         assert!(parse_listen("unix:").is_err());
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_created_0600_whatever_the_umask() {
+        use nix::sys::stat::{umask, Mode};
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ch.sock");
+        // The most permissive umask: a socket made 0777 and narrowed
+        // afterwards would be open to everyone for a moment.
+        let before = umask(Mode::empty());
+        let bound = bind_unix(&path);
+        let restored = umask(before);
+        let _listener = bound.unwrap();
+        assert_eq!(restored, Mode::empty(), "the umask is restored after bind");
+        let mode = std::fs::symlink_metadata(&path)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     }
 
     #[test]

@@ -66,9 +66,16 @@ enum Cmd {
 #[derive(Args)]
 struct VncArgs {
     guest: String,
-    /// Where to listen for VNC viewers (port 0 picks a free one; printed).
-    #[arg(long, default_value = "127.0.0.1:0")]
-    listen: SocketAddr,
+    /// Where to listen for VNC viewers: unix:PATH, or tcp:ADDR:PORT (port 0
+    /// picks a free one) with --insecure-tcp. Printed on stdout's first
+    /// line. Default: a unix socket only this user can open,
+    /// $XDG_RUNTIME_DIR/vmgate-vnc-GUEST.sock (or in the state directory).
+    #[arg(long, value_parser = vmgate::vnc::parse_listen)]
+    listen: Option<vmgate::vnc::Listen>,
+    /// Allow a TCP --listen, knowing that any local user can connect to a
+    /// TCP port (and so open this guest's screen as you).
+    #[arg(long)]
+    insecure_tcp: bool,
     /// Watch only: the gateway drops the viewers' keys, pointer and clipboard.
     #[arg(long)]
     read_only: bool,
@@ -308,10 +315,14 @@ async fn run(cli: Cli) -> Result<i32> {
 async fn vnc(a: VncArgs) -> Result<i32> {
     let state = State::new(vmgate::state::resolve(a.state.state_dir));
     let ca = a.ca.unwrap_or_else(|| state.public_ca());
+    let listen = a.listen.unwrap_or_else(|| {
+        vmgate::vnc::Listen::Unix(vmgate::vnc::default_socket(&state, &a.guest))
+    });
     vmgate::vnc::run(vmgate::vnc::VncOptions {
         state,
         guest: a.guest,
-        listen: a.listen,
+        listen,
+        insecure_tcp: a.insecure_tcp,
         read_only: a.read_only,
         viewer: a.viewer,
         ca,

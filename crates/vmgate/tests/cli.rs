@@ -197,3 +197,66 @@ async fn guest_output_cannot_set_the_title_or_clipboard_nor_pass_for_a_notice() 
     );
     assert!(!stdout.contains("pwned-7"), "{stdout:?}");
 }
+
+/// `vmgate vnc` listens on a unix socket only this user can open (0600 from
+/// the moment it exists), and a viewer's RFB handshake goes through it; a
+/// TCP port, which every local user reaches, is refused without
+/// `--insecure-tcp`.
+#[tokio::test]
+async fn vnc_listens_on_a_private_unix_socket_and_tcp_needs_insecure_tcp() {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = Stack::start().await;
+    let state = stack.state.dir.to_str().unwrap().to_string();
+
+    let refused = Command::new(env!("CARGO_BIN_EXE_vmgate"))
+        .args([
+            "vnc",
+            "demo",
+            "--listen",
+            "tcp:127.0.0.1:0",
+            "--state-dir",
+            &state,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("--insecure-tcp"), "{err}");
+
+    let socket = stack.dir.path().join("vnc.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmgate"))
+        .args(["vnc", "demo", "--state-dir", &state, "--listen"])
+        .arg(format!("unix:{}", socket.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let first = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).map(|_| line)
+    });
+    let first = tokio::time::timeout(WAIT, first)
+        .await
+        .expect("vmgate vnc prints its socket")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.trim(), format!("unix:{}", socket.display()));
+    let mode = std::fs::symlink_metadata(&socket)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    let mut viewer = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let mut version = [0u8; 12];
+    tokio::time::timeout(WAIT, viewer.read_exact(&mut version))
+        .await
+        .expect("the guest's VNC server greets the viewer")
+        .unwrap();
+    assert_eq!(&version, b"RFB 003.008\n");
+    viewer.write_all(b"RFB 003.008\n").await.unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -187,11 +187,20 @@ struct VncCli {
 impl VncCli {
     async fn start(stack: &Stack, read_only: bool) -> VncCli {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmgate"));
-        cmd.args(["vnc", &stack.name, "--state-dir"])
-            .arg(&stack.state.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        // vncdotool speaks TCP only: the loopback port is asked for
+        // explicitly (the default is a unix socket, cli.rs tests it).
+        cmd.args([
+            "vnc",
+            &stack.name,
+            "--listen",
+            "tcp:127.0.0.1:0",
+            "--insecure-tcp",
+        ])
+        .arg("--state-dir")
+        .arg(&stack.state.dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
         if read_only {
             cmd.arg("--read-only");
         }
