@@ -3,9 +3,13 @@
 // The ticket comes in the URL fragment (#ticket=...), which browsers never
 // send to a server or put in Referer headers. The page reads the ticket's
 // claims only to know what to show; the gateway verifies it.
+//
+// vmgate's own messages (notices, why the session ended) go to the status
+// line, never into the terminal: there, guest output could imitate them.
 (function () {
   "use strict";
   const statusEl = document.getElementById("status");
+  const noticeEl = document.getElementById("notice");
   const titleEl = document.getElementById("title");
 
   function setStatus(state, text) {
@@ -70,10 +74,15 @@
   };
   ws.onmessage = (ev) => {
     if (typeof ev.data === "string") {
-      const msg = JSON.parse(ev.data);
-      if (msg.type === "notice") {
-        term.write(`\r\n\x1b[2m[vmgate] ${msg.text}\x1b[0m\r\n`);
+      // A control message (crates/wire/src/control.rs); unknown kinds are
+      // ignored.
+      let msg = {};
+      try {
+        msg = JSON.parse(ev.data);
+      } catch (e) {
+        return;
       }
+      if (msg.type === "notice" && typeof msg.text === "string") noticeEl.textContent = msg.text;
       return;
     }
     term.write(new Uint8Array(ev.data));
@@ -81,7 +90,6 @@
   ws.onclose = (ev) => {
     const why = ev.reason || "connection lost";
     setStatus("disconnected", `disconnected: ${why} (${ev.code})`);
-    term.write(`\r\n\x1b[31m[vmgate] disconnected: ${why}\x1b[0m\r\n`);
   };
   term.onData((d) => {
     if (ws.readyState === WebSocket.OPEN && !readOnly) ws.send(encoder.encode(d));

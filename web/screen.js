@@ -121,8 +121,15 @@ function openSerial(url, channel, readOnly) {
   ws.onopen = () => (page.serial = "connected");
   ws.onmessage = (ev) => {
     if (typeof ev.data === "string") {
-      const msg = JSON.parse(ev.data);
-      if (msg.type === "notice") term.write(`\r\n\x1b[2m[vmgate] ${msg.text}\x1b[0m\r\n`);
+      // vmgate's notices go to the status line, never into the terminal,
+      // where guest output could imitate them.
+      let msg = {};
+      try {
+        msg = JSON.parse(ev.data);
+      } catch (e) {
+        return;
+      }
+      if (msg.type === "notice" && typeof msg.text === "string") $("notice").textContent = `${channel}: ${msg.text}`;
       return;
     }
     term.write(new Uint8Array(ev.data));
@@ -130,7 +137,7 @@ function openSerial(url, channel, readOnly) {
   ws.onclose = (ev) => {
     page.serial = "disconnected";
     page.closes[channel] = { code: ev.code, reason: ev.reason };
-    term.write(`\r\n\x1b[31m[vmgate] ${channel} disconnected: ${ev.reason || "connection lost"}\x1b[0m\r\n`);
+    $("notice").textContent = `${channel} disconnected: ${ev.reason || "connection lost"}`;
   };
   term.onData((d) => {
     if (ws.readyState === WebSocket.OPEN && !readOnly) ws.send(encoder.encode(d));

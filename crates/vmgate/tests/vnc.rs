@@ -648,6 +648,14 @@ async fn the_web_page_shows_the_screen_over_one_http2_connection_and_types_into_
     );
     canvas.assert_same(&before, "browser canvas vs screendump");
     assert_eq!(report["status"], "connected", "{report:#}");
+    // The serial console's notice is in the status line, out of band; the
+    // terminal, which the guest writes, never shows vmgate speaking.
+    assert_eq!(
+        report["notice"], "serial0: you hold the keyboard",
+        "{report:#}"
+    );
+    let serial = report["serialText"].as_str().unwrap();
+    assert!(!serial.contains("keyboard"), "{serial}");
 
     // Keys typed in the page ran on the guest's VGA console, and so did the
     // page's Type button.

@@ -112,6 +112,16 @@ try {
     await new Promise((r) => setTimeout(r, 500));
   }
   result.status = await page.evaluate(() => document.getElementById("status").textContent);
+  // vmgate's notices are in the status line; the serial terminal holds
+  // only the guest's bytes.
+  result.notice = await page.evaluate(() => document.getElementById("notice")?.textContent);
+  result.serialText = await page.evaluate(() => {
+    if (!window.vmgate.term) return null;
+    const b = window.vmgate.term.buffer.active;
+    const lines = [];
+    for (let i = 0; i < b.length; i++) lines.push(b.getLine(i).translateToString(true));
+    return lines.join("\n");
+  });
   await page.screenshot({ path: join(out, "page.png") });
   if (process.env.VMGATE_CLICK === "1") {
     await page.click("#screen canvas", { position: { x: 50, y: 50 } });
