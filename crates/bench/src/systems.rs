@@ -208,10 +208,55 @@ fn free_tcp_port() -> Result<u16> {
         .port())
 }
 
-fn free_udp_port() -> Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// `line` without its terminal colour codes (ESC `[` … final byte).
+fn without_colours(line: &str) -> String {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+/// The `addr=` of the line containing `marker` in `{name}.log`, written by
+/// `child` once it listens; fails if it exits first or stays silent 10 s.
+async fn logged_addr(
+    env: &Env,
+    child: &mut Child,
+    name: &str,
+    marker: &str,
+) -> Result<std::net::SocketAddr> {
+    let path = env.work.join(format!("{name}.log"));
+    for _ in 0..200 {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let found = text.lines().filter(|l| l.contains(marker)).find_map(|l| {
+            without_colours(l)
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("addr=").and_then(|a| a.parse().ok()))
+        });
+        if let Some(addr) = found {
+            return Ok(addr);
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "{name} exited ({status}) before listening; see {}",
+                path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!(
+        "{name} did not say it listens within 10 s; see {}",
+        path.display()
+    )
 }
 
 fn log_file(env: &Env, name: &str) -> Result<Stdio> {
@@ -307,18 +352,13 @@ impl System {
                 sys.vmgate(env, port).await?;
             }
             Kind::VmgateSplit => {
-                let agent_addr = format!("127.0.0.1:{}", free_udp_port()?).parse()?;
-                let mut agent_cfg = env.state.agent_config(agent_addr, vec![]);
+                // Both bind port 0 and say in their logs which port they got.
+                let mut agent_cfg = env.state.agent_config("127.0.0.1:0".parse()?, vec![]);
                 agent_cfg.guests.push(sys.names.guest(&env.source_dir));
                 let agent_toml = env.work.join("agent-split.toml");
                 write_toml(&agent_toml, &agent_cfg)?;
-                let port = free_tcp_port()?;
-                let gw_cfg =
-                    gateway_config(&env.state, format!("127.0.0.1:{port}").parse()?, agent_addr);
-                let gw_toml = env.work.join("gateway-split.toml");
-                write_toml(&gw_toml, &gw_cfg)?;
                 let vmgate = env.bin_dir.join("vmgate");
-                let agent = Command::new(&vmgate)
+                let mut agent = Command::new(&vmgate)
                     .arg("agent")
                     .arg("--config")
                     .arg(&agent_toml)
@@ -327,7 +367,12 @@ impl System {
                     .kill_on_drop(true)
                     .spawn()
                     .context("starting `vmgate agent`")?;
-                let gateway = Command::new(&vmgate)
+                let agent_addr =
+                    logged_addr(env, &mut agent, "vmgate-agent", "agent listening").await?;
+                let gw_cfg = gateway_config(&env.state, "127.0.0.1:0".parse()?, agent_addr);
+                let gw_toml = env.work.join("gateway-split.toml");
+                write_toml(&gw_toml, &gw_cfg)?;
+                let mut gateway = Command::new(&vmgate)
                     .arg("gateway")
                     .arg("--config")
                     .arg(&gw_toml)
@@ -336,11 +381,13 @@ impl System {
                     .kill_on_drop(true)
                     .spawn()
                     .context("starting `vmgate gateway`")?;
+                let port = logged_addr(env, &mut gateway, "vmgate-gateway", "gateway listening")
+                    .await?
+                    .port();
                 sys.other_pid = agent.id();
                 sys.mem_pid = gateway.id();
                 sys.children.push(agent);
                 sys.children.push(gateway);
-                wait_listening(port).await?;
                 sys.vmgate(env, port).await?;
             }
         }

@@ -242,7 +242,8 @@ impl GatewayConfig {
         if let Some(a) = &self.admin {
             a.auth().validate("[admin]")?;
             check_origins("[admin] allowed_origins", &a.allowed_origins)?;
-            if a.listen == self.listen {
+            // Port 0 on both is fine: each bind gets its own free port.
+            if a.listen == self.listen && self.listen.port() != 0 {
                 return Err(ConfigError::Invalid(
                     "[admin] listen must differ from the public listen address".into(),
                 ));
@@ -316,6 +317,10 @@ mod tests {
         let same = text.replace("9443", "8443");
         let cfg: GatewayConfig = toml::from_str(&format!("{same}token_file = \"t\"\n")).unwrap();
         assert!(cfg.validate().is_err());
+        // Port 0 twice is two different free ports.
+        let any = same.replace(":8443", ":0");
+        let cfg: GatewayConfig = toml::from_str(&format!("{any}token_file = \"t\"\n")).unwrap();
+        cfg.validate().unwrap();
     }
 
     #[test]

@@ -291,27 +291,23 @@ async fn a_live_migrated_domain_is_followed_to_the_other_nodes_agent() {
     let node_b = tokio::task::spawn_blocking(common::libvirt::SecondNode::start)
         .await
         .unwrap();
-    let b_addr = common::free_udp();
-    let mut stack = Stack::start_full(
-        Backend::Libvirt,
-        true,
-        |_| {},
-        |_| {},
-        |_, gw| {
-            let mut b = gw.agent_list[0].clone();
-            b.addr = b_addr;
-            gw.agent_list.push(b);
-        },
-    )
-    .await;
-    let mut cfg = stack.state.agent_config(b_addr, vec![]);
+    let mut stack = Stack::start_backend(Backend::Libvirt).await;
+    let mut cfg = stack.state.agent_config(common::any_port(), vec![]);
     cfg.node = "node-b".into();
     cfg.log_dir = stack.dir.path().join("logs-node-b");
     cfg.libvirt.uri = node_b.uri.clone();
     cfg.libvirt.domains = vec![stack.name.clone()];
     // Node B's channel sockets live in its own mount namespace.
     cfg.libvirt.channel_via = vmgate_agent::config::ChannelVia::Stream;
-    stack.spawn_libvirt_agent("agent-b", &cfg);
+    let b_addr = stack.spawn_libvirt_agent("agent-b", &cfg).await;
+    // The gateway learns of node B's agent once it listens.
+    stack
+        .restart_gateway(|gw| {
+            let mut b = gw.agent_list[0].clone();
+            b.addr = b_addr;
+            gw.agent_list.push(b);
+        })
+        .await;
 
     let mut serial = stack.serial().await;
     serial.expect_notice("you hold the keyboard").await;

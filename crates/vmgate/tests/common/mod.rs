@@ -14,8 +14,8 @@
 
 pub mod libvirt;
 
-use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
-use std::path::PathBuf;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -92,18 +92,63 @@ pub struct Stack {
     pub minter_addr: Option<SocketAddr>,
 }
 
-pub fn free_udp() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// Where a service is told to listen: port 0, so the process itself picks a
+/// free port (tests run in parallel; a port found free here and bound later
+/// by the child could be taken in between). [`wait_listening`] reads the
+/// port back from the process's log.
+pub fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
 }
 
-fn free_tcp() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// Waits until `child`, logging to `log`, logs the line containing `marker`
+/// with its bound `addr=…`, and returns that address; fails if the process
+/// exits first or says nothing within [`WAIT`].
+pub async fn wait_listening(child: &mut Child, log: &Path, marker: &str) -> SocketAddr {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(addr) = text
+            .lines()
+            .filter(|l| l.contains(marker))
+            .find_map(logged_addr)
+        {
+            return addr;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "{} exited ({status}) before {marker:?}:\n{text}",
+                log.display()
+            );
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {marker:?} in {} within {WAIT:?}:\n{text}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `addr=` field of a tracing line (colours or not).
+fn logged_addr(line: &str) -> Option<SocketAddr> {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters, ended by a byte in @..~.
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .and_then(|a| a.parse().ok())
 }
 
 fn spawn(args: &[&str], log: PathBuf) -> Child {
@@ -184,7 +229,7 @@ impl Stack {
             |_| {},
             |state, cfg| {
                 state.init_admin().unwrap();
-                cfg.admin = Some(state.gateway_admin_config(free_tcp()));
+                cfg.admin = Some(state.gateway_admin_config(any_port()));
                 cfg.audit = Some(vmgate_gateway::config::Audit {
                     path: state.path("audit.jsonl"),
                 });
@@ -204,7 +249,7 @@ impl Stack {
             |_| {},
             |state, cfg| {
                 state.init_admin().unwrap();
-                cfg.admin = Some(state.gateway_admin_config(free_tcp()));
+                cfg.admin = Some(state.gateway_admin_config(any_port()));
             },
         )
         .await
@@ -240,20 +285,18 @@ impl Stack {
         .expect("building the test guest");
         let run = dir.path().join("guest");
         std::fs::create_dir_all(&run).unwrap();
-        let agent_addr = free_udp();
-        let gw_addr = free_tcp();
         let (name, guest, agent_cfg) = match backend {
             Backend::Qemu => {
                 let mut opts = BootOptions::new("demo", &run);
                 boot(&mut opts);
                 let guest = Guest::boot(&image, &opts).expect("booting");
                 let guest_cfg = vmgate::demo::guest_config(&guest);
-                let cfg = state.agent_config(agent_addr, vec![guest_cfg]);
+                let cfg = state.agent_config(any_port(), vec![guest_cfg]);
                 ("demo".to_string(), Some(guest), cfg)
             }
             Backend::Libvirt => {
                 let name = libvirt::unique_name();
-                let mut cfg = state.agent_config(agent_addr, vec![]);
+                let mut cfg = state.agent_config(any_port(), vec![]);
                 cfg.libvirt.uri = libvirt::URI.into();
                 // This test's domains only: other tests run theirs beside.
                 cfg.libvirt.domains = vec![name.clone(), format!("{name}.*")];
@@ -263,14 +306,7 @@ impl Stack {
         let mut agent_cfg = agent_cfg;
         config(&mut agent_cfg);
         write_toml(&state.path("agent.toml"), &agent_cfg).unwrap();
-        let mut gw_cfg = state.gateway_config(gw_addr, &[agent_addr]);
-        configure(&state, &mut gw_cfg);
-        write_toml(&state.path("gateway.toml"), &gw_cfg).unwrap();
-        state
-            .write_gateway_info(&GatewayInfo {
-                url: format!("https://{gw_addr}"),
-            })
-            .unwrap();
+        let gw_cfg = state.gateway_config(any_port(), &[]);
         let mut stack = Stack {
             dir,
             state,
@@ -279,8 +315,8 @@ impl Stack {
             guest,
             domain: None,
             _daemon: daemon,
-            agent_addr,
-            gw_addr,
+            agent_addr: any_port(),
+            gw_addr: any_port(),
             agent: None,
             gateway: None,
             gw_cfg,
@@ -289,7 +325,16 @@ impl Stack {
             extra_agents: Vec::new(),
         };
         stack.start_agent();
-        stack.spawn_gateway();
+        let log = stack.dir.path().join("agent.log");
+        stack.agent_addr =
+            wait_listening(stack.agent.as_mut().unwrap(), &log, "agent listening").await;
+        // A restarted agent binds the same port, as a real node's would.
+        agent_cfg.listen = stack.agent_addr;
+        write_toml(&stack.state.path("agent.toml"), &agent_cfg).unwrap();
+        let mut gw_cfg = stack.state.gateway_config(any_port(), &[stack.agent_addr]);
+        configure(&stack.state, &mut gw_cfg);
+        stack.gw_cfg = gw_cfg;
+        stack.launch_gateway().await;
         if backend == Backend::Libvirt {
             stack.wait_agent_up().await;
             stack.domain = Some(stack.create_domain(&stack.name.clone()).await);
@@ -388,15 +433,30 @@ impl Stack {
         }
     }
 
-    fn spawn_gateway(&mut self) {
-        self.gateway = Some(spawn(
-            &[
-                "gateway",
-                "--config",
-                self.state.path("gateway.toml").to_str().unwrap(),
-            ],
-            self.dir.path().join("gateway.log"),
-        ));
+    /// Starts the gateway with [`Stack::gw_cfg`] and waits until it
+    /// listens. Its first start binds port 0 (and the admin listener too);
+    /// the ports it got are written back into the configuration, so a
+    /// restart binds the same ones and URLs handed out stay valid.
+    async fn launch_gateway(&mut self) {
+        let toml = self.state.path("gateway.toml");
+        write_toml(&toml, &self.gw_cfg).unwrap();
+        let log = self.dir.path().join("gateway.log");
+        let mut child = spawn(
+            &["gateway", "--config", toml.to_str().unwrap()],
+            log.clone(),
+        );
+        self.gw_addr = wait_listening(&mut child, &log, "gateway listening").await;
+        self.gw_cfg.listen = self.gw_addr;
+        if let Some(admin) = self.gw_cfg.admin.as_mut() {
+            admin.listen = wait_listening(&mut child, &log, "admin listener").await;
+        }
+        self.gateway = Some(child);
+        write_toml(&toml, &self.gw_cfg).unwrap();
+        self.state
+            .write_gateway_info(&GatewayInfo {
+                url: format!("https://{}", self.gw_addr),
+            })
+            .unwrap();
     }
 
     /// The gateway process, taken from the stack: the caller stops it
@@ -416,8 +476,7 @@ impl Stack {
             let _ = g.wait();
         }
         configure(&mut self.gw_cfg);
-        write_toml(&self.state.path("gateway.toml"), &self.gw_cfg).unwrap();
-        self.spawn_gateway();
+        self.launch_gateway().await;
         self.wait_routable().await;
     }
 
@@ -432,8 +491,13 @@ impl Stack {
     }
 
     /// Starts another `vmgate agent --backend libvirt` with `cfg`, logging
-    /// to `{name}.log`; stopped with the stack.
-    pub fn spawn_libvirt_agent(&mut self, name: &str, cfg: &vmgate_agent::AgentConfig) {
+    /// to `{name}.log`, and returns the address it listens on once it does
+    /// (give `cfg` [`any_port`]); stopped with the stack.
+    pub async fn spawn_libvirt_agent(
+        &mut self,
+        name: &str,
+        cfg: &vmgate_agent::AgentConfig,
+    ) -> SocketAddr {
         let path = self.state.path(&format!("{name}.toml"));
         write_toml(&path, cfg).unwrap();
         let args = [
@@ -444,7 +508,10 @@ impl Stack {
             "libvirt",
         ];
         let log = self.dir.path().join(format!("{name}.log"));
-        self.extra_agents.push(spawn(&args, log));
+        let mut child = spawn(&args, log.clone());
+        let addr = wait_listening(&mut child, &log, "agent listening").await;
+        self.extra_agents.push(child);
+        addr
     }
 
     /// The agent process's id.
@@ -590,19 +657,21 @@ impl Stack {
     /// Starts `vmgate admin` (the minter) and waits until it answers;
     /// returns its URL.
     pub async fn start_minter(&mut self) -> String {
-        let addr = free_tcp();
         let cfg = self
             .state
-            .minter_config(addr, &format!("https://{}", self.gw_addr));
+            .minter_config(any_port(), &format!("https://{}", self.gw_addr));
         write_toml(&self.state.path("admin.toml"), &cfg).unwrap();
-        self.minter = Some(spawn(
+        let log = self.dir.path().join("minter.log");
+        let mut minter = spawn(
             &[
                 "admin",
                 "--config",
                 self.state.path("admin.toml").to_str().unwrap(),
             ],
-            self.dir.path().join("minter.log"),
-        ));
+            log.clone(),
+        );
+        let addr = wait_listening(&mut minter, &log, "ticket minter listening").await;
+        self.minter = Some(minter);
         self.minter_addr = Some(addr);
         let url = format!("https://{addr}");
         let deadline = tokio::time::Instant::now() + WAIT;
