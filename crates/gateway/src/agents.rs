@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio_util::sync::CancellationToken;
+use vmgate_relay::backoff::Backoff;
 use vmgate_relay::quic::{QuicRx, QuicTx};
 use vmgate_relay::FrameRx;
 use vmgate_wire::{
@@ -210,7 +211,7 @@ fn admit(guest: &GuestInfo, channel: &str) -> Result<ChannelKind, Close> {
 /// Keeps one agent connected and its guests routed, until shutdown.
 async fn agent_loop(pool: Arc<AgentPool>, idx: usize, shutdown: CancellationToken) {
     let entry = pool.agents[idx].clone();
-    let mut backoff = RECONNECT_MIN;
+    let mut backoff = Backoff::new(RECONNECT_MIN, RECONNECT_MAX);
     loop {
         let result = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -222,9 +223,8 @@ async fn agent_loop(pool: Arc<AgentPool>, idx: usize, shutdown: CancellationToke
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.next_wait()) => {}
         }
-        backoff = (backoff * 2).min(RECONNECT_MAX);
     }
     pool.set_routes(idx, None);
 }
@@ -234,7 +234,7 @@ async fn follow_agent(
     pool: &AgentPool,
     idx: usize,
     entry: &AgentEntry,
-    backoff: &mut Duration,
+    backoff: &mut Backoff,
 ) -> Result<(), String> {
     let conn = pool
         .endpoint
@@ -253,7 +253,7 @@ async fn follow_agent(
                 let inv = Inventory::from_json(&json).map_err(|e| e.to_string())?;
                 tracing::info!(agent = %entry.addr, node = %inv.node, guests = inv.guests.len(), "inventory");
                 pool.set_routes(idx, Some((&conn, inv)));
-                *backoff = RECONNECT_MIN;
+                backoff.reset();
             }
             Ok(Some(other)) => {
                 return Err(format!("unexpected frame on inventory stream: {other:?}"))

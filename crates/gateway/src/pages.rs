@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rand::RngCore;
 use vmgate_ticket::{Claims, Mode};
 
 /// How long after redemption the page may open its streams.
@@ -71,7 +70,7 @@ impl Pages {
             return Err(JoinError::Full);
         }
         let mut raw = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut raw);
+        getrandom::fill(&mut raw).expect("the operating system's random generator");
         let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
         pages.insert(
             token.clone(),

@@ -1,8 +1,6 @@
 //! What a ticket grants: the [`Claims`] a minter signs and the gateway reads
 //! back, and the scope check [`Claims::allows`].
 
-use rand::rngs::OsRng;
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::TicketError;
@@ -104,7 +102,9 @@ impl Claims {
 /// 128 bits from the OS generator: enough that two tickets never share an id,
 /// which single use relies on.
 fn new_id() -> String {
-    format!("{:032x}", OsRng.gen::<u128>())
+    let mut raw = [0u8; 16];
+    getrandom::fill(&mut raw).expect("the operating system's random generator");
+    format!("{:032x}", u128::from_le_bytes(raw))
 }
 
 /// The id as a number, if it has exactly the form [`Claims::new`] produces.

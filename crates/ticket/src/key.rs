@@ -16,8 +16,6 @@ use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 #[cfg(any(test, feature = "mint"))]
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::pkcs8::{DecodePublicKey, EncodePublicKey};
-#[cfg(any(test, feature = "mint"))]
-use rand::rngs::OsRng;
 
 use crate::KeyError;
 
@@ -41,7 +39,9 @@ pub struct VerifyingKey(pub(crate) ed25519_dalek::VerifyingKey);
 impl SigningKey {
     /// A new random key from the operating system's generator.
     pub fn generate() -> SigningKey {
-        SigningKey(ed25519_dalek::SigningKey::generate(&mut OsRng))
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).expect("the operating system's random generator");
+        SigningKey(ed25519_dalek::SigningKey::from_bytes(&seed))
     }
 
     /// The key derived from a fixed 32-byte seed. Meant for tests and fuzzing,

@@ -34,8 +34,8 @@ pub const LINGER: Duration = Duration::from_secs(1);
 pub enum Ended {
     /// The user pressed Ctrl+], or piped input ended.
     Detached,
-    /// A signal asked us to stop.
-    Signal,
+    /// A signal asked us to stop: its number.
+    Signal(i32),
     /// The gateway closed the session: code and reason.
     Closed(u16, String),
     /// The connection broke without a close frame.
@@ -43,13 +43,16 @@ pub enum Ended {
 }
 
 impl Ended {
-    /// The exit code: 0 for a normal end, 1 when the session was refused or
-    /// ended by an error.
+    /// The exit status, the same table as every client command's
+    /// ([`vmgate_wire::EXIT_STATUS`]): 0 when the user detached, the close
+    /// code's status when the gateway ended the session, 6 when the
+    /// connection broke, 128 + n after signal n.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Ended::Detached | Ended::Signal => 0,
-            Ended::Closed(code, _) if *code == 1000 => 0,
-            _ => 1,
+            Ended::Detached => 0,
+            Ended::Signal(n) => 128 + n,
+            Ended::Closed(code, _) => CloseCode::from_websocket(*code).exit_status(),
+            Ended::Lost(_) => 6,
         }
     }
 }
@@ -87,7 +90,7 @@ pub async fn run(ws: Ws, what: &str) -> Result<Ended> {
     drop(raw);
     match &ended {
         Ended::Detached => eprintln!("\n[vmgate] detached"),
-        Ended::Signal => eprintln!("\n[vmgate] stopped by a signal"),
+        Ended::Signal(n) => eprintln!("\n[vmgate] stopped by signal {n}"),
         Ended::Closed(code, reason) => {
             eprintln!("\n[vmgate] session closed: {} ({code})", printable(reason))
         }
@@ -151,12 +154,12 @@ async fn pump(ws: Ws, tty: bool, nl: &str, filter: &mut Filter) -> Ended {
                 Err(lost) => break Ended::Lost(lost.reason),
             },
             _ = &mut linger, if lingering => break Ended::Detached,
-            _ = term.recv() => break Ended::Signal,
-            _ = hup.recv() => break Ended::Signal,
-            _ = int.recv() => break Ended::Signal,
+            _ = term.recv() => break Ended::Signal(nix::libc::SIGTERM),
+            _ = hup.recv() => break Ended::Signal(nix::libc::SIGHUP),
+            _ = int.recv() => break Ended::Signal(nix::libc::SIGINT),
         }
     };
-    if matches!(ended, Ended::Detached | Ended::Signal) {
+    if matches!(ended, Ended::Detached | Ended::Signal(_)) {
         tx.close(Close::new(CloseCode::Normal, "detached")).await;
     }
     ended

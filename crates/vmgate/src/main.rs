@@ -163,6 +163,7 @@ impl AdminCredArgs {
 }
 
 #[derive(Args)]
+#[command(after_help = vmgate_wire::EXIT_STATUS)]
 struct ConsoleArgs {
     /// The guest (not needed with --url).
     guest: Option<String>,

@@ -156,7 +156,6 @@ impl State {
     /// listeners' certificate and a bearer token, for the gateway's admin
     /// listener and `vmgate admin`. Call after [`State::init`].
     pub fn init_admin(&self) -> Result<()> {
-        use rand::RngCore;
         let admins = Ca::new("vmgate demo admin CA")?;
         admins.write_cert(&self.path("admin-ca.pem"))?;
         admins.issue_to(
@@ -176,7 +175,7 @@ impl State {
             Purpose::Server,
         )?;
         let mut raw = [0u8; 24];
-        rand::rngs::OsRng.fill_bytes(&mut raw);
+        getrandom::fill(&mut raw).expect("the operating system's random generator");
         let token = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw);
         {
             use std::io::Write;

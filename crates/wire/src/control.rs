@@ -110,7 +110,8 @@ impl Control {
 }
 
 /// Exit statuses of the client commands that report how a session ended
-/// (`vmgate channel`, and the commands built like it), for `--help`.
+/// (`vmgate console`, `vmgate channel` and the commands built like them),
+/// for `--help`.
 pub const EXIT_STATUS: &str = "\
 Exit status:
   0    the session ended normally: EOF both ways, or closed on this side
