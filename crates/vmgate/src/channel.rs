@@ -18,15 +18,15 @@
 //! …` would print nothing); see docs/channels.md.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +37,7 @@ use vmgate_relay::{FrameRx, FrameTx};
 use vmgate_ticket::Mode;
 use vmgate_wire::{Close, CloseCode, Frame};
 
+use crate::local::bind_unix;
 use crate::state::{self, State};
 use crate::terminal::printable;
 use crate::tickets::{self, TicketRequest};
@@ -486,31 +487,6 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
-/// Binds `path` for this user only. A socket file nobody listens on (left
-/// by a killed run) is replaced; anything else there is an error.
-///
-/// The socket is the channel, so it is created 0600: the umask is narrowed
-/// around `bind(2)` rather than the mode changed after it, which would leave
-/// a moment when any local user could connect. (`vmgate channel` creates no
-/// other file while it binds, so the process-wide umask is safe to change.)
-fn bind_unix(path: &Path) -> Result<UnixListener> {
-    use nix::sys::stat::{umask, Mode};
-    use std::os::unix::fs::FileTypeExt;
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            bail!("{} exists and is not a socket", path.display());
-        }
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!("{}: another program listens there", path.display());
-        }
-        std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
-    }
-    let old = umask(Mode::from_bits_truncate(0o177));
-    let bound = UnixListener::bind(path);
-    umask(old);
-    bound.with_context(|| format!("listening on {}", path.display()))
-}
-
 /// One accepted connection: a fresh ticket, a session, and a line on
 /// stderr saying how it ended.
 async fn forward<R, W>(t: &Target, id: u64, who: &str, r: R, w: W, stop: CancellationToken)
@@ -542,6 +518,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn listen_addresses_parse_or_say_what_is_expected() {
@@ -556,26 +533,6 @@ mod tests {
             .contains("tcp:127.0.0.1:4000"));
         assert!(parse_listen("/tmp/x").unwrap_err().contains("unix:PATH"));
         assert!(parse_listen("unix:").is_err());
-    }
-
-    #[tokio::test]
-    async fn the_socket_is_created_0600_whatever_the_umask() {
-        use nix::sys::stat::{umask, Mode};
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ch.sock");
-        // The most permissive umask: a socket made 0777 and narrowed
-        // afterwards would be open to everyone for a moment.
-        let before = umask(Mode::empty());
-        let bound = bind_unix(&path);
-        let restored = umask(before);
-        let _listener = bound.unwrap();
-        assert_eq!(restored, Mode::empty(), "the umask is restored after bind");
-        let mode = std::fs::symlink_metadata(&path)
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod channel;
 pub mod client;
 pub mod console;
 pub mod demo;
+pub mod local;
 pub mod state;
 pub mod terminal;
 pub mod tickets;

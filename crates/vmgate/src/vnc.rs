@@ -25,6 +25,7 @@ use vmgate_relay::bytes_io::{ByteRx, ByteTx};
 use vmgate_relay::relay;
 use vmgate_wire::Close;
 
+use crate::local::bind_unix;
 use crate::state::State;
 use crate::tickets::{mint, TicketRequest};
 
@@ -124,27 +125,6 @@ impl Listener {
             }
         }
     }
-}
-
-/// Binds a unix socket 0600: the umask is narrowed around `bind(2)`, so
-/// the socket is never open to others, not even for a moment. A socket
-/// file nobody listens on (left by a killed run) is replaced.
-fn bind_unix(path: &Path) -> Result<UnixListener> {
-    use nix::sys::stat::{umask, Mode};
-    use std::os::unix::fs::FileTypeExt;
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            bail!("{} exists and is not a socket", path.display());
-        }
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!("{}: another program listens there", path.display());
-        }
-        std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
-    }
-    let old = umask(Mode::from_bits_truncate(0o177));
-    let bound = UnixListener::bind(path);
-    umask(old);
-    bound.with_context(|| format!("cannot listen on {}", path.display()))
 }
 
 /// Serves until Ctrl+C, or until the viewer started by `--viewer` exits.
