@@ -7,18 +7,21 @@
 //! others). An interactive viewer's data frames pass as the same buffers,
 //! untouched. A read-only viewer's input messages (keys, pointer,
 //! clipboard, QEMU key events, resize, power) are dropped here: the guest
-//! never sees them, whatever the viewer is.
+//! never sees them, whatever the viewer is. Without the `audio` scope the
+//! viewer's SetEncodings go on without QEMU's audio pseudo-encoding (−259)
+//! and its QEMU audio messages (255/1) are dropped.
 //!
 //! The server→viewer direction (the framebuffer, nearly all the bytes) is
-//! not touched at all.
+//! not touched at all. It needs no audio filter: QEMU sends audio on a VNC
+//! connection only after that connection's client acknowledged −259 and
+//! sent *enable*, and both come from this side (docs/audio.md).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 use vmgate_relay::FrameRx;
-use vmgate_rfb::ClientFilter;
+use vmgate_rfb::{ClientFilter, Dropped, Policy};
 use vmgate_wire::{Close, CloseCode, Frame};
 
 /// The viewer side of a `vnc` session, filtered.
@@ -28,8 +31,8 @@ pub struct RfbRx<R> {
     /// Tells the session to end (both sides, with the reason) on bad RFB.
     failed: Option<oneshot::Sender<Close>>,
     session: u64,
-    /// Input messages dropped so far, readable after the relay took `self`.
-    dropped: Arc<AtomicU64>,
+    /// What was dropped so far, readable after the relay took `self`.
+    dropped: Arc<Mutex<Dropped>>,
 }
 
 /// Wraps a viewer's receiving half. The future resolves with the Close to
@@ -37,13 +40,13 @@ pub struct RfbRx<R> {
 /// as (part of) the relay's `stop`.
 pub fn wrap<R: FrameRx>(
     inner: R,
-    read_only: bool,
+    policy: Policy,
     session: u64,
 ) -> (RfbRx<R>, impl Future<Output = Close> + Send) {
     let (tx, told) = oneshot::channel();
     let rx = RfbRx {
         inner,
-        filter: ClientFilter::new(read_only),
+        filter: ClientFilter::new(policy),
         failed: Some(tx),
         session,
         dropped: Arc::default(),
@@ -66,7 +69,7 @@ impl<R: FrameRx> FrameRx for RfbRx<R> {
                 other => return Ok(other),
             };
             let filtered = self.filter.filter(data);
-            self.dropped.store(self.filter.dropped, Ordering::Relaxed);
+            *self.dropped.lock().expect("dropped lock") = self.filter.dropped;
             match filtered {
                 // All of it was input from a read-only viewer.
                 Ok(out) if out.is_empty() => continue,
@@ -94,13 +97,13 @@ impl<R> RfbRx<R> {
         self.inner
     }
 
-    /// Input messages dropped so far (read-only viewers).
-    pub fn dropped(&self) -> u64 {
+    /// What was dropped so far.
+    pub fn dropped(&self) -> Dropped {
         self.filter.dropped
     }
 
-    /// A live count of the input messages dropped, for the session's log.
-    pub fn dropped_count(&self) -> Arc<AtomicU64> {
+    /// A live view of what was dropped, for the session's log.
+    pub fn dropped_count(&self) -> Arc<Mutex<Dropped>> {
         self.dropped.clone()
     }
 }
@@ -121,7 +124,11 @@ mod tests {
     #[tokio::test]
     async fn read_only_input_is_dropped_and_bad_rfb_ends_the_session() {
         let (tx, rx) = mpsc::channel(8);
-        let (mut rfb, failed) = wrap(ChanRx(rx), true, 1);
+        let policy = Policy {
+            read_only: true,
+            audio: false,
+        };
+        let (mut rfb, failed) = wrap(ChanRx(rx), policy, 1);
         tx.send(Frame::Data(Bytes::from_static(b"RFB 003.008\n\x01\x00")))
             .await
             .unwrap();
@@ -141,7 +148,7 @@ mod tests {
             rfb.recv().await.unwrap(),
             Some(Frame::Data(Bytes::from_static(fur)))
         );
-        assert_eq!(rfb.dropped(), 1);
+        assert_eq!(rfb.dropped().input, 1);
         tx.send(Frame::Data(Bytes::from_static(&[99])))
             .await
             .unwrap();

@@ -27,7 +27,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -229,7 +228,11 @@ async fn relay_screen(
     opened: Opened,
     stop: impl Future<Output = Close> + Send,
 ) -> Outcome {
-    let (rx, rfb_failed) = rfb_filter::wrap(rx, grant.mode == Mode::ReadOnly, sid);
+    let policy = vmgate_rfb::Policy {
+        read_only: grant.mode == Mode::ReadOnly,
+        audio: false,
+    };
+    let (rx, rfb_failed) = rfb_filter::wrap(rx, policy, sid);
     let dropped = rx.dropped_count();
     let stop = async move {
         tokio::select! {
@@ -245,8 +248,10 @@ async fn relay_screen(
         stop,
     )
     .await;
+    let dropped = *dropped.lock().expect("dropped lock");
     tracing::info!(reason = %out.close, bytes_to_guest = out.a_to_b, bytes_from_guest = out.b_to_a,
-        input_dropped = dropped.load(Ordering::Relaxed), "session ended");
+        input_dropped = dropped.input, audio_dropped = dropped.audio,
+        audio_encodings_stripped = dropped.audio_encodings, "session ended");
     out
 }
 

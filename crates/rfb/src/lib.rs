@@ -8,19 +8,34 @@
 //! give its length are (at most [`MAX_HEADER`]), so a 1 MiB clipboard paste
 //! passes through in the chunks it came in.
 //!
-//! [`ClientFilter`] builds on it what the gateway needs: for a read-only
-//! viewer it drops every input message (keys, pointer, clipboard, QEMU key
-//! events, desktop resize, power actions); for everyone it forces the
+//! [`ClientFilter`] builds on it what the gateway needs, as a [`Policy`]
+//! says: for a read-only viewer it drops every input message (keys,
+//! pointer, clipboard, QEMU key events, desktop resize, power actions);
+//! without the `audio` scope it strips QEMU's audio pseudo-encoding (−259)
+//! from SetEncodings and drops QEMU audio messages (255/1), so the server
+//! never acknowledges audio and never starts it; for everyone it forces the
 //! ClientInit *shared* flag on, so no viewer can disconnect the others.
 //!
-//! Scope: the server side is not parsed. The handshake is followed from the
-//! client's bytes alone, which works because the server behind a vmgate
-//! agent offers security type None (QMP `add_client … skipauth=true`, or a
-//! VNC socket without auth); VNC authentication is followed too, any other
-//! security type is refused.
+//! The viewer side's handshake is followed from the client's bytes alone,
+//! which works because the server behind a vmgate agent offers security
+//! type None (QMP `add_client … skipauth=true`, or a VNC socket without
+//! auth); VNC authentication is followed too, any other security type is
+//! refused.
+//!
+//! [`server`] follows the other direction for a client that asked for
+//! audio only (the agent's dedicated audio connection): the handshake,
+//! pseudo-encoding rectangles and QEMU's audio messages, with the PCM
+//! handed out as it arrives. [`audio`] holds QEMU's audio formats and the
+//! client messages that ask for them.
 #![forbid(unsafe_code)]
 
+pub mod audio;
+pub mod server;
+
 use bytes::{Bytes, BytesMut};
+
+pub use audio::{AudioFormat, SampleFormat, AUDIO_ENCODING};
+pub use server::{ServerEvent, ServerParser};
 
 /// The most header bytes buffered to learn a message's length.
 pub const MAX_HEADER: usize = 12;
@@ -28,6 +43,10 @@ pub const MAX_HEADER: usize = 12;
 pub const MAX_CUT_TEXT: u32 = 1 << 20;
 /// The largest Fence payload (RFB community extension limit).
 const MAX_FENCE: usize = 64;
+/// The most encodings a SetEncodings may list. Viewers send a few dozen;
+/// the bound keeps the one message the filter may hold back (to strip
+/// −259 from it) at 4 KiB.
+pub const MAX_ENCODINGS: usize = 1024;
 
 /// What a stretch of client bytes belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,9 +81,13 @@ pub enum Kind {
     SetDesktopSize,
     /// 253: gii (General Input Interface: joysticks, tablets).
     Gii,
+    /// 255 before its subtype byte arrived: a QEMU message, not yet known
+    /// to be a key event or audio control. Only ever the kind of a span
+    /// that does not end its message (at most the one type byte).
+    Qemu,
     /// 255 subtype 0: QEMU extended key event (keysym + scancode).
     QemuExtendedKeyEvent,
-    /// 255 subtype 1: QEMU audio control.
+    /// 255 subtype 1: QEMU audio control (enable, disable, set format).
     QemuAudio,
 }
 
@@ -80,10 +103,6 @@ impl Kind {
                 | Kind::SetDesktopSize
                 | Kind::Gii
                 | Kind::QemuExtendedKeyEvent
-                // Not input, but a QEMU message's first byte does not tell
-                // which one it is (see `Span::kind`): a read-only viewer
-                // gets no QEMU audio over RFB.
-                | Kind::QemuAudio
         )
     }
 }
@@ -91,10 +110,9 @@ impl Kind {
 /// A stretch of the bytes just fed, all of one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span {
-    /// The message. A QEMU message (255) is reported as
-    /// [`Kind::QemuExtendedKeyEvent`] until its subtype byte is known; both
-    /// QEMU kinds are input, so the classification never changes what a
-    /// filter does.
+    /// The message. A QEMU message (255) is [`Kind::Qemu`] until its
+    /// subtype byte is known: a filter holds such bytes back until it can
+    /// tell a key event (input) from audio control (not input).
     pub kind: Kind,
     /// How many bytes, starting where the previous span ended.
     pub len: usize,
@@ -114,9 +132,45 @@ pub enum RfbError {
     /// A message type this parser does not know.
     #[error("unknown message type {0}")]
     MessageType(u8),
-    /// A QEMU (255) message subtype or audio operation this parser does not know.
+    /// A QEMU (255) message subtype this parser does not know.
     #[error("unknown QEMU message subtype {0}")]
-    QemuSubtype(u16),
+    QemuSubtype(u8),
+    /// A QEMU audio operation (255/1) this parser does not know.
+    #[error("unknown QEMU audio operation {0}")]
+    AudioOp(u16),
+    /// A QEMU audio set-format with a sample format QEMU does not have.
+    #[error("QEMU audio sample format {0} does not exist (0-5)")]
+    AudioSampleFormat(u8),
+    /// A QEMU audio set-format with other than 1 or 2 channels.
+    #[error("QEMU audio with {0} channels (1 or 2)")]
+    AudioChannels(u8),
+    /// A QEMU audio set-format with a rate QEMU refuses.
+    #[error("QEMU audio rate of {0} Hz (1 to {max} Hz)", max = audio::MAX_RATE)]
+    AudioRate(u32),
+    /// A server message type the audio client does not follow.
+    #[error("unknown server message type {0}")]
+    ServerMessageType(u8),
+    /// The server refused the connection before security (no types offered).
+    #[error("the VNC server refused the connection")]
+    SecurityRefused,
+    /// The server did not offer security type None.
+    #[error("the VNC server does not offer security type None (is the client handed over with skipauth?)")]
+    NoSecurityNone,
+    /// The server's security result was a failure.
+    #[error("the VNC server's security handshake failed (result {0})")]
+    SecurityFailed(u32),
+    /// A desktop name over [`server::MAX_NAME`].
+    #[error("desktop name of {0} bytes is too long")]
+    NameTooLong(u32),
+    /// A rectangle encoding the audio client never asked for.
+    #[error("rectangle encoding {0} was not asked for")]
+    Encoding(i32),
+    /// An audio data message over [`server::MAX_AUDIO_DATA`].
+    #[error("audio data message of {0} bytes exceeds {max}", max = server::MAX_AUDIO_DATA)]
+    AudioDataTooLong(u32),
+    /// A SetEncodings listing more than [`MAX_ENCODINGS`].
+    #[error("SetEncodings lists {0} encodings, more than {MAX_ENCODINGS}")]
+    TooManyEncodings(usize),
     /// Clipboard text over [`MAX_CUT_TEXT`].
     #[error("clipboard text of {0} bytes exceeds the {MAX_CUT_TEXT}-byte limit")]
     CutTextTooLong(u32),
@@ -140,6 +194,8 @@ enum Need {
     Header(usize),
     /// The message is this long in all.
     Total(usize),
+    /// The header bytes so far tell the message's kind (a QEMU subtype).
+    Kind(Kind),
 }
 
 /// Follows a viewer's byte stream: the handshake, then message after message.
@@ -219,10 +275,15 @@ impl ClientParser {
         };
         // Learn the length, header byte by header byte, without buffering
         // more than the header.
+        let mut kind = kind;
         let mut used = 0;
         while self.total.is_none() {
             match need(kind, &self.hdr[..self.seen])? {
                 Need::Total(n) => self.total = Some(n),
+                Need::Kind(k) => {
+                    kind = k;
+                    self.kind = Some(k);
+                }
                 Need::Header(n) => {
                     debug_assert!(n <= MAX_HEADER && n > self.seen);
                     let take = (n - self.seen).min(data.len() - used);
@@ -245,12 +306,6 @@ impl ClientParser {
         self.seen += body;
         used += body;
         let end = self.seen == total;
-        // A QEMU message's header told which one it is.
-        let kind = if kind == Kind::QemuExtendedKeyEvent && self.hdr[1] == 1 {
-            Kind::QemuAudio
-        } else {
-            kind
-        };
         if end {
             self.finish_message(kind)?;
         }
@@ -301,7 +356,7 @@ fn message_kind(ty: u8) -> Result<Kind, RfbError> {
         250 => Kind::Xvp,
         251 => Kind::SetDesktopSize,
         253 => Kind::Gii,
-        255 => Kind::QemuExtendedKeyEvent,
+        255 => Kind::Qemu,
         t => return Err(RfbError::MessageType(t)),
     })
 }
@@ -326,7 +381,13 @@ fn need(kind: Kind, h: &[u8]) -> Result<Need, RfbError> {
         Kind::PointerEvent => Total(6),
         Kind::Xvp => Total(4),
         Kind::SetEncodings if h.len() < 4 => Header(4),
-        Kind::SetEncodings => Total(4 + 4 * be16(h, 2)),
+        Kind::SetEncodings => {
+            let n = be16(h, 2);
+            if n > MAX_ENCODINGS {
+                return Err(RfbError::TooManyEncodings(n));
+            }
+            Total(4 + 4 * n)
+        }
         Kind::ClientCutText if h.len() < 8 => Header(8),
         Kind::ClientCutText => {
             // Negative: the extended clipboard form, |length| bytes follow.
@@ -355,16 +416,23 @@ fn need(kind: Kind, h: &[u8]) -> Result<Need, RfbError> {
             };
             Total(4 + len as usize)
         }
-        Kind::QemuExtendedKeyEvent | Kind::QemuAudio if h.len() < 2 => Header(2),
-        Kind::QemuExtendedKeyEvent | Kind::QemuAudio => match h[1] {
-            0 => Total(12),
-            1 if h.len() < 4 => Header(4),
-            1 => match be16(h, 2) {
-                0 | 1 => Total(4),
-                2 => Total(10),
-                op => return Err(RfbError::QemuSubtype(0x100 | op as u16)),
-            },
-            s => return Err(RfbError::QemuSubtype(s as u16)),
+        Kind::Qemu if h.len() < 2 => Header(2),
+        Kind::Qemu => match h[1] {
+            0 => Need::Kind(Kind::QemuExtendedKeyEvent),
+            1 => Need::Kind(Kind::QemuAudio),
+            s => return Err(RfbError::QemuSubtype(s)),
+        },
+        Kind::QemuExtendedKeyEvent => Total(12),
+        Kind::QemuAudio if h.len() < 4 => Header(4),
+        Kind::QemuAudio => match be16(h, 2) as u16 {
+            audio::OP_ENABLE | audio::OP_DISABLE => Total(4),
+            audio::OP_SET_FORMAT if h.len() < 10 => Header(10),
+            audio::OP_SET_FORMAT => {
+                let rate = u32::from_be_bytes([h[6], h[7], h[8], h[9]]);
+                AudioFormat::check(h[4], h[5], rate)?;
+                Total(10)
+            }
+            op => return Err(RfbError::AudioOp(op)),
         },
     })
 }
@@ -387,59 +455,153 @@ fn parse_version(v: &[u8]) -> Result<(u32, u32), RfbError> {
     Ok((major, minor))
 }
 
+/// What a viewer's session may do, as its credential says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Drop every input message ([`Kind::is_input`]).
+    pub read_only: bool,
+    /// Let QEMU audio through: −259 in SetEncodings and the audio control
+    /// messages (255/1). Listening is not input: a read-only viewer with
+    /// this scope hears the guest.
+    pub audio: bool,
+}
+
+/// What the filter did to a viewer's messages, so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// Input messages of a read-only viewer.
+    pub input: u64,
+    /// QEMU audio control messages (255/1) without the audio scope.
+    pub audio: u64,
+    /// SetEncodings messages that listed −259 without the audio scope and
+    /// went on without it.
+    pub audio_encodings: u64,
+}
+
+/// What happens to the message being filtered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Passed on as it is.
+    Pass,
+    /// ClientInit: passed on as *shared*.
+    Shared,
+    /// Dropped whole.
+    Drop,
+    /// Held back whole, then passed on rewritten (SetEncodings without −259).
+    Rewrite,
+    /// Held back until its kind is known (a QEMU message before its subtype).
+    Undecided,
+}
+
+fn verdict(policy: Policy, kind: Kind) -> Verdict {
+    match kind {
+        Kind::ClientInit => Verdict::Shared,
+        Kind::Qemu => Verdict::Undecided,
+        k if policy.read_only && k.is_input() => Verdict::Drop,
+        Kind::QemuAudio if !policy.audio => Verdict::Drop,
+        Kind::SetEncodings if !policy.audio => Verdict::Rewrite,
+        _ => Verdict::Pass,
+    }
+}
+
 /// What the gateway does to a viewer's bytes before they go to the guest.
 #[derive(Debug, Clone)]
 pub struct ClientFilter {
     parser: ClientParser,
-    read_only: bool,
-    /// Input messages dropped so far (read-only viewers).
-    pub dropped: u64,
+    policy: Policy,
+    /// Bytes of the current message held back: a QEMU message's type byte
+    /// until its subtype arrives, or a SetEncodings being rewritten. At most
+    /// `4 + 4 * MAX_ENCODINGS` bytes.
+    held: BytesMut,
+    /// What was dropped so far.
+    pub dropped: Dropped,
 }
 
 impl ClientFilter {
-    /// `read_only`: drop every input message ([`Kind::is_input`]).
-    pub fn new(read_only: bool) -> ClientFilter {
+    pub fn new(policy: Policy) -> ClientFilter {
         ClientFilter {
             parser: ClientParser::new(),
-            read_only,
-            dropped: 0,
+            policy,
+            held: BytesMut::new(),
+            dropped: Dropped::default(),
         }
     }
 
     /// The bytes of `data` to pass on (possibly none). An interactive
     /// viewer's bytes come back as the same buffer, untouched, except the
-    /// one ClientInit byte, which is forced to *shared*.
+    /// one ClientInit byte, which is forced to *shared*, and, without the
+    /// audio scope, SetEncodings, which is held until complete and passed
+    /// on without −259.
     pub fn filter(&mut self, data: Bytes) -> Result<Bytes, RfbError> {
-        let read_only = self.read_only;
+        let ClientFilter {
+            parser,
+            policy,
+            held,
+            dropped,
+        } = self;
         // Built only once a span must change; until then `data` goes as is.
         let mut out: Option<BytesMut> = None;
-        let (mut at, mut dropped) = (0, 0);
-        self.parser.feed(&data, |s| {
-            let start = at;
+        let mut at = 0;
+        parser.feed(&data, |s| {
+            let (start, bytes) = (at, &data[at..at + s.len]);
             at += s.len;
-            let rewrite = s.kind == Kind::ClientInit;
-            let drop = read_only && s.kind.is_input();
-            if rewrite || drop {
-                let o = out.get_or_insert_with(|| {
-                    let mut o = BytesMut::with_capacity(data.len());
-                    o.extend_from_slice(&data[..start]);
-                    o
-                });
-                if rewrite {
-                    o.extend_from_slice(&[1]);
-                } else {
-                    dropped += u64::from(s.end);
+            let verdict = verdict(*policy, s.kind);
+            if verdict == Verdict::Pass && held.is_empty() {
+                if let Some(o) = &mut out {
+                    o.extend_from_slice(bytes);
                 }
-            } else if let Some(o) = &mut out {
-                o.extend_from_slice(&data[start..at]);
+                return;
+            }
+            let o = out.get_or_insert_with(|| {
+                let mut o = BytesMut::with_capacity(data.len());
+                o.extend_from_slice(&data[..start]);
+                o
+            });
+            match verdict {
+                Verdict::Shared => o.extend_from_slice(&[1]),
+                Verdict::Pass => {
+                    o.extend_from_slice(&held.split());
+                    o.extend_from_slice(bytes);
+                }
+                Verdict::Undecided => held.extend_from_slice(bytes),
+                Verdict::Drop => {
+                    held.clear();
+                    match (s.end, s.kind) {
+                        (false, _) => {}
+                        (true, Kind::QemuAudio) => dropped.audio += 1,
+                        (true, _) => dropped.input += 1,
+                    }
+                }
+                Verdict::Rewrite => {
+                    held.extend_from_slice(bytes);
+                    if s.end && strip_audio_encoding(&held.split(), o) {
+                        dropped.audio_encodings += 1;
+                    }
+                }
             }
         })?;
-        self.dropped += dropped;
         Ok(match out {
             Some(o) => o.freeze(),
             None => data,
         })
     }
+}
+
+/// Appends SetEncodings `msg` (whole) to `out` without −259; whether it
+/// listed it.
+fn strip_audio_encoding(msg: &[u8], out: &mut BytesMut) -> bool {
+    let kept: Vec<&[u8]> = msg[4..]
+        .chunks_exact(4)
+        .filter(|e| i32::from_be_bytes([e[0], e[1], e[2], e[3]]) != AUDIO_ENCODING)
+        .collect();
+    // At most MAX_ENCODINGS, checked by the parser: fits in a u16.
+    let n = u16::try_from(kept.len()).expect("bounded by MAX_ENCODINGS");
+    out.extend_from_slice(&msg[..2]);
+    out.extend_from_slice(&n.to_be_bytes());
+    for e in &kept {
+        out.extend_from_slice(e);
+    }
+    kept.len() * 4 + 4 != msg.len()
 }
 
 #[cfg(test)]

@@ -145,7 +145,25 @@ fn malformed_input_is_refused_with_its_cause() {
     let msg = |m: &[u8]| [HANDSHAKE, m].concat();
     assert_eq!(err(&msg(&[200])), RfbError::MessageType(200));
     assert_eq!(err(&msg(&[255, 7])), RfbError::QemuSubtype(7));
-    assert_eq!(err(&msg(&[255, 1, 0, 9])), RfbError::QemuSubtype(0x109));
+    assert_eq!(err(&msg(&[255, 1, 0, 9])), RfbError::AudioOp(9));
+    let set_format = |f: u8, ch: u8, rate: u32| {
+        let mut m = vec![255, 1, 0, 2, f, ch];
+        m.extend_from_slice(&rate.to_be_bytes());
+        msg(&m)
+    };
+    assert_eq!(
+        err(&set_format(6, 2, 44_100)),
+        RfbError::AudioSampleFormat(6)
+    );
+    assert_eq!(err(&set_format(3, 0, 44_100)), RfbError::AudioChannels(0));
+    assert_eq!(err(&set_format(3, 3, 44_100)), RfbError::AudioChannels(3));
+    assert_eq!(err(&set_format(3, 2, 0)), RfbError::AudioRate(0));
+    assert_eq!(err(&set_format(3, 2, 48_001)), RfbError::AudioRate(48_001));
+    assert!(parse_in(&set_format(3, 2, 48_000), &[]).is_ok());
+    assert_eq!(
+        err(&msg(&[2, 0, 0x04, 0x01])),
+        RfbError::TooManyEncodings(1025)
+    );
     assert_eq!(
         err(&msg(&[6, 0, 0, 0, 0x7f, 0xff, 0xff, 0xff])),
         RfbError::CutTextTooLong(0x7fff_ffff)
@@ -182,6 +200,29 @@ fn a_large_paste_streams_without_being_buffered() {
     assert!(spans.iter().all(|s| s.kind == Kind::ClientCutText));
 }
 
+const READ_ONLY_LISTENER: Policy = Policy {
+    read_only: true,
+    audio: true,
+};
+const INTERACTIVE_WITH_AUDIO: Policy = Policy {
+    read_only: false,
+    audio: true,
+};
+
+/// All of `data` through a filter with `policy`, in chunks of `chunk`.
+fn filter_all(policy: Policy, data: &[u8], chunk: usize) -> (Vec<u8>, Dropped) {
+    let mut f = ClientFilter::new(policy);
+    let mut out = Vec::new();
+    for c in data.chunks(chunk.max(1)) {
+        out.extend_from_slice(&f.filter(Bytes::copy_from_slice(c)).unwrap());
+    }
+    (out, f.dropped)
+}
+
+fn set_encodings(encodings: &[i32]) -> Vec<u8> {
+    audio::set_encodings_message(encodings)
+}
+
 #[test]
 fn read_only_filter_keeps_only_non_input_and_forces_shared() {
     let mut s = b"RFB 003.008\n\x01\x00".to_vec();
@@ -195,21 +236,110 @@ fn read_only_filter_keeps_only_non_input_and_forces_shared() {
             kept.extend_from_slice(&m);
         }
     }
-    // Whatever the chunking, the same bytes pass.
+    // Whatever the chunking, the same bytes pass. Audio control is not
+    // input: a read-only viewer with the audio scope listens.
     for chunk in [1, 3, 7, s.len()] {
-        let mut f = ClientFilter::new(true);
-        let mut out = Vec::new();
-        for c in s.chunks(chunk) {
-            out.extend_from_slice(&f.filter(Bytes::copy_from_slice(c)).unwrap());
-        }
+        let (out, dropped) = filter_all(READ_ONLY_LISTENER, &s, chunk);
         assert_eq!(out, kept, "chunk size {chunk}");
-        assert_eq!(f.dropped, inputs);
+        assert_eq!(dropped.input, inputs);
+        assert_eq!(dropped.audio, 0);
     }
+    assert!(
+        kept.windows(4).any(|w| w == [255, 1, 0, 0]),
+        "audio enable kept"
+    );
+}
+
+#[test]
+fn without_the_audio_scope_minus_259_is_stripped_and_audio_messages_dropped() {
+    let mut s = HANDSHAKE.to_vec();
+    let mut want = b"RFB 003.008\n\x01\x01".to_vec();
+    let key = [4, 1, 0, 0, 0, 0, 0, 0x61];
+    let ext_key = [255, 0, 0, 1, 0, 0, 0, 0x61, 0, 0, 0, 0x1e];
+    for (m, kept) in [
+        (
+            set_encodings(&[7, AUDIO_ENCODING, 0, -258]),
+            set_encodings(&[7, 0, -258]),
+        ),
+        (set_encodings(&[AUDIO_ENCODING]), set_encodings(&[])),
+        (set_encodings(&[16, 0]), set_encodings(&[16, 0])),
+        (
+            AudioFormat::QEMU_DEFAULT.set_format_message().to_vec(),
+            vec![],
+        ),
+        (audio::control_message(audio::OP_ENABLE).to_vec(), vec![]),
+        (key.to_vec(), key.to_vec()),
+        (ext_key.to_vec(), ext_key.to_vec()),
+        (audio::control_message(audio::OP_DISABLE).to_vec(), vec![]),
+    ] {
+        s.extend_from_slice(&m);
+        want.extend_from_slice(&kept);
+    }
+    for policy in [
+        Policy::default(),
+        Policy {
+            read_only: true,
+            audio: false,
+        },
+    ] {
+        for chunk in [1, 2, 3, 5, 7, s.len()] {
+            let (out, dropped) = filter_all(policy, &s, chunk);
+            let want: Vec<u8> = if policy.read_only {
+                // The key events go too.
+                let mut w = want.clone();
+                for input in [&key[..], &ext_key[..]] {
+                    let at = w.windows(input.len()).position(|x| x == input).unwrap();
+                    w.drain(at..at + input.len());
+                }
+                w
+            } else {
+                want.clone()
+            };
+            assert_eq!(out, want, "{policy:?}, chunk size {chunk}");
+            assert_eq!(dropped.audio, 3, "{policy:?}");
+            assert_eq!(dropped.audio_encodings, 2, "{policy:?}");
+            assert_eq!(dropped.input, if policy.read_only { 2 } else { 0 });
+        }
+    }
+    // With the scope, everything passes as it came.
+    let (out, dropped) = filter_all(INTERACTIVE_WITH_AUDIO, &s, 3);
+    assert_eq!(out[14..], s[14..]);
+    assert_eq!(dropped, Dropped::default());
+}
+
+#[test]
+fn a_qemu_message_is_held_until_its_subtype_tells_what_it_is() {
+    let mut f = ClientFilter::new(READ_ONLY_LISTENER);
+    f.filter(Bytes::from_static(HANDSHAKE)).unwrap();
+    // The type byte alone could be a key event or audio: held back.
+    assert!(f.filter(Bytes::from_static(&[255])).unwrap().is_empty());
+    assert_eq!(
+        &f.filter(Bytes::from_static(&[1, 0, 0])).unwrap()[..],
+        &[255, 1, 0, 0]
+    );
+    assert!(f.filter(Bytes::from_static(&[255])).unwrap().is_empty());
+    assert!(f
+        .filter(Bytes::from_static(&[0, 0, 1, 0, 0, 0, 0x61, 0, 0, 0, 0x1e]))
+        .unwrap()
+        .is_empty());
+    assert_eq!(f.dropped.input, 1);
+    // A SetEncodings is held whole only without the scope.
+    let enc = set_encodings(&[0, AUDIO_ENCODING]);
+    let mut f = ClientFilter::new(Policy::default());
+    f.filter(Bytes::from_static(HANDSHAKE)).unwrap();
+    assert!(f
+        .filter(Bytes::copy_from_slice(&enc[..6]))
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        &f.filter(Bytes::copy_from_slice(&enc[6..])).unwrap()[..],
+        &set_encodings(&[0])[..]
+    );
 }
 
 #[test]
 fn interactive_filter_passes_the_same_buffer_after_the_handshake() {
-    let mut f = ClientFilter::new(false);
+    let mut f = ClientFilter::new(INTERACTIVE_WITH_AUDIO);
     let hs = f.filter(Bytes::from_static(HANDSHAKE)).unwrap();
     assert_eq!(
         &hs[..],
@@ -222,7 +352,17 @@ fn interactive_filter_passes_the_same_buffer_after_the_handshake() {
         assert_eq!(out.as_ptr(), b.as_ptr(), "no copy on the hot path");
         assert_eq!(out, b);
     }
-    assert_eq!(f.dropped, 0);
+    assert_eq!(f.dropped, Dropped::default());
+    // Without the audio scope too, for everything but audio.
+    let mut f = ClientFilter::new(Policy::default());
+    f.filter(Bytes::from_static(HANDSHAKE)).unwrap();
+    for (k, m) in messages() {
+        if k == Kind::QemuAudio || k == Kind::SetEncodings {
+            continue;
+        }
+        let b = Bytes::from(m);
+        assert_eq!(f.filter(b.clone()).unwrap().as_ptr(), b.as_ptr());
+    }
 }
 
 proptest! {
@@ -247,9 +387,206 @@ proptest! {
                 Err(_) => { prop_assert!(fed <= part.len()); break; }
             }
         }
-        let mut f = ClientFilter::new(true);
-        if let Ok(out) = f.filter(Bytes::from(data.clone())) {
-            prop_assert!(out.len() <= data.len());
+        for policy in [Policy::default(), READ_ONLY_LISTENER, Policy { read_only: true, audio: false }] {
+            let mut f = ClientFilter::new(policy);
+            if let Ok(out) = f.filter(Bytes::from(data.clone())) {
+                prop_assert!(out.len() <= data.len());
+            }
+        }
+    }
+
+    /// Whatever a viewer sends and however it is cut: without the scope no
+    /// audio and no −259 come out, a read-only viewer's input never does,
+    /// and the output does not depend on the chunking.
+    #[test]
+    fn the_policy_holds_for_any_messages_and_chunking(
+        picks in proptest::collection::vec(0usize..64, 0..40),
+        encodings in proptest::collection::vec(
+            prop_oneof![Just(AUDIO_ENCODING), any::<i32>()], 0..12),
+        cuts in proptest::collection::vec(0usize..2000, 0..30),
+        read_only in any::<bool>(),
+        audio in any::<bool>(),
+    ) {
+        let pool = messages();
+        let mut s = HANDSHAKE.to_vec();
+        for p in picks {
+            if p >= pool.len() {
+                s.extend_from_slice(&set_encodings(&encodings));
+            } else {
+                s.extend_from_slice(&pool[p].1);
+            }
+        }
+        let policy = Policy { read_only, audio };
+        let (whole, _) = filter_all(policy, &s, s.len());
+        let mut f = ClientFilter::new(policy);
+        let mut out = Vec::new();
+        let mut at = 0;
+        let mut bounds: Vec<usize> = cuts.into_iter().filter(|&c| c < s.len()).collect();
+        bounds.sort_unstable();
+        bounds.push(s.len());
+        for b in bounds {
+            out.extend_from_slice(&f.filter(Bytes::copy_from_slice(&s[at..b])).unwrap());
+            at = b;
+        }
+        prop_assert_eq!(&out, &whole);
+        // What passed, parsed again.
+        let mut p = ClientParser::new();
+        let mut cur = Vec::new();
+        let mut seen = Vec::new();
+        p.feed(&out, |sp| seen.push(sp)).unwrap();
+        let mut at = 0;
+        for sp in seen {
+            cur.extend_from_slice(&out[at..at + sp.len]);
+            at += sp.len;
+            if !sp.end {
+                continue;
+            }
+            prop_assert!(!(read_only && sp.kind.is_input()), "input passed: {:?}", sp.kind);
+            prop_assert!(audio || sp.kind != Kind::QemuAudio, "audio passed");
+            if sp.kind == Kind::SetEncodings && !audio {
+                prop_assert!(cur[4..].chunks(4).all(|e| e != AUDIO_ENCODING.to_be_bytes()));
+            }
+            cur.clear();
+        }
+    }
+}
+
+mod server {
+    use super::super::server::*;
+    use super::super::*;
+    use proptest::prelude::*;
+
+    /// What QEMU sends an audio-only client: handshake, the −259
+    /// acknowledgement, a stream, and a few messages it does not use.
+    fn stream(pcm: &[u8]) -> Vec<u8> {
+        let mut s = b"RFB 003.008\n".to_vec();
+        s.extend_from_slice(&[2, 2, 1]); // VNC auth and None offered
+        s.extend_from_slice(&0u32.to_be_bytes());
+        s.extend_from_slice(&[0x02, 0x80, 0x01, 0xe0]); // 640x480
+        s.extend_from_slice(&[32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0]);
+        s.extend_from_slice(&4u32.to_be_bytes());
+        s.extend_from_slice(b"demo");
+        s.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x02, 0x80, 0x01, 0xe0]);
+        s.extend_from_slice(&AUDIO_ENCODING.to_be_bytes());
+        s.extend_from_slice(&[255, 1, 0, 1]); // begin
+        s.extend_from_slice(&[255, 1, 0, 2]);
+        s.extend_from_slice(&(pcm.len() as u32).to_be_bytes());
+        s.extend_from_slice(pcm);
+        s.extend_from_slice(&[2]); // bell
+        s.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 2, b'h', b'i']);
+        s.extend_from_slice(&[255, 1, 0, 2, 0, 0, 0, 0]); // empty data
+        s.extend_from_slice(&[255, 1, 0, 0]); // end
+                                              // An update with an LED state, a 2x1 raw rectangle, and LastRect.
+        s.extend_from_slice(&[0, 0, 0, 9]);
+        s.extend_from_slice(&[0, 0, 0, 0, 0, 1, 0, 1]);
+        s.extend_from_slice(&(-261i32).to_be_bytes());
+        s.push(3);
+        s.extend_from_slice(&[0, 0, 0, 0, 0, 2, 0, 1, 0, 0, 0, 0]);
+        s.extend_from_slice(&[9; 8]);
+        s.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+        s.extend_from_slice(&(-224i32).to_be_bytes());
+        s.extend_from_slice(&[255, 1, 0, 1]);
+        s
+    }
+
+    /// Where [`stream`]'s handshake ends: version, security types, result,
+    /// ServerInit and its four-byte name.
+    const HANDSHAKE_LEN: usize = 12 + 3 + 4 + 24 + 4;
+
+    /// Events as owned values (PCM joined), parsing `data` cut at `cuts`.
+    fn events(data: &[u8], cuts: &[usize]) -> Result<(Vec<String>, Vec<u8>), RfbError> {
+        let mut p = ServerParser::new();
+        let mut names = Vec::new();
+        let mut pcm = Vec::new();
+        let mut at = 0;
+        let mut bounds: Vec<usize> = cuts.iter().copied().filter(|&c| c < data.len()).collect();
+        bounds.sort_unstable();
+        bounds.push(data.len());
+        for b in bounds {
+            p.feed(&data[at..b], |e| match e {
+                ServerEvent::AudioData(d) => pcm.extend_from_slice(d),
+                e => names.push(format!("{e:?}")),
+            })?;
+            at = b;
+        }
+        Ok((names, pcm))
+    }
+
+    #[test]
+    fn an_audio_clients_stream_is_followed_and_pcm_handed_out() {
+        let pcm: Vec<u8> = (0..=255).cycle().take(4000).collect();
+        let s = stream(&pcm);
+        let (names, got) = events(&s, &[]).unwrap();
+        assert_eq!(
+            names,
+            [
+                "Ready { width: 640, height: 480 }",
+                "Rect { encoding: -259 }",
+                "AudioBegin",
+                "Other(\"bell\")",
+                "Other(\"clipboard\")",
+                "AudioEnd",
+                "Rect { encoding: -261 }",
+                "Rect { encoding: 0 }",
+                "Rect { encoding: -224 }",
+                "AudioBegin",
+            ]
+        );
+        assert_eq!(got, pcm);
+        let all: Vec<usize> = (1..s.len()).collect();
+        assert_eq!(events(&s, &all).unwrap(), (names, got));
+    }
+
+    #[test]
+    fn a_server_that_breaks_the_rules_is_refused_with_its_cause() {
+        let ok = stream(&[]);
+        let at = |tail: &[u8]| [&ok[..HANDSHAKE_LEN], tail].concat();
+        let err = |b: &[u8]| events(b, &[]).unwrap_err();
+        assert!(matches!(err(b"RFB 003.003\n"), RfbError::Version(_)));
+        assert_eq!(err(b"RFB 003.008\n\x00"), RfbError::SecurityRefused);
+        assert_eq!(err(b"RFB 003.008\n\x01\x02"), RfbError::NoSecurityNone);
+        assert_eq!(
+            err(b"RFB 003.008\n\x01\x01\x00\x00\x00\x01"),
+            RfbError::SecurityFailed(1)
+        );
+        assert_eq!(err(&at(&[7])), RfbError::ServerMessageType(7));
+        assert_eq!(err(&at(&[255, 2, 0, 0])), RfbError::QemuSubtype(2));
+        assert_eq!(err(&at(&[255, 1, 0, 3])), RfbError::AudioOp(3));
+        assert_eq!(
+            err(&at(&[255, 1, 0, 2, 0, 0x10, 0, 1])),
+            RfbError::AudioDataTooLong(0x10_0001)
+        );
+        let mut tight = vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 1];
+        tight.extend_from_slice(&7i32.to_be_bytes());
+        assert_eq!(err(&at(&tight)), RfbError::Encoding(7));
+        // Once broken, always broken.
+        let mut p = ServerParser::new();
+        assert!(p.feed(&at(&[7]), |_| {}).is_err());
+        assert!(p.feed(&[2], |_| panic!("event after an error")).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn any_chunking_gives_the_same_events(
+            cuts in proptest::collection::vec(0usize..3000, 0..30),
+            len in 0usize..2000,
+        ) {
+            let pcm: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let s = stream(&pcm);
+            prop_assert_eq!(events(&s, &cuts).unwrap(), events(&s, &[]).unwrap());
+        }
+
+        #[test]
+        fn arbitrary_server_bytes_never_panic_and_pcm_is_never_more_than_fed(
+            tail in proptest::collection::vec(any::<u8>(), 0..400),
+            cut in 0usize..500,
+        ) {
+            let ok = stream(&[]);
+            let data = [&ok[..HANDSHAKE_LEN], &tail].concat();
+            let cut = cut.min(data.len());
+            if let Ok((_, pcm)) = events(&data, &[cut]) {
+                prop_assert!(pcm.len() <= data.len());
+            }
         }
     }
 }

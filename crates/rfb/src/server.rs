@@ -1,0 +1,393 @@
+//! What an RFB server sends to a client that asked for audio only: the
+//! agent's dedicated audio connection to QEMU (docs/audio.md).
+//!
+//! Sans-IO like the client parser: feed the server's bytes in whatever
+//! chunks they came, get [`ServerEvent`]s back; PCM is handed out as slices
+//! of what was fed, never buffered, and only header bytes are kept (at most
+//! [`MAX_SERVER_HEADER`]).
+//!
+//! It follows the RFB 3.8 handshake for security type None (what QEMU offers
+//! a client it was handed with `add_client … skipauth=true`, and what
+//! libvirt's `virDomainOpenGraphicsFD` with `SKIPAUTH` gives), ServerInit,
+//! and then the messages such a client can get: FramebufferUpdates made of
+//! pseudo-encoding rectangles (the −259 acknowledgement among them) or raw
+//! pixels, colour map entries, bell, server clipboard, fences, end of
+//! continuous updates, and QEMU's audio messages (255/1: begin, end, data).
+//! A client that never lists a pixel encoding but raw and never asks for an
+//! update gets nothing else; anything else is an error that says what came.
+
+use crate::{parse_version, RfbError, AUDIO_ENCODING, MAX_CUT_TEXT};
+
+/// The most header bytes kept to learn a unit's length (ServerInit's 24).
+pub const MAX_SERVER_HEADER: usize = 24;
+/// The largest audio data message accepted (QEMU sends what its mixer gave
+/// it at once, a few kilobytes).
+pub const MAX_AUDIO_DATA: u32 = 1 << 20;
+/// The longest desktop name accepted in ServerInit.
+pub const MAX_NAME: u32 = 64 * 1024;
+/// The largest Fence payload.
+const MAX_FENCE: usize = 64;
+
+/// Pseudo-encodings whose rectangles carry no data.
+const EMPTY_PSEUDO: &[i32] = &[
+    AUDIO_ENCODING,
+    -258, // QEMU extended key event acknowledged
+    -257, // QEMU pointer motion change
+    -223, // DesktopSize
+    LAST_RECT,
+];
+/// LastRect: the update has no more rectangles.
+const LAST_RECT: i32 = -224;
+/// QEMU LED state: one byte.
+const LED_STATE: i32 = -261;
+
+/// Something the server said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerEvent<'a> {
+    /// The handshake is over (ServerInit read): messages follow.
+    Ready { width: u16, height: u16 },
+    /// A rectangle of this encoding (a pseudo-encoding, or raw pixels that
+    /// were skipped); [`AUDIO_ENCODING`] acknowledges audio.
+    Rect { encoding: i32 },
+    /// An audio stream begins: the guest plays.
+    AudioBegin,
+    /// The stream ended: the guest went quiet.
+    AudioEnd,
+    /// PCM bytes of an audio data message, in order, in the format the
+    /// client set (a message may come in several slices; a slice may end
+    /// inside a frame).
+    AudioData(&'a [u8]),
+    /// A message the audio client has no use for, skipped: bell, clipboard,
+    /// colour map, fence, end of continuous updates.
+    Other(&'static str),
+}
+
+/// What the header bytes in `hdr` belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    Version,
+    SecurityCount,
+    SecurityResult,
+    ServerInit,
+    /// A message, its type byte first.
+    Message,
+    /// A rectangle header inside a FramebufferUpdate.
+    Rect,
+}
+
+/// What a body's bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    /// The security types offered; None (1) must be among them.
+    SecurityTypes,
+    /// The desktop name.
+    Name,
+    /// A rectangle's data.
+    RectData,
+    /// Audio PCM.
+    Pcm,
+    /// A message's payload nobody needs.
+    Skip,
+}
+
+/// Follows a server's byte stream.
+#[derive(Debug, Clone)]
+pub struct ServerParser {
+    unit: Unit,
+    hdr: [u8; MAX_SERVER_HEADER],
+    /// Header bytes of the current unit seen so far.
+    seen: usize,
+    /// The body being read, and how many bytes of it are left.
+    body: Option<(Body, usize)>,
+    /// Rectangles left in the current FramebufferUpdate.
+    rects_left: u16,
+    /// Bytes per pixel, from ServerInit.
+    bpp: usize,
+    /// Whether the security types seen so far include None.
+    none_offered: bool,
+    /// The framebuffer's size, from ServerInit, for [`ServerEvent::Ready`].
+    size: (u16, u16),
+    /// Set on the first error: a broken stream stays broken.
+    failed: Option<RfbError>,
+}
+
+impl Default for ServerParser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn be16(h: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([h[at], h[at + 1]])
+}
+
+fn be32(h: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]])
+}
+
+impl ServerParser {
+    pub fn new() -> ServerParser {
+        ServerParser {
+            unit: Unit::Version,
+            hdr: [0; MAX_SERVER_HEADER],
+            seen: 0,
+            body: None,
+            rects_left: 0,
+            bpp: 4,
+            none_offered: false,
+            size: (0, 0),
+            failed: None,
+        }
+    }
+
+    /// What a client sends to get through the handshake this parser
+    /// follows: RFB 3.8, security type None, ClientInit *shared*. A client
+    /// may send it at once, before the server's bytes arrive (QEMU reads
+    /// pipelined handshakes).
+    pub const CLIENT_HANDSHAKE: &'static [u8] = b"RFB 003.008\n\x01\x01";
+
+    /// Reads `data`, calling `out` for each event; stops at the first error.
+    pub fn feed<'a>(
+        &mut self,
+        mut data: &'a [u8],
+        mut out: impl FnMut(ServerEvent<'a>),
+    ) -> Result<(), RfbError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        while !data.is_empty() {
+            match self.step(data, &mut out) {
+                Ok(used) => data = &data[used..],
+                Err(e) => {
+                    self.failed = Some(e.clone());
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes some bytes off the front of non-empty `data`; how many.
+    fn step<'a>(
+        &mut self,
+        data: &'a [u8],
+        out: &mut impl FnMut(ServerEvent<'a>),
+    ) -> Result<usize, RfbError> {
+        if let Some((body, left)) = self.body {
+            let take = left.min(data.len());
+            let chunk = &data[..take];
+            match body {
+                Body::Pcm => out(ServerEvent::AudioData(chunk)),
+                Body::SecurityTypes => self.none_offered |= chunk.contains(&1),
+                Body::Name | Body::RectData | Body::Skip => {}
+            }
+            if take == left {
+                self.body = None;
+                self.after_body(body, out)?;
+            } else {
+                self.body = Some((body, left - take));
+            }
+            return Ok(take);
+        }
+        let mut used = 0;
+        loop {
+            let need = self.need()?;
+            if self.seen >= need {
+                break;
+            }
+            let take = (need - self.seen).min(data.len() - used);
+            self.hdr[self.seen..self.seen + take].copy_from_slice(&data[used..used + take]);
+            self.seen += take;
+            used += take;
+            if self.seen < need {
+                // The chunk ended inside the header.
+                return Ok(used);
+            }
+        }
+        self.after_header(out)?;
+        Ok(used)
+    }
+
+    /// Header bytes the current unit needs, as far as `hdr` tells.
+    fn need(&self) -> Result<usize, RfbError> {
+        let h = &self.hdr[..self.seen];
+        Ok(match self.unit {
+            Unit::Version => 12,
+            Unit::SecurityCount => 1,
+            Unit::SecurityResult => 4,
+            Unit::ServerInit => 24,
+            Unit::Rect => 12,
+            Unit::Message if h.is_empty() => 1,
+            Unit::Message => match h[0] {
+                0 => 4,
+                1 => 6,
+                2 | 150 => 1,
+                3 => 8,
+                248 => 9,
+                255 if h.len() < 4 => 4,
+                255 if h[1] != 1 => return Err(RfbError::QemuSubtype(h[1])),
+                255 => match be16(h, 2) {
+                    crate::audio::OP_END | crate::audio::OP_BEGIN => 4,
+                    crate::audio::OP_DATA => 8,
+                    op => return Err(RfbError::AudioOp(op)),
+                },
+                t => return Err(RfbError::ServerMessageType(t)),
+            },
+        })
+    }
+
+    /// Begins the next unit: its header.
+    fn next(&mut self, unit: Unit) {
+        self.unit = unit;
+        self.seen = 0;
+    }
+
+    /// Begins a body of `len` bytes (an empty one ends at once).
+    fn start_body<'a>(
+        &mut self,
+        body: Body,
+        len: usize,
+        out: &mut impl FnMut(ServerEvent<'a>),
+    ) -> Result<(), RfbError> {
+        if len == 0 {
+            self.after_body(body, out)
+        } else {
+            self.body = Some((body, len));
+            Ok(())
+        }
+    }
+
+    fn after_header<'a>(&mut self, out: &mut impl FnMut(ServerEvent<'a>)) -> Result<(), RfbError> {
+        let h = self.hdr;
+        match self.unit {
+            Unit::Version => {
+                let (_, minor) = parse_version(&h)?;
+                if minor < 8 {
+                    // This parser follows the 3.8 handshake only.
+                    return Err(RfbError::Version(
+                        String::from_utf8_lossy(&h[..12]).into_owned(),
+                    ));
+                }
+                self.next(Unit::SecurityCount);
+            }
+            Unit::SecurityCount => {
+                if h[0] == 0 {
+                    return Err(RfbError::SecurityRefused);
+                }
+                self.next(Unit::SecurityResult);
+                self.start_body(Body::SecurityTypes, usize::from(h[0]), out)?;
+            }
+            Unit::SecurityResult => match be32(&h, 0) {
+                0 => self.next(Unit::ServerInit),
+                code => return Err(RfbError::SecurityFailed(code)),
+            },
+            Unit::ServerInit => {
+                self.size = (be16(&h, 0), be16(&h, 2));
+                self.bpp = usize::from(h[4]).div_ceil(8);
+                let name = be32(&h, 20);
+                if name > MAX_NAME {
+                    return Err(RfbError::NameTooLong(name));
+                }
+                self.next(Unit::Message);
+                self.start_body(Body::Name, name as usize, out)?;
+            }
+            Unit::Message => self.after_message_header(&h, out)?,
+            Unit::Rect => {
+                let (w, hgt) = (usize::from(be16(&h, 4)), usize::from(be16(&h, 6)));
+                let encoding = be32(&h, 8) as i32;
+                self.next(Unit::Rect);
+                let len = match encoding {
+                    e if EMPTY_PSEUDO.contains(&e) => 0,
+                    LED_STATE => 1,
+                    0 => w
+                        .checked_mul(hgt)
+                        .and_then(|n| n.checked_mul(self.bpp))
+                        .ok_or(RfbError::Encoding(encoding))?,
+                    e => return Err(RfbError::Encoding(e)),
+                };
+                out(ServerEvent::Rect { encoding });
+                if encoding == LAST_RECT {
+                    self.rects_left = 1;
+                }
+                self.start_body(Body::RectData, len, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn after_message_header<'a>(
+        &mut self,
+        h: &[u8; MAX_SERVER_HEADER],
+        out: &mut impl FnMut(ServerEvent<'a>),
+    ) -> Result<(), RfbError> {
+        self.next(Unit::Message);
+        match h[0] {
+            0 => {
+                self.rects_left = be16(h, 2);
+                if self.rects_left > 0 {
+                    self.next(Unit::Rect);
+                }
+            }
+            1 => {
+                out(ServerEvent::Other("colour map entries"));
+                self.start_body(Body::Skip, 6 * usize::from(be16(h, 4)), out)?;
+            }
+            2 => out(ServerEvent::Other("bell")),
+            3 => {
+                // Negative: the extended clipboard form, |length| bytes follow.
+                let len = (be32(h, 4) as i32).unsigned_abs();
+                if len > MAX_CUT_TEXT {
+                    return Err(RfbError::CutTextTooLong(len));
+                }
+                out(ServerEvent::Other("clipboard"));
+                self.start_body(Body::Skip, len as usize, out)?;
+            }
+            150 => out(ServerEvent::Other("end of continuous updates")),
+            248 => {
+                let len = usize::from(h[8]);
+                if len > MAX_FENCE {
+                    return Err(RfbError::FenceTooLong(len));
+                }
+                out(ServerEvent::Other("fence"));
+                self.start_body(Body::Skip, len, out)?;
+            }
+            _ => match be16(h, 2) {
+                crate::audio::OP_END => out(ServerEvent::AudioEnd),
+                crate::audio::OP_BEGIN => out(ServerEvent::AudioBegin),
+                _ => {
+                    let len = be32(h, 4);
+                    if len > MAX_AUDIO_DATA {
+                        return Err(RfbError::AudioDataTooLong(len));
+                    }
+                    self.start_body(Body::Pcm, len as usize, out)?;
+                }
+            },
+        }
+        Ok(())
+    }
+
+    fn after_body<'a>(
+        &mut self,
+        body: Body,
+        out: &mut impl FnMut(ServerEvent<'a>),
+    ) -> Result<(), RfbError> {
+        match body {
+            Body::SecurityTypes if !self.none_offered => Err(RfbError::NoSecurityNone),
+            Body::Name => {
+                out(ServerEvent::Ready {
+                    width: self.size.0,
+                    height: self.size.1,
+                });
+                Ok(())
+            }
+            Body::RectData => {
+                self.rects_left -= 1;
+                if self.rects_left == 0 {
+                    self.next(Unit::Message);
+                }
+                Ok(())
+            }
+            Body::SecurityTypes | Body::Pcm | Body::Skip => Ok(()),
+        }
+    }
+}
