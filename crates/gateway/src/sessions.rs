@@ -394,17 +394,46 @@ mod tests {
         assert!(r.list().is_empty());
     }
 
+    /// One data frame each time the test sends on the channel.
+    struct Poke(tokio::sync::mpsc::Receiver<()>);
+
+    impl FrameRx for Poke {
+        async fn recv(&mut self) -> Result<Option<Frame>, Close> {
+            Ok(self
+                .0
+                .recv()
+                .await
+                .map(|()| Frame::Data(b"x".to_vec().into())))
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn idle_timeout_fires_only_after_silence() {
         let r = registry(0, 0, 30);
         let live = r.admit(record(1, "g"), false).unwrap();
+        let (poke, rx) = tokio::sync::mpsc::channel(1);
+        let mut rx = live.count_from_guest(Poke(rx));
         let stop = live.stop();
         tokio::pin!(stop);
-        tokio::select! {
-            _ = &mut stop => panic!("stopped early"),
-            _ = tokio::time::sleep(Duration::from_secs(29)) => {}
+        // A byte every 20 s keeps the session for 100 s, over three
+        // timeouts' length.
+        let start = Instant::now();
+        for _ in 0..5 {
+            tokio::select! {
+                _ = &mut stop => panic!("stopped after {:?} with traffic", start.elapsed()),
+                _ = tokio::time::sleep(Duration::from_secs(20)) => {}
+            }
+            poke.send(()).await.unwrap();
+            rx.recv().await.unwrap();
         }
+        // Then silence: the close comes 30 s after the last byte.
+        let last = Instant::now();
         let c = stop.await;
+        let took = last.elapsed();
+        assert!(
+            took >= Duration::from_secs(30) && took <= Duration::from_secs(31),
+            "closed {took:?} after the last byte"
+        );
         assert_eq!(c.code, CloseCode::SessionExpired);
         assert!(c.reason.contains("idle for 30s"), "{}", c.reason);
     }

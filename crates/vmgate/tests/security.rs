@@ -437,17 +437,46 @@ async fn cross_origin_oversized_and_idle_sessions_are_refused() {
     assert_eq!(code, 4401);
     assert!(reason.contains("longer than 4096 bytes"), "{reason}");
 
-    // With an idle timeout, a session where nobody types and the guest
-    // prints nothing is ended. (Set only now: the guest boots quietly, and
-    // the harness's boot probe would be idle too.)
+    // With an idle timeout, a session with traffic stays open past it, and
+    // once nobody types and the guest prints nothing it is ended, the
+    // timeout after its last byte. (Set only now: the guest boots quietly,
+    // and the harness's boot probe would be idle too.)
+    const IDLE: Duration = Duration::from_secs(3);
     stack
-        .restart_gateway(|cfg| cfg.limits.idle_timeout_secs = 3)
+        .restart_gateway(|cfg| cfg.limits.idle_timeout_secs = IDLE.as_secs())
         .await;
     let mut s = stack.serial().await;
     s.expect_notice("keyboard").await;
-    let (code, reason) = s.closed().await;
-    assert_eq!(code, 4408);
+    let opened = std::time::Instant::now();
+    let mut n = 0;
+    let mut last = opened;
+    while opened.elapsed() < 3 * IDLE {
+        if n > 0 {
+            // Every second, well within the timeout.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        n += 1;
+        let at = s.output.len();
+        s.send(format!("echo tick-$(({n}*7))\n").as_bytes()).await;
+        // The echo and the prompt after it: the last bytes either way.
+        let after = s.expect_since(at, &format!("tick-{}", n * 7)).await;
+        s.expect_since(after, "guest# ").await;
+        last = std::time::Instant::now();
+    }
+    let (code, reason) = loop {
+        match s.next_event(common::WAIT).await {
+            common::Event::Data(_) => last = std::time::Instant::now(),
+            common::Event::Closed(c, r) => break (c, r),
+            e => panic!("{e:?} instead of the idle close"),
+        }
+    };
+    let took = last.elapsed();
+    assert_eq!(code, 4408, "{reason}");
     assert!(reason.contains("idle for 3s"), "{reason}");
+    assert!(
+        took + Duration::from_millis(200) >= IDLE && took <= IDLE + Duration::from_secs(3),
+        "closed {took:?} after the last byte, not about {IDLE:?}"
+    );
 }
 
 #[tokio::test]
@@ -580,7 +609,10 @@ async fn silent_clients_are_dropped_at_the_handshake_deadline() {
     let start = std::time::Instant::now();
     let mut tcp = tokio::net::TcpStream::connect(stack.gw_addr).await.unwrap();
     let (took, sent) = closed_after(&mut tcp, start).await;
-    assert!(sent.is_empty(), "the gateway sent {sent:?} to a silent client");
+    assert!(
+        sent.is_empty(),
+        "the gateway sent {sent:?} to a silent client"
+    );
     in_bounds("no ClientHello", took);
 
     // TLS done (HTTP/2 agreed), then no request at all.
@@ -595,7 +627,10 @@ async fn silent_clients_are_dropped_at_the_handshake_deadline() {
     let start = std::time::Instant::now();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     // (HTTP/2's SETTINGS may come first: only the close time matters.)
-    in_bounds("no request after TLS", closed_after(&mut tls, start).await.0);
+    in_bounds(
+        "no request after TLS",
+        closed_after(&mut tls, start).await.0,
+    );
     assert!(
         !stack.log("gateway.log").contains("panicked"),
         "{}",
