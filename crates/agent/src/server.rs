@@ -1,15 +1,30 @@
 //! The QUIC listener gateways connect to: one connection per gateway, one
 //! stream per console session, and one inventory stream per connection.
+//!
+//! Shutdown: when `shutdown` fires the agent stops accepting, ends every
+//! session with 1001 "the agent is shutting down" (a `Close` frame, which
+//! the gateway passes on to the client), waits at most [`DRAIN`] for the
+//! sessions to finish, and only then closes its QUIC endpoint, so a client
+//! learns why instead of seeing "agent unreachable" (4502).
+//!
+//! Read-only sessions: whatever the gateway sent, their input never reaches
+//! a guest from here either (defence in depth behind the gateway's own
+//! filter): a serial console's hub drops it, a channel's input is dropped
+//! whole, and a VNC viewer's input messages are dropped by the RFB parser
+//! the gateway uses (`vmgate_rfb`), so the viewer still sees the screen.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use vmgate_relay::bytes_io::{ByteRx, ByteTx};
 use vmgate_relay::quic::{QuicRx, QuicTx};
-use vmgate_relay::{relay, FrameTx};
+use vmgate_relay::{relay, FrameRx, FrameTx};
+use vmgate_rfb::{ClientFilter, Policy};
 use vmgate_wire::{
     ChannelKind, Close, CloseCode, Frame, Mode, OpenRequest, StreamKind, MAX_HEADER_LEN,
 };
@@ -20,6 +35,14 @@ use crate::backend::{Backend, Opened};
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 /// Deadline for a stream's header to arrive after the stream opened.
 const HEADER_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a shutting-down agent waits for its sessions to end (their
+/// Close delivered, the gateway's side finished) before it closes the
+/// connections anyway.
+pub const DRAIN: Duration = Duration::from_secs(5);
+/// How long the endpoint's own close may take to reach the gateways.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// What every session is told when the agent stops.
+const GOING_AWAY: &str = "the agent is shutting down";
 
 /// Accepts gateway connections until `shutdown` fires.
 pub async fn serve<B: Backend>(
@@ -27,6 +50,8 @@ pub async fn serve<B: Backend>(
     backend: Arc<B>,
     shutdown: CancellationToken,
 ) {
+    // Console and inventory streams; the drain waits for them.
+    let streams = TaskTracker::new();
     loop {
         let incoming = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -34,6 +59,7 @@ pub async fn serve<B: Backend>(
         };
         let backend = backend.clone();
         let shutdown = shutdown.clone();
+        let streams = streams.clone();
         tokio::spawn(async move {
             let peer = incoming.remote_address();
             let conn = match tokio::time::timeout(HANDSHAKE_DEADLINE, incoming).await {
@@ -48,20 +74,31 @@ pub async fn serve<B: Backend>(
                 }
             };
             tracing::info!(%peer, "gateway connected");
-            serve_connection(conn.clone(), backend, shutdown).await;
+            serve_connection(conn.clone(), backend, shutdown, streams).await;
             let path = conn.stats().path;
             tracing::info!(%peer, rtt = ?path.rtt, mtu = path.current_mtu,
                 mtu_probes = path.sent_plpmtud_probes, mtu_probes_lost = path.lost_plpmtud_probes,
                 "gateway disconnected");
         });
     }
+    // Every session's relay saw `shutdown` too and is telling its gateway.
+    streams.close();
+    match tokio::time::timeout(DRAIN, streams.wait()).await {
+        Ok(()) => tracing::info!("agent drained"),
+        Err(_) => tracing::warn!(
+            streams = streams.len(),
+            "sessions still ending after the drain period; closing the connections"
+        ),
+    }
     endpoint.close(0u32.into(), b"agent shutting down");
+    let _ = tokio::time::timeout(CLOSE_WAIT, endpoint.wait_idle()).await;
 }
 
 async fn serve_connection<B: Backend>(
     conn: quinn::Connection,
     backend: Arc<B>,
     shutdown: CancellationToken,
+    streams: TaskTracker,
 ) {
     loop {
         let (tx, rx) = tokio::select! {
@@ -75,7 +112,7 @@ async fn serve_connection<B: Backend>(
             },
         };
         let backend = backend.clone();
-        tokio::spawn(serve_stream(tx, rx, backend));
+        streams.spawn(serve_stream(tx, rx, backend, shutdown.clone()));
     }
 }
 
@@ -84,10 +121,14 @@ async fn serve_stream<B: Backend>(
     send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     backend: Arc<B>,
+    shutdown: CancellationToken,
 ) {
     let mut tx = QuicTx::new(send, "gateway");
     let mut buf = BytesMut::with_capacity(MAX_HEADER_LEN);
     let header = tokio::time::timeout(HEADER_DEADLINE, async {
+        if shutdown.is_cancelled() {
+            return Ok(None);
+        }
         loop {
             if let Some((req, used)) = OpenRequest::decode(&buf)? {
                 let _ = buf.split_to(used);
@@ -119,25 +160,34 @@ async fn serve_stream<B: Backend>(
         }
     };
     match req.kind {
-        StreamKind::Inventory => serve_inventory(tx, backend).await,
+        StreamKind::Inventory => serve_inventory(tx, backend, shutdown).await,
         StreamKind::Console => {
-            serve_console(req, tx, QuicRx::new(recv, buf, "gateway"), backend).await
+            let rx = QuicRx::new(recv, buf, "gateway");
+            serve_console(req, tx, rx, backend, shutdown).await
         }
     }
 }
 
-/// Pushes the inventory now and on every change, until the stream ends.
-async fn serve_inventory<B: Backend>(mut tx: QuicTx, backend: Arc<B>) {
+/// Pushes the inventory now and on every change, until the stream ends or
+/// the agent shuts down.
+async fn serve_inventory<B: Backend>(mut tx: QuicTx, backend: Arc<B>, shutdown: CancellationToken) {
     let mut inv = backend.inventory();
     loop {
         let snapshot = inv.borrow_and_update().to_json();
         if tx.send(Frame::Inventory(snapshot)).await.is_err() {
             return;
         }
-        if inv.changed().await.is_err() {
-            return;
+        tokio::select! {
+            _ = shutdown.cancelled() => return tx.finish().await,
+            changed = inv.changed() => if changed.is_err() { return },
         }
     }
+}
+
+/// Resolves with the Close every session gets when the agent stops.
+async fn going_away(shutdown: CancellationToken) -> Close {
+    shutdown.cancelled().await;
+    Close::new(CloseCode::GoingAway, GOING_AWAY)
 }
 
 async fn serve_console<B: Backend>(
@@ -145,6 +195,7 @@ async fn serve_console<B: Backend>(
     mut tx: QuicTx,
     mut rx: QuicRx,
     backend: Arc<B>,
+    shutdown: CancellationToken,
 ) {
     let opened = match backend.open(&req).await {
         Ok(o) => o,
@@ -160,8 +211,19 @@ async fn serve_console<B: Backend>(
         return;
     }
     tracing::info!(session = req.session, guest = %req.guest, channel = %req.channel, mode = ?req.mode, "session opened");
-    let outcome = match opened {
-        Opened::Console(crx, ctx) => relay(&mut rx, tx, crx, ctx, guest_gone).await,
+    let read_only = req.mode == Mode::ReadOnly;
+    let (outcome, input_dropped) = match opened {
+        Opened::Console(crx, ctx) => {
+            // The hub drops a read-only session's input itself.
+            let stop = async {
+                tokio::select! {
+                    biased;
+                    close = going_away(shutdown.clone()) => close,
+                    close = guest_gone => close,
+                }
+            };
+            (relay(&mut rx, tx, crx, ctx, stop).await, None)
+        }
         Opened::Stream {
             stream,
             kind,
@@ -173,72 +235,142 @@ async fn serve_console<B: Backend>(
                 Some((t, g)) => (t, Some(g)),
                 None => (CancellationToken::new(), None),
             };
-            let taken = async move {
+            let (bad_rfb_tx, bad_rfb) = oneshot::channel();
+            let input = match (read_only, kind) {
+                (false, _) => Input::Pass,
+                (true, ChannelKind::Vnc) => Input::Rfb {
+                    // Only input: what a viewer may hear is the gateway's
+                    // to decide (the ticket's audio scope).
+                    filter: ClientFilter::new(Policy {
+                        read_only: true,
+                        audio: true,
+                    }),
+                    failed: Some(bad_rfb_tx),
+                },
+                (true, _) => Input::Drop { bytes: 0 },
+            };
+            let stop = async move {
                 tokio::select! {
+                    biased;
+                    close = going_away(shutdown.clone()) => close,
                     _ = token.cancelled() => Close::new(
                         CloseCode::TakenOver,
                         "another session took this channel over (--force)",
                     ),
                     close = guest_gone => close,
+                    Ok(close) = bad_rfb => close,
                 }
             };
-            // Whatever the backend: a read-only session's input never
-            // reaches a channel. VNC is the exception: its viewer must
-            // still speak RFB, and the gateway drops its input messages.
-            let rx = ReadOnly {
+            let mut guarded = Guarded {
                 inner: &mut rx,
-                drop_input: req.mode == Mode::ReadOnly && kind == ChannelKind::Channel,
-                dropped: 0,
+                input,
+                session: req.session,
             };
-            relay(
-                rx,
+            let outcome = relay(
+                &mut guarded,
                 tx,
                 ByteRx::new(r, what.clone()),
                 ByteTx::new(w, what),
-                taken,
+                stop,
             )
-            .await
+            .await;
+            (outcome, guarded.dropped())
         }
     };
-    tracing::info!(session = req.session, guest = %req.guest, channel = %req.channel,
-        reason = %outcome.close, to_guest = outcome.a_to_b, from_guest = outcome.b_to_a, "session ended");
+    match input_dropped {
+        Some(dropped) => {
+            tracing::info!(session = req.session, guest = %req.guest, channel = %req.channel,
+                reason = %outcome.close, to_guest = outcome.a_to_b, from_guest = outcome.b_to_a,
+                input_dropped = dropped, "session ended");
+            if dropped > 0 {
+                // Bytes of a channel, messages of a VNC viewer.
+                tracing::info!(session = req.session, channel = %req.channel, dropped,
+                    "read-only session: input dropped");
+            }
+        }
+        None => tracing::info!(session = req.session, guest = %req.guest, channel = %req.channel,
+            reason = %outcome.close, to_guest = outcome.a_to_b, from_guest = outcome.b_to_a, "session ended"),
+    }
     // The gateway may still be sending (a client that floods while the
     // guest's output waits in front of our Close). Dropping the stream now
     // would stop it (STOP_SENDING), which the gateway takes for a lost
     // agent before it reaches the Close; so read and drop until the gateway
-    // ends its side, for a while.
-    let drain = async { while let Ok(Some(_)) = vmgate_relay::FrameRx::recv(&mut rx).await {} };
+    // ends its side, for a while. That end is also how a shutting-down
+    // agent knows its Close arrived.
+    let drain = async { while let Ok(Some(_)) = FrameRx::recv(&mut rx).await {} };
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// How long an ended session reads what the gateway still sends.
 const LINGER: Duration = Duration::from_secs(5);
 
-/// The gateway's side of a byte-stream session, with the client's input
-/// (Data and Eof) dropped when the session is read-only.
-struct ReadOnly<'a> {
-    inner: &'a mut QuicRx,
-    drop_input: bool,
-    /// Input bytes dropped, logged when the session ends.
-    dropped: u64,
+/// What a byte-stream session's input goes through before the guest.
+enum Input {
+    /// Interactive: as it came.
+    Pass,
+    /// A read-only channel: all input (Data and Eof) is dropped; `bytes`
+    /// counts it.
+    Drop { bytes: u64 },
+    /// A read-only VNC viewer: it must still speak RFB (the handshake,
+    /// SetPixelFormat, SetEncodings, update requests) to see the screen,
+    /// so only its input messages (keys, pointer, clipboard, QEMU key
+    /// events, resize, power) are dropped, by the gateway's own parser.
+    /// Bytes that are not RFB end the session through `failed`.
+    Rfb {
+        filter: ClientFilter,
+        failed: Option<oneshot::Sender<Close>>,
+    },
 }
 
-impl vmgate_relay::FrameRx for ReadOnly<'_> {
-    async fn recv(&mut self) -> Result<Option<Frame>, Close> {
-        loop {
-            match self.inner.recv().await? {
-                Some(Frame::Data(d)) if self.drop_input => self.dropped += d.len() as u64,
-                Some(Frame::Eof) if self.drop_input => {}
-                other => return Ok(other),
-            }
+/// The gateway's side of a byte-stream session, with a read-only
+/// session's input dropped.
+struct Guarded<'a> {
+    inner: &'a mut QuicRx,
+    input: Input,
+    session: u64,
+}
+
+impl Guarded<'_> {
+    /// What was dropped (bytes of a channel, messages of a VNC viewer),
+    /// for the session's log line; `None` for an interactive session.
+    fn dropped(&self) -> Option<u64> {
+        match &self.input {
+            Input::Pass => None,
+            Input::Drop { bytes } => Some(*bytes),
+            Input::Rfb { filter, .. } => Some(filter.dropped.input),
         }
     }
 }
 
-impl Drop for ReadOnly<'_> {
-    fn drop(&mut self) {
-        if self.dropped > 0 {
-            tracing::info!(bytes = self.dropped, "read-only session: input dropped");
+impl FrameRx for Guarded<'_> {
+    async fn recv(&mut self) -> Result<Option<Frame>, Close> {
+        loop {
+            let frame = self.inner.recv().await?;
+            match (&mut self.input, frame) {
+                (Input::Pass, f) => return Ok(f),
+                (Input::Drop { bytes }, Some(Frame::Data(d))) => {
+                    *bytes = bytes.saturating_add(d.len() as u64)
+                }
+                (Input::Drop { .. }, Some(Frame::Eof)) => {}
+                (Input::Rfb { filter, failed }, Some(Frame::Data(d))) => match filter.filter(d) {
+                    // All of it was input.
+                    Ok(out) if out.is_empty() => {}
+                    Ok(out) => return Ok(Some(Frame::Data(out))),
+                    Err(e) => {
+                        let close = Close::new(
+                            CloseCode::ProtocolError,
+                            format!("malformed RFB from the viewer: {e}"),
+                        );
+                        tracing::warn!(session = self.session, reason = %close, "ending a read-only VNC session");
+                        if let Some(tx) = failed.take() {
+                            let _ = tx.send(close);
+                        }
+                        // The relay's stop ends the session with that reason.
+                        return std::future::pending().await;
+                    }
+                },
+                (_, f) => return Ok(f),
+            }
         }
     }
 }

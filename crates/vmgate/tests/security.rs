@@ -787,32 +787,55 @@ async fn read_to(s: &mut Session, n: usize) {
     }
 }
 
-/// The RFB handshake of a viewer over a console WebSocket, then
-/// SetEncodings and an update request (not input: they pass); returns the
-/// bytes sent.
-async fn rfb_handshake(s: &mut Session) -> usize {
-    read_to(s, 12).await;
-    assert_eq!(&s.output[..12], b"RFB 003.008\n");
-    s.send(b"RFB 003.008\n").await;
-    read_to(s, 13).await;
-    let n = s.output[12] as usize;
-    read_to(s, 13 + n).await;
-    assert!(s.output[13..13 + n].contains(&1), "security None offered");
-    s.send(&[1]).await;
-    read_to(s, 13 + n + 4).await;
+/// A viewer's byte stream: a console WebSocket, or a stream opened at the
+/// agent itself.
+trait Viewer {
+    fn received(&self) -> &[u8];
+    async fn send_bytes(&mut self, b: &[u8]);
+    /// Reads until at least `n` bytes were received in all.
+    async fn read_to(&mut self, n: usize);
+}
+
+impl Viewer for Session {
+    fn received(&self) -> &[u8] {
+        &self.output
+    }
+    async fn send_bytes(&mut self, b: &[u8]) {
+        self.send(b).await
+    }
+    async fn read_to(&mut self, n: usize) {
+        read_to(self, n).await
+    }
+}
+
+/// The RFB handshake of a viewer, then SetEncodings and an update request
+/// (not input: they pass); returns the bytes sent.
+async fn rfb_handshake(s: &mut impl Viewer) -> usize {
+    s.read_to(12).await;
+    assert_eq!(&s.received()[..12], b"RFB 003.008\n");
+    s.send_bytes(b"RFB 003.008\n").await;
+    s.read_to(13).await;
+    let n = s.received()[12] as usize;
+    s.read_to(13 + n).await;
+    assert!(
+        s.received()[13..13 + n].contains(&1),
+        "security None offered"
+    );
+    s.send_bytes(&[1]).await;
+    s.read_to(13 + n + 4).await;
     assert_eq!(
-        &s.output[13 + n..17 + n],
+        &s.received()[13 + n..17 + n],
         &[0, 0, 0, 0],
         "security result OK"
     );
-    s.send(&[0]).await;
+    s.send_bytes(&[0]).await;
     let init = 17 + n;
-    read_to(s, init + 24).await;
-    let name = &s.output[init + 20..init + 24];
+    s.read_to(init + 24).await;
+    let name = &s.received()[init + 20..init + 24];
     let name_len = u32::from_be_bytes([name[0], name[1], name[2], name[3]]) as usize;
-    read_to(s, init + 24 + name_len).await;
-    s.send(&[2, 0, 0, 1, 0, 0, 0, 0]).await;
-    s.send(&[3, 0, 0, 0, 0, 0, 0, 16, 0, 16]).await;
+    s.read_to(init + 24 + name_len).await;
+    s.send_bytes(&[2, 0, 0, 1, 0, 0, 0, 0]).await;
+    s.send_bytes(&[3, 0, 0, 0, 0, 0, 0, 16, 0, 16]).await;
     12 + 1 + 1 + 8 + 10
 }
 
@@ -934,6 +957,199 @@ async fn open_on_agent(
     tokio::time::timeout(common::WAIT, attempt)
         .await
         .expect("the agent neither answered nor refused")
+}
+
+/// A console stream opened at the stack's agent directly over QUIC, as a
+/// gateway would (the gateway's client certificate): none of the gateway's
+/// filtering is on its path.
+struct AgentStream {
+    tx: quinn::SendStream,
+    rx: quinn::RecvStream,
+    buf: bytes::BytesMut,
+    output: Vec<u8>,
+    _conn: (quinn::Connection, quinn::Endpoint),
+}
+
+impl AgentStream {
+    async fn open(
+        stack: &Stack,
+        channel: &str,
+        mode: vmgate_wire::Mode,
+        session: u64,
+    ) -> AgentStream {
+        use vmgate_wire::{Frame, OpenRequest, StreamKind};
+        let id = vmgate_tls::Identity {
+            cert: stack.state.path("gateway-client.pem"),
+            key: stack.state.path("gateway-client.key"),
+        };
+        let tls = vmgate_tls::mtls_client_config(
+            &id,
+            &stack.state.path("agent-ca.pem"),
+            &[vmgate_wire::ALPN],
+        )
+        .unwrap();
+        let client = vmgate_tls::quic_client(tls).unwrap();
+        let conn = client
+            .connect(stack.agent_addr, "localhost")
+            .unwrap()
+            .await
+            .expect("connecting to the agent");
+        let (mut tx, rx) = conn.open_bi().await.unwrap();
+        let req = OpenRequest {
+            kind: StreamKind::Console,
+            session,
+            guest: stack.name.clone(),
+            channel: channel.into(),
+            mode,
+            force: false,
+        };
+        tx.write_all(&req.encode()).await.unwrap();
+        let mut s = AgentStream {
+            tx,
+            rx,
+            buf: bytes::BytesMut::new(),
+            output: Vec::new(),
+            _conn: (conn, client),
+        };
+        match s.next_frame().await {
+            Some(Frame::Opened) => s,
+            other => panic!("the agent did not open {channel}: {other:?}"),
+        }
+    }
+
+    /// The agent's next frame; `None` when the stream ended.
+    async fn next_frame(&mut self) -> Option<vmgate_wire::Frame> {
+        let read = async {
+            loop {
+                if let Some(f) = vmgate_wire::Frame::decode(&mut self.buf).unwrap() {
+                    return Some(f);
+                }
+                let chunk = self.rx.read_chunk(64 * 1024, true).await.ok()??;
+                self.buf.extend_from_slice(&chunk.bytes);
+            }
+        };
+        tokio::time::timeout(common::WAIT, read)
+            .await
+            .expect("the agent sent nothing in time")
+    }
+}
+
+impl Viewer for AgentStream {
+    fn received(&self) -> &[u8] {
+        &self.output
+    }
+    async fn send_bytes(&mut self, b: &[u8]) {
+        let mut out = bytes::BytesMut::new();
+        vmgate_wire::Frame::Data(bytes::Bytes::copy_from_slice(b)).encode(&mut out);
+        self.tx.write_all(&out).await.unwrap();
+    }
+    async fn read_to(&mut self, n: usize) {
+        while self.output.len() < n {
+            match self.next_frame().await {
+                Some(vmgate_wire::Frame::Data(d)) => self.output.extend_from_slice(&d),
+                Some(vmgate_wire::Frame::Notice(_)) => {}
+                other => panic!("{} of {n} bytes, then {other:?}", self.output.len()),
+            }
+        }
+    }
+}
+
+/// Key events typing `text` on a US keyboard (Shift held for shifted
+/// characters), then Enter.
+fn rfb_keys(text: &str) -> Vec<[u8; 8]> {
+    const SHIFT_L: u32 = 0xffe1;
+    let key = |sym: u32, down: bool| {
+        let s = sym.to_be_bytes();
+        [4, down as u8, 0, 0, s[0], s[1], s[2], s[3]]
+    };
+    let mut out = Vec::new();
+    for ch in text.chars() {
+        let shifted = ch.is_ascii_uppercase() || "!@#$%^&*()_+{}|:\"<>?~".contains(ch);
+        if shifted {
+            out.push(key(SHIFT_L, true));
+        }
+        out.push(key(ch as u32, true));
+        out.push(key(ch as u32, false));
+        if shifted {
+            out.push(key(SHIFT_L, false));
+        }
+    }
+    out.push(key(0xff0d, true));
+    out.push(key(0xff0d, false));
+    out
+}
+
+/// Hole 9, defence in depth: a read-only VNC stream opened at the agent
+/// itself, with the gateway's credentials but none of its filtering, types
+/// a command, clicks, pastes and sends a QEMU key event. The guest runs
+/// none of it, while the same viewer still sees the screen and an
+/// interactive stream's command does run. The agent counts what it
+/// dropped, and QEMU got exactly the handshake and the update requests.
+#[tokio::test]
+async fn a_read_only_vnc_stream_opened_at_the_agent_never_reaches_the_guest() {
+    use vmgate_wire::Mode;
+    let stack = Stack::start().await;
+    let t = stack.ticket("demo", &["serial0"], true);
+    let mut serial = Session::new(stack.connect(&t.ws_url).await);
+    serial.expect_notice("read-only").await;
+
+    let mut ro = AgentStream::open(&stack, "vnc", Mode::ReadOnly, 900_001).await;
+    let mut non_input = rfb_handshake(&mut ro).await;
+    let keys = rfb_keys("echo agentro-$((2+3)) > /dev/ttyS0");
+    for k in &keys {
+        ro.send_bytes(k).await;
+    }
+    ro.send_bytes(&[5, 1, 0, 100, 0, 100]).await;
+    ro.send_bytes(&[5, 0, 0, 100, 0, 100]).await;
+    ro.send_bytes(&[6, 0, 0, 0, 0, 0, 0, 4, b'l', b's', b'\r', b'\n'])
+        .await;
+    ro.send_bytes(&[255, 0, 0, 1, 0, 0, 0xff, 0xff, 0, 0, 0, 0x53])
+        .await;
+    let dropped = keys.len() + 2 + 1 + 1;
+    // Still a viewer: an update request after all that is answered, so
+    // QEMU has also processed whatever came before it.
+    let before = ro.output.len();
+    ro.send_bytes(&[3, 0, 0, 0, 0, 0, 0, 16, 0, 16]).await;
+    non_input += 10;
+    ro.read_to(before + 1).await;
+
+    // An interactive stream's command runs (the test can see a key work).
+    let mut rw = AgentStream::open(&stack, "vnc", Mode::Interactive, 900_002).await;
+    rfb_handshake(&mut rw).await;
+    for k in rfb_keys("echo agentrw-$((3+4)) > /dev/ttyS0") {
+        rw.send_bytes(&k).await;
+    }
+    serial.expect("agentrw-7").await;
+    assert!(
+        !serial.text().contains("agentro-5"),
+        "a read-only stream's keys ran:\n{}",
+        serial.text()
+    );
+    drop((ro, rw));
+
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    let line = loop {
+        let agent = plain(&stack.log("agent.log"));
+        if let Some(l) = agent
+            .lines()
+            .find(|l| l.contains("session ended") && l.contains("session=900001 "))
+        {
+            break l.to_string();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no ended read-only VNC session:\n{agent}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        line.contains(&format!("to_guest={non_input} ")),
+        "QEMU got more than the {non_input} non-input bytes: {line}"
+    );
+    assert!(
+        line.contains(&format!("input_dropped={dropped}")),
+        "the agent did not count the {dropped} input messages it dropped: {line}"
+    );
 }
 
 /// Runs `vmgate ARGS` and expects it to refuse to start; returns stderr.
@@ -1326,6 +1542,72 @@ async fn sigterm_closes_every_session_with_going_away_and_the_gateway_exits_0() 
         "exited {exited:?}, last close {last_close:?}"
     );
     assert!(stack.log("gateway.log").contains("gateway drained"));
+}
+
+/// SIGTERM of the agent: every session through it (a serial console's
+/// keyboard holder and a watcher, a channel) is closed with 1001 and the
+/// agent's reason at once, not 4502 "agent unreachable", and the agent
+/// exits 0 within its drain bound.
+#[tokio::test]
+async fn sigterm_of_the_agent_closes_its_sessions_with_going_away_and_it_exits_0() {
+    use nix::sys::signal::{kill, Signal};
+    let mut stack = Stack::start().await;
+    let mut a = stack.serial().await;
+    a.expect_notice("keyboard").await;
+    let t = stack.ticket("demo", &["serial0"], true);
+    let mut b = Session::new(stack.connect(&t.ws_url).await);
+    b.expect_notice("read-only").await;
+    let t = stack.ticket("demo", &["test.echo"], false);
+    let mut c = Session::new(stack.connect(&t.ws_url).await);
+    c.send(b"ping-agent\n").await;
+    c.expect("ping-agent").await;
+
+    let mut agent = stack.take_agent().unwrap();
+    let sent = std::time::Instant::now();
+    kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    for s in [&mut a, &mut b, &mut c] {
+        let (code, reason) = s.closed().await;
+        let after = sent.elapsed();
+        eprintln!("closed {code} {reason:?} {after:?} after SIGTERM");
+        assert_eq!(
+            (code, reason.as_str()),
+            (1001, "the agent is shutting down")
+        );
+        // At once, not after the drain period.
+        assert!(
+            after < Duration::from_secs(2),
+            "closed {after:?} after SIGTERM"
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = agent.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let exited = sent.elapsed();
+    eprintln!("the agent exited {exited:?} after SIGTERM");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    // Within the drain's bound (5 s) and the endpoint's close (1 s).
+    assert!(
+        exited < Duration::from_secs(7),
+        "exited {exited:?} after SIGTERM"
+    );
+    // Drained, not cut off at the bound: every session's end was delivered.
+    assert!(
+        stack.log("agent.log").contains("agent drained"),
+        "{}",
+        stack.log("agent.log")
+    );
 }
 
 #[tokio::test]

@@ -465,6 +465,12 @@ impl Stack {
         self.gateway.take()
     }
 
+    /// The agent process, taken from the stack: the caller stops it (e.g.
+    /// with a signal) and reaps it.
+    pub fn take_agent(&mut self) -> Option<Child> {
+        self.agent.take()
+    }
+
     /// Stops the gateway, changes its configuration with `configure`, and
     /// starts it again (its new log replaces `gateway.log`).
     pub async fn restart_gateway(
