@@ -20,6 +20,17 @@ use vmgate::tickets::{self, TicketRequest};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// How log lines are written to stderr: `text` (coloured only when
+    /// stderr is a terminal) or `json` (one object per line, for log
+    /// shippers). `VMGATE_LOG` sets the level filter.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -191,13 +202,20 @@ struct ConsoleArgs {
     state: StateArg,
 }
 
-fn init_tracing(default: &str) {
+/// Logs go to stderr: coloured text only on a terminal (a log file or
+/// journald gets plain lines), or JSON lines. Each session's lines carry
+/// its span (id, guest, channel) in both formats.
+fn init_tracing(default: &str, format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("VMGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+    }
 }
 
 async fn until_signal(shutdown: CancellationToken) {
@@ -358,7 +376,7 @@ fn main() {
         cli.cmd,
         Cmd::Agent { .. } | Cmd::Gateway { .. } | Cmd::Admin { .. } | Cmd::Demo { .. }
     );
-    init_tracing(if service { "info" } else { "warn" });
+    init_tracing(if service { "info" } else { "warn" }, cli.log_format);
     let rt = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
     let code = match rt.block_on(run(cli)).context("vmgate") {
         Ok(code) => code,
