@@ -261,3 +261,61 @@ async fn vnc_listens_on_a_private_unix_socket_and_tcp_needs_insecure_tcp() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Log files get plain lines, never colour codes (they are not terminals);
+/// `--log-format json` gives one JSON object per line, which a log shipper
+/// parses, fields included.
+#[tokio::test]
+async fn logs_are_plain_in_files_and_json_lines_on_request() {
+    let stack = Stack::start().await;
+    for name in ["gateway.log", "agent.log"] {
+        let log = stack.log(name);
+        assert!(log.lines().count() > 2, "{name}:\n{log}");
+        assert!(!log.contains('\x1b'), "{name} has escape codes:\n{log}");
+    }
+    // A second gateway on the stack's configuration, on a port of its own.
+    let mut cfg = stack.gw_cfg.clone();
+    cfg.listen = common::any_port();
+    cfg.admin = None;
+    let toml = stack.dir.path().join("json-gateway.toml");
+    vmgate::state::write_toml(&toml, &cfg).unwrap();
+    let path = stack.dir.path().join("json-gateway.log");
+    let log = std::fs::File::create(&path).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmgate"))
+        .args(["--log-format", "json", "gateway", "--config"])
+        .arg(&toml)
+        .env("VMGATE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let listening = loop {
+        let text = std::fs::read_to_string(&path).unwrap();
+        if let Some(l) = text.lines().find(|l| l.contains("gateway listening")) {
+            break l.to_string();
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "gateway exited:\n{text}"
+        );
+        assert!(Instant::now() < deadline, "no listening line:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&path).unwrap();
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: not JSON: {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&listening).unwrap();
+    let addr: std::net::SocketAddr = v["fields"]["addr"]
+        .as_str()
+        .expect("the address is a field")
+        .parse()
+        .unwrap();
+    assert_ne!(addr.port(), 0, "{listening}");
+}
