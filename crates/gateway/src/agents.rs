@@ -1,8 +1,8 @@
 //! The gateway's side of the agent link: one QUIC connection per agent,
-//! kept up with reconnects, and the routing table built from the
-//! inventories the agents push.
+//! kept up with reconnects, feeding the inventories the agents push into
+//! the routing table ([`crate::routing`]), and logging and counting what
+//! the table reports (refused names, conflicts).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -19,6 +19,13 @@ use vmgate_wire::{
 };
 
 use crate::config::AgentEntry;
+use crate::metrics::Metrics;
+use crate::routing::{Applied, Table};
+use crate::untrusted::Escaped;
+
+/// At most this many refused names are logged per snapshot (all are
+/// counted): an agent cannot flood the log with a long inventory.
+const MAX_LOGGED_REFUSALS: usize = 8;
 
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
@@ -26,13 +33,7 @@ const RECONNECT_MAX: Duration = Duration::from_secs(2);
 const OPEN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Where a guest lives now.
-#[derive(Clone)]
-struct Route {
-    agent: usize,
-    node: String,
-    conn: quinn::Connection,
-    guest: GuestInfo,
-}
+type Route = crate::routing::Route<quinn::Connection>;
 
 /// A console stream the agent accepted.
 pub struct Opened {
@@ -56,7 +57,8 @@ pub struct RoutedGuest {
 pub struct AgentPool {
     agents: Vec<AgentEntry>,
     endpoint: quinn::Endpoint,
-    routes: RwLock<HashMap<String, Route>>,
+    routes: RwLock<Table<quinn::Connection>>,
+    metrics: Arc<Metrics>,
     next_session: AtomicU64,
 }
 
@@ -65,12 +67,14 @@ impl AgentPool {
     pub fn start(
         agents: Vec<AgentEntry>,
         endpoint: quinn::Endpoint,
+        metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Arc<AgentPool> {
         let pool = Arc::new(AgentPool {
             agents,
             endpoint,
-            routes: RwLock::new(HashMap::new()),
+            routes: RwLock::new(Table::default()),
+            metrics,
             next_session: AtomicU64::new(1),
         });
         for idx in 0..pool.agents.len() {
@@ -87,16 +91,15 @@ impl AgentPool {
     /// The guests every connected agent reports.
     pub fn guests(&self) -> Vec<RoutedGuest> {
         let routes = self.routes.read().expect("routes lock");
-        let mut v: Vec<_> = routes
-            .values()
-            .map(|r| RoutedGuest {
-                node: r.node.clone(),
-                agent: self.agents[r.agent].addr,
-                guest: r.guest.clone(),
+        routes
+            .list()
+            .into_iter()
+            .map(|(agent, node, guest)| RoutedGuest {
+                node: node.to_string(),
+                agent: self.agents[agent].addr,
+                guest: guest.clone(),
             })
-            .collect();
-        v.sort_by(|a, b| a.guest.name.cmp(&b.guest.name));
-        v
+            .collect()
     }
 
     /// Where `guest` lives, if it is known, has `channel`, and is running;
@@ -106,8 +109,7 @@ impl AgentPool {
             .routes
             .read()
             .expect("routes lock")
-            .get(guest)
-            .cloned()
+            .route(guest)
             .ok_or_else(|| {
                 Close::new(
                     CloseCode::UnknownGuest,
@@ -169,21 +171,51 @@ impl AgentPool {
         answer.unwrap_or_else(|_| Err(unreachable(&"no answer within 10 s")))
     }
 
-    fn set_routes(&self, agent: usize, conn: Option<(&quinn::Connection, Inventory)>) {
-        let mut routes = self.routes.write().expect("routes lock");
-        routes.retain(|_, r| r.agent != agent);
-        if let Some((conn, inv)) = conn {
-            for g in inv.guests {
-                routes.insert(
-                    g.name.clone(),
-                    Route {
-                        agent,
-                        node: inv.node.clone(),
-                        conn: conn.clone(),
-                        guest: g,
-                    },
-                );
+    /// Agent `agent` sent a new inventory over `conn`.
+    fn apply(&self, agent: usize, conn: &quinn::Connection, inv: Inventory) {
+        let entry = &self.agents[agent];
+        let applied = self.routes.write().expect("routes lock").apply(
+            agent,
+            &entry.allow(),
+            inv.node.clone(),
+            conn.clone(),
+            inv.guests,
+        );
+        self.report(agent, &inv.node, applied);
+    }
+
+    /// Agent `agent` is disconnected: its claims, and only its, go.
+    fn forget(&self, agent: usize) {
+        self.routes.write().expect("routes lock").remove(agent);
+    }
+
+    /// Logs and counts what applying an inventory reported (outside the
+    /// routes lock).
+    fn report(&self, agent: usize, node: &str, applied: Applied) {
+        let addr = self.agents[agent].addr;
+        let refused = applied.refused.len();
+        for (i, (name, why)) in applied.refused.into_iter().enumerate() {
+            self.metrics.inventory_refused(why.as_str());
+            if i < MAX_LOGGED_REFUSALS {
+                tracing::warn!(agent = %addr, node = %Escaped(node), guest = %Escaped(&name),
+                    reason = why.as_str(),
+                    "guest name in the agent's inventory ignored (see [[agent]] guests in the gateway config)");
             }
+        }
+        if refused > MAX_LOGGED_REFUSALS {
+            tracing::warn!(agent = %addr, more = refused - MAX_LOGGED_REFUSALS,
+                "more guest names in the agent's inventory ignored");
+        }
+        for c in applied.conflicts {
+            self.metrics.route_conflict();
+            let agents: Vec<String> = c
+                .agents
+                .iter()
+                .map(|&i| self.agents[i].addr.to_string())
+                .collect();
+            tracing::warn!(guest = %Escaped(&c.guest), agents = %agents.join(","),
+                routed_to = %agents[0],
+                "two agents report this guest running; routing to the one that reported it first (for a moment during a live migration this is normal)");
         }
     }
 }
@@ -217,7 +249,7 @@ async fn agent_loop(pool: Arc<AgentPool>, idx: usize, shutdown: CancellationToke
             _ = shutdown.cancelled() => break,
             r = follow_agent(&pool, idx, &entry, &mut backoff) => r,
         };
-        pool.set_routes(idx, None);
+        pool.forget(idx);
         if let Err(e) = result {
             tracing::warn!(agent = %entry.addr, error = %e, "agent link down; retrying");
         }
@@ -226,7 +258,7 @@ async fn agent_loop(pool: Arc<AgentPool>, idx: usize, shutdown: CancellationToke
             _ = tokio::time::sleep(backoff.next_wait()) => {}
         }
     }
-    pool.set_routes(idx, None);
+    pool.forget(idx);
 }
 
 /// Connects, then applies inventory snapshots until the link breaks.
@@ -251,8 +283,8 @@ async fn follow_agent(
         match rx.recv().await {
             Ok(Some(Frame::Inventory(json))) => {
                 let inv = Inventory::from_json(&json).map_err(|e| e.to_string())?;
-                tracing::info!(agent = %entry.addr, node = %inv.node, guests = inv.guests.len(), "inventory");
-                pool.set_routes(idx, Some((&conn, inv)));
+                tracing::info!(agent = %entry.addr, node = %Escaped(&inv.node), guests = inv.guests.len(), "inventory");
+                pool.apply(idx, &conn, inv);
                 backoff.reset();
             }
             Ok(Some(other)) => {

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::routing::GuestAllow;
+
 pub use vmgate_config::ConfigError;
 
 /// The gateway.
@@ -191,6 +193,23 @@ pub struct AgentEntry {
     /// The name its certificate must carry.
     #[serde(default = "default_server_name")]
     pub server_name: String,
+    /// The guest names this agent may claim: exact names, or a prefix
+    /// followed by `*` (`["web-*", "db1"]`). Without it the agent may claim
+    /// any name; names outside the list are ignored, logged and counted
+    /// (`vmgate_inventory_refused_total{reason="not_allowed"}`), so a
+    /// compromised node cannot take over another node's guests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guests: Option<Vec<String>>,
+}
+
+impl AgentEntry {
+    /// The names it may claim.
+    pub fn allow(&self) -> GuestAllow {
+        match &self.guests {
+            Some(p) => GuestAllow::only(p.clone()),
+            None => GuestAllow::any(),
+        }
+    }
 }
 
 fn default_server_name() -> String {
@@ -239,6 +258,16 @@ impl GatewayConfig {
             ));
         }
         check_origins("limits.allowed_origins", &l.allowed_origins)?;
+        for a in &self.agent_list {
+            for p in a.guests.iter().flatten() {
+                if !GuestAllow::valid_pattern(p) {
+                    return Err(ConfigError::Invalid(format!(
+                        "[[agent]] {} guests: {p:?} is neither a guest name nor a name prefix followed by `*` (like \"web-*\")",
+                        a.addr
+                    )));
+                }
+            }
+        }
         if let Some(a) = &self.admin {
             a.auth().validate("[admin]")?;
             check_origins("[admin] allowed_origins", &a.allowed_origins)?;
@@ -334,6 +363,20 @@ mod tests {
             toml::from_str(&format!("{OLD}\n[limits]\nhandshake_deadline_secs = 0\n")).unwrap();
         assert!(cfg.validate().is_err());
         assert!(toml::from_str::<GatewayConfig>(&format!("{OLD}\n[limits]\nbogus = 1\n")).is_err());
+    }
+
+    #[test]
+    fn an_agents_guest_allow_list_is_patterns_checked_at_start() {
+        let cfg: GatewayConfig = toml::from_str(OLD).unwrap();
+        assert_eq!(cfg.agent_list[0].allow(), GuestAllow::any());
+        let cfg: GatewayConfig =
+            toml::from_str(&format!("{OLD}guests = [\"web-*\", \"db1\"]\n")).unwrap();
+        cfg.validate().unwrap();
+        let allow = cfg.agent_list[0].allow();
+        assert!(allow.admits("web-3") && allow.admits("db1") && !allow.admits("db2"));
+        let cfg: GatewayConfig = toml::from_str(&format!("{OLD}guests = [\"w*b\"]\n")).unwrap();
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("127.0.0.1:7443") && e.contains("\"w*b\""), "{e}");
     }
 
     proptest::proptest! {

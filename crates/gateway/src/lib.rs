@@ -7,7 +7,9 @@
 //! credential.
 //!
 //! * [`config`]: the TOML configuration;
-//! * [`agents`]: QUIC connections to agents, inventory and routing;
+//! * [`agents`]: QUIC connections to agents and their inventory streams;
+//! * [`routing`]: the routing table merged from every agent's inventory
+//!   (sans-IO: running wins over down, allow-lists, conflicts);
 //! * [`tickets`]: ticket redemption (signature, expiry, scope, single use);
 //! * [`public`]: the HTTPS listener, console WebSockets, web page;
 //! * [`ws`]: a client WebSocket as a side of the relay;
@@ -37,6 +39,7 @@ pub mod metrics;
 pub mod pages;
 pub mod public;
 pub mod rfb_filter;
+pub mod routing;
 pub mod session;
 pub mod sessions;
 pub mod tickets;
@@ -167,7 +170,12 @@ impl Gateway {
         };
         let limits = Arc::new(cfg.limits.clone());
         let metrics = Arc::new(metrics::Metrics::default());
-        let pool = agents::AgentPool::start(cfg.agent_list.clone(), quic, shutdown.clone());
+        let pool = agents::AgentPool::start(
+            cfg.agent_list.clone(),
+            quic,
+            metrics.clone(),
+            shutdown.clone(),
+        );
         Ok(Gateway {
             listener,
             tls: Arc::new(tls),

@@ -23,6 +23,7 @@ struct Labeled {
     sessions_active: BTreeMap<String, u64>,
     refusals: BTreeMap<&'static str, u64>,
     relay_errors: BTreeMap<&'static str, u64>,
+    inventory_refused: BTreeMap<&'static str, u64>,
     open_counts: [u64; OPEN_BUCKETS.len()],
     open_count: u64,
     open_sum: f64,
@@ -37,6 +38,8 @@ pub struct Metrics {
     pub bytes_from_guest: AtomicU64,
     /// Sessions that followed their guest to another node.
     followed: AtomicU64,
+    /// Times two agents began to report one guest running.
+    route_conflicts: AtomicU64,
     labeled: Mutex<Labeled>,
 }
 
@@ -79,6 +82,17 @@ impl Metrics {
                 *m.relay_errors.entry(e).or_default() += 1;
             }
         });
+    }
+
+    /// A guest name in an agent's inventory was ignored; `reason` is
+    /// `routing::Refusal::as_str`.
+    pub fn inventory_refused(&self, reason: &'static str) {
+        self.with(|m| *m.inventory_refused.entry(reason).or_default() += 1);
+    }
+
+    /// Two agents began to report one guest running.
+    pub fn route_conflict(&self) {
+        self.route_conflicts.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A session followed its guest to another node (live migration).
@@ -149,6 +163,24 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# HELP vmgate_inventory_refused_total Guest names in agents' inventories ignored, by reason."
+        );
+        let _ = writeln!(out, "# TYPE vmgate_inventory_refused_total counter");
+        for (r, n) in &m.inventory_refused {
+            let _ = writeln!(out, "vmgate_inventory_refused_total{{reason=\"{r}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP vmgate_route_conflicts_total Times two agents began to report one guest running."
+        );
+        let _ = writeln!(out, "# TYPE vmgate_route_conflicts_total counter");
+        let _ = writeln!(
+            out,
+            "vmgate_route_conflicts_total {}",
+            self.route_conflicts.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
             "# HELP vmgate_session_open_seconds From ticket check to the agent's answer."
         );
         let _ = writeln!(out, "# TYPE vmgate_session_open_seconds histogram");
@@ -179,6 +211,8 @@ mod tests {
         m.opened("vnc", Duration::from_secs(20));
         m.ended("vnc", Some("agent_unreachable"));
         m.bytes_to_guest.fetch_add(7, Ordering::Relaxed);
+        m.inventory_refused("not_allowed");
+        m.route_conflict();
         let text = m.render();
         for line in [
             "vmgate_refusals_total{reason=\"expired\"} 2",
@@ -192,6 +226,8 @@ mod tests {
             "vmgate_session_open_seconds_bucket{le=\"10\"} 1",
             "vmgate_session_open_seconds_bucket{le=\"+Inf\"} 2",
             "vmgate_session_open_seconds_count 2",
+            "vmgate_inventory_refused_total{reason=\"not_allowed\"} 1",
+            "vmgate_route_conflicts_total 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
         }

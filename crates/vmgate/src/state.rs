@@ -144,6 +144,7 @@ impl State {
                 .map(|a| vmgate_gateway::config::AgentEntry {
                     addr: *a,
                     server_name: "localhost".into(),
+                    guests: None,
                 })
                 .collect(),
             limits: Default::default(),

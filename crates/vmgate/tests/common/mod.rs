@@ -87,9 +87,27 @@ pub struct Stack {
     pub gw_cfg: vmgate_gateway::GatewayConfig,
     /// `vmgate admin`, once started.
     minter: Option<Child>,
-    /// More agents ([`Stack::spawn_libvirt_agent`]).
-    extra_agents: Vec<Child>,
+    /// More agents by name ([`Stack::spawn_agent`]).
+    extra_agents: Vec<(String, Child)>,
     pub minter_addr: Option<SocketAddr>,
+}
+
+/// Strips the terminal colours tracing puts in the log files.
+pub fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Where a service is told to listen: port 0, so the process itself picks a
@@ -222,6 +240,12 @@ impl Stack {
     /// admin-CA certificates), an audit log at `audit.jsonl`, and limits
     /// as `tune` sets them.
     pub async fn start_secure(tune: impl FnOnce(&mut vmgate_gateway::config::Limits)) -> Stack {
+        Stack::start_secure_with(|cfg| tune(&mut cfg.limits)).await
+    }
+
+    /// [`Stack::start_secure`] with the whole gateway configuration
+    /// changed by `tune`.
+    pub async fn start_secure_with(tune: impl FnOnce(&mut vmgate_gateway::GatewayConfig)) -> Stack {
         Stack::start_full(
             Backend::Qemu,
             true,
@@ -233,7 +257,7 @@ impl Stack {
                 cfg.audit = Some(vmgate_gateway::config::Audit {
                     path: state.path("audit.jsonl"),
                 });
-                tune(&mut cfg.limits);
+                tune(cfg);
             },
         )
         .await
@@ -504,20 +528,43 @@ impl Stack {
         name: &str,
         cfg: &vmgate_agent::AgentConfig,
     ) -> SocketAddr {
+        self.spawn_agent(name, cfg, Backend::Libvirt).await
+    }
+
+    /// Starts another `vmgate agent` with `cfg` under `backend`, logging to
+    /// `{name}.log` (replaced on a restart), and returns the address it
+    /// listens on once it does (give `cfg` [`any_port`], or the address a
+    /// previous run got to restart it there); stopped with the stack or by
+    /// [`Stack::kill_extra_agent`].
+    pub async fn spawn_agent(
+        &mut self,
+        name: &str,
+        cfg: &vmgate_agent::AgentConfig,
+        backend: Backend,
+    ) -> SocketAddr {
         let path = self.state.path(&format!("{name}.toml"));
         write_toml(&path, cfg).unwrap();
-        let args = [
-            "agent",
-            "--config",
-            path.to_str().unwrap(),
-            "--backend",
-            "libvirt",
-        ];
+        let mut args = vec!["agent", "--config", path.to_str().unwrap()];
+        if backend == Backend::Libvirt {
+            args.extend(["--backend", "libvirt"]);
+        }
         let log = self.dir.path().join(format!("{name}.log"));
         let mut child = spawn(&args, log.clone());
         let addr = wait_listening(&mut child, &log, "agent listening").await;
-        self.extra_agents.push(child);
+        self.extra_agents.push((name.to_string(), child));
         addr
+    }
+
+    /// Kills the agent [`Stack::spawn_agent`] started as `name`.
+    pub fn kill_extra_agent(&mut self, name: &str) {
+        let i = self
+            .extra_agents
+            .iter()
+            .position(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no agent {name} runs"));
+        let (_, mut c) = self.extra_agents.remove(i);
+        let _ = c.kill();
+        let _ = c.wait();
     }
 
     /// The agent process's id.
@@ -819,7 +866,7 @@ impl Drop for Stack {
         for c in [self.agent.take(), self.gateway.take(), self.minter.take()]
             .into_iter()
             .flatten()
-            .chain(extra)
+            .chain(extra.into_iter().map(|(_, c)| c))
         {
             let mut c = c;
             let _ = c.kill();
