@@ -342,9 +342,9 @@ async fn console_ws(
 }
 
 /// An administrator's console: no ticket, outside the session limits,
-/// `force` allowed (unless read-only), audited as `admin:<how>`. It goes
-/// through the same pipeline as every session, so a read-only VNC console
-/// is filtered like a read-only ticket's.
+/// `force` allowed (unless read-only), audio allowed, audited as
+/// `admin:<how>`. It goes through the same pipeline as every session, so a
+/// read-only VNC console is filtered like a read-only ticket's.
 fn admin_grant(req: &session::Request, q: &ConsoleQuery, who: &'static str) -> Grant {
     let mode = if q.read_only {
         Mode::ReadOnly
@@ -355,6 +355,8 @@ fn admin_grant(req: &session::Request, q: &ConsoleQuery, who: &'static str) -> G
     let mut g =
         Grant::new(&req.guest, &req.channel, mode, format!("admin:{who}")).with_force(q.force);
     g.limited = false;
+    // An administrator may open any channel, `audio` among them.
+    g.audio = true;
     g
 }
 

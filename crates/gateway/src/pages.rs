@@ -30,6 +30,9 @@ pub struct PageGrant {
     pub mode: Mode,
     /// When every stream of the page must end, if the ticket limits it.
     pub until: Option<Instant>,
+    /// Whether the ticket names `audio` (whether or not that channel was
+    /// opened yet): [`crate::session::Grant::audio`].
+    pub audio: bool,
 }
 
 struct Page {
@@ -115,6 +118,11 @@ impl Pages {
                 .claims
                 .max_session
                 .and_then(|s| page.redeemed.checked_add(Duration::from_secs(s))),
+            audio: page
+                .claims
+                .channels
+                .iter()
+                .any(|c| c == crate::session::AUDIO_SCOPE),
         };
         if page.unopened.is_empty() {
             pages.remove(token);
@@ -146,6 +154,7 @@ mod tests {
         ));
         let g = pages.join(&t, "demo", "vnc", now).unwrap();
         assert_eq!(g.mode, Mode::ReadOnly);
+        assert!(!g.audio, "the ticket does not name audio");
         assert_eq!(g.until, Some(now + Duration::from_secs(30)));
         assert!(matches!(
             pages.join(&t, "demo", "vnc", now),
@@ -161,6 +170,17 @@ mod tests {
             pages.join("nope", "demo", "vnc", now).unwrap_err(),
             JoinError::Unknown
         );
+    }
+
+    #[test]
+    fn every_stream_of_a_page_whose_ticket_names_audio_may_carry_it() {
+        let pages = Pages::default();
+        let now = Instant::now();
+        let claims = Claims::new("demo", ["audio", "vnc"], Mode::ReadOnly, 0, 60, None);
+        let t = pages.start(claims, now).unwrap();
+        // Opened first, `audio` still counts for the screen after it.
+        assert!(pages.join(&t, "demo", "audio", now).unwrap().audio);
+        assert!(pages.join(&t, "demo", "vnc", now).unwrap().audio);
     }
 
     #[test]

@@ -296,6 +296,7 @@ fn authorize(shared: &Shared, req: &session::Request, q: WsQuery) -> Result<Gran
             let c = redeem(shared, t, req)?;
             Grant::new(&req.guest, &req.channel, session::wire_mode(c.mode), c.id)
                 .for_at_most(std::time::Instant::now(), c.max_session)
+                .with_audio_if_in(&c.channels)
         }
         (None, Some(token)) => {
             let p = shared
@@ -320,6 +321,7 @@ fn authorize(shared: &Shared, req: &session::Request, q: WsQuery) -> Result<Gran
                 p.ticket,
             );
             g.until = p.until;
+            g.audio = p.audio;
             g
         }
     };

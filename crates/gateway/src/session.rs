@@ -56,7 +56,16 @@ pub struct Grant {
     /// Who the session is for in the audit log and the session listing:
     /// the ticket's id (never its text), or `admin:<how>`.
     pub who: String,
+    /// Whether the credential names the `audio` channel too: a `vnc`
+    /// session then lets QEMU's audio through in-band (the RFB filter's
+    /// [`vmgate_rfb::Policy::audio`]). Listening is not input: a read-only
+    /// grant may have it.
+    pub audio: bool,
 }
+
+/// The channel name that, in a ticket's scope, allows audio: its own
+/// channel (the agent's audio stream) and QEMU's audio on a `vnc` session.
+pub const AUDIO_SCOPE: &str = "audio";
 
 impl Grant {
     /// A grant without `force`, counted against the session limits.
@@ -69,7 +78,14 @@ impl Grant {
             until: None,
             limited: true,
             who,
+            audio: false,
         }
+    }
+
+    /// Allows audio if `channels` (the credential's scope) names it.
+    pub fn with_audio_if_in(mut self, channels: &[String]) -> Grant {
+        self.audio = channels.iter().any(|c| c == AUDIO_SCOPE);
+        self
     }
 
     /// Asks for `force`; a read-only grant never gets it.
@@ -175,7 +191,7 @@ async fn pipeline<F>(
         }
     };
     tracing::info!(ticket = %grant.who, mode = mode_name(grant.mode), force = grant.force(),
-        kind = ?opened.kind, "session opened");
+        audio = grant.audio, kind = ?opened.kind, "session opened");
     live.opened(opening.elapsed());
     let stop = ends(&shared, &grant, &live);
     let out = match opened.kind {
@@ -230,7 +246,7 @@ async fn relay_screen(
 ) -> Outcome {
     let policy = vmgate_rfb::Policy {
         read_only: grant.mode == Mode::ReadOnly,
-        audio: false,
+        audio: grant.audio,
     };
     let (rx, rfb_failed) = rfb_filter::wrap(rx, policy, sid);
     let dropped = rx.dropped_count();
@@ -325,6 +341,20 @@ mod tests {
         assert!(!g.force());
         let g = Grant::new("g", "serial0", Mode::Interactive, "t".into()).with_force(true);
         assert!(g.force());
+    }
+
+    #[test]
+    fn audio_is_granted_only_by_the_audio_channel_in_the_scope() {
+        let scope = |c: &[&str]| c.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+        let g = Grant::new("g", "vnc", Mode::ReadOnly, "t".into());
+        assert!(!g.audio);
+        assert!(!g.clone().with_audio_if_in(&scope(&["vnc"])).audio);
+        assert!(
+            !g.clone()
+                .with_audio_if_in(&scope(&["vnc", "audio0", "Audio"]))
+                .audio
+        );
+        assert!(g.with_audio_if_in(&scope(&["vnc", "audio"])).audio);
     }
 
     #[test]

@@ -90,6 +90,11 @@ struct VncArgs {
     /// Watch only: the gateway drops the viewers' keys, pointer and clipboard.
     #[arg(long)]
     read_only: bool,
+    /// Let viewers hear the guest: tickets name the `audio` channel too, so
+    /// a viewer that speaks QEMU's audio extension (pseudo-encoding -259,
+    /// e.g. TigerVNC 1.15 or later) gets the guest's sound in-band.
+    #[arg(long)]
+    audio: bool,
     /// Start an installed VNC viewer on the port; stop when it exits.
     #[arg(long)]
     viewer: bool,
@@ -343,6 +348,7 @@ async fn vnc(a: VncArgs) -> Result<i32> {
         listen,
         insecure_tcp: a.insecure_tcp,
         read_only: a.read_only,
+        audio: a.audio,
         viewer: a.viewer,
         ca,
     })

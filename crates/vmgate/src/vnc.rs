@@ -84,6 +84,8 @@ pub struct VncOptions {
     /// A TCP listener was asked for knowing any local user can connect.
     pub insecure_tcp: bool,
     pub read_only: bool,
+    /// Tickets name `audio` too: viewers may negotiate QEMU audio in-band.
+    pub audio: bool,
     pub viewer: bool,
     /// CA certificate to trust for the gateway.
     pub ca: PathBuf,
@@ -158,7 +160,12 @@ pub async fn run(opts: VncOptions) -> Result<()> {
             Listen::Tcp(a) => format!("tcp:{a} (any local user can connect)"),
             Listen::Unix(p) => format!("unix:{} (this user only)", p.display()),
         },
-        if opts.read_only { " (read-only)" } else { "" },
+        match (opts.read_only, opts.audio) {
+            (false, false) => "",
+            (true, false) => " (read-only)",
+            (false, true) => " (with audio)",
+            (true, true) => " (read-only, with audio)",
+        },
         tiger(&shown).unwrap_or_default(),
     );
     let viewer = async {
@@ -189,7 +196,11 @@ pub async fn run(opts: VncOptions) -> Result<()> {
             &opts.state,
             &TicketRequest {
                 guest: opts.guest.clone(),
-                channels: vec!["vnc".into()],
+                channels: if opts.audio {
+                    vec!["vnc".into(), "audio".into()]
+                } else {
+                    vec!["vnc".into()]
+                },
                 mode: if opts.read_only {
                     vmgate_ticket::Mode::ReadOnly
                 } else {
