@@ -262,10 +262,12 @@ impl Domain {
         d
     }
 
-    /// [`Domain::create`] without the [`METADATA_NS`] element.
-    pub fn create_untagged(name: &str, image: &GuestImage, run_dir: &Path) -> Domain {
+    /// [`Domain::create`] without the [`METADATA_NS`] element, and paused:
+    /// the guest runs from its first `virsh resume`, so an agent that
+    /// starts serving it then sees its whole boot.
+    pub fn create_untagged_paused(name: &str, image: &GuestImage, run_dir: &Path) -> Domain {
         let d = Domain::write_xml(name, image, run_dir, false, false);
-        virsh_ok(&["create", d.xml(run_dir).to_str().unwrap()]);
+        virsh_ok(&["create", "--paused", d.xml(run_dir).to_str().unwrap()]);
         d
     }
 

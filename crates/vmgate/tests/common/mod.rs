@@ -87,6 +87,10 @@ pub struct Stack {
     pub gw_cfg: vmgate_gateway::GatewayConfig,
     /// `vmgate admin`, once started.
     minter: Option<Child>,
+    /// Unix second from which the running gateway accepts new tickets: it
+    /// refuses those issued up to its start plus the clock-skew margin
+    /// (the restart rule), and it started before it said it listens.
+    tickets_from: u64,
     /// More agents by name ([`Stack::spawn_agent`]).
     extra_agents: Vec<(String, Child)>,
     pub minter_addr: Option<SocketAddr>,
@@ -149,21 +153,7 @@ pub async fn wait_listening(child: &mut Child, log: &Path, marker: &str) -> Sock
 
 /// The `addr=` field of a tracing line (colours or not).
 fn logged_addr(line: &str) -> Option<SocketAddr> {
-    let mut plain = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            // CSI: ESC [ parameters, ended by a byte in @..~.
-            for c in chars.by_ref() {
-                if ('@'..='~').contains(&c) && c != '[' {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
+    plain(line)
         .split_whitespace()
         .find_map(|w| w.strip_prefix("addr="))
         .and_then(|a| a.parse().ok())
@@ -236,8 +226,7 @@ impl Stack {
         .await
     }
 
-    /// Like [`Stack::start`], with the gateway's admin listener (token and
-    /// admin-CA certificates), an audit log at `audit.jsonl`, and limits
+    /// Like [`Stack::start`], with an audit log at `audit.jsonl`, and limits
     /// as `tune` sets them.
     pub async fn start_secure(tune: impl FnOnce(&mut vmgate_gateway::config::Limits)) -> Stack {
         Stack::start_secure_with(|cfg| tune(&mut cfg.limits)).await
@@ -252,28 +241,10 @@ impl Stack {
             |_| {},
             |_| {},
             |state, cfg| {
-                state.init_admin().unwrap();
-                cfg.admin = Some(state.gateway_admin_config(any_port()));
                 cfg.audit = Some(vmgate_gateway::config::Audit {
                     path: state.path("audit.jsonl"),
                 });
                 tune(cfg);
-            },
-        )
-        .await
-    }
-
-    /// [`Stack::start_backend`] with the gateway's admin listener (token and
-    /// admin-CA certificates).
-    pub async fn start_backend_with_admin(backend: Backend) -> Stack {
-        Stack::start_full(
-            backend,
-            true,
-            |_| {},
-            |_| {},
-            |state, cfg| {
-                state.init_admin().unwrap();
-                cfg.admin = Some(state.gateway_admin_config(any_port()));
             },
         )
         .await
@@ -347,6 +318,7 @@ impl Stack {
             minter: None,
             minter_addr: None,
             extra_agents: Vec::new(),
+            tickets_from: 0,
         };
         stack.start_agent();
         let log = stack.dir.path().join("agent.log");
@@ -356,6 +328,10 @@ impl Stack {
         agent_cfg.listen = stack.agent_addr;
         write_toml(&stack.state.path("agent.toml"), &agent_cfg).unwrap();
         let mut gw_cfg = stack.state.gateway_config(any_port(), &[stack.agent_addr]);
+        // Every stack has the admin listener: its guest listing is how the
+        // harness knows a guest is routed.
+        stack.state.init_admin().unwrap();
+        gw_cfg.admin = Some(stack.state.gateway_admin_config(any_port()));
         configure(&stack.state, &mut gw_cfg);
         stack.gw_cfg = gw_cfg;
         stack.launch_gateway().await;
@@ -376,9 +352,11 @@ impl Stack {
         self.domain(name, libvirt::Domain::create).await
     }
 
-    /// [`Stack::create_domain`] without the test domains' metadata element.
-    pub async fn create_untagged_domain(&self, name: &str) -> libvirt::Domain {
-        self.domain(name, libvirt::Domain::create_untagged).await
+    /// [`Stack::create_domain`] without the test domains' metadata
+    /// element, paused ([`libvirt::Domain::create_untagged_paused`]).
+    pub async fn create_untagged_paused_domain(&self, name: &str) -> libvirt::Domain {
+        self.domain(name, libvirt::Domain::create_untagged_paused)
+            .await
     }
 
     /// Defines another test guest as persistent libvirt domain `name`,
@@ -470,6 +448,7 @@ impl Stack {
             log.clone(),
         );
         self.gw_addr = wait_listening(&mut child, &log, "gateway listening").await;
+        self.tickets_from = vmgate::tickets::now() + self.gw_cfg.limits.ticket_clock_skew_secs + 1;
         self.gw_cfg.listen = self.gw_addr;
         if let Some(admin) = self.gw_cfg.admin.as_mut() {
             admin.listen = wait_listening(&mut child, &log, "admin listener").await;
@@ -656,13 +635,13 @@ impl Stack {
         Session::new(self.connect(&t.ws_url).await)
     }
 
-    /// The gateway's admin listener, `https://…` (after `start_secure`).
+    /// The gateway's admin listener, `https://…`.
     pub fn admin_url(&self) -> String {
         let a = self
             .gw_cfg
             .admin
             .as_ref()
-            .expect("started with start_secure");
+            .expect("the harness configures the admin listener");
         format!("https://{}", a.listen)
     }
 
@@ -820,31 +799,27 @@ impl Stack {
         self.wait_routable_guest(&self.name.clone()).await
     }
 
-    /// Waits until the gateway routes `guest` to a live agent.
+    /// Waits until the gateway routes `guest` to a live agent: the admin
+    /// API lists it running, then a read-only session gets the agent's
+    /// greeting from the guest's console. Fails after [`WAIT`].
     pub async fn wait_routable_guest(&self, guest: &str) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let t = self.ticket(guest, &["serial0"], true);
-            // The gateway process may not listen yet.
-            if let Ok(ws) = vmgate::client::connect(&t.ws_url, &self.state.public_ca()).await {
-                let mut s = Session::new(ws);
-                match s.next_event(Duration::from_secs(10)).await {
-                    Event::Closed(code, _) if code == 4404 || code == 4502 || code == 4410 => {}
-                    // Minted before the gateway (re)started, or within its
-                    // clock-skew margin after: the next probe's is newer.
-                    Event::Closed(4401, reason)
-                        if reason.contains("before the gateway restarted") => {}
-                    Event::Closed(code, reason) => panic!("probe refused: {code} {reason}"),
-                    _ => return,
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "gateway never routed the guest; gateway log:\n{}\nagent log:\n{}",
-                self.log("gateway.log"),
-                self.log("agent.log")
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        self.wait_guest_state(guest, Some("running")).await;
+        self.wait_tickets_accepted().await;
+        let t = self.ticket(guest, &["serial0"], true);
+        Session::new(self.connect(&t.ws_url).await)
+            .expect_notice("read-only session")
+            .await;
+    }
+
+    /// Waits until a ticket minted now is newer than the gateway's start
+    /// plus its clock-skew margin (a computed wait, not a poll).
+    pub async fn wait_tickets_accepted(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        let from = Duration::from_secs(self.tickets_from);
+        if let Some(left) = from.checked_sub(now) {
+            tokio::time::sleep(left).await;
         }
     }
 }
