@@ -21,6 +21,7 @@
 #![deny(unsafe_code)]
 
 pub mod backend;
+pub mod check;
 pub mod config;
 pub mod console;
 pub mod duplex;

@@ -32,6 +32,7 @@ pub mod admin;
 pub mod agents;
 pub mod assets;
 pub mod audit;
+pub mod check;
 pub mod config;
 pub mod follow;
 pub mod limits;

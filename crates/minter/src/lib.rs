@@ -16,6 +16,7 @@
 //! `tests/the_gateway_cannot_mint.rs`).
 #![forbid(unsafe_code)]
 
+pub mod check;
 mod config;
 mod mint;
 mod server;

@@ -15,6 +15,7 @@
 //! its own. Only the `ring` provider is compiled in.
 #![forbid(unsafe_code)]
 
+pub mod check;
 mod link;
 pub mod pki;
 mod quic;

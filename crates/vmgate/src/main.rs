@@ -43,17 +43,29 @@ enum Cmd {
         /// `qemu` (declared guests) or `libvirt` (running domains).
         #[arg(long)]
         backend: Option<vmgate_agent::config::BackendKind>,
+        /// Check the configuration and the files it names, print every
+        /// problem with its key, and exit (1 if any) without starting.
+        #[arg(long)]
+        check: bool,
     },
     /// Run a gateway (off-node, internet-facing).
     Gateway {
         #[arg(long)]
         config: PathBuf,
+        /// Check the configuration and the files it names, print every
+        /// problem with its key, and exit (1 if any) without starting.
+        #[arg(long)]
+        check: bool,
     },
     /// Run the ticket minter: the management-LAN admin API that holds the
     /// signing key (`POST /v1/tickets`). The gateway never holds it.
     Admin {
         #[arg(long)]
         config: PathBuf,
+        /// Check the configuration and the files it names, print every
+        /// problem with its key, and exit (1 if any) without starting.
+        #[arg(long)]
+        check: bool,
     },
     /// Boot the test guest behind an agent and a gateway, all in one process.
     Demo {
@@ -236,11 +248,18 @@ async fn until_signal(shutdown: CancellationToken) {
 
 async fn run(cli: Cli) -> Result<i32> {
     match cli.cmd {
-        Cmd::Agent { config, backend } => {
+        Cmd::Agent {
+            config,
+            backend,
+            check,
+        } => {
             let mut cfg = vmgate_agent::AgentConfig::load(&config)?;
             if let Some(b) = backend {
                 cfg.backend = b;
                 cfg.validate()?;
+            }
+            if check {
+                return Ok(report_check(&config, vmgate_agent::check::check(&cfg)));
             }
             let shutdown = CancellationToken::new();
             let agent = vmgate_agent::Agent::bind(cfg)?;
@@ -248,8 +267,11 @@ async fn run(cli: Cli) -> Result<i32> {
             agent.run(shutdown).await;
             Ok(0)
         }
-        Cmd::Gateway { config } => {
+        Cmd::Gateway { config, check } => {
             let cfg = vmgate_gateway::GatewayConfig::load(&config)?;
+            if check {
+                return Ok(report_check(&config, vmgate_gateway::check::check(&cfg)));
+            }
             let shutdown = CancellationToken::new();
             let gw = vmgate_gateway::Gateway::bind(cfg, shutdown.clone()).await?;
             tokio::spawn(until_signal(shutdown.clone()));
@@ -257,8 +279,11 @@ async fn run(cli: Cli) -> Result<i32> {
             gw.run().await;
             Ok(0)
         }
-        Cmd::Admin { config } => {
+        Cmd::Admin { config, check } => {
             let cfg = vmgate_minter::MinterConfig::load(&config)?;
+            if check {
+                return Ok(report_check(&config, vmgate_minter::check::check(&cfg)));
+            }
             let shutdown = CancellationToken::new();
             let m = vmgate_minter::MinterServer::bind(cfg, shutdown.clone()).await?;
             tokio::spawn(until_signal(shutdown.clone()));
@@ -366,6 +391,20 @@ async fn reopen_audit_on_sighup(shared: std::sync::Arc<vmgate_gateway::Shared>) 
         tracing::info!("SIGHUP: reopening the audit log");
         shared.sessions.reopen_audit();
     }
+}
+
+/// Prints what `--check` found: one line per problem on stderr (`FILE:
+/// key: what is wrong`), or `FILE: ok` on stdout; the exit status is 1 if
+/// anything is wrong.
+fn report_check(config: &std::path::Path, problems: Vec<vmgate_config::Problem>) -> i32 {
+    if problems.is_empty() {
+        println!("{}: ok", config.display());
+        return 0;
+    }
+    for p in &problems {
+        eprintln!("{}: {p}", config.display());
+    }
+    1
 }
 
 fn mode(read_only: bool) -> vmgate_ticket::Mode {

@@ -319,3 +319,73 @@ async fn logs_are_plain_in_files_and_json_lines_on_request() {
         .unwrap();
     assert_ne!(addr.port(), 0, "{listening}");
 }
+
+/// `--check` on each service's configuration: the demo's files pass, and
+/// each broken one exits 1 with a line naming the key at fault.
+#[test]
+fn check_passes_good_configurations_and_names_the_key_of_each_problem() {
+    use std::os::unix::fs::PermissionsExt;
+    use vmgate::state::{write_toml, State};
+    let dir = tempfile::tempdir().unwrap();
+    let state = State::new(dir.path());
+    state.init().unwrap();
+    state.init_admin().unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut agent = state.agent_config(any, Vec::new());
+    let mut gateway = state.gateway_config(any, &[any]);
+    gateway.admin = Some(state.gateway_admin_config(any));
+    let minter = state.minter_config(any, "https://127.0.0.1:8443");
+    let check = |cmd: &str, cfg: &std::path::Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_vmgate"))
+            .args([cmd, "--check", "--config"])
+            .arg(cfg)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let files = [
+        ("agent", dir.path().join("a.toml")),
+        ("gateway", dir.path().join("g.toml")),
+        ("admin", dir.path().join("m.toml")),
+    ];
+    write_toml(&files[0].1, &agent).unwrap();
+    write_toml(&files[1].1, &gateway).unwrap();
+    write_toml(&files[2].1, &minter).unwrap();
+    for (cmd, file) in &files {
+        let (code, out, err) = check(cmd, file);
+        assert_eq!(code, 0, "{cmd}: {err}");
+        assert_eq!(out.trim(), format!("{}: ok", file.display()), "{cmd}");
+    }
+
+    // The agent trusting the CA that signed it (one CA for both sides).
+    agent.tls.gateway_ca = state.path("agent-ca.pem");
+    write_toml(&files[0].1, &agent).unwrap();
+    let (code, _, err) = check("agent", &files[0].1);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(": tls.gateway_ca: "), "{err}");
+
+    // The gateway: a public key others can read, a server certificate
+    // where the agents want a client one.
+    let public_key = state.path("gateway-public.key");
+    std::fs::set_permissions(&public_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    gateway.agents.cert = state.path("gateway-public.pem");
+    gateway.agents.key = state.path("admin-server.key");
+    write_toml(&files[1].1, &gateway).unwrap();
+    let (code, _, err) = check("gateway", &files[1].1);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(": tls.key: ") && err.contains("mode 644"), "{err}");
+    assert!(err.contains(": agents.cert: ") && err.contains("clientAuth"), "{err}");
+    assert!(err.contains(": agents.key: ") && err.contains("is not the key"), "{err}");
+    assert_eq!(err.lines().count(), 3, "one line per problem: {err}");
+
+    // The minter: a signing key others can read.
+    let signing = state.signing_key();
+    std::fs::set_permissions(&signing, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = check("admin", &files[2].1);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(": ticket_signing_key: "), "{err}");
+}
