@@ -77,6 +77,16 @@ enum Cmd {
     },
     /// Mint a ticket and print its URL.
     Ticket(TicketArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell) to stdout.
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages (vmgate.1, vmgate-SUBCOMMAND.1) into a directory;
+    /// packaging uses it.
+    #[command(hide = true)]
+    Man {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Attach this terminal to a guest's serial console (Ctrl+] detaches).
     Console(ConsoleArgs),
     /// Join a guest's virtio-serial port to stdin/stdout, or serve it on a
@@ -296,6 +306,19 @@ async fn run(cli: Cli) -> Result<i32> {
                 listen,
             })
             .await?;
+            Ok(0)
+        }
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "vmgate", &mut std::io::stdout());
+            Ok(0)
+        }
+        Cmd::Man { out } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            clap_mangen::generate_to(Cli::command(), &out)
+                .with_context(|| format!("writing man pages into {}", out.display()))?;
             Ok(0)
         }
         Cmd::Ticket(a) => {

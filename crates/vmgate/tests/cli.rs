@@ -377,9 +377,18 @@ fn check_passes_good_configurations_and_names_the_key_of_each_problem() {
     write_toml(&files[1].1, &gateway).unwrap();
     let (code, _, err) = check("gateway", &files[1].1);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains(": tls.key: ") && err.contains("mode 644"), "{err}");
-    assert!(err.contains(": agents.cert: ") && err.contains("clientAuth"), "{err}");
-    assert!(err.contains(": agents.key: ") && err.contains("is not the key"), "{err}");
+    assert!(
+        err.contains(": tls.key: ") && err.contains("mode 644"),
+        "{err}"
+    );
+    assert!(
+        err.contains(": agents.cert: ") && err.contains("clientAuth"),
+        "{err}"
+    );
+    assert!(
+        err.contains(": agents.key: ") && err.contains("is not the key"),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 3, "one line per problem: {err}");
 
     // The minter: a signing key others can read.
