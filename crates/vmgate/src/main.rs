@@ -253,7 +253,20 @@ async fn until_signal(shutdown: CancellationToken) {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
+    notify_systemd(sd_notify::NotifyState::Stopping);
     shutdown.cancel();
+}
+
+/// Tells systemd (`Type=notify` units) how the service is doing: ready once
+/// its listeners are bound, stopping once it drains. Nothing without
+/// `NOTIFY_SOCKET`.
+fn notify_systemd(state: sd_notify::NotifyState) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(&[state]) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
 }
 
 async fn run(cli: Cli) -> Result<i32> {
@@ -274,6 +287,7 @@ async fn run(cli: Cli) -> Result<i32> {
             let shutdown = CancellationToken::new();
             let agent = vmgate_agent::Agent::bind(cfg)?;
             tokio::spawn(until_signal(shutdown.clone()));
+            notify_systemd(sd_notify::NotifyState::Ready);
             agent.run(shutdown).await;
             Ok(0)
         }
@@ -285,6 +299,7 @@ async fn run(cli: Cli) -> Result<i32> {
             let shutdown = CancellationToken::new();
             let gw = vmgate_gateway::Gateway::bind(cfg, shutdown.clone()).await?;
             tokio::spawn(until_signal(shutdown.clone()));
+            notify_systemd(sd_notify::NotifyState::Ready);
             tokio::spawn(reopen_audit_on_sighup(gw.shared()));
             gw.run().await;
             Ok(0)
@@ -297,6 +312,7 @@ async fn run(cli: Cli) -> Result<i32> {
             let shutdown = CancellationToken::new();
             let m = vmgate_minter::MinterServer::bind(cfg, shutdown.clone()).await?;
             tokio::spawn(until_signal(shutdown.clone()));
+            notify_systemd(sd_notify::NotifyState::Ready);
             m.run().await;
             Ok(0)
         }

@@ -398,3 +398,48 @@ fn check_passes_good_configurations_and_names_the_key_of_each_problem() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains(": ticket_signing_key: "), "{err}");
 }
+
+/// Under a `Type=notify` unit the services say when they are ready and when
+/// they stop: `READY=1` once bound, `STOPPING=1` on SIGTERM (here for `vmgate
+/// admin`, which needs no guest; the agent and gateway make the same calls).
+#[test]
+fn services_notify_systemd_ready_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    use vmgate::state::{write_toml, State};
+    let dir = tempfile::tempdir().unwrap();
+    let state = State::new(dir.path());
+    state.init().unwrap();
+    state.init_admin().unwrap();
+    let toml = dir.path().join("admin.toml");
+    write_toml(
+        &toml,
+        &state.minter_config("127.0.0.1:0".parse().unwrap(), "https://127.0.0.1:1"),
+    )
+    .unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmgate"))
+        .args(["admin", "--config"])
+        .arg(&toml)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("READY=1 within the deadline");
+    assert_eq!(&buf[..n], b"READY=1\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let n = sock
+        .recv(&mut buf)
+        .expect("STOPPING=1 within 2 s of SIGTERM");
+    assert_eq!(&buf[..n], b"STOPPING=1\n");
+    assert!(child.wait().unwrap().success());
+}
