@@ -33,6 +33,7 @@ use vmgate_tls::rustls;
 use vmgate_wire::Mode;
 
 use crate::config::{AdminAuth, AdminListener};
+use crate::conns::{Admission, Caps, Listener};
 use crate::limits::{self, ConnLimits};
 use crate::public::{ClientCert, Peer};
 use crate::session::{self, Grant};
@@ -208,6 +209,9 @@ pub struct AdminServer {
     tls: Arc<rustls::ServerConfig>,
     auth: Arc<Auth>,
     allowed_origins: Vec<String>,
+    /// Its own connection caps: a flood of the public listener never
+    /// takes these places.
+    caps: Caps,
 }
 
 impl AdminServer {
@@ -225,7 +229,17 @@ impl AdminServer {
             tls: Arc::new(tls),
             auth: Arc::new(auth),
             allowed_origins: cfg.allowed_origins.clone(),
+            caps: Caps {
+                per_address: cfg.max_connections_per_address,
+                unauthenticated: cfg.max_connections,
+                total: cfg.max_connections,
+            },
         })
+    }
+
+    /// Its connection caps (the public listener's fit around them).
+    pub fn caps(&self) -> Caps {
+        self.caps
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -242,7 +256,16 @@ impl AdminServer {
         });
         let app = router(shared.clone(), self.auth, origins);
         let conn = ConnLimits::from(&*shared.limits);
-        crate::public::serve(self.listener, self.tls, app, shared.shutdown.clone(), conn).await;
+        let admission = Admission::new(Listener::Admin, self.caps, shared.metrics.clone());
+        crate::public::serve(
+            self.listener,
+            self.tls,
+            app,
+            shared.shutdown.clone(),
+            conn,
+            admission,
+        )
+        .await;
     }
 }
 
@@ -318,6 +341,7 @@ async fn console_ws(
     Query(q): Query<ConsoleQuery>,
     Extension(Peer(peer)): Extension<Peer>,
     Extension(Who(who)): Extension<Who>,
+    Extension(conn): Extension<crate::conns::Conn>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if let Err(close) = crate::public::valid_names(&shared, &guest, &channel, peer) {
@@ -334,6 +358,7 @@ async fn console_ws(
                 guest,
                 channel,
                 peer,
+                conn,
             };
             session::serve(shared, req, rx, tx, move |_, req| {
                 Ok(admin_grant(req, &q, who))

@@ -77,6 +77,24 @@ pub struct Limits {
     /// is one issued up to this long after the gateway started (it cannot
     /// be told from one issued just before). Keep clocks in sync (NTP).
     pub ticket_clock_skew_secs: u64,
+    /// Connections without a session (in the TLS handshake, sending
+    /// requests, or idle) the public listener holds at once; more are
+    /// closed at accept. It is also kept under the open-files limit.
+    pub max_unauthenticated_connections: u32,
+    /// The same, from one source address (IPv6: one /64). A user behind a
+    /// shared NAT holding a console is not counted: a connection with a
+    /// session is authenticated.
+    pub max_unauthenticated_per_address: u32,
+    /// Close a connection that has no session and no request in progress
+    /// for this many seconds (HTTP/1.1 keep-alive and HTTP/2 alike).
+    pub connection_idle_secs: u64,
+    /// Send an HTTP/2 PING this often, and close the connection if it is
+    /// not answered within as long (0: no PINGs).
+    pub http2_keepalive_secs: u64,
+    /// Concurrent streams one HTTP/2 connection may open (a web console
+    /// page needs a few: the page, its assets, a screen and a serial
+    /// WebSocket).
+    pub http2_max_streams: u32,
 }
 
 impl Default for Limits {
@@ -94,6 +112,11 @@ impl Default for Limits {
             check_origin: true,
             max_ticket_ttl_secs: 3600,
             ticket_clock_skew_secs: 1,
+            max_unauthenticated_connections: 4096,
+            max_unauthenticated_per_address: 64,
+            connection_idle_secs: 60,
+            http2_keepalive_secs: 30,
+            http2_max_streams: 64,
         }
     }
 }
@@ -132,6 +155,21 @@ pub struct AdminListener {
     /// scripts) are not browsers and pass.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_origins: Vec<String>,
+    /// Connections this listener holds at once, counted apart from the
+    /// public listener's, so a flood there never takes these. Default 64.
+    #[serde(default = "default_admin_connections")]
+    pub max_connections: u32,
+    /// Connections without a session from one source address. Default 16.
+    #[serde(default = "default_admin_per_address")]
+    pub max_connections_per_address: u32,
+}
+
+fn default_admin_connections() -> u32 {
+    64
+}
+
+fn default_admin_per_address() -> u32 {
+    16
 }
 
 impl AdminListener {
@@ -258,6 +296,22 @@ impl GatewayConfig {
             ));
         }
         check_origins("limits.allowed_origins", &l.allowed_origins)?;
+        if l.max_unauthenticated_connections == 0 || l.max_unauthenticated_per_address == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.max_unauthenticated_connections and max_unauthenticated_per_address must be at least 1".into(),
+            ));
+        }
+        if l.connection_idle_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.connection_idle_secs must be at least 1".into(),
+            ));
+        }
+        if l.http2_max_streams < 4 {
+            return Err(ConfigError::Invalid(
+                "limits.http2_max_streams must be at least 4 (a web console page uses a few at once)"
+                    .into(),
+            ));
+        }
         for a in &self.agent_list {
             for p in a.guests.iter().flatten() {
                 if !GuestAllow::valid_pattern(p) {
@@ -271,6 +325,12 @@ impl GatewayConfig {
         if let Some(a) = &self.admin {
             a.auth().validate("[admin]")?;
             check_origins("[admin] allowed_origins", &a.allowed_origins)?;
+            if a.max_connections == 0 || a.max_connections_per_address == 0 {
+                return Err(ConfigError::Invalid(
+                    "[admin] max_connections and max_connections_per_address must be at least 1"
+                        .into(),
+                ));
+            }
             // Port 0 on both is fine: each bind gets its own free port.
             if a.listen == self.listen && self.listen.port() != 0 {
                 return Err(ConfigError::Invalid(
@@ -363,6 +423,17 @@ mod tests {
             toml::from_str(&format!("{OLD}\n[limits]\nhandshake_deadline_secs = 0\n")).unwrap();
         assert!(cfg.validate().is_err());
         assert!(toml::from_str::<GatewayConfig>(&format!("{OLD}\n[limits]\nbogus = 1\n")).is_err());
+        for bad in [
+            "max_unauthenticated_connections = 0",
+            "max_unauthenticated_per_address = 0",
+            "connection_idle_secs = 0",
+            "http2_max_streams = 3",
+        ] {
+            let cfg: GatewayConfig = toml::from_str(&format!("{OLD}\n[limits]\n{bad}\n")).unwrap();
+            let e = cfg.validate().unwrap_err().to_string();
+            let field = bad.split(' ').next().unwrap();
+            assert!(e.contains(field), "{bad}: {e}");
+        }
     }
 
     #[test]

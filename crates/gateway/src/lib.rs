@@ -23,6 +23,8 @@
 //!   recovery consoles). Minting is not in this crate: `vmgate admin`
 //!   (crate `vmgate-minter`) holds the signing key, and this crate cannot
 //!   even name one (`vmgate-ticket`'s `mint` feature is off here);
+//! * [`conns`]: connections without a session, capped per address and in
+//!   all, closed when idle; the open-files limit they fit in;
 //! * [`limits`], [`sessions`], [`audit`], [`metrics`]: abuse and session
 //!   limits, the live-session registry, the audit log, Prometheus counters;
 //! * [`untrusted`]: untrusted text in log lines, escaped and bounded.
@@ -34,6 +36,7 @@ pub mod assets;
 pub mod audit;
 pub mod check;
 pub mod config;
+pub mod conns;
 pub mod follow;
 pub mod limits;
 pub mod metrics;
@@ -126,6 +129,8 @@ pub struct Gateway {
     tls: Arc<vmgate_tls::rustls::ServerConfig>,
     shared: Arc<Shared>,
     admin: Option<admin::AdminServer>,
+    /// The public listener's connection caps.
+    caps: conns::Caps,
 }
 
 impl Gateway {
@@ -169,6 +174,30 @@ impl Gateway {
             ),
             None => None,
         };
+        let open_files = conns::raise_open_files();
+        let admin_total = admin.as_ref().map_or(0, |a| a.caps().total);
+        let (total, unauthenticated) = conns::fit_to_open_files(
+            open_files.unwrap_or(1024),
+            admin_total,
+            cfg.limits.max_unauthenticated_connections,
+        );
+        let caps = conns::Caps {
+            per_address: cfg.limits.max_unauthenticated_per_address,
+            unauthenticated,
+            total,
+        };
+        tracing::info!(
+            open_files,
+            connections = total,
+            unauthenticated,
+            per_address = caps.per_address,
+            admin_connections = admin_total,
+            "open-files limit and the public listener's connection caps"
+        );
+        if unauthenticated < cfg.limits.max_unauthenticated_connections {
+            tracing::warn!(configured = cfg.limits.max_unauthenticated_connections, unauthenticated,
+                "limits.max_unauthenticated_connections lowered to fit the open-files limit (raise `ulimit -n` / LimitNOFILE=)");
+        }
         let limits = Arc::new(cfg.limits.clone());
         let metrics = Arc::new(metrics::Metrics::default());
         let pool = agents::AgentPool::start(
@@ -203,6 +232,7 @@ impl Gateway {
                 drain: tokio_util::task::TaskTracker::new(),
             }),
             admin,
+            caps,
         })
     }
 
@@ -237,7 +267,17 @@ impl Gateway {
         let admin = self.admin.map(|a| tokio::spawn(a.run(shared.clone())));
         let app = public::router(shared.clone());
         let conn = limits::ConnLimits::from(&*shared.limits);
-        public::serve(self.listener, self.tls, app, shared.shutdown.clone(), conn).await;
+        let admission =
+            conns::Admission::new(conns::Listener::Public, self.caps, shared.metrics.clone());
+        public::serve(
+            self.listener,
+            self.tls,
+            app,
+            shared.shutdown.clone(),
+            conn,
+            admission,
+        )
+        .await;
         let drained = async {
             if let Some(a) = admin {
                 let _ = a.await;

@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,12 +28,12 @@ const THROTTLE_CAPACITY: usize = 65_536;
 /// What the throttle counts per source: the address, or an IPv6 /64, which
 /// one host usually holds whole.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum Source {
+pub(crate) enum Source {
     V4(u32),
     V6(u64),
 }
 
-fn source(ip: IpAddr) -> Source {
+pub(crate) fn source(ip: IpAddr) -> Source {
     match ip {
         IpAddr::V4(v4) => Source::V4(v4.into()),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -149,14 +148,65 @@ impl Throttle {
     }
 }
 
-/// What each HTTPS connection is held to before and while it sends a
-/// request.
+/// A budget for log lines about refusals a client can cause at will: at
+/// most `lines` per `window`, and the next line allowed says how many were
+/// left out, so a flood cannot flood the log too.
+#[derive(Debug)]
+pub struct RateLog {
+    lines: u32,
+    window: Duration,
+    start: Option<Instant>,
+    used: u32,
+    suppressed: u64,
+}
+
+impl RateLog {
+    pub fn new(lines: u32, window: Duration) -> RateLog {
+        RateLog {
+            lines,
+            window,
+            start: None,
+            used: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether a line may be logged at `now`: `Some(n)` with the number of
+    /// lines left out since the last one logged, or `None` (left out).
+    pub fn allow(&mut self, now: Instant) -> Option<u64> {
+        let fresh = self
+            .start
+            .is_none_or(|s| now.saturating_duration_since(s) >= self.window);
+        if fresh {
+            self.start = Some(now);
+            self.used = 0;
+        }
+        if self.used >= self.lines {
+            self.suppressed = self.suppressed.saturating_add(1);
+            return None;
+        }
+        self.used += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+/// What each HTTPS connection is held to before, between and while it
+/// sends requests.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnLimits {
-    /// Deadline for the TLS handshake, and again for the request headers.
+    /// Deadline for the TLS handshake, again for the request headers, and
+    /// for the first request after the handshake.
     pub handshake: Duration,
     /// Largest request head (HTTP/1.1 buffer, HTTP/2 header list).
     pub max_header_bytes: usize,
+    /// A connection with no session and no request in progress for this
+    /// long is closed ([`crate::conns::Conn::until_idle`]).
+    pub idle: Duration,
+    /// HTTP/2 PING interval; a PING not answered within as long closes the
+    /// connection (a peer gone without a word). `None`: no PINGs.
+    pub h2_keepalive: Option<Duration>,
+    /// Concurrent streams one HTTP/2 connection may open.
+    pub h2_max_streams: u32,
 }
 
 impl From<&Limits> for ConnLimits {
@@ -164,51 +214,11 @@ impl From<&Limits> for ConnLimits {
         ConnLimits {
             handshake: Duration::from_secs(l.handshake_deadline_secs),
             max_header_bytes: l.max_header_bytes,
+            idle: Duration::from_secs(l.connection_idle_secs),
+            h2_keepalive: (l.http2_keepalive_secs > 0)
+                .then(|| Duration::from_secs(l.http2_keepalive_secs)),
+            h2_max_streams: l.http2_max_streams,
         }
-    }
-}
-
-/// Wraps a connection's service so the serve loop knows whether any
-/// request arrived: a client that completes TLS and then sends nothing (an
-/// HTTP/2 preface without a request, or not even that) is closed at
-/// [`no_request_by`]'s deadline instead of holding a connection forever.
-pub fn first_request_seen(
-    app: axum::Router,
-) -> (
-    SeenService<hyper_util::service::TowerToHyperService<axum::Router>>,
-    Arc<AtomicBool>,
-) {
-    let seen = Arc::new(AtomicBool::new(false));
-    let svc = SeenService {
-        inner: hyper_util::service::TowerToHyperService::new(app),
-        seen: seen.clone(),
-    };
-    (svc, seen)
-}
-
-/// A hyper service that notes that a request arrived.
-#[derive(Clone)]
-pub struct SeenService<S> {
-    inner: S,
-    seen: Arc<AtomicBool>,
-}
-
-impl<S: hyper::service::Service<R>, R> hyper::service::Service<R> for SeenService<S> {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn call(&self, req: R) -> S::Future {
-        self.seen.store(true, Ordering::Relaxed);
-        self.inner.call(req)
-    }
-}
-
-/// Resolves at `deadline` if no request arrived by then; never otherwise.
-pub async fn no_request_by(deadline: Duration, seen: Arc<AtomicBool>) {
-    tokio::time::sleep(deadline).await;
-    if seen.load(Ordering::Relaxed) {
-        std::future::pending::<()>().await;
     }
 }
 
@@ -378,6 +388,20 @@ mod tests {
         ] {
             assert!(counts_against_throttle(&e), "{e:?}");
         }
+    }
+
+    #[test]
+    fn the_refusal_log_is_bounded_per_window_and_says_what_it_left_out() {
+        let mut log = RateLog::new(2, Duration::from_secs(10));
+        let t = Instant::now();
+        assert_eq!(log.allow(t), Some(0));
+        assert_eq!(log.allow(t), Some(0));
+        for _ in 0..1000 {
+            assert_eq!(log.allow(t + Duration::from_secs(9)), None);
+        }
+        assert_eq!(log.allow(t + Duration::from_secs(10)), Some(1000));
+        assert_eq!(log.allow(t + Duration::from_secs(10)), Some(0));
+        assert_eq!(log.allow(t + Duration::from_secs(11)), None);
     }
 
     #[test]

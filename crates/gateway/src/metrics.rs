@@ -24,6 +24,7 @@ struct Labeled {
     refusals: BTreeMap<&'static str, u64>,
     relay_errors: BTreeMap<&'static str, u64>,
     inventory_refused: BTreeMap<&'static str, u64>,
+    connections_closed: BTreeMap<&'static str, u64>,
     open_counts: [u64; OPEN_BUCKETS.len()],
     open_count: u64,
     open_sum: f64,
@@ -88,6 +89,12 @@ impl Metrics {
     /// `routing::Refusal::as_str`.
     pub fn inventory_refused(&self, reason: &'static str) {
         self.with(|m| *m.inventory_refused.entry(reason).or_default() += 1);
+    }
+
+    /// The gateway closed a connection that had nothing to do; `why` is
+    /// `conns::Closed::as_str`.
+    pub fn connection_closed(&self, why: &'static str) {
+        self.with(|m| *m.connections_closed.entry(why).or_default() += 1);
     }
 
     /// Two agents began to report one guest running.
@@ -171,6 +178,14 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# HELP vmgate_connections_closed_total Connections the gateway closed for having nothing to do, by why."
+        );
+        let _ = writeln!(out, "# TYPE vmgate_connections_closed_total counter");
+        for (r, n) in &m.connections_closed {
+            let _ = writeln!(out, "vmgate_connections_closed_total{{reason=\"{r}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
             "# HELP vmgate_route_conflicts_total Times two agents began to report one guest running."
         );
         let _ = writeln!(out, "# TYPE vmgate_route_conflicts_total counter");
@@ -213,6 +228,7 @@ mod tests {
         m.bytes_to_guest.fetch_add(7, Ordering::Relaxed);
         m.inventory_refused("not_allowed");
         m.route_conflict();
+        m.connection_closed("idle");
         let text = m.render();
         for line in [
             "vmgate_refusals_total{reason=\"expired\"} 2",
@@ -228,6 +244,7 @@ mod tests {
             "vmgate_session_open_seconds_count 2",
             "vmgate_inventory_refused_total{reason=\"not_allowed\"} 1",
             "vmgate_route_conflicts_total 1",
+            "vmgate_connections_closed_total{reason=\"idle\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
         }

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use vmgate_ticket::TicketError;
 use vmgate_wire::{Close, CloseCode};
 
+use crate::conns::{Admission, Conn, ConnService};
 use crate::limits::{self, ConnLimits};
 use crate::pages::JoinError;
 use crate::session::{self, Grant};
@@ -189,6 +190,7 @@ async fn console_ws(
     Path((guest, channel)): Path<(String, String)>,
     Query(q): Query<WsQuery>,
     Extension(Peer(peer)): Extension<Peer>,
+    Extension(conn): Extension<Conn>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     upgrade
@@ -212,6 +214,7 @@ async fn console_ws(
                 guest,
                 channel,
                 peer,
+                conn,
             };
             session::serve(shared, req, rx, tx, move |shared, req| {
                 authorize(shared, req, q)
@@ -328,13 +331,16 @@ fn authorize(shared: &Shared, req: &session::Request, q: WsQuery) -> Result<Gran
     Ok(grant.with_force(q.force))
 }
 
-/// Serves HTTPS on `listener` until `shutdown`, then drains.
+/// Serves HTTPS on `listener` until `shutdown`, then drains. Each
+/// accepted connection is admitted by `admission` first (or closed at
+/// once), then held to `conn_limits`.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<vmgate_tls::rustls::ServerConfig>,
     app: Router,
     shutdown: CancellationToken,
     conn_limits: ConnLimits,
+    admission: Arc<Admission>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let conns = tokio_util::task::TaskTracker::new();
@@ -345,16 +351,22 @@ pub async fn serve(
                 Ok(c) => c,
                 Err(e) => {
                     // Out of file descriptors and the like: back off, go on.
-                    tracing::warn!(error = %e, "accept failed");
+                    admission.accept_failed(&e);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
+        // Before any TLS work: a refused connection costs one accept.
+        let Ok(conn_state) = admission.admit(addr) else {
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
         let shutdown = shutdown.clone();
+        let admission = admission.clone();
         conns.spawn(async move {
             let tls = match tokio::time::timeout(conn_limits.handshake, acceptor.accept(tcp)).await
             {
@@ -369,7 +381,10 @@ pub async fn serve(
                 }
             };
             let cert = ClientCert(tls.get_ref().1.peer_certificates().is_some());
-            let app = app.layer(Extension(Peer(addr))).layer(Extension(cert));
+            let app = app
+                .layer(Extension(Peer(addr)))
+                .layer(Extension(cert))
+                .layer(Extension(conn_state.clone()));
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
@@ -378,14 +393,22 @@ pub async fn serve(
                 .max_buf_size(conn_limits.max_header_bytes);
             builder
                 .http2()
+                .timer(TokioTimer::new())
                 .enable_connect_protocol()
-                .max_header_list_size(conn_limits.max_header_bytes as u32);
-            let (svc, first_request) = limits::first_request_seen(app);
+                .max_header_list_size(conn_limits.max_header_bytes as u32)
+                .max_concurrent_streams(conn_limits.h2_max_streams)
+                .keep_alive_interval(conn_limits.h2_keepalive)
+                .keep_alive_timeout(conn_limits.h2_keepalive.unwrap_or(Duration::from_secs(20)));
+            let svc = ConnService::new(app, conn_state.clone());
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
             tokio::pin!(conn);
             tokio::select! {
-                _ = limits::no_request_by(conn_limits.handshake, first_request) => {
-                    tracing::debug!(peer = %addr, "no request before the deadline: closing");
+                why = conn_state.until_idle(conn_limits.handshake, conn_limits.idle) => {
+                    tracing::debug!(peer = %addr, why = why.as_str(), "closing an idle connection");
+                    admission.closed(why);
+                    // HTTP/2 says GOAWAY first; nothing is in progress.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
                 }
                 r = conn.as_mut() => {
                     if let Err(e) = r {

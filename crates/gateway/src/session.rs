@@ -131,6 +131,9 @@ pub struct Request {
     pub guest: String,
     pub channel: String,
     pub peer: SocketAddr,
+    /// The connection it came on: authenticated while the session runs
+    /// ([`crate::conns`]).
+    pub conn: crate::conns::Conn,
 }
 
 /// Runs one session on a client WebSocket: `authorize` turns the request's
@@ -166,6 +169,9 @@ async fn pipeline<F>(
             return refuse(tx, close).await;
         }
     };
+    // From here the connection carries a granted session: it no longer
+    // counts against the caps on connections without one.
+    let _authenticated = req.conn.session();
     let record = crate::audit::SessionRecord {
         session: sid,
         ticket: grant.who.clone(),

@@ -23,7 +23,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use vmgate_gateway::admin::{require_admin, Auth, Who};
 use vmgate_gateway::config::Limits;
+use vmgate_gateway::conns::{Admission, Caps, Listener};
 use vmgate_gateway::limits::ConnLimits;
+use vmgate_gateway::metrics::Metrics;
 use vmgate_gateway::public::Peer;
 use vmgate_ticket::SigningKey;
 
@@ -90,7 +92,15 @@ impl MinterServer {
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .layer(middleware::from_fn_with_state(self.auth, require_admin));
         let conn = ConnLimits::from(&Limits::default());
-        vmgate_gateway::public::serve(self.listener, self.tls, app, self.shutdown, conn).await;
+        // Few operators and scripts call this: small caps of its own.
+        let caps = Caps {
+            per_address: 16,
+            unauthenticated: 64,
+            total: 64,
+        };
+        let admission = Admission::new(Listener::Minter, caps, Arc::new(Metrics::default()));
+        vmgate_gateway::public::serve(self.listener, self.tls, app, self.shutdown, conn, admission)
+            .await;
     }
 }
 

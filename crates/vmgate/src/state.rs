@@ -226,6 +226,8 @@ impl State {
             client_ca: Some(self.path("admin-ca.pem")),
             token_file: Some(self.path("admin.token")),
             allowed_origins: Vec::new(),
+            max_connections: 64,
+            max_connections_per_address: 16,
         }
     }
 
