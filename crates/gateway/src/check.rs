@@ -19,6 +19,11 @@ pub fn check(cfg: &GatewayConfig) -> Vec<Problem> {
     if let Err(e) = vmgate_ticket::VerifyingKey::load(&cfg.ticket_public_key) {
         p.push(Problem::new("ticket_public_key", e.to_string()));
     }
+    for k in &cfg.extra_ticket_public_keys {
+        if let Err(e) = vmgate_ticket::VerifyingKey::load(k) {
+            p.push(Problem::new("extra_ticket_public_keys", e.to_string()));
+        }
+    }
     p.extend(check_cert("agents.ca", &cfg.agents.ca, Role::Ca));
     let link = check_identity(
         "agents.cert",

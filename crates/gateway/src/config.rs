@@ -19,6 +19,11 @@ pub struct GatewayConfig {
     pub tls: PublicTls,
     /// The ticket verifying (public) key, PEM. The gateway cannot mint.
     pub ticket_public_key: PathBuf,
+    /// More verifying keys accepted besides `ticket_public_key`, while the
+    /// minter's key rotates (docs/operations.md); at most
+    /// `vmgate_ticket::MAX_VERIFYING_KEYS - 1`. Re-read on SIGHUP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_ticket_public_keys: Vec<PathBuf>,
     /// How the gateway reaches agents.
     pub agents: AgentsTls,
     /// The agents to connect to.
@@ -254,6 +259,17 @@ fn default_server_name() -> String {
     "localhost".into()
 }
 
+impl GatewayConfig {
+    /// Every verifying key the gateway accepts tickets from: the current
+    /// one first, then the extra ones.
+    pub fn ticket_keys(&self) -> Result<Vec<vmgate_ticket::VerifyingKey>, vmgate_ticket::KeyError> {
+        std::iter::once(&self.ticket_public_key)
+            .chain(&self.extra_ticket_public_keys)
+            .map(vmgate_ticket::VerifyingKey::load)
+            .collect()
+    }
+}
+
 /// Reads and parses a TOML configuration file (the gateway's and `vmgate
 /// admin`'s), naming the file in every error.
 pub(crate) use vmgate_config::read_toml;
@@ -267,6 +283,12 @@ impl GatewayConfig {
 
     /// Checks what the schema cannot, so the rest of the gateway can trust it.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.extra_ticket_public_keys.len() >= vmgate_ticket::MAX_VERIFYING_KEYS {
+            return Err(ConfigError::Invalid(format!(
+                "extra_ticket_public_keys: at most {} keys (each forged ticket costs one check per key)",
+                vmgate_ticket::MAX_VERIFYING_KEYS - 1
+            )));
+        }
         let l = &self.limits;
         if l.handshake_deadline_secs == 0 {
             return Err(ConfigError::Invalid(

@@ -153,7 +153,7 @@ impl Gateway {
             &cfg.agents.ca,
             &[vmgate_wire::ALPN],
         )?)?;
-        let key = vmgate_ticket::VerifyingKey::load(&cfg.ticket_public_key)?;
+        let keys = cfg.ticket_keys()?;
         let listener =
             TcpListener::bind(cfg.listen)
                 .await
@@ -212,7 +212,7 @@ impl Gateway {
             shared: Arc::new(Shared {
                 pool,
                 tickets: tickets::TicketCheck::new(
-                    key,
+                    keys,
                     limits.max_ticket_ttl_secs,
                     limits.ticket_clock_skew_secs,
                 ),

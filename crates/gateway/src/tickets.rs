@@ -2,17 +2,19 @@
 //! (maximum lifetime, and the restart rule: [`vmgate_ticket::IssuePolicy`]),
 //! scope, single use.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
-use vmgate_ticket::{verify, Claims, IssuePolicy, ReplayGuard, TicketError, VerifyingKey};
+use vmgate_ticket::{verify_any, Claims, IssuePolicy, ReplayGuard, TicketError, VerifyingKey};
 
 /// Tickets remembered as used at once; a ticket lives seconds, so this is
 /// far above any real rate and only bounds memory against abuse.
 const REPLAY_CAPACITY: usize = 1_000_000;
 
-/// Checks tickets with the verifying key only: the gateway cannot mint.
+/// Checks tickets with verifying keys only: the gateway cannot mint.
 pub struct TicketCheck {
-    key: VerifyingKey,
+    /// The keys tickets are accepted from (the current one first); replaced
+    /// on SIGHUP ([`TicketCheck::set_keys`]).
+    keys: RwLock<Vec<VerifyingKey>>,
     /// The maximum lifetime, the clock-skew margin, and this process's
     /// start: no ticket issued before it is accepted.
     policy: IssuePolicy,
@@ -27,12 +29,12 @@ pub fn unix_now() -> u64 {
 }
 
 impl TicketCheck {
-    /// A check with `key`, accepting tickets that live at most `max_ttl`
+    /// A check with `keys`, accepting tickets that live at most `max_ttl`
     /// seconds and were issued more than `skew` seconds after now (this
     /// process's start).
-    pub fn new(key: VerifyingKey, max_ttl: u64, skew: u64) -> TicketCheck {
+    pub fn new(keys: Vec<VerifyingKey>, max_ttl: u64, skew: u64) -> TicketCheck {
         TicketCheck {
-            key,
+            keys: RwLock::new(keys),
             policy: IssuePolicy {
                 max_ttl,
                 skew,
@@ -48,10 +50,18 @@ impl TicketCheck {
         self.policy.accepts_after()
     }
 
+    /// Replaces the accepted keys (key rotation); sessions already open are
+    /// not affected, used tickets stay used.
+    pub fn set_keys(&self, keys: Vec<VerifyingKey>) {
+        *self.keys.write().expect("ticket keys lock") = keys;
+    }
+
     /// Signature, expiry and issue time.
     fn verified(&self, ticket: &str) -> Result<Claims, TicketError> {
         let now = unix_now();
-        let claims = verify(&self.key, ticket, now)?;
+        // A copy of a few 32-byte keys: no lock is held while verifying.
+        let keys = self.keys.read().expect("ticket keys lock").clone();
+        let claims = verify_any(&keys, ticket, now)?;
         self.policy.check(&claims, now)?;
         Ok(claims)
     }

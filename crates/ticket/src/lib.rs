@@ -40,4 +40,4 @@ pub use key::{VerifyingKey, Zeroizing};
 pub use replay::{replay_key, replay_ttl, ReplayGuard};
 #[cfg(any(test, feature = "mint"))]
 pub use token::mint;
-pub use token::{peek, verify, MAX_TICKET_LEN, PREFIX};
+pub use token::{peek, verify, verify_any, MAX_TICKET_LEN, MAX_VERIFYING_KEYS, PREFIX};

@@ -151,12 +151,28 @@ fn parse_claims(payload: &[u8]) -> Result<Claims, TicketError> {
 /// JSON parser. The caller still has to check scope ([`Claims::allows`]) and
 /// single use ([`ReplayGuard`](crate::ReplayGuard)).
 pub fn verify(key: &VerifyingKey, ticket: &str, now: u64) -> Result<Claims, TicketError> {
+    verify_any(std::slice::from_ref(key), ticket, now)
+}
+
+/// The most keys [`verify_any`] tries: a gateway accepts its current key
+/// and a few more while keys rotate, and a forged ticket costs at most this
+/// many signature checks.
+pub const MAX_VERIFYING_KEYS: usize = 4;
+
+/// [`verify`] against several keys (key rotation): the ticket is good if
+/// one of the first [`MAX_VERIFYING_KEYS`] keys verifies its signature.
+pub fn verify_any(keys: &[VerifyingKey], ticket: &str, now: u64) -> Result<Claims, TicketError> {
     let parts = split(ticket)?;
+    let signature = Signature::from_bytes(&parts.signature);
     // `verify_strict` also refuses weak public keys and the malleable
     // signature forms plain Ed25519 verification lets through.
-    key.0
-        .verify_strict(parts.signed, &Signature::from_bytes(&parts.signature))
-        .map_err(|_| TicketError::BadSignature)?;
+    if !keys
+        .iter()
+        .take(MAX_VERIFYING_KEYS)
+        .any(|k| k.0.verify_strict(parts.signed, &signature).is_ok())
+    {
+        return Err(TicketError::BadSignature);
+    }
 
     // From here on the payload was written by a holder of the signing key.
     let claims = parse_claims(&parts.payload)?;
@@ -189,6 +205,36 @@ mod tests {
 
     fn key() -> SigningKey {
         SigningKey::from_seed([7; 32])
+    }
+
+    #[test]
+    fn any_of_the_accepted_keys_verifies_and_a_retired_one_does_not() {
+        let (old, new, other) = (
+            SigningKey::from_seed([1; 32]),
+            SigningKey::from_seed([2; 32]),
+            SigningKey::from_seed([3; 32]),
+        );
+        let claims = Claims::new("g", ["serial0"], Mode::Interactive, NOW, 60, None);
+        let both = [old.verifying_key(), new.verifying_key()];
+        for k in [&old, &new] {
+            assert_eq!(verify_any(&both, &mint(k, &claims), NOW).unwrap(), claims);
+        }
+        let after = [new.verifying_key()];
+        assert_eq!(
+            verify_any(&after, &mint(&old, &claims), NOW),
+            Err(TicketError::BadSignature)
+        );
+        // Only the first MAX_VERIFYING_KEYS keys count.
+        let mut many = vec![other.verifying_key(); MAX_VERIFYING_KEYS];
+        many.push(new.verifying_key());
+        assert_eq!(
+            verify_any(&many, &mint(&new, &claims), NOW),
+            Err(TicketError::BadSignature)
+        );
+        assert_eq!(
+            verify_any(&[], &mint(&new, &claims), NOW),
+            Err(TicketError::BadSignature)
+        );
     }
 
     fn claims() -> Claims {

@@ -300,7 +300,7 @@ async fn run(cli: Cli) -> Result<i32> {
             let gw = vmgate_gateway::Gateway::bind(cfg, shutdown.clone()).await?;
             tokio::spawn(until_signal(shutdown.clone()));
             notify_systemd(sd_notify::NotifyState::Ready);
-            tokio::spawn(reopen_audit_on_sighup(gw.shared()));
+            tokio::spawn(reload_on_sighup(gw.shared(), config.clone()));
             gw.run().await;
             Ok(0)
         }
@@ -420,15 +420,30 @@ async fn vnc(a: VncArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// `vmgate gateway` reopens its audit log on SIGHUP, after a log rotator
-/// moved it.
-async fn reopen_audit_on_sighup(shared: std::sync::Arc<vmgate_gateway::Shared>) {
+/// `vmgate gateway` on SIGHUP: reopens its audit log (after a log rotator
+/// moved it) and re-reads its ticket verifying keys from the configuration
+/// file (key rotation), without touching open sessions. A configuration or
+/// key that does not load is logged and the keys in use stay.
+async fn reload_on_sighup(shared: std::sync::Arc<vmgate_gateway::Shared>, config: PathBuf) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         return;
     };
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reopening the audit log");
         shared.sessions.reopen_audit();
+        match vmgate_gateway::GatewayConfig::load(&config)
+            .map_err(|e| e.to_string())
+            .and_then(|cfg| cfg.ticket_keys().map_err(|e| e.to_string()))
+        {
+            Ok(keys) => {
+                let n = keys.len();
+                shared.tickets.set_keys(keys);
+                tracing::info!(keys = n, "SIGHUP: ticket verifying keys reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: ticket keys not reloaded; the keys in use stay")
+            }
+        }
     }
 }
 

@@ -134,6 +134,7 @@ impl State {
                 key: self.path("gateway-public.key"),
             },
             ticket_public_key: self.path("ticket.pub"),
+            extra_ticket_public_keys: Vec::new(),
             agents: vmgate_gateway::config::AgentsTls {
                 ca: self.path("agent-ca.pem"),
                 cert: self.path("gateway-client.pem"),

@@ -1662,3 +1662,130 @@ async fn a_used_ticket_never_works_again_after_a_gateway_restart() {
         .expect_notice("read-only")
         .await;
 }
+
+/// Rotating the ticket signing key loses no session: the new verifying key
+/// is added to the gateway (SIGHUP), tickets from both keys work, then the
+/// old key is dropped (SIGHUP) and its tickets are refused, while a session
+/// opened with an old-key ticket before any of it keeps working.
+#[tokio::test]
+async fn the_ticket_key_rotates_on_sighup_without_losing_a_session() {
+    let mut stack = Stack::start().await;
+    let mut live = stack.serial().await;
+    live.expect_notice("you hold the keyboard").await;
+    let claims = |channel: &str| {
+        vmgate_ticket::Claims::new(
+            stack.name.as_str(),
+            [channel],
+            vmgate_ticket::Mode::ReadOnly,
+            vmgate::tickets::now(),
+            60,
+            None,
+        )
+    };
+    let url = |ticket: String| {
+        format!(
+            "wss://{}/ws/{}/serial0?ticket={ticket}",
+            stack.gw_addr, stack.name
+        )
+    };
+    let old = vmgate_minter::SigningKey::load(stack.state.signing_key()).unwrap();
+    let new = vmgate_minter::SigningKey::generate();
+    let new_pub = stack.state.path("ticket-new.pub");
+    new.verifying_key().save(&new_pub).unwrap();
+    let hup = |stack: &Stack| {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(stack.gateway_pid() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap();
+    };
+    let reloaded = |n: usize| {
+        move |l: &str| {
+            l.contains("ticket verifying keys reloaded") && l.contains(&format!("keys={n}"))
+        }
+    };
+
+    // Before: a new-key ticket is refused.
+    let s = Session::new(
+        stack
+            .connect(&url(vmgate_minter::sign(&new, &claims("serial0"))))
+            .await,
+    );
+    let (code, reason) = {
+        let mut s = s;
+        s.closed().await
+    };
+    assert_eq!(code, 4401, "{reason}");
+    assert!(reason.contains("signature"), "{reason}");
+
+    // Step 1: the gateway accepts both keys.
+    stack.gw_cfg.extra_ticket_public_keys = vec![new_pub.clone()];
+    vmgate::state::write_toml(&stack.state.path("gateway.toml"), &stack.gw_cfg).unwrap();
+    hup(&stack);
+    stack
+        .wait_log(
+            "gateway.log",
+            Duration::from_secs(5),
+            "the reload with 2 keys",
+            reloaded(2),
+        )
+        .await;
+    for key in [&old, &new] {
+        let mut s = Session::new(
+            stack
+                .connect(&url(vmgate_minter::sign(key, &claims("serial0"))))
+                .await,
+        );
+        s.expect_notice("read-only").await;
+    }
+
+    // Step 2: the minter signs with the new key; the old one is dropped.
+    stack.gw_cfg.ticket_public_key = new_pub;
+    stack.gw_cfg.extra_ticket_public_keys = Vec::new();
+    vmgate::state::write_toml(&stack.state.path("gateway.toml"), &stack.gw_cfg).unwrap();
+    hup(&stack);
+    stack
+        .wait_log(
+            "gateway.log",
+            Duration::from_secs(5),
+            "the reload with 1 key",
+            reloaded(1),
+        )
+        .await;
+    let mut s = Session::new(
+        stack
+            .connect(&url(vmgate_minter::sign(&old, &claims("serial0"))))
+            .await,
+    );
+    let (code, reason) = s.closed().await;
+    assert_eq!(code, 4401, "{reason}");
+    assert!(reason.contains("signature"), "{reason}");
+    let mut s = Session::new(
+        stack
+            .connect(&url(vmgate_minter::sign(&new, &claims("serial0"))))
+            .await,
+    );
+    s.expect_notice("read-only").await;
+
+    // A broken configuration on SIGHUP keeps the keys in use.
+    std::fs::write(stack.state.path("gateway.toml"), "not toml").unwrap();
+    hup(&stack);
+    stack
+        .wait_log(
+            "gateway.log",
+            Duration::from_secs(5),
+            "the refused reload",
+            |l| l.contains("ticket keys not reloaded"),
+        )
+        .await;
+    let mut s = Session::new(
+        stack
+            .connect(&url(vmgate_minter::sign(&new, &claims("serial0"))))
+            .await,
+    );
+    s.expect_notice("read-only").await;
+
+    // The session opened with an old-key ticket before the rotation.
+    live.send(b"echo rotated-$((6*7))\n").await;
+    live.expect("rotated-42").await;
+}

@@ -547,6 +547,10 @@ impl Stack {
     }
 
     /// The agent process's id.
+    pub fn gateway_pid(&self) -> u32 {
+        self.gateway.as_ref().expect("the gateway runs").id()
+    }
+
     pub fn agent_pid(&self) -> u32 {
         self.agent.as_ref().expect("the agent runs").id()
     }
