@@ -21,6 +21,9 @@ pub struct AgentConfig {
     /// Bytes of scrollback kept per serial console (default 1 MiB).
     #[serde(default = "default_scrollback")]
     pub scrollback_bytes: usize,
+    /// How large the console logs in `log_dir` may grow (`[console_log]`).
+    #[serde(default)]
+    pub console_log: ConsoleLogConfig,
     /// Where guests come from: `qemu` (the `[[guest]]` entries below, the
     /// default) or `libvirt` (every running domain of `[libvirt] uri`).
     #[serde(default)]
@@ -32,6 +35,49 @@ pub struct AgentConfig {
     /// Settings of the `libvirt` backend.
     #[serde(default)]
     pub libvirt: LibvirtConfig,
+}
+
+/// The serial console logs' disk cap. A console's log is rotated before
+/// it would pass `max_bytes` (`<guest>.<console>.log` → `.log.1` → … →
+/// `.log.<keep>`), so a console uses at most `max_bytes × (keep + 1)` of
+/// disk, whatever its guest prints: 16 MiB by default, so that a small
+/// node with a few dozen guests keeps its console logs under a gigabyte.
+/// For rotation by an external logrotate instead, set a cap above its
+/// `size` and send the agent SIGHUP after it moved the files: the agent
+/// reopens them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleLogConfig {
+    /// Largest size of one log file, in bytes (default 8 MiB; at least
+    /// 4096).
+    #[serde(default = "default_log_max_bytes")]
+    pub max_bytes: u64,
+    /// Rotated files kept besides the current one (default 1; 0: the file
+    /// starts over when full; at most 100).
+    #[serde(default = "default_log_keep")]
+    pub keep: u32,
+}
+
+/// The smallest `[console_log] max_bytes`: one serial read.
+pub const MIN_LOG_BYTES: u64 = 4096;
+/// The most `[console_log] keep`.
+pub const MAX_LOG_KEEP: u32 = 100;
+
+impl Default for ConsoleLogConfig {
+    fn default() -> Self {
+        ConsoleLogConfig {
+            max_bytes: default_log_max_bytes(),
+            keep: default_log_keep(),
+        }
+    }
+}
+
+fn default_log_max_bytes() -> u64 {
+    8 << 20
+}
+
+fn default_log_keep() -> u32 {
+    1
 }
 
 /// Which backend finds the guests.
@@ -253,6 +299,19 @@ impl AgentConfig {
 
     /// Checks names and uniqueness, so the rest of the agent can trust them.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let log = &self.console_log;
+        if log.max_bytes < MIN_LOG_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "[console_log] max_bytes = {} is too small: use at least {MIN_LOG_BYTES}",
+                log.max_bytes
+            )));
+        }
+        if log.keep > MAX_LOG_KEEP {
+            return Err(ConfigError::Invalid(format!(
+                "[console_log] keep = {} is too many files: use at most {MAX_LOG_KEEP}",
+                log.keep
+            )));
+        }
         if self.backend == BackendKind::Libvirt && !self.guests.is_empty() {
             return Err(ConfigError::Invalid(
                 "[[guest]] entries are for the qemu backend; the libvirt backend takes its guests from libvirt (select them with [libvirt] domains or metadata_uri)".into(),
@@ -337,6 +396,36 @@ mod tests {
         cfg.validate().unwrap();
         assert_eq!(cfg.scrollback_bytes, 1 << 20);
         assert_eq!(cfg.guests[0].channel[0].name, "test.echo");
+        assert_eq!(
+            cfg.console_log,
+            ConsoleLogConfig {
+                max_bytes: 8 << 20,
+                keep: 1
+            }
+        );
+    }
+
+    #[test]
+    fn console_log_caps_are_bounded_and_named_when_refused() {
+        let with = |extra: &str| -> Result<(), ConfigError> {
+            let text = GOOD.replacen("[tls]", &format!("[console_log]\n{extra}\n[tls]"), 1);
+            toml::from_str::<AgentConfig>(&text).unwrap().validate()
+        };
+        with("max_bytes = 65536\nkeep = 0").unwrap();
+        with("keep = 100").unwrap();
+        let e = with("max_bytes = 4095").unwrap_err().to_string();
+        assert!(
+            e.contains("[console_log] max_bytes") && e.contains("4096"),
+            "{e}"
+        );
+        let e = with("keep = 101").unwrap_err().to_string();
+        assert!(e.contains("[console_log] keep") && e.contains("100"), "{e}");
+        assert!(toml::from_str::<AgentConfig>(&GOOD.replacen(
+            "[tls]",
+            "[console_log]\nmax_files = 3\n[tls]",
+            1
+        ))
+        .is_err());
     }
 
     #[test]

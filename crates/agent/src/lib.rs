@@ -42,27 +42,22 @@ pub enum AgentError {
     /// TLS material or the QUIC socket.
     #[error(transparent)]
     Tls(#[from] vmgate_tls::TlsError),
-    /// The log directory could not be created.
-    #[error("cannot create log directory {path}: {source}")]
-    LogDir {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    /// The console log directory could not be created.
+    #[error(transparent)]
+    LogDir(#[from] console::log::LogError),
 }
 
 /// An agent bound to its QUIC port, ready to run.
 pub struct Agent {
     endpoint: quinn::Endpoint,
     config: AgentConfig,
+    logs: console::ConsoleLogs,
 }
 
 impl Agent {
     /// Binds the QUIC listener (port 0 picks a free port).
     pub fn bind(config: AgentConfig) -> Result<Agent, AgentError> {
-        std::fs::create_dir_all(&config.log_dir).map_err(|source| AgentError::LogDir {
-            path: config.log_dir.clone(),
-            source,
-        })?;
+        let logs = console::ConsoleLogs::new(&config.log_dir, config.console_log)?;
         let id = Identity {
             cert: config.tls.cert.clone(),
             key: config.tls.key.clone(),
@@ -74,7 +69,17 @@ impl Agent {
             &[vmgate_wire::ALPN],
         )?;
         let endpoint = vmgate_tls::quic_server(config.listen, tls)?;
-        Ok(Agent { endpoint, config })
+        Ok(Agent {
+            endpoint,
+            config,
+            logs,
+        })
+    }
+
+    /// The serial console logs, to reopen them on SIGHUP
+    /// ([`console::ConsoleLogs::reopen`]).
+    pub fn console_logs(&self) -> console::ConsoleLogs {
+        self.logs.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -88,13 +93,17 @@ impl Agent {
         match self.config.backend {
             config::BackendKind::Qemu => {
                 tracing::info!(node = %self.config.node, addr = %self.local_addr(), backend = "qemu", guests = self.config.guests.len(), "agent listening (QUIC)");
-                let backend = backend::qemu::QemuBackend::start(&self.config, shutdown.clone());
+                let backend =
+                    backend::qemu::QemuBackend::start(&self.config, &self.logs, shutdown.clone());
                 server::serve(self.endpoint, Arc::new(backend), shutdown).await;
             }
             config::BackendKind::Libvirt => {
                 tracing::info!(node = %self.config.node, addr = %self.local_addr(), backend = "libvirt", uri = %self.config.libvirt.uri, "agent listening (QUIC)");
-                let backend =
-                    backend::libvirt::LibvirtBackend::start(&self.config, shutdown.clone());
+                let backend = backend::libvirt::LibvirtBackend::start(
+                    &self.config,
+                    &self.logs,
+                    shutdown.clone(),
+                );
                 server::serve(self.endpoint, Arc::new(backend), shutdown).await;
             }
         }

@@ -28,6 +28,7 @@ fn config(dir: &std::path::Path, qmp: std::path::PathBuf) -> AgentConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         log_dir: dir.join("logs"),
         scrollback_bytes: 1024,
+        console_log: Default::default(),
         backend: Default::default(),
         libvirt: Default::default(),
         tls: AgentTls {
@@ -100,7 +101,9 @@ async fn each_session_is_a_fresh_qemu_client_without_any_vnc_listener() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let backend = QemuBackend::start(&config(dir.path(), qmp.clone()), CancellationToken::new());
+    let cfg = config(dir.path(), qmp.clone());
+    let logs = vmgate_agent::console::ConsoleLogs::new(&cfg.log_dir, cfg.console_log).unwrap();
+    let backend = QemuBackend::start(&cfg, &logs, CancellationToken::new());
     let inv = backend.inventory().borrow().clone();
     assert!(inv.guests[0].channels.iter().any(|c| c.name == "vnc"));
 

@@ -287,6 +287,7 @@ async fn run(cli: Cli) -> Result<i32> {
             let shutdown = CancellationToken::new();
             let agent = vmgate_agent::Agent::bind(cfg)?;
             tokio::spawn(until_signal(shutdown.clone()));
+            tokio::spawn(reopen_console_logs_on_sighup(agent.console_logs()));
             notify_systemd(sd_notify::NotifyState::Ready);
             agent.run(shutdown).await;
             Ok(0)
@@ -459,6 +460,18 @@ fn report_check(config: &std::path::Path, problems: Vec<vmgate_config::Problem>)
         eprintln!("{}: {p}", config.display());
     }
     1
+}
+
+/// `vmgate agent` reopens its serial console logs on SIGHUP, after an
+/// external log rotator moved them.
+async fn reopen_console_logs_on_sighup(logs: vmgate_agent::console::ConsoleLogs) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reopening the console logs");
+        logs.reopen();
+    }
 }
 
 fn mode(read_only: bool) -> vmgate_ticket::Mode {

@@ -19,7 +19,7 @@ use vmgate_wire::{
 
 use super::{Backend, ChardevStream, Endpoint, Slot};
 use crate::config::{AgentConfig, GuestConfig, VncVia};
-use crate::console::{unix_connector, ConsoleHub, ConsoleRx, ConsoleSpec, ConsoleTx};
+use crate::console::{unix_connector, ConsoleHub, ConsoleLogs, ConsoleRx, ConsoleSpec, ConsoleTx};
 use crate::duplex::Duplex;
 use crate::qmp::Qmp;
 
@@ -38,8 +38,13 @@ pub struct QemuBackend {
 }
 
 impl QemuBackend {
-    /// Connects every serial console and starts tracking guest state.
-    pub fn start(cfg: &AgentConfig, shutdown: CancellationToken) -> QemuBackend {
+    /// Connects every serial console (logging to `logs`) and starts
+    /// tracking guest state.
+    pub fn start(
+        cfg: &AgentConfig,
+        logs: &ConsoleLogs,
+        shutdown: CancellationToken,
+    ) -> QemuBackend {
         let mut guests = HashMap::new();
         for g in &cfg.guests {
             let consoles = g
@@ -50,7 +55,7 @@ impl QemuBackend {
                         guest: g.name.clone(),
                         name: s.name.clone(),
                         connector: unix_connector(s.path.clone()),
-                        log: cfg.log_dir.join(format!("{}.{}.log", g.name, s.name)),
+                        logs: logs.clone(),
                         scrollback_bytes: cfg.scrollback_bytes,
                     };
                     (s.name.clone(), ConsoleHub::start(spec, shutdown.clone()))

@@ -6,8 +6,9 @@
 //! it connects is the backend's [`Connector`]: a unix socket to a QEMU
 //! chardev (`qemu`), or `virDomainOpenConsole` (`libvirt`); everything after
 //! the connection is the same code for both. Everything the guest prints goes, in this order and under
-//! one lock, into the [`Scrollback`], the append-only log file, and the
-//! broadcast to attached sessions, so a session attaching sees the
+//! one lock, into the [`Scrollback`], the queue of the console's log file
+//! ([`log`]: size-capped, written by its own thread, never waited for), and
+//! the broadcast to attached sessions, so a session attaching sees the
 //! scrollback followed by live output with no gap and no repeat.
 //!
 //! Exactly one session holds the keyboard. An interactive session takes it
@@ -15,11 +16,11 @@
 //! left); `force` takes it from the holder, who is told. Read-only
 //! sessions never write.
 
+pub mod log;
 mod scrollback;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::io::Write;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +36,7 @@ use vmgate_relay::backoff::Backoff;
 use vmgate_relay::{FrameRx, FrameTx};
 use vmgate_wire::{Close, CloseCode, Frame, Mode};
 
+pub use log::{ConsoleLog, ConsoleLogs};
 pub use scrollback::Scrollback;
 
 use crate::duplex::Duplex;
@@ -79,15 +81,16 @@ pub struct ConsoleSpec {
     pub name: String,
     /// How to reach the console (see [`unix_connector`]).
     pub connector: Connector,
-    /// Append-only log of everything the console printed.
-    pub log: PathBuf,
+    /// Where the log of everything the console printed goes
+    /// (`<guest>.<name>.log` there).
+    pub logs: ConsoleLogs,
     pub scrollback_bytes: usize,
 }
 
 struct HubState {
     scrollback: Scrollback,
-    /// The log file; `None` if it could not be opened (logged once).
-    log: Option<std::fs::File>,
+    /// The log file's queue (never blocks).
+    log: ConsoleLog,
     /// The session holding the keyboard.
     writer: Option<u64>,
     /// Attached sessions and where to send their notices.
@@ -117,17 +120,7 @@ pub struct ConsoleHub {
 impl ConsoleHub {
     /// Starts the hub's connection task; it stops when `shutdown` fires.
     pub fn start(spec: ConsoleSpec, shutdown: CancellationToken) -> ConsoleHub {
-        let log = match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&spec.log)
-        {
-            Ok(f) => Some(f),
-            Err(e) => {
-                tracing::error!(log = %spec.log.display(), error = %e, "cannot open console log; output is kept in scrollback only");
-                None
-            }
-        };
+        let log = spec.logs.open(&spec.guest, &spec.name);
         let (input_tx, input_rx) = mpsc::channel(INPUT_DEPTH);
         let inner = Arc::new(HubInner {
             state: Mutex::new(HubState {
@@ -416,11 +409,8 @@ impl HubInner {
     fn publish(&self, chunk: Bytes) {
         let mut st = self.state.lock().expect("hub lock");
         st.scrollback.push(&chunk);
-        if let Some(log) = st.log.as_mut() {
-            if let Err(e) = log.write_all(&chunk) {
-                tracing::error!(log = %self.spec.log.display(), error = %e, "console log write failed");
-            }
-        }
+        // Queued for the log's own thread: no file I/O under this lock.
+        st.log.write(chunk.clone());
         // No receiver is fine: nobody attached, the scrollback has it.
         let _ = self.output.send(chunk);
     }
@@ -475,11 +465,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let refuse = Arc::new(AtomicBool::new(false));
         let (connector, mut conns) = test_connector(refuse.clone());
+        let logs = ConsoleLogs::new(dir.path(), Default::default()).unwrap();
         let spec = ConsoleSpec {
             guest: "g".into(),
             name: "serial0".into(),
             connector,
-            log: dir.path().join("g.serial0.log"),
+            logs,
             scrollback_bytes: 1024,
         };
         let shutdown = CancellationToken::new();
@@ -516,8 +507,78 @@ mod tests {
             text.contains("first boot") && text.contains("second"),
             "{text}"
         );
-        let log = std::fs::read_to_string(dir.path().join("g.serial0.log")).unwrap();
-        assert_eq!(log, "first boot\nsecond\n");
+        wait_for("both in the log", || {
+            std::fs::read_to_string(dir.path().join("g.serial0.log")).unwrap_or_default()
+                == "first boot\nsecond\n"
+        })
+        .await;
+        shutdown.cancel();
+    }
+
+    /// A disk that does not answer holds up neither the console nor its
+    /// sessions: the hub reads on, every session gets the output, the
+    /// scrollback has it, and the log counts what it could not queue.
+    // Two workers: a hub that blocked one would still let the deadline fire.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    // The guard is the stuck disk: only the log's writer thread waits on it.
+    #[allow(clippy::await_holding_lock)]
+    async fn a_stuck_log_disk_holds_up_neither_the_console_nor_its_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let (connector, mut conns) = test_connector(Arc::new(AtomicBool::new(false)));
+        let logs = ConsoleLogs::new(dir.path(), Default::default()).unwrap();
+        let stall = logs.stall();
+        let spec = ConsoleSpec {
+            guest: "g".into(),
+            name: "serial0".into(),
+            connector,
+            logs: logs.clone(),
+            scrollback_bytes: 1 << 20,
+        };
+        let shutdown = CancellationToken::new();
+        let hub = ConsoleHub::start(spec, shutdown.clone());
+        let (_, mut guest) = next(&mut conns).await;
+        wait_for("connected", || hub.connected()).await;
+        let (mut rx, _tx) = hub.attach(1, Mode::ReadOnly, false);
+        // 2 MiB, far more than the log's queue holds, in 1 KiB writes, then
+        // an end marker. The test connection's buffer is 1 KiB: a hub that
+        // waited for the log would stop the writer at once.
+        let total = 2 << 20;
+        let writer = tokio::spawn(async move {
+            for i in 0..(total / 1024) {
+                guest
+                    .write_all(&[b'a' + (i % 26) as u8; 1024])
+                    .await
+                    .unwrap();
+            }
+            guest.write_all(b"END").await.unwrap();
+            guest
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut got = 0;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, rx.recv())
+                .await
+                .expect("the session stalled behind the log")
+                .unwrap();
+            // A session that fell behind is told and skips; it never waits.
+            if let Some(Frame::Data(d)) = frame {
+                got += d.len();
+                if d.ends_with(b"END") {
+                    break;
+                }
+            }
+        }
+        let _guest = tokio::time::timeout_at(deadline, writer)
+            .await
+            .expect("the console stalled behind the log")
+            .unwrap();
+        assert!(got > 0);
+        let sb = hub.scrollback();
+        assert_eq!(sb.len(), 1 << 20, "the scrollback is full");
+        assert!(sb.ends_with(b"END"));
+        let s = logs.stats();
+        assert!(s.dropped_chunks > 0 && s.dropped_bytes > 0, "{s:?}");
+        drop(stall);
         shutdown.cancel();
     }
 }

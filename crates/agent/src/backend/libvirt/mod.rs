@@ -51,7 +51,7 @@ use vmgate_wire::{Close, CloseCode, Inventory, OpenRequest};
 
 use super::{Backend, Endpoint, Slot};
 use crate::config::{AgentConfig, LibvirtConfig};
-use crate::console::{Connector, ConsoleHub, ConsoleRx, ConsoleSpec, ConsoleTx};
+use crate::console::{Connector, ConsoleHub, ConsoleLogs, ConsoleRx, ConsoleSpec, ConsoleTx};
 use crate::duplex::Duplex;
 use domains::{Serving, Table};
 use stream::{bridge, io_err, stream_connection, Ended, SignalOnEof, StreamEnd};
@@ -80,7 +80,7 @@ struct Running {
 struct Shared {
     node: String,
     cfg: LibvirtConfig,
-    log_dir: PathBuf,
+    logs: ConsoleLogs,
     scrollback_bytes: usize,
     /// The current connection; `None` while libvirtd is unreachable.
     conn: Mutex<Option<Connect>>,
@@ -99,11 +99,16 @@ pub struct LibvirtBackend {
 
 impl LibvirtBackend {
     /// Starts following libvirt; the inventory fills once connected.
-    pub fn start(cfg: &AgentConfig, shutdown: CancellationToken) -> LibvirtBackend {
+    /// Domains' consoles log to `logs`.
+    pub fn start(
+        cfg: &AgentConfig,
+        logs: &ConsoleLogs,
+        shutdown: CancellationToken,
+    ) -> LibvirtBackend {
         let shared = Arc::new(Shared {
             node: cfg.node.clone(),
             cfg: cfg.libvirt.clone(),
-            log_dir: cfg.log_dir.clone(),
+            logs: logs.clone(),
             scrollback_bytes: cfg.scrollback_bytes,
             conn: Mutex::new(None),
             domains: Mutex::new(Table::default()),
@@ -161,7 +166,7 @@ impl Serving for Hubs<'_> {
                         name.into(),
                         alias.clone(),
                     ),
-                    log: shared.log_dir.join(format!("{name}.{alias}.log")),
+                    logs: shared.logs.clone(),
                     scrollback_bytes: shared.scrollback_bytes,
                 };
                 (alias.clone(), ConsoleHub::start(spec, alive.clone()))
