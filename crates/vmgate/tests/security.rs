@@ -1559,8 +1559,12 @@ async fn sigterm_of_the_agent_closes_its_sessions_with_going_away_and_it_exits_0
     b.expect_notice("read-only").await;
     let t = stack.ticket("demo", &["test.echo"], false);
     let mut c = Session::new(stack.connect(&t.ws_url).await);
-    c.send(b"ping-agent\n").await;
-    c.expect("ping-agent").await;
+    // Open at the agent (the guest's echo loop need not be up for this).
+    stack
+        .wait_log("agent.log", common::WAIT, "the channel session", |l| {
+            l.contains("session opened") && l.contains("test.echo")
+        })
+        .await;
 
     let mut agent = stack.take_agent().unwrap();
     let sent = std::time::Instant::now();
