@@ -248,6 +248,14 @@ pub struct GuestConfig {
     /// channel). `qmp` needs `qmp`.
     #[serde(default)]
     pub vnc_via: Option<VncVia>,
+    /// QEMU's VNC display carries audio (`-audiodev none,id=snd0 -vnc
+    /// …,audiodev=snd0`, and a sound source such as `-machine
+    /// pcspk-audiodev=snd0`): the guest gets a channel `audio`, served from
+    /// a VNC connection of the agent's own (docs/audio.md). Needs `vnc` or
+    /// `vnc_via`. Default false: QEMU acknowledges the audio extension even
+    /// without an audiodev and then stays silent, so the agent cannot tell.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub audio: bool,
     /// Serial consoles (`-chardev socket,server=on` behind `-serial`).
     #[serde(default)]
     pub serial: Vec<Endpoint>,
@@ -349,6 +357,15 @@ impl AgentConfig {
                 }
                 Some(_) => {
                     chans.insert("vnc");
+                    if g.audio {
+                        chans.insert("audio");
+                    }
+                }
+                None if g.audio => {
+                    return Err(ConfigError::Invalid(format!(
+                        "guest {}: audio = true needs its VNC display (vnc or vnc_via)",
+                        g.name
+                    )))
                 }
                 None => {}
             }
@@ -454,6 +471,27 @@ mod tests {
         let cfg: AgentConfig = toml::from_str(&qmp).unwrap();
         cfg.validate().unwrap();
         assert_eq!(cfg.guests[0].vnc_via(), Some(VncVia::Qmp));
+    }
+
+    #[test]
+    fn audio_needs_the_vnc_display_and_takes_the_name_audio() {
+        let cfg: AgentConfig = toml::from_str(GOOD).unwrap();
+        assert!(!cfg.guests[0].audio, "off unless declared");
+        let with = GOOD.replace(
+            "vnc = \"/run/vnc.sock\"",
+            "vnc = \"/run/vnc.sock\"\n        audio = true",
+        );
+        let cfg: AgentConfig = toml::from_str(&with).unwrap();
+        cfg.validate().unwrap();
+        assert!(cfg.guests[0].audio);
+        let without_vnc = with.replace("vnc = \"/run/vnc.sock\"\n", "");
+        let cfg: AgentConfig = toml::from_str(&without_vnc).unwrap();
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("audio = true needs its VNC display"), "{e}");
+        let clash = with.replace("name = \"serial0\"", "name = \"audio\"");
+        let cfg: AgentConfig = toml::from_str(&clash).unwrap();
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("channel audio declared twice"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //!   `libvirt`: a libvirt daemon's running domains), and the one dispatch
 //!   from a channel's kind to how it opens;
 //! * [`duplex`]: the byte stream to a guest endpoint both of them hand out;
+//! * [`audio`]: the `audio` channel, QEMU's VNC audio as framed PCM;
 //! * [`server`]: the QUIC listener and the per-stream dispatch;
 //! * [`qmp`]: a small QMP client (commands, fd passing for VNC sessions).
 //!
@@ -20,6 +21,7 @@
 //! returned descriptor) and says why.
 #![deny(unsafe_code)]
 
+pub mod audio;
 pub mod backend;
 pub mod check;
 pub mod config;

@@ -224,6 +224,18 @@ async fn serve_console<B: Backend>(
             };
             (relay(&mut rx, tx, crx, ctx, stop).await, None)
         }
+        Opened::Audio(arx, atx) => {
+            // Listening is not input: the client's bytes are only its
+            // format request, which never reaches the guest.
+            let stop = async {
+                tokio::select! {
+                    biased;
+                    close = going_away(shutdown.clone()) => close,
+                    close = guest_gone => close,
+                }
+            };
+            (relay(&mut rx, tx, arx, atx, stop).await, None)
+        }
         Opened::Stream {
             stream,
             kind,

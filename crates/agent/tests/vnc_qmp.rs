@@ -42,6 +42,7 @@ fn config(dir: &std::path::Path, qmp: std::path::PathBuf) -> AgentConfig {
             qmp: Some(qmp),
             vnc: None,
             vnc_via: Some(VncVia::Qmp),
+            audio: false,
             serial: vec![],
             channel: vec![],
         }],

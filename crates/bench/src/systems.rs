@@ -157,6 +157,7 @@ impl Names {
             qmp: None,
             vnc: None,
             vnc_via: None,
+            audio: false,
             serial: vec![],
             channel,
         }

@@ -307,10 +307,7 @@ mod tests {
             state,
             channels: channels
                 .iter()
-                .map(|c| ChannelInfo {
-                    name: c.to_string(),
-                    kind: ChannelKind::Serial,
-                })
+                .map(|c| ChannelInfo::new(c.to_string(), ChannelKind::Serial))
                 .collect(),
         }
     }

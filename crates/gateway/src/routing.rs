@@ -316,10 +316,7 @@ mod tests {
         GuestInfo {
             name: name.into(),
             state,
-            channels: vec![ChannelInfo {
-                name: "serial0".into(),
-                kind: ChannelKind::Serial,
-            }],
+            channels: vec![ChannelInfo::new("serial0", ChannelKind::Serial)],
         }
     }
     use GuestState::{Down, Running};

@@ -16,9 +16,10 @@
 //! 3. the per-kind part, chosen from that kind (never from the channel's
 //!    name): [`relay_screen`] for `vnc` (the RFB filter, no following),
 //!    [`relay_following`] for serial consoles and channels (bytes as they
-//!    are, following the guest across live migration). A new kind (audio,
-//!    virtual media, the screen splice) is a new arm of the `match` in
-//!    [`serve`], and the compiler lists every place that must learn it;
+//!    are, following the guest across live migration), [`relay_audio`] for
+//!    the guest's sound. A new kind (virtual media, the screen splice) is a
+//!    new arm of the `match` in [`serve`], and the compiler lists every
+//!    place that must learn it;
 //! 4. the session's end: ticket expiry, an administrator, the idle
 //!    timeout, the gateway's shutdown; the audit lines and the metrics.
 //!
@@ -205,6 +206,7 @@ async fn pipeline<F>(
         ChannelKind::Serial | ChannelKind::Channel => {
             relay_following(&shared, &live, &grant, sid, rx, tx, opened, stop).await
         }
+        ChannelKind::Audio => relay_audio(&live, rx, tx, opened, stop).await,
     };
     live.finish(&out);
 }
@@ -274,6 +276,30 @@ async fn relay_screen(
     tracing::info!(reason = %out.close, bytes_to_guest = out.a_to_b, bytes_from_guest = out.b_to_a,
         input_dropped = dropped.input, audio_dropped = dropped.audio,
         audio_encodings_stripped = dropped.audio_encodings, "session ended");
+    out
+}
+
+/// `audio`: the agent's framed PCM as it comes, and the client's format
+/// request (the agent reads nothing else). Its ticket named `audio`, or it
+/// could not have opened this channel. Not followed across a migration: a
+/// new node's stream starts with its own header, so the client reconnects.
+async fn relay_audio(
+    live: &Live,
+    rx: ws::WsRx,
+    tx: ws::WsTx,
+    opened: Opened,
+    stop: impl Future<Output = Close> + Send,
+) -> Outcome {
+    let out = relay(
+        live.count_to_guest(rx),
+        tx,
+        live.count_from_guest(opened.rx),
+        opened.tx,
+        stop,
+    )
+    .await;
+    tracing::info!(reason = %out.close, bytes_to_guest = out.a_to_b, bytes_from_guest = out.b_to_a,
+        "session ended");
     out
 }
 

@@ -27,6 +27,8 @@ pub fn guest_config(guest: &Guest) -> GuestConfig {
         vnc: Some(guest.vnc_socket.clone()),
         // Each VNC session is a socketpair handed to QEMU over QMP.
         vnc_via: Some(vmgate_agent::config::VncVia::Qmp),
+        // The test guest's PC speaker plays into its VNC display's audiodev.
+        audio: true,
         serial: vec![Endpoint {
             name: "serial0".into(),
             path: guest.serial_socket.clone(),

@@ -7,6 +7,12 @@
 //!   names `audio` (read-only or not), and gets neither the −259
 //!   acknowledgement nor a byte of audio when it does not.
 //!
+//! * On its own channel, `audio`: the agent's dedicated VNC connection
+//!   turned into framed PCM (`vmgate_wire::audio`), through the gateway's
+//!   WebSocket, under both backends; under libvirt a domain whose VNC
+//!   display has no `<audio>` gets the channel listed as unavailable, and
+//!   a session on it is refused with what the domain needs.
+//!
 //! Pitch is checked by FFT (rustfft): the dominant frequency within 2%.
 
 mod common;
@@ -14,10 +20,11 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Stack, WAIT};
+use common::{for_each_backend, Backend, Event, Session, Stack, WAIT};
 use rustfft::{num_complex::Complex, FftPlanner};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use vmgate_wire::audio::{AudioEvent, AudioHeader, AudioReader};
 
 /// QEMU's audio pseudo-encoding.
 const AUDIO_ENCODING: i32 = -259;
@@ -315,4 +322,362 @@ async fn in_band_audio_reaches_viewers_whose_ticket_names_audio_and_no_other() {
             },
         )
         .await;
+}
+
+/// The rate the channel's listeners ask for.
+const CHANNEL_RATE: u32 = 48_000;
+
+/// What a listener on the `audio` channel heard so far.
+#[derive(Default)]
+struct Heard {
+    header: Option<AudioHeader>,
+    /// PCM of the current (or last) stream, from its begin.
+    pcm: Vec<u8>,
+    /// When the current stream's first non-silent sample arrived.
+    first_sound: Option<Instant>,
+    begins: usize,
+    ends: usize,
+    /// PCM bytes the agent reported dropped.
+    dropped: u64,
+}
+
+/// A session on the guest's `audio` channel, through the gateway.
+struct Listener {
+    session: Session,
+    reader: AudioReader,
+    heard: Heard,
+}
+
+impl Listener {
+    /// Opens the channel with a ticket for `channels` and asks for S16
+    /// stereo at [`CHANNEL_RATE`].
+    async fn open(stack: &Stack, channels: &[&str], read_only: bool) -> Listener {
+        let want = AudioHeader {
+            sample: 3,
+            channels: 2,
+            rate: CHANNEL_RATE,
+        };
+        Listener::open_as(stack, channels, read_only, want).await
+    }
+
+    /// Opens the channel and asks for `want`.
+    async fn open_as(
+        stack: &Stack,
+        channels: &[&str],
+        read_only: bool,
+        want: AudioHeader,
+    ) -> Listener {
+        let t = stack.ticket(&stack.name, channels, read_only);
+        let url = t.ws_url.replace(&format!("/{}?", channels[0]), "/audio?");
+        let mut session = Session::new(stack.connect(&url).await);
+        session.send(&want.encode()).await;
+        Listener {
+            session,
+            reader: AudioReader::new(),
+            heard: Heard::default(),
+        }
+    }
+
+    /// Reads until `done` holds, for at most `wait`; the close if the
+    /// session ends first.
+    async fn until(
+        &mut self,
+        wait: Duration,
+        done: impl Fn(&Heard) -> bool,
+    ) -> Result<(), (u16, String)> {
+        let deadline = tokio::time::Instant::now() + wait;
+        while !done(&self.heard) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.session.next_event(left).await {
+                Event::Data(d) => {
+                    let h = &mut self.heard;
+                    self.reader
+                        .feed(&d, |e| match e {
+                            AudioEvent::Header(x) => h.header = Some(x),
+                            AudioEvent::Begin => {
+                                h.begins += 1;
+                                h.pcm.clear();
+                                h.first_sound = None;
+                            }
+                            AudioEvent::End => h.ends += 1,
+                            AudioEvent::Pcm(p) => {
+                                if h.first_sound.is_none()
+                                    && left_channel(p).iter().any(|v| v.abs() > 0.01)
+                                {
+                                    h.first_sound = Some(Instant::now());
+                                }
+                                h.pcm.extend_from_slice(p);
+                            }
+                            AudioEvent::Dropped(n) => h.dropped += u64::from(n),
+                        })
+                        .expect("the agent's audio stream parses");
+                }
+                Event::Closed(c, r) => return Err((c, r)),
+                Event::Timeout => panic!(
+                    "audio listener: nothing more within {wait:?} (begins {}, ends {}, {} PCM bytes)",
+                    self.heard.begins,
+                    self.heard.ends,
+                    self.heard.pcm.len()
+                ),
+                Event::Notice(_) | Event::Eof => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Plays `tone HZ MS` on `serial` and returns the stream it made (its
+    /// left channel) and the time from the command to its first sound.
+    async fn hear(&mut self, serial: &mut Session, hz: u32, ms: u32) -> (Vec<f32>, Duration) {
+        self.until(WAIT, |h| h.header.is_some())
+            .await
+            .expect("the audio header");
+        let ends = self.heard.ends;
+        let begins = self.heard.begins;
+        serial.send(format!("tone {hz} {ms}\n").as_bytes()).await;
+        let sent = Instant::now();
+        self.until(WAIT, |h| {
+            h.begins > begins && h.ends > ends && h.first_sound.is_some()
+        })
+        .await
+        .expect("the tone's stream");
+        let first = self.heard.first_sound.unwrap() - sent;
+        (left_channel(&self.heard.pcm), first)
+    }
+}
+
+for_each_backend!(
+    the_audio_channel_carries_the_guests_tone_and_tells_880_from_440,
+    a_domain_without_audio_says_what_it_needs,
+);
+
+async fn the_audio_channel_carries_the_guests_tone_and_tells_880_from_440(backend: Backend) {
+    let stack = Stack::start_backend(backend).await;
+    // Listening is not input: a read-only ticket is enough.
+    let mut l = Listener::open(&stack, &["audio"], true).await;
+    let mut serial = stack.serial().await;
+    l.until(WAIT, |h| h.header.is_some()).await.unwrap();
+    assert_eq!(
+        l.heard.header,
+        Some(AudioHeader {
+            sample: 3,
+            channels: 2,
+            rate: CHANNEL_RATE
+        })
+    );
+    let (high, first) = l.hear(&mut serial, 880, 1500).await;
+    eprintln!("{backend:?}: tone 880: first sound {first:?} after the command");
+    assert_pitch(&high, CHANNEL_RATE, 880, "tone 880");
+    let heard = Duration::from_secs_f64(
+        high.iter().filter(|v| v.abs() > 0.01).count() as f64 / f64::from(CHANNEL_RATE),
+    );
+    // QEMU plays the PC speaker from host timers while TCG guests share two
+    // cores, so the length stretches under load; a PCM record lost or sent
+    // twice would be far outside this.
+    assert!(
+        heard > Duration::from_millis(1200) && heard < Duration::from_millis(2250),
+        "tone 880 1500: {heard:?} of sound"
+    );
+    let (low, _) = l.hear(&mut serial, 440, 1000).await;
+    assert_pitch(&low, CHANNEL_RATE, 440, "tone 440");
+    assert_eq!(l.heard.dropped, 0, "a listener that keeps up loses nothing");
+
+    // A ticket without `audio` cannot open the channel.
+    let t = stack.ticket(&stack.name, &["vnc"], true);
+    let url = t.ws_url.replace("/vnc?", "/audio?");
+    let (code, reason) = Session::new(stack.connect(&url).await).closed().await;
+    assert_eq!(code, 4403, "{reason}");
+}
+
+/// Resident memory of process `pid`, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// Reads `session` until its output holds at least `n` bytes.
+async fn read_to(session: &mut Session, n: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while session.output.len() < n {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match session.next_event(left).await {
+            Event::Data(_) | Event::Notice(_) | Event::Eof => {}
+            e => panic!(
+                "screen session: {e:?} with {} of {n} bytes",
+                session.output.len()
+            ),
+        }
+    }
+}
+
+/// A read-only VNC session on the guest's screen through the gateway,
+/// past the handshake (hand-written RFB, security None, raw pixels).
+async fn screen(stack: &Stack) -> Session {
+    let t = stack.ticket(&stack.name, &["vnc"], true);
+    let mut s = Session::new(stack.connect(&t.ws_url).await);
+    read_to(&mut s, 12).await;
+    s.send(b"RFB 003.008\n").await;
+    read_to(&mut s, 13).await;
+    let n = usize::from(s.output[12]);
+    read_to(&mut s, 13 + n).await;
+    s.send(&[1]).await;
+    read_to(&mut s, 13 + n + 4).await;
+    s.send(&[1]).await;
+    let init = 13 + n + 4;
+    read_to(&mut s, init + 24).await;
+    let name = be32(&s.output[init + 20..]) as usize;
+    read_to(&mut s, init + 24 + name).await;
+    s.send(&[2, 0, 0, 1, 0, 0, 0, 0]).await; // SetEncodings [raw]
+    s
+}
+
+/// Asks `screen` for a fresh 16x16 corner and returns how long the answer
+/// took.
+async fn screen_update(screen: &mut Session) -> Duration {
+    let before = screen.output.len();
+    let asked = Instant::now();
+    screen.send(&[3, 0, 0, 0, 0, 0, 0, 16, 0, 16]).await;
+    // FramebufferUpdate header, one rectangle header, 16x16 at 32 bpp.
+    read_to(screen, before + 4 + 12 + 16 * 16 * 4).await;
+    asked.elapsed()
+}
+
+#[tokio::test]
+async fn a_listener_that_stops_reading_grows_no_memory_and_the_screen_stays_live() {
+    let stack = Stack::start().await;
+    let mut serial = stack.serial().await;
+    // The fastest stream QEMU sends: S32 stereo at 48 kHz, 384 kB/s.
+    let fast = AudioHeader {
+        sample: 5,
+        channels: 2,
+        rate: CHANNEL_RATE,
+    };
+    let mut stalled = Listener::open_as(&stack, &["audio"], true, fast).await;
+    stalled.until(WAIT, |h| h.header.is_some()).await.unwrap();
+    let mut screen = screen(&stack).await;
+    screen_update(&mut screen).await;
+    // QEMU refreshes an idle screen at least every 3 s: a request waits
+    // for the next refresh, never for the audio.
+    let mut idle = Duration::ZERO;
+    for _ in 0..3 {
+        idle = idle.max(screen_update(&mut screen).await);
+    }
+    let (agent, gateway) = (stack.agent_pid(), stack.gateway_pid());
+    let before = (rss_kib(agent), rss_kib(gateway));
+
+    // 30 s of sound (11.5 MB) while the listener reads nothing: more than
+    // every buffer on the way holds.
+    serial.send(b"tone 440 30000\n").await;
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    while started.elapsed() < Duration::from_secs(31) {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        slowest = slowest.max(screen_update(&mut screen).await);
+    }
+    let grew = (
+        rss_kib(agent).saturating_sub(before.0),
+        rss_kib(gateway).saturating_sub(before.1),
+    );
+    eprintln!(
+        "stalled listener: agent +{} KiB, gateway +{} KiB; slowest screen update {slowest:?}",
+        grew.0, grew.1
+    );
+    assert!(
+        slowest < Duration::from_secs(2),
+        "the screen stalled for {slowest:?}"
+    );
+    assert!(grew.0 < 32 * 1024, "the agent grew by {} KiB", grew.0);
+    assert!(grew.1 < 32 * 1024, "the gateway grew by {} KiB", grew.1);
+
+    // Reading again: the listener is told what it missed, and the stream
+    // goes on (the tone's end arrives).
+    stalled
+        .until(WAIT, |h| h.dropped > 0 && h.ends > 0)
+        .await
+        .unwrap();
+    eprintln!(
+        "stalled listener: {} bytes reported dropped",
+        stalled.heard.dropped
+    );
+    drop(stalled);
+    stack
+        .wait_log("agent.log", WAIT, "the stalled audio stream's end", |l| {
+            let l = plain(l);
+            l.contains("audio stream ended") && !l.contains("dropped_bytes=0 ")
+        })
+        .await;
+}
+
+/// A guest whose VNC display carries no audio: under libvirt its `audio`
+/// channel is listed as unavailable and a session on it is refused with
+/// what the domain needs; under qemu, where the configuration says whether
+/// the display has an audiodev, a guest declared without is offered none.
+async fn a_domain_without_audio_says_what_it_needs(backend: Backend) {
+    let stack = match backend {
+        Backend::Qemu => {
+            Stack::start_full(
+                Backend::Qemu,
+                true,
+                |_| {},
+                |cfg| cfg.guests[0].audio = false,
+                |_, _| {},
+            )
+            .await
+        }
+        Backend::Libvirt => Stack::start_backend(backend).await,
+    };
+    let _unwired;
+    let name = match backend {
+        Backend::Libvirt => {
+            _unwired = Unwired::create(&stack).await;
+            stack.wait_routable_guest(&_unwired.0).await;
+            _unwired.0.clone()
+        }
+        Backend::Qemu => stack.name.clone(),
+    };
+    let t = stack.ticket(&name, &["audio"], true);
+    let (code, reason) = Session::new(stack.connect(&t.ws_url).await).closed().await;
+    eprintln!("{backend:?}: {code} {reason}");
+    assert_eq!(code, 4405, "{reason}");
+    if backend == Backend::Libvirt {
+        assert!(
+            reason.contains(
+                "audio unavailable: no audio on its VNC display: add <audio id='1' type='none'/> and <audio id='1'/> in <graphics>"
+            ),
+            "{reason}"
+        );
+    }
+}
+
+/// A second libvirt test domain, its VNC display without `<audio>`;
+/// destroyed when dropped.
+struct Unwired(String);
+
+impl Unwired {
+    async fn create(stack: &Stack) -> Unwired {
+        let run = stack.dir.path().join("guest");
+        let xml = std::fs::read_to_string(run.join(format!("{}.xml", stack.name))).unwrap();
+        let name = format!("{}.noaudio", stack.name);
+        let xml = xml
+            .replace(&stack.name, &name)
+            .replace("<audio id='1'/>", "");
+        let path = run.join(format!("{name}.xml"));
+        std::fs::write(&path, xml).unwrap();
+        let out = common::libvirt::virsh(&["create", path.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Unwired(name)
+    }
+}
+
+impl Drop for Unwired {
+    fn drop(&mut self) {
+        let _ = common::libvirt::virsh(&["destroy", &self.0]);
+    }
 }

@@ -26,6 +26,7 @@ fn claim(stack: &Stack, name: &str, serial: bool) -> GuestConfig {
         qmp: None,
         vnc: None,
         vnc_via: None,
+        audio: false,
         serial: if serial {
             vec![Endpoint {
                 name: "serial0".into(),

@@ -30,6 +30,21 @@ pub enum GuestState {
 pub struct ChannelInfo {
     pub name: String,
     pub kind: ChannelKind,
+    /// Why the channel is listed but cannot be opened (a guest whose VNC
+    /// display carries no audio), for operators and the user's refusal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+}
+
+impl ChannelInfo {
+    /// An available channel.
+    pub fn new(name: impl Into<String>, kind: ChannelKind) -> ChannelInfo {
+        ChannelInfo {
+            name: name.into(),
+            kind,
+            unavailable: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +56,9 @@ pub enum ChannelKind {
     Vnc,
     /// A virtio-serial port: a byte stream, one session at a time.
     Channel,
+    /// The guest's sound: PCM framed as [`crate::audio`] says, from a VNC
+    /// connection of the agent's own that carries only QEMU's audio.
+    Audio,
 }
 
 impl Inventory {

@@ -9,12 +9,14 @@
 //!
 //! The client side of the gateway speaks WebSocket; its text messages are
 //! [`Control`] messages, and its close codes are the same [`CloseCode`]s
-//! (`control.rs` says how a client reads them).
+//! (`control.rs` says how a client reads them). An `audio` channel's bytes
+//! are framed PCM ([`audio`]).
 //!
 //! No sockets and no clock here: the service crates feed bytes in and read
 //! frames out. `docs/wire.md` is the byte-level description.
 #![forbid(unsafe_code)]
 
+pub mod audio;
 mod close;
 mod control;
 mod frame;

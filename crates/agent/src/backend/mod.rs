@@ -25,6 +25,7 @@ use vmgate_wire::{ChannelKind, Close, Inventory, OpenRequest};
 pub use chardev::ChardevStream;
 pub use slot::{Slot, SlotGuard};
 
+use crate::audio::{AudioRx, AudioTx};
 use crate::console::{ConsoleHub, ConsoleRx, ConsoleTx};
 use crate::duplex::Duplex;
 
@@ -42,6 +43,9 @@ pub enum Opened {
     },
     /// An attachment to a serial console hub.
     Console(ConsoleRx, ConsoleTx),
+    /// The guest's sound, from a VNC connection of the agent's own
+    /// ([`crate::audio`]).
+    Audio(AudioRx, AudioTx),
 }
 
 /// What a guest's channel is, as [`Backend::lookup`] found it.
@@ -50,6 +54,9 @@ pub enum Endpoint<V, C> {
     Console(ConsoleHub),
     /// The screen: each session is a fresh client of QEMU's VNC server.
     Vnc(V),
+    /// The sound: each session is a fresh client of QEMU's VNC server too,
+    /// one that asks for audio only.
+    Audio(V),
     /// A virtio-serial port, one session at a time (the slot).
     Channel(Arc<Slot>, C),
 }
@@ -106,6 +113,12 @@ pub trait Backend: Send + Sync + 'static {
                     what: format!("VNC of {}", req.guest),
                     stop: None,
                 }),
+                Endpoint::Audio(vnc) => {
+                    let stream = self.open_vnc(vnc, req).await?;
+                    let (rx, tx) =
+                        crate::audio::start(stream, format!("audio of {}", req.guest), req.session);
+                    Ok(Opened::Audio(rx, tx))
+                }
                 Endpoint::Channel(slot, channel) => {
                     let what = format!("channel {} of {}", req.channel, req.guest);
                     let held = slot.take(req.session, req.force, &what).await?;

@@ -132,21 +132,20 @@ fn snapshot(node: &str, guests: &HashMap<String, Guest>) -> Inventory {
                 .config
                 .serial
                 .iter()
-                .map(|s| ChannelInfo {
-                    name: s.name.clone(),
-                    kind: ChannelKind::Serial,
-                })
+                .map(|s| ChannelInfo::new(s.name.clone(), ChannelKind::Serial))
                 .collect();
             if g.config.vnc_via().is_some() {
-                channels.push(ChannelInfo {
-                    name: "vnc".into(),
-                    kind: ChannelKind::Vnc,
-                });
+                channels.push(ChannelInfo::new("vnc", ChannelKind::Vnc));
+                if g.config.audio {
+                    channels.push(ChannelInfo::new("audio", ChannelKind::Audio));
+                }
             }
-            channels.extend(g.config.channel.iter().map(|c| ChannelInfo {
-                name: c.name.clone(),
-                kind: ChannelKind::Channel,
-            }));
+            channels.extend(
+                g.config
+                    .channel
+                    .iter()
+                    .map(|c| ChannelInfo::new(c.name.clone(), ChannelKind::Channel)),
+            );
             GuestInfo {
                 name: g.config.name.clone(),
                 state: state(g),
@@ -197,15 +196,17 @@ impl Backend for QemuBackend {
         if let Some(hub) = guest.consoles.get(&req.channel) {
             return Ok(Endpoint::Console(hub.clone()));
         }
-        if req.channel == "vnc" {
-            match (guest.config.vnc_via(), &guest.config.vnc, &guest.config.qmp) {
-                (Some(VncVia::Qmp), _, Some(qmp)) => {
-                    return Ok(Endpoint::Vnc(QemuVnc::Qmp(qmp.clone())))
-                }
-                (Some(VncVia::Socket), Some(path), _) => {
-                    return Ok(Endpoint::Vnc(QemuVnc::Socket(path.clone())))
-                }
-                _ => {}
+        let audio = req.channel == "audio" && guest.config.audio;
+        if req.channel == "vnc" || audio {
+            let vnc = match (guest.config.vnc_via(), &guest.config.vnc, &guest.config.qmp) {
+                (Some(VncVia::Qmp), _, Some(qmp)) => Some(QemuVnc::Qmp(qmp.clone())),
+                (Some(VncVia::Socket), Some(path), _) => Some(QemuVnc::Socket(path.clone())),
+                _ => None,
+            };
+            match vnc {
+                Some(v) if audio => return Ok(Endpoint::Audio(v)),
+                Some(v) => return Ok(Endpoint::Vnc(v)),
+                None => {}
             }
         }
         // Only configured ports: this map is the allowlist.

@@ -218,21 +218,20 @@ impl<R> Table<R> {
                 let mut channels: Vec<ChannelInfo> = d
                     .consoles
                     .iter()
-                    .map(|c| ChannelInfo {
-                        name: c.clone(),
-                        kind: ChannelKind::Serial,
-                    })
+                    .map(|c| ChannelInfo::new(c.clone(), ChannelKind::Serial))
                     .collect();
                 if d.vnc.is_some() {
+                    channels.push(ChannelInfo::new("vnc", ChannelKind::Vnc));
                     channels.push(ChannelInfo {
-                        name: "vnc".into(),
-                        kind: ChannelKind::Vnc,
+                        unavailable: d.audio_missing.clone(),
+                        ..ChannelInfo::new("audio", ChannelKind::Audio)
                     });
                 }
-                channels.extend(d.channels.iter().map(|c| ChannelInfo {
-                    name: c.clone(),
-                    kind: ChannelKind::Channel,
-                }));
+                channels.extend(
+                    d.channels
+                        .iter()
+                        .map(|c| ChannelInfo::new(c.clone(), ChannelKind::Channel)),
+                );
                 GuestInfo {
                     name: name.clone(),
                     state: GuestState::Running,
@@ -303,9 +302,16 @@ mod tests {
             seen,
             vec![
                 ("alpha".into(), GuestState::Down, 0),
-                ("demo".into(), GuestState::Running, 4),
+                // serial0, console1, vnc, audio, test.echo
+                ("demo".into(), GuestState::Running, 5),
                 ("off".into(), GuestState::Down, 0),
             ]
+        );
+        let demo = &t.listing()[1];
+        let audio = demo.channels.iter().find(|c| c.name == "audio").unwrap();
+        assert_eq!(
+            (audio.kind, audio.unavailable.as_deref()),
+            (ChannelKind::Audio, None)
         );
         assert_eq!(taken(&mut log), ["start demo 3"]);
         assert_eq!(t.not_served("n1", "off").code, CloseCode::GuestDown);

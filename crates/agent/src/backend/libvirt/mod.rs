@@ -253,8 +253,18 @@ impl Backend for LibvirtBackend {
         if let Some(hub) = served.run.consoles.get(&req.channel) {
             return Ok(Endpoint::Console(hub.clone()));
         }
-        if let (Some(idx), "vnc") = (served.devices.vnc, req.channel.as_str()) {
-            return Ok(Endpoint::Vnc(idx));
+        match (served.devices.vnc, req.channel.as_str()) {
+            (Some(idx), "vnc") => return Ok(Endpoint::Vnc(idx)),
+            (Some(idx), "audio") => {
+                return match &served.devices.audio_missing {
+                    None => Ok(Endpoint::Audio(idx)),
+                    Some(why) => Err(Close::new(
+                        CloseCode::UnknownChannel,
+                        format!("audio unavailable: {why}"),
+                    )),
+                }
+            }
+            _ => {}
         }
         if let Some(slot) = served.run.channels.get(&req.channel) {
             let socket = served.devices.sockets.get(&req.channel);

@@ -1,6 +1,7 @@
 //! A domain's endpoints, read from its live XML (sans-IO): the pty
 //! consoles `virDomainOpenConsole` can open, the unix virtio-serial channels
-//! (and their sockets), and which `<graphics>` is VNC.
+//! (and their sockets), which `<graphics>` is VNC, and whether it carries
+//! audio.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -20,6 +21,9 @@ pub struct Devices {
     pub sockets: BTreeMap<String, PathBuf>,
     /// Index of the first VNC display among the domain's graphics.
     pub vnc: Option<u32>,
+    /// Why that VNC display carries no audio, if it does not: the `audio`
+    /// channel is then listed as unavailable with this reason.
+    pub audio_missing: Option<String>,
 }
 
 fn child<'a, 'i>(n: roxmltree::Node<'a, 'i>, tag: &str) -> Option<roxmltree::Node<'a, 'i>> {
@@ -34,6 +38,11 @@ pub fn parse_devices(xml: &str) -> Result<Devices, String> {
         return Ok(out);
     };
     let mut graphics = 0u32;
+    let audio_ids: HashSet<&str> = devices
+        .children()
+        .filter(|n| n.has_tag_name("audio"))
+        .filter_map(|n| n.attribute("id"))
+        .collect();
     for n in devices.children().filter(|n| n.is_element()) {
         let ty = n.attribute("type");
         match n.tag_name().name() {
@@ -65,6 +74,16 @@ pub fn parse_devices(xml: &str) -> Result<Devices, String> {
             "graphics" => {
                 if ty == Some("vnc") && out.vnc.is_none() {
                     out.vnc = Some(graphics);
+                    // Short: it ends up in a WebSocket close reason (123 bytes).
+                    out.audio_missing = match child(n, "audio").and_then(|a| a.attribute("id")) {
+                        Some(id) if audio_ids.contains(id) => None,
+                        Some(id) => Some(format!(
+                            "its VNC <graphics> names <audio id='{id}'/>, which the domain lacks"
+                        )),
+                        None => Some(
+                            "no audio on its VNC display: add <audio id='1' type='none'/> and <audio id='1'/> in <graphics>".into(),
+                        ),
+                    };
                 }
                 graphics += 1;
             }
@@ -72,8 +91,8 @@ pub fn parse_devices(xml: &str) -> Result<Devices, String> {
         }
     }
     // Names travel in the wire header and must not collide with each other
-    // or with `vnc`.
-    let mut seen = HashSet::from(["vnc".to_string()]);
+    // or with `vnc` and `audio`.
+    let mut seen = HashSet::from(["vnc".to_string(), "audio".to_string()]);
     out.consoles
         .retain(|c| vmgate_wire::valid_name(c) && seen.insert(c.clone()));
     out.channels
@@ -116,8 +135,9 @@ pub(super) mod tests {
         </channel>
         <channel type='spicevmc'><target type='virtio' name='com.redhat.spice.0'/></channel>
         <channel type='unix'><target type='virtio' name='bad/name'/></channel>
+        <audio id='1' type='none'/>
         <graphics type='spice' autoport='yes'/>
-        <graphics type='vnc' socket='/run/vnc.sock'/>
+        <graphics type='vnc' socket='/run/vnc.sock'><audio id='1'/></graphics>
       </devices>
     </domain>"#;
 
@@ -135,6 +155,24 @@ pub(super) mod tests {
             )])
         );
         assert_eq!(d.vnc, Some(1));
+        assert_eq!(
+            d.audio_missing, None,
+            "<audio id='1'/> is wired to the VNC display"
+        );
+    }
+
+    #[test]
+    fn a_vnc_display_without_audio_says_what_the_domain_needs() {
+        let unwired = LIVE.replace("<audio id='1'/></graphics>", "</graphics>");
+        let why = parse_devices(&unwired).unwrap().audio_missing.unwrap();
+        assert!(why.contains("no audio on its VNC display"), "{why}");
+        assert!(why.contains("<audio id='1' type='none'/>"), "{why}");
+        let dangling = LIVE.replace("<audio id='1' type='none'/>", "");
+        let why = parse_devices(&dangling).unwrap().audio_missing.unwrap();
+        assert!(
+            why.contains("names <audio id='1'/>, which the domain lacks"),
+            "{why}"
+        );
     }
 
     #[test]
