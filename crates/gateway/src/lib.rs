@@ -88,6 +88,8 @@ pub enum GatewayError {
 /// What every session handler shares.
 pub struct Shared {
     pub pool: Arc<agents::AgentPool>,
+    /// The public listener's certificate, replaced on SIGHUP.
+    pub public_cert: Arc<vmgate_tls::ReloadableCert>,
     pub tickets: tickets::TicketCheck,
     /// Web console pages' sessions.
     pub pages: pages::Pages,
@@ -143,7 +145,8 @@ impl Gateway {
             cert: cfg.tls.cert.clone(),
             key: cfg.tls.key.clone(),
         };
-        let tls = vmgate_tls::server_config(&public, &[b"h2", b"http/1.1"])?;
+        let public_cert = vmgate_tls::ReloadableCert::load(&public)?;
+        let tls = vmgate_tls::reloadable_server_config(public_cert.clone(), &[b"h2", b"http/1.1"])?;
         let internal = Identity {
             cert: cfg.agents.cert.clone(),
             key: cfg.agents.key.clone(),
@@ -211,6 +214,7 @@ impl Gateway {
             tls: Arc::new(tls),
             shared: Arc::new(Shared {
                 pool,
+                public_cert,
                 tickets: tickets::TicketCheck::new(
                     keys,
                     limits.max_ticket_ttl_secs,

@@ -134,6 +134,64 @@ pub struct Identity {
     pub key: PathBuf,
 }
 
+/// A server certificate and key that can be replaced while the server runs
+/// (the gateway's public listener, on SIGHUP): handshakes after
+/// [`ReloadableCert::reload`] present the new certificate, connections
+/// already up keep theirs.
+#[derive(Debug)]
+pub struct ReloadableCert {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl ReloadableCert {
+    /// Loads `id`: the certificate chain and a key that belongs to it.
+    pub fn load(id: &Identity) -> Result<Arc<ReloadableCert>, TlsError> {
+        Ok(Arc::new(ReloadableCert {
+            current: std::sync::RwLock::new(certified_key(id)?),
+        }))
+    }
+
+    /// Replaces the certificate with `id`'s; on any error the one in use
+    /// stays.
+    pub fn reload(&self, id: &Identity) -> Result<(), TlsError> {
+        let new = certified_key(id)?;
+        *self.current.write().expect("certificate lock") = new;
+        Ok(())
+    }
+}
+
+fn certified_key(id: &Identity) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    let key = provider()
+        .key_provider
+        .load_private_key(load_key(&id.key)?)?;
+    let certified = rustls::sign::CertifiedKey::new(load_certs(&id.cert)?, key);
+    certified.keys_match()?;
+    Ok(Arc::new(certified))
+}
+
+impl rustls::server::ResolvesServerCert for ReloadableCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current.read().expect("certificate lock").clone())
+    }
+}
+
+/// Server config without client certificates presenting `cert`, which can
+/// be replaced while it runs (the public HTTPS listener).
+pub fn reloadable_server_config(
+    cert: Arc<ReloadableCert>,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, TlsError> {
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(cfg)
+}
+
 /// Server config without client certificates (the public HTTPS listener).
 pub fn server_config(id: &Identity, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
     let mut cfg = ServerConfig::builder_with_provider(provider())

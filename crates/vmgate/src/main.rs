@@ -245,16 +245,22 @@ fn init_tracing(default: &str, format: LogFormat) {
     }
 }
 
-async fn until_signal(shutdown: CancellationToken) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// Cancels `shutdown` on SIGTERM or SIGINT. The handlers are installed
+/// before this returns, so a signal sent once the service said it is ready
+/// is never the default action (death without a drain).
+fn until_signal(shutdown: CancellationToken) -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        notify_systemd(sd_notify::NotifyState::Stopping);
+        shutdown.cancel();
     }
-    tracing::info!("shutting down");
-    notify_systemd(sd_notify::NotifyState::Stopping);
-    shutdown.cancel();
 }
 
 /// Tells systemd (`Type=notify` units) how the service is doing: ready once
@@ -287,7 +293,11 @@ async fn run(cli: Cli) -> Result<i32> {
             let shutdown = CancellationToken::new();
             let agent = vmgate_agent::Agent::bind(cfg)?;
             tokio::spawn(until_signal(shutdown.clone()));
-            tokio::spawn(reopen_console_logs_on_sighup(agent.console_logs()));
+            let logs = agent.console_logs();
+            on_sighup(move || {
+                tracing::info!("SIGHUP: reopening the console logs");
+                logs.reopen();
+            });
             notify_systemd(sd_notify::NotifyState::Ready);
             agent.run(shutdown).await;
             Ok(0)
@@ -300,8 +310,9 @@ async fn run(cli: Cli) -> Result<i32> {
             let shutdown = CancellationToken::new();
             let gw = vmgate_gateway::Gateway::bind(cfg, shutdown.clone()).await?;
             tokio::spawn(until_signal(shutdown.clone()));
+            let shared = gw.shared();
+            on_sighup(move || reload_gateway(&shared, &config));
             notify_systemd(sd_notify::NotifyState::Ready);
-            tokio::spawn(reload_on_sighup(gw.shared(), config.clone()));
             gw.run().await;
             Ok(0)
         }
@@ -422,28 +433,37 @@ async fn vnc(a: VncArgs) -> Result<i32> {
 }
 
 /// `vmgate gateway` on SIGHUP: reopens its audit log (after a log rotator
-/// moved it) and re-reads its ticket verifying keys from the configuration
-/// file (key rotation), without touching open sessions. A configuration or
-/// key that does not load is logged and the keys in use stay.
-async fn reload_on_sighup(shared: std::sync::Arc<vmgate_gateway::Shared>, config: PathBuf) {
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-        return;
+/// moved it), re-reads its public TLS certificate and its ticket verifying
+/// keys (rotation), without touching open sessions. What does not load is
+/// logged and what is in use stays.
+fn reload_gateway(shared: &vmgate_gateway::Shared, config: &std::path::Path) {
+    tracing::info!("SIGHUP: reopening the audit log");
+    shared.sessions.reopen_audit();
+    let cfg = match vmgate_gateway::GatewayConfig::load(config) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: configuration not reloaded; the certificate and ticket keys in use stay");
+            return;
+        }
     };
-    while hup.recv().await.is_some() {
-        tracing::info!("SIGHUP: reopening the audit log");
-        shared.sessions.reopen_audit();
-        match vmgate_gateway::GatewayConfig::load(&config)
-            .map_err(|e| e.to_string())
-            .and_then(|cfg| cfg.ticket_keys().map_err(|e| e.to_string()))
-        {
-            Ok(keys) => {
-                let n = keys.len();
-                shared.tickets.set_keys(keys);
-                tracing::info!(keys = n, "SIGHUP: ticket verifying keys reloaded");
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "SIGHUP: ticket keys not reloaded; the keys in use stay")
-            }
+    let public = vmgate_tls::Identity {
+        cert: cfg.tls.cert.clone(),
+        key: cfg.tls.key.clone(),
+    };
+    match shared.public_cert.reload(&public) {
+        Ok(()) => tracing::info!(cert = %public.cert.display(), "SIGHUP: TLS certificate reloaded"),
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the one in use stays")
+        }
+    }
+    match cfg.ticket_keys() {
+        Ok(keys) => {
+            let n = keys.len();
+            shared.tickets.set_keys(keys);
+            tracing::info!(keys = n, "SIGHUP: ticket verifying keys reloaded");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: ticket keys not reloaded; the keys in use stay")
         }
     }
 }
@@ -462,16 +482,17 @@ fn report_check(config: &std::path::Path, problems: Vec<vmgate_config::Problem>)
     1
 }
 
-/// `vmgate agent` reopens its serial console logs on SIGHUP, after an
-/// external log rotator moved them.
-async fn reopen_console_logs_on_sighup(logs: vmgate_agent::console::ConsoleLogs) {
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-        return;
-    };
-    while hup.recv().await.is_some() {
-        tracing::info!("SIGHUP: reopening the console logs");
-        logs.reopen();
-    }
+/// Runs `reload` on every SIGHUP. The handler is installed before this
+/// returns, so a SIGHUP sent once the service said it is ready is never
+/// the default action (death).
+fn on_sighup(mut reload: impl FnMut() + Send + 'static) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).expect("installing a SIGHUP handler");
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            reload();
+        }
+    });
 }
 
 fn mode(read_only: bool) -> vmgate_ticket::Mode {

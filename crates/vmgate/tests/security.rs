@@ -1669,10 +1669,11 @@ async fn a_used_ticket_never_works_again_after_a_gateway_restart() {
 
 /// Rotating the ticket signing key loses no session: the new verifying key
 /// is added to the gateway (SIGHUP), tickets from both keys work, then the
-/// old key is dropped (SIGHUP) and its tickets are refused, while a session
-/// opened with an old-key ticket before any of it keeps working.
+/// old key is dropped (SIGHUP) and its tickets are refused; a new public
+/// certificate is presented after the next SIGHUP; a session opened with an
+/// old-key ticket before any of it keeps working.
 #[tokio::test]
-async fn the_ticket_key_rotates_on_sighup_without_losing_a_session() {
+async fn the_ticket_key_and_the_certificate_rotate_on_sighup_without_losing_a_session() {
     let mut stack = Stack::start().await;
     let mut live = stack.serial().await;
     live.expect_notice("you hold the keyboard").await;
@@ -1779,7 +1780,7 @@ async fn the_ticket_key_rotates_on_sighup_without_losing_a_session() {
             "gateway.log",
             Duration::from_secs(5),
             "the refused reload",
-            |l| l.contains("ticket keys not reloaded"),
+            |l| l.contains("configuration not reloaded"),
         )
         .await;
     let mut s = Session::new(
@@ -1789,7 +1790,53 @@ async fn the_ticket_key_rotates_on_sighup_without_losing_a_session() {
     );
     s.expect_notice("read-only").await;
 
-    // The session opened with an old-key ticket before the rotation.
+    // The public certificate: a new one (from a new CA) on SIGHUP. New
+    // handshakes get it; the session already up keeps going.
+    let new_ca = vmgate_tls::pki::Ca::new("rotated public CA").unwrap();
+    let new_ca_pem = new_ca
+        .write_cert(&stack.state.path("public-ca-new.pem"))
+        .unwrap();
+    let id = new_ca
+        .issue_to(
+            stack.dir.path(),
+            "public-new",
+            &["127.0.0.1", "localhost"],
+            vmgate_tls::pki::Purpose::Server,
+        )
+        .unwrap();
+    stack.gw_cfg.tls.cert = id.cert.clone();
+    stack.gw_cfg.tls.key = id.key.clone();
+    vmgate::state::write_toml(&stack.state.path("gateway.toml"), &stack.gw_cfg).unwrap();
+    hup(&stack);
+    stack
+        .wait_log(
+            "gateway.log",
+            Duration::from_secs(5),
+            "the certificate reload",
+            |l| l.contains("TLS certificate reloaded") && l.contains("public-new.pem"),
+        )
+        .await;
+    let handshake = |ca: std::path::PathBuf| {
+        let addr = stack.gw_addr;
+        async move {
+            let roots = vmgate_tls::load_roots(&ca).unwrap();
+            let cfg = vmgate_tls::client_config(roots, &[b"http/1.1"]).unwrap();
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = vmgate_tls::rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+                .connect(name, tcp)
+                .await
+        }
+    };
+    handshake(new_ca_pem)
+        .await
+        .expect("a new handshake presents the new certificate");
+    handshake(stack.state.public_ca())
+        .await
+        .expect_err("the old certificate is no longer presented");
+
+    // The session opened with an old-key ticket, over the old certificate,
+    // before all of it.
     live.send(b"echo rotated-$((6*7))\n").await;
     live.expect("rotated-42").await;
 }
