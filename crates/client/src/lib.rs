@@ -13,7 +13,9 @@
 //!   binary messages are Data, text messages are typed control messages
 //!   ([`vmgate_wire::Control`]), the close frame is a [`vmgate_wire::Close`];
 //! - [`peek`]: what a ticket is for, read through the ticket crate without
-//!   verifying it (the gateway verifies).
+//!   verifying it (the gateway verifies);
+//! - [`audio`]: the `audio` channel: the format request, then the agent's
+//!   framed PCM as owned items.
 //!
 //! It never links the gateway crate, and cannot mint tickets.
 //!
@@ -23,6 +25,7 @@
 //! does), or loop on [`ws::WsRx::recv`] for frames.
 #![forbid(unsafe_code)]
 
+pub mod audio;
 mod connect;
 mod error;
 pub mod url;

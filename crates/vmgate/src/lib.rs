@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin_client;
+pub mod audio;
 pub mod channel;
 pub mod client;
 pub mod console;

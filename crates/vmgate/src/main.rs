@@ -94,6 +94,8 @@ enum Cmd {
     Channel(vmgate::channel::ChannelArgs),
     /// A local port for any VNC viewer, relaying to a guest's screen.
     Vnc(VncArgs),
+    /// Record a guest's sound as WAV, to a file or stdout (--out -).
+    Audio(vmgate::audio::AudioArgs),
 }
 
 #[derive(Args)]
@@ -409,6 +411,7 @@ async fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Channel(a) => vmgate::channel::run(a).await,
         Cmd::Vnc(a) => vnc(a).await,
+        Cmd::Audio(a) => vmgate::audio::run(a).await,
     }
 }
 

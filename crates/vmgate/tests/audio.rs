@@ -13,6 +13,10 @@
 //!   display has no `<audio>` gets the channel listed as unavailable, and
 //!   a session on it is refused with what the domain needs.
 //!
+//! * From the command line: `vmgate audio --out x.wav --seconds N` (and
+//!   `--out -`) records the tones as WAV, exactly N seconds long, silence
+//!   where the guest was quiet.
+//!
 //! Pitch is checked by FFT (rustfft): the dominant frequency within 2%.
 
 mod common;
@@ -680,4 +684,150 @@ impl Drop for Unwired {
     fn drop(&mut self) {
         let _ = common::libvirt::virsh(&["destroy", &self.0]);
     }
+}
+
+/// The runs of sound in `samples`, split at silences of at least 0.2 s.
+fn sounds(samples: &[f32], rate: u32) -> Vec<std::ops::Range<usize>> {
+    let gap = rate as usize / 5;
+    let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+    for (i, v) in samples.iter().enumerate() {
+        if v.abs() <= 0.01 {
+            continue;
+        }
+        match runs.last_mut() {
+            Some(r) if i - r.end < gap => r.end = i + 1,
+            _ => runs.push(i..i + 1),
+        }
+    }
+    runs
+}
+
+/// `vmgate audio` for the stack's guest, with `args`; stdout piped.
+fn record(stack: &Stack, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_vmgate"))
+        .args(["audio", &stack.name])
+        .args(args)
+        .arg("--state-dir")
+        .arg(&stack.state.dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning vmgate audio")
+}
+
+/// Waits (in a thread) for `vmgate audio`'s "recording" line on stderr;
+/// the rest of stderr is collected for the end.
+async fn recording_started(child: &mut Child) -> std::thread::JoinHandle<String> {
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let rest = std::thread::spawn(move || {
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+        let mut all = String::new();
+        let mut tx = Some(tx);
+        for l in lines.by_ref().map_while(Result::ok) {
+            if l.contains("recording the sound of") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+            all.push_str(&l);
+            all.push('\n');
+        }
+        all
+    });
+    tokio::time::timeout(WAIT, rx)
+        .await
+        .expect("vmgate audio starts recording")
+        .expect("vmgate audio said it records");
+    rest
+}
+
+/// Waits for `child` to exit by itself (within `WAIT`); its status.
+async fn exited(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "vmgate audio did not stop");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn vmgate_audio_records_the_tones_into_a_wav_of_the_length_asked() {
+    let stack = Stack::start().await;
+    let mut serial = stack.serial().await;
+    let wav = stack.dir.path().join("x.wav");
+    let mut child = record(&stack, &["--out", wav.to_str().unwrap(), "--seconds", "6"]);
+    let stderr = recording_started(&mut child).await;
+    let started = Instant::now();
+    serial
+        .send(b"tone 880 1500; sleep 1; tone 440 1000\n")
+        .await;
+    let status = exited(&mut child).await;
+    let took = started.elapsed();
+    let stderr = stderr.join().unwrap();
+    eprintln!("vmgate audio: {status} after {took:?}\n{stderr}");
+    assert!(status.success(), "{stderr}");
+    assert!(
+        took > Duration::from_millis(5500) && took < Duration::from_secs(8),
+        "--seconds 6 stopped after {took:?}"
+    );
+
+    let mut r = hound::WavReader::open(&wav).unwrap();
+    let spec = r.spec();
+    assert_eq!(
+        (spec.channels, spec.sample_rate, spec.bits_per_sample),
+        (2, 44_100, 16)
+    );
+    assert_eq!(r.duration(), 6 * 44_100, "exactly --seconds long");
+    let samples: Vec<i16> = r.samples::<i16>().map(Result::unwrap).collect();
+    let left: Vec<f32> = samples
+        .iter()
+        .step_by(2)
+        .map(|&s| f32::from(s) / 32768.0)
+        .collect();
+    let runs = sounds(&left, 44_100);
+    assert_eq!(runs.len(), 2, "two tones with a silence between: {runs:?}");
+    assert_pitch(&left[runs[0].clone()], 44_100, 880, "the WAV's first tone");
+    assert_pitch(&left[runs[1].clone()], 44_100, 440, "the WAV's second tone");
+    // The silence between them is there, about as long as the guest's.
+    let gap = (runs[1].start - runs[0].end) as f64 / 44_100.0;
+    assert!(gap > 0.5 && gap < 2.0, "{gap} s between the tones");
+}
+
+#[tokio::test]
+async fn vmgate_audio_streams_wav_to_stdout() {
+    let stack = Stack::start().await;
+    let mut serial = stack.serial().await;
+    let mut child = record(
+        &stack,
+        &["--out", "-", "--seconds", "3", "--rate", "48000", "--mono"],
+    );
+    let mut stdout = child.stdout.take().unwrap();
+    let reading = std::thread::spawn(move || {
+        let mut wav = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut wav).map(|_| wav)
+    });
+    let stderr = recording_started(&mut child).await;
+    serial.send(b"tone 660 1000\n").await;
+    let status = exited(&mut child).await;
+    let stderr = stderr.join().unwrap();
+    assert!(status.success(), "{stderr}");
+    let wav = reading.join().unwrap().unwrap();
+    let mut r = hound::WavReader::new(std::io::Cursor::new(&wav)).unwrap();
+    assert_eq!((r.spec().channels, r.spec().sample_rate), (1, 48_000));
+    assert_eq!(r.duration(), 3 * 48_000);
+    assert_eq!(
+        wav.len() as u64,
+        44 + 3 * 48_000 * 2,
+        "the header's lengths are the stream's"
+    );
+    let mono: Vec<f32> = r
+        .samples::<i16>()
+        .map(|s| f32::from(s.unwrap()) / 32768.0)
+        .collect();
+    assert_pitch(&mono, 48_000, 660, "stdout's WAV");
 }
