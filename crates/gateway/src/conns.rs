@@ -234,6 +234,9 @@ pub enum Closed {
     NoRequest,
     /// No session and no request in progress for the idle deadline.
     Idle,
+    /// An HTTP/2 PING went unanswered for the keepalive time: the peer is
+    /// gone, whatever the connection carried (sessions included).
+    Keepalive,
 }
 
 impl Closed {
@@ -241,6 +244,7 @@ impl Closed {
         match self {
             Closed::NoRequest => "no_request",
             Closed::Idle => "idle",
+            Closed::Keepalive => "keepalive",
         }
     }
 }

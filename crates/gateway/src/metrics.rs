@@ -91,8 +91,8 @@ impl Metrics {
         self.with(|m| *m.inventory_refused.entry(reason).or_default() += 1);
     }
 
-    /// The gateway closed a connection that had nothing to do; `why` is
-    /// `conns::Closed::as_str`.
+    /// The gateway closed a connection that had nothing to do, or whose
+    /// peer stopped answering; `why` is `conns::Closed::as_str`.
     pub fn connection_closed(&self, why: &'static str) {
         self.with(|m| *m.connections_closed.entry(why).or_default() += 1);
     }
@@ -178,7 +178,7 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP vmgate_connections_closed_total Connections the gateway closed for having nothing to do, by why."
+            "# HELP vmgate_connections_closed_total Connections the gateway closed for having nothing to do or a peer gone silent, by why."
         );
         let _ = writeln!(out, "# TYPE vmgate_connections_closed_total counter");
         for (r, n) in &m.connections_closed {

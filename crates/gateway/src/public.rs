@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use vmgate_ticket::TicketError;
 use vmgate_wire::{Close, CloseCode};
 
-use crate::conns::{Admission, Conn, ConnService};
+use crate::conns::{Admission, Closed, Conn, ConnService};
 use crate::limits::{self, ConnLimits};
 use crate::pages::JoinError;
 use crate::session::{self, Grant};
@@ -381,6 +381,7 @@ pub async fn serve(
                 }
             };
             let cert = ClientCert(tls.get_ref().1.peer_certificates().is_some());
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             let app = app
                 .layer(Extension(Peer(addr)))
                 .layer(Extension(cert))
@@ -410,11 +411,17 @@ pub async fn serve(
                     conn.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
                 }
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
+                r = conn.as_mut() => match r {
+                    // Over HTTP/2 hyper's only timeout is the keepalive's.
+                    Err(e) if h2 && is_timeout(&*e) => {
+                        tracing::debug!(peer = %addr, "closed a connection whose peer did not answer a PING");
+                        admission.closed(Closed::Keepalive);
+                    }
+                    Err(e) => {
                         tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
                     }
-                }
+                    Ok(()) => {}
+                },
                 _ = shutdown.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(DRAIN, conn).await;
@@ -426,4 +433,10 @@ pub async fn serve(
     // task never outlives that); this wait is its bound.
     conns.close();
     let _ = tokio::time::timeout(DRAIN, conns.wait()).await;
+}
+
+/// Whether a connection's error is one of hyper's timeouts.
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<hyper::Error>()
+        .is_some_and(hyper::Error::is_timeout)
 }
