@@ -35,6 +35,12 @@ pub struct AgentConfig {
     /// Settings of the `libvirt` backend.
     #[serde(default)]
     pub libvirt: LibvirtConfig,
+    /// Where a media session makes its private directory (0700) for the
+    /// unix socket QEMU's NBD client connects to (default: the system's
+    /// temporary directory). QEMU must be able to reach it: not a private
+    /// `/tmp` of the agent's service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_dir: Option<PathBuf>,
 }
 
 /// The serial console logs' disk cap. A console's log is rotated before
@@ -263,6 +269,22 @@ pub struct GuestConfig {
     /// `virtserialport`). Only ports listed here are exposed.
     #[serde(default)]
     pub channel: Vec<Endpoint>,
+    /// Removable-media drives (CD-ROMs) a client may fill (docs/media.md).
+    /// Needs `qmp`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub media: Vec<MediaDrive>,
+}
+
+/// A guest's removable-media drive, exposed as a channel of kind `media`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaDrive {
+    /// The channel's name; `media` is what clients use unless told
+    /// otherwise.
+    pub name: String,
+    /// The drive's qdev id (`-device ide-cd,id=ID`; `query-block` lists it
+    /// as `qdev`): what QMP's tray and medium commands name.
+    pub id: String,
 }
 
 /// How the agent opens a guest's VNC server.
@@ -369,17 +391,32 @@ impl AgentConfig {
                 }
                 None => {}
             }
-            for e in g.serial.iter().chain(&g.channel) {
-                if !vmgate_wire::valid_name(&e.name) {
+            let names = g.serial.iter().chain(&g.channel).map(|e| &e.name);
+            for name in names.chain(g.media.iter().map(|m| &m.name)) {
+                if !vmgate_wire::valid_name(name) {
                     return Err(ConfigError::Invalid(format!(
                         "guest {}: bad channel name {:?}",
-                        g.name, e.name
+                        g.name, name
                     )));
                 }
-                if !chans.insert(&e.name) {
+                if !chans.insert(name) {
                     return Err(ConfigError::Invalid(format!(
                         "guest {}: channel {} declared twice",
-                        g.name, e.name
+                        g.name, name
+                    )));
+                }
+            }
+            if !g.media.is_empty() && g.qmp.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "guest {}: media drives need the guest's qmp socket",
+                    g.name
+                )));
+            }
+            for m in &g.media {
+                if !vmgate_wire::valid_name(&m.id) {
+                    return Err(ConfigError::Invalid(format!(
+                        "guest {}: media drive {}: bad qdev id {:?}",
+                        g.name, m.name, m.id
                     )));
                 }
             }
@@ -492,6 +529,26 @@ mod tests {
         let cfg: AgentConfig = toml::from_str(&clash).unwrap();
         let e = cfg.validate().unwrap_err().to_string();
         assert!(e.contains("channel audio declared twice"), "{e}");
+    }
+
+    #[test]
+    fn media_drives_are_channels_and_need_qmp() {
+        let with = |extra: &str| {
+            let text = GOOD.replace(
+                "channel = [{ name = \"test.echo\", path = \"/run/echo.sock\" }]",
+                &format!(
+                    "channel = [{{ name = \"test.echo\", path = \"/run/echo.sock\" }}]\n{extra}"
+                ),
+            );
+            toml::from_str::<AgentConfig>(&text).unwrap().validate()
+        };
+        let no_qmp = with("media = [{ name = \"media\", id = \"cd0\" }]");
+        assert!(no_qmp.unwrap_err().to_string().contains("qmp socket"));
+        with("qmp = \"/run/q.sock\"\nmedia = [{ name = \"media\", id = \"cd0\" }]").unwrap();
+        let dup = with("qmp = \"/run/q.sock\"\nmedia = [{ name = \"test.echo\", id = \"cd0\" }]");
+        assert!(dup.unwrap_err().to_string().contains("twice"));
+        let bad = with("qmp = \"/run/q.sock\"\nmedia = [{ name = \"media\", id = \"cd 0\" }]");
+        assert!(bad.unwrap_err().to_string().contains("qdev id"));
     }
 
     #[test]

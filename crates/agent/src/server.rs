@@ -11,7 +11,8 @@
 //! a guest from here either (defence in depth behind the gateway's own
 //! filter): a serial console's hub drops it, a channel's input is dropped
 //! whole, and a VNC viewer's input messages are dropped by the RFB parser
-//! the gateway uses (`vmgate_rfb`), so the viewer still sees the screen.
+//! the gateway uses (`vmgate_rfb`), so the viewer still sees the screen; a
+//! media session may only ask what is in the drive.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +30,7 @@ use vmgate_wire::{
     ChannelKind, Close, CloseCode, Frame, Mode, OpenRequest, StreamKind, MAX_HEADER_LEN,
 };
 
-use crate::backend::{Backend, Opened};
+use crate::backend::{media, Backend, Opened};
 
 /// Deadline for a gateway's QUIC handshake.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
@@ -288,6 +289,23 @@ async fn serve_console<B: Backend>(
             .await;
             (outcome, guarded.dropped())
         }
+        Opened::Media(drive) => {
+            let stop = async {
+                tokio::select! {
+                    biased;
+                    close = going_away(shutdown.clone()) => close,
+                    close = guest_gone => close,
+                }
+            };
+            let ended = media::serve(&req, drive, &mut rx, &mut tx, stop).await;
+            tracing::info!(session = req.session, guest = %req.guest, channel = %req.channel,
+                op = ended.op, reason = %ended.close, bytes_read = ended.bytes_read,
+                reads = ended.reads, "session ended");
+            let _ = tokio::time::timeout(CLOSE_DEADLINE, tx.send(Frame::Close(ended.close))).await;
+            tx.finish().await;
+            linger(&mut rx).await;
+            return;
+        }
     };
     match input_dropped {
         Some(dropped) => {
@@ -309,9 +327,18 @@ async fn serve_console<B: Backend>(
     // agent before it reaches the Close; so read and drop until the gateway
     // ends its side, for a while. That end is also how a shutting-down
     // agent knows its Close arrived.
-    let drain = async { while let Ok(Some(_)) = FrameRx::recv(&mut rx).await {} };
+    linger(&mut rx).await;
+}
+
+/// Reads and drops what the gateway still sends after our Close, until it
+/// ends its side or [`LINGER`] passes.
+async fn linger(rx: &mut QuicRx) {
+    let drain = async { while let Ok(Some(_)) = FrameRx::recv(rx).await {} };
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
+
+/// How long a media session's Close may take to go out.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
 
 /// How long an ended session reads what the gateway still sends.
 const LINGER: Duration = Duration::from_secs(5);

@@ -45,7 +45,9 @@ fn config(dir: &std::path::Path, qmp: std::path::PathBuf) -> AgentConfig {
             audio: false,
             serial: vec![],
             channel: vec![],
+            media: vec![],
         }],
+        media_dir: None,
     }
 }
 

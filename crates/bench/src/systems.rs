@@ -160,6 +160,7 @@ impl Names {
             audio: false,
             serial: vec![],
             channel,
+            media: vec![],
         }
     }
 }

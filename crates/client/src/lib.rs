@@ -12,6 +12,8 @@
 //!   relay's [`FrameRx`](vmgate_relay::FrameRx) / [`FrameTx`](vmgate_relay::FrameTx):
 //!   binary messages are Data, text messages are typed control messages
 //!   ([`vmgate_wire::Control`]), the close frame is a [`vmgate_wire::Close`];
+//! - [`media`]: the client side of a `media` session: serving an image as
+//!   a guest's CD-ROM over NBD, ejecting, asking what is in a drive;
 //! - [`peek`]: what a ticket is for, read through the ticket crate without
 //!   verifying it (the gateway verifies);
 //! - [`audio`]: the `audio` channel: the format request, then the agent's
@@ -28,6 +30,7 @@
 pub mod audio;
 mod connect;
 mod error;
+pub mod media;
 pub mod url;
 pub mod ws;
 

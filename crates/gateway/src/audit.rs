@@ -46,6 +46,9 @@ struct Line<'a> {
     bytes_to_guest: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     bytes_from_guest: Option<u64>,
+    /// A media session's bytes read by the guest (as its agent counted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes_read: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     close_code: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -57,6 +60,8 @@ pub struct SessionEnd<'a> {
     pub end: SystemTime,
     pub bytes_to_guest: u64,
     pub bytes_from_guest: u64,
+    /// A media session's bytes read by the guest.
+    pub bytes_read: Option<u64>,
     pub close: &'a vmgate_wire::Close,
 }
 
@@ -104,6 +109,7 @@ impl Audit {
             end: None,
             bytes_to_guest: None,
             bytes_from_guest: None,
+            bytes_read: None,
             close_code: None,
             close_reason: None,
         });
@@ -118,6 +124,7 @@ impl Audit {
             end: Some(rfc3339(end.end)),
             bytes_to_guest: Some(end.bytes_to_guest),
             bytes_from_guest: Some(end.bytes_from_guest),
+            bytes_read: end.bytes_read,
             close_code: Some(end.close.code as u16),
             close_reason: Some(&end.close.reason),
         });
@@ -161,6 +168,7 @@ mod tests {
                 end: t0,
                 bytes_to_guest: 3,
                 bytes_from_guest: 4,
+                bytes_read: None,
                 close: &close,
             },
         );

@@ -18,7 +18,9 @@
 //! * [`session`]: the one session pipeline every credential's grant goes
 //!   through (admission, agent stream, per-kind filter, relay, following,
 //!   audit, metrics);
-//! * [`rfb_filter`]: RFB awareness (read-only viewers, malformed RFB).
+//! * [`rfb_filter`]: RFB awareness (read-only viewers, malformed RFB);
+//! * [`media`]: media awareness (read-only sessions only ask what is in a
+//!   drive, malformed media streams, the bytes a guest read);
 //! * [`admin`]: the administrators' listener (sessions, inventory, metrics,
 //!   recovery consoles). Minting is not in this crate: `vmgate admin`
 //!   (crate `vmgate-minter`) holds the signing key, and this crate cannot
@@ -39,6 +41,7 @@ pub mod config;
 pub mod conns;
 pub mod follow;
 pub mod limits;
+pub mod media;
 pub mod metrics;
 pub mod pages;
 pub mod public;

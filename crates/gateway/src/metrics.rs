@@ -41,6 +41,8 @@ pub struct Metrics {
     followed: AtomicU64,
     /// Times two agents began to report one guest running.
     route_conflicts: AtomicU64,
+    /// Bytes guests read from media clients served, as agents counted.
+    media_bytes_read: AtomicU64,
     labeled: Mutex<Labeled>,
 }
 
@@ -100,6 +102,11 @@ impl Metrics {
     /// Two agents began to report one guest running.
     pub fn route_conflict(&self) {
         self.route_conflicts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A media session ended after its guest read `bytes` from it.
+    pub fn media_read(&self, bytes: u64) {
+        self.media_bytes_read.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// A session followed its guest to another node (live migration).
@@ -193,6 +200,16 @@ impl Metrics {
             out,
             "vmgate_route_conflicts_total {}",
             self.route_conflicts.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP vmgate_media_bytes_read_total Bytes guests read from virtual media, as agents counted."
+        );
+        let _ = writeln!(out, "# TYPE vmgate_media_bytes_read_total counter");
+        let _ = writeln!(
+            out,
+            "vmgate_media_bytes_read_total {}",
+            self.media_bytes_read.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,

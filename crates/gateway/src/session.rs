@@ -17,9 +17,10 @@
 //!    name): [`relay_screen`] for `vnc` (the RFB filter, no following),
 //!    [`relay_following`] for serial consoles and channels (bytes as they
 //!    are, following the guest across live migration), [`relay_audio`] for
-//!    the guest's sound. A new kind (virtual media, the screen splice) is a
-//!    new arm of the `match` in [`serve`], and the compiler lists every
-//!    place that must learn it;
+//!    the guest's sound, [`relay_media`] for `media` (the media filter: a
+//!    read-only session only asks what is in the drive). A new kind (the
+//!    screen splice) is a new arm of the `match` in [`serve`], and the
+//!    compiler lists every place that must learn it;
 //! 4. the session's end: ticket expiry, an administrator, the idle
 //!    timeout, the gateway's shutdown; the audit lines and the metrics.
 //!
@@ -37,7 +38,7 @@ use vmgate_wire::{ChannelKind, Close, CloseCode, Frame, Mode};
 
 use crate::agents::Opened;
 use crate::sessions::Live;
-use crate::{follow, rfb_filter, ws, Shared};
+use crate::{follow, media, rfb_filter, ws, Shared};
 
 /// What a credential allows: one session on one channel of one guest.
 #[derive(Debug, Clone)]
@@ -207,6 +208,7 @@ async fn pipeline<F>(
             relay_following(&shared, &live, &grant, sid, rx, tx, opened, stop).await
         }
         ChannelKind::Audio => relay_audio(&live, rx, tx, opened, stop).await,
+        ChannelKind::Media => relay_media(&shared, &live, &grant, rx, tx, opened, stop).await,
     };
     live.finish(&out);
 }
@@ -354,6 +356,49 @@ async fn relay_following(
     };
     tracing::info!(reason = %out.close, bytes_to_guest = out.a_to_b, bytes_from_guest = out.b_to_a,
         "session ended");
+    out
+}
+
+/// `media`: both directions followed by the media filter ([`media`]): a
+/// read-only session may only ask what is in the drive, malformed media
+/// messages end the session, and the bytes a guest read are kept for the
+/// audit line. A drive's medium lives on its node, so a moved guest's
+/// session is not followed: the client gets the close.
+async fn relay_media(
+    shared: &Shared,
+    live: &Live,
+    grant: &Grant,
+    rx: ws::WsRx,
+    tx: ws::WsTx,
+    opened: Opened,
+    stop: impl Future<Output = Close> + Send,
+) -> Outcome {
+    let (crx, arx, failed, seen) = media::wrap(
+        rx,
+        opened.rx,
+        grant.mode == Mode::ReadOnly,
+        shared.metrics.clone(),
+    );
+    let stop = async move {
+        tokio::select! {
+            c = stop => c,
+            c = failed => c,
+        }
+    };
+    let out = relay(
+        live.count_to_guest(crx),
+        tx,
+        live.count_from_guest(arx),
+        opened.tx,
+        stop,
+    )
+    .await;
+    let ejected = seen.ejected();
+    if let Some(e) = ejected {
+        live.set_bytes_read(e.bytes_read);
+    }
+    tracing::info!(reason = %out.close, bytes_to_guest = out.a_to_b, bytes_from_guest = out.b_to_a,
+        bytes_read = ejected.map(|e| e.bytes_read), reads = ejected.map(|e| e.reads), "session ended");
     out
 }
 

@@ -41,6 +41,8 @@ struct Entry {
     last_activity_ms: AtomicU64,
     kill: CancellationToken,
     kill_reason: Mutex<Option<String>>,
+    /// A media session's bytes read by the guest, once known.
+    bytes_read: Mutex<Option<u64>>,
 }
 
 impl Entry {
@@ -125,6 +127,7 @@ impl Registry {
             last_activity_ms: AtomicU64::new(0),
             kill: CancellationToken::new(),
             kill_reason: Mutex::new(None),
+            bytes_read: Mutex::new(None),
             record,
         });
         live.insert(entry.record.session, entry.clone());
@@ -261,6 +264,11 @@ impl Live {
         }
     }
 
+    /// A media session's guest read `bytes` (for the audit end line).
+    pub fn set_bytes_read(&self, bytes: u64) {
+        *self.entry.bytes_read.lock().expect("bytes_read lock") = Some(bytes);
+    }
+
     /// Writes the audit end line and the metrics of a finished session.
     pub fn finish(self, out: &Outcome) {
         let code = out.close.code;
@@ -285,6 +293,7 @@ impl Live {
                     end: SystemTime::now(),
                     bytes_to_guest: out.a_to_b,
                     bytes_from_guest: out.b_to_a,
+                    bytes_read: *self.entry.bytes_read.lock().expect("bytes_read lock"),
                     close: &out.close,
                 },
             );

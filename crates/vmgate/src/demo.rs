@@ -41,6 +41,11 @@ pub fn guest_config(guest: &Guest) -> GuestConfig {
                 path: path.clone(),
             })
             .collect(),
+        // The kit's empty CD-ROM, filled by `vmgate media demo insert`.
+        media: vec![vmgate_agent::config::MediaDrive {
+            name: "media".into(),
+            id: vmgate_testkit::CDROM_ID.into(),
+        }],
     }
 }
 

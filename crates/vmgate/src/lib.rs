@@ -9,6 +9,7 @@ pub mod client;
 pub mod console;
 pub mod demo;
 pub mod local;
+pub mod media;
 pub mod state;
 pub mod terminal;
 pub mod tickets;

@@ -96,6 +96,9 @@ enum Cmd {
     Vnc(VncArgs),
     /// Record a guest's sound as WAV, to a file or stdout (--out -).
     Audio(vmgate::audio::AudioArgs),
+    /// A local image as a guest's CD-ROM, read on demand (insert, eject,
+    /// status).
+    Media(vmgate::media::MediaArgs),
 }
 
 #[derive(Args)]
@@ -412,6 +415,7 @@ async fn run(cli: Cli) -> Result<i32> {
         Cmd::Channel(a) => vmgate::channel::run(a).await,
         Cmd::Vnc(a) => vnc(a).await,
         Cmd::Audio(a) => vmgate::audio::run(a).await,
+        Cmd::Media(a) => vmgate::media::run(a).await,
     }
 }
 

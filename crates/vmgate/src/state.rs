@@ -119,6 +119,7 @@ impl State {
             },
             guests,
             libvirt: Default::default(),
+            media_dir: None,
         }
     }
 

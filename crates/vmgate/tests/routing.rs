@@ -36,6 +36,7 @@ fn claim(stack: &Stack, name: &str, serial: bool) -> GuestConfig {
             Vec::new()
         },
         channel: Vec::new(),
+        media: Vec::new(),
     }
 }
 

@@ -59,6 +59,10 @@ pub enum ChannelKind {
     /// The guest's sound: PCM framed as [`crate::audio`] says, from a VNC
     /// connection of the agent's own that carries only QEMU's audio.
     Audio,
+    /// A removable-media drive (a CD-ROM): a session inserts a medium the
+    /// client serves over NBD, ejects it, or asks what is in it
+    /// (`vmgate_nbd::media`, docs/media.md).
+    Media,
 }
 
 impl Inventory {

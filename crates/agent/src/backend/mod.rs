@@ -8,10 +8,12 @@
 //! * [`qemu`]: guests declared in the configuration by their QEMU sockets;
 //! * [`libvirt`]: a libvirt daemon's domains, followed by its events;
 //! * [`slot`]: one session at a time on a channel;
+//! * [`media`]: removable-media drives (virtual CD-ROMs served over NBD);
 //! * [`chardev`]: a virtio-serial chardev socket's end-of-stream rules.
 
 pub mod chardev;
 pub mod libvirt;
+pub mod media;
 pub mod qemu;
 pub mod slot;
 
@@ -46,6 +48,9 @@ pub enum Opened {
     /// The guest's sound, from a VNC connection of the agent's own
     /// ([`crate::audio`]).
     Audio(AudioRx, AudioTx),
+    /// A removable-media drive: the session speaks the media stream
+    /// ([`media::serve`]).
+    Media(Arc<media::Drive>),
 }
 
 /// What a guest's channel is, as [`Backend::lookup`] found it.
@@ -59,6 +64,8 @@ pub enum Endpoint<V, C> {
     Audio(V),
     /// A virtio-serial port, one session at a time (the slot).
     Channel(Arc<Slot>, C),
+    /// A removable-media drive.
+    Media(Arc<media::Drive>),
 }
 
 /// A source of guests and their endpoints.
@@ -130,6 +137,7 @@ pub trait Backend: Send + Sync + 'static {
                         stop: Some(held),
                     })
                 }
+                Endpoint::Media(drive) => Ok(Opened::Media(drive)),
             }
         }
     }

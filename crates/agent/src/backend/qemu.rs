@@ -17,6 +17,7 @@ use vmgate_wire::{
     ChannelInfo, ChannelKind, Close, CloseCode, GuestInfo, GuestState, Inventory, Mode, OpenRequest,
 };
 
+use super::media::{Drive, Tray};
 use super::{Backend, ChardevStream, Endpoint, Slot};
 use crate::config::{AgentConfig, GuestConfig, VncVia};
 use crate::console::{unix_connector, ConsoleHub, ConsoleLogs, ConsoleRx, ConsoleSpec, ConsoleTx};
@@ -28,6 +29,8 @@ struct Guest {
     consoles: HashMap<String, ConsoleHub>,
     /// Exclusive virtio-serial ports, by name.
     channels: HashMap<String, (PathBuf, Arc<Slot>)>,
+    /// Removable-media drives, by name.
+    drives: HashMap<String, Arc<Drive>>,
 }
 
 /// Guests from the configuration file.
@@ -66,12 +69,29 @@ impl QemuBackend {
                 .iter()
                 .map(|c| (c.name.clone(), (c.path.clone(), Arc::new(Slot::default()))))
                 .collect();
+            let media_dir = cfg.media_dir.clone().unwrap_or_else(std::env::temp_dir);
+            // Validation made sure media drives come with a QMP socket.
+            let drives = g
+                .qmp
+                .iter()
+                .flat_map(|qmp| {
+                    g.media.iter().map(|m| {
+                        let tray = Tray::Qmp {
+                            socket: qmp.clone(),
+                            id: m.id.clone(),
+                        };
+                        let drive = Drive::new(&g.name, &m.name, tray, media_dir.clone());
+                        (m.name.clone(), drive)
+                    })
+                })
+                .collect();
             guests.insert(
                 g.name.clone(),
                 Guest {
                     config: g.clone(),
                     consoles,
                     channels,
+                    drives,
                 },
             );
         }
@@ -146,6 +166,12 @@ fn snapshot(node: &str, guests: &HashMap<String, Guest>) -> Inventory {
                     .iter()
                     .map(|c| ChannelInfo::new(c.name.clone(), ChannelKind::Channel)),
             );
+            channels.extend(
+                g.config
+                    .media
+                    .iter()
+                    .map(|m| ChannelInfo::new(m.name.clone(), ChannelKind::Media)),
+            );
             GuestInfo {
                 name: g.config.name.clone(),
                 state: state(g),
@@ -212,6 +238,9 @@ impl Backend for QemuBackend {
         // Only configured ports: this map is the allowlist.
         if let Some((path, slot)) = guest.channels.get(&req.channel) {
             return Ok(Endpoint::Channel(slot.clone(), path.clone()));
+        }
+        if let Some(drive) = guest.drives.get(&req.channel) {
+            return Ok(Endpoint::Media(drive.clone()));
         }
         Err(Close::new(
             CloseCode::UnknownChannel,

@@ -1,0 +1,131 @@
+//! Putting a medium into a guest's drive and taking it out, over QMP.
+//!
+//! Insert: `blockdev-add` (a read-only `raw` node over QEMU's `nbd`
+//! driver, on the agent's unix socket), `blockdev-open-tray` (forced: a
+//! guest may have locked the door), `blockdev-insert-medium`,
+//! `blockdev-close-tray`. Eject: `blockdev-open-tray` (forced),
+//! `blockdev-remove-medium`, `blockdev-del`, and the tray closed again on
+//! the empty drive. Each step has a deadline; a failed insert undoes what
+//! it did.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::qmp::{Qmp, QmpError};
+
+/// Deadline for one QMP connection's exchange (connect, commands).
+pub const QMP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How a drive's medium is changed.
+#[derive(Debug, Clone)]
+pub enum Tray {
+    /// Through QEMU's QMP socket, naming the drive by its qdev id.
+    Qmp { socket: PathBuf, id: String },
+}
+
+/// Why the tray could not be worked.
+#[derive(Debug, thiserror::Error)]
+pub enum TrayError {
+    /// QMP could not be reached: the guest is not running.
+    #[error("QMP: {0}")]
+    Unreachable(QmpError),
+    /// QEMU refused a command.
+    #[error("{0}")]
+    Refused(QmpError),
+    /// QEMU did not answer in time.
+    #[error("QMP did not answer within {QMP_DEADLINE:?}")]
+    Timeout,
+}
+
+async fn connect(socket: &Path) -> Result<Qmp, TrayError> {
+    Qmp::connect(socket).await.map_err(TrayError::Unreachable)
+}
+
+async fn run(q: &mut Qmp, command: &str, args: serde_json::Value) -> Result<(), TrayError> {
+    q.execute(command, args)
+        .await
+        .map(drop)
+        .map_err(TrayError::Refused)
+}
+
+async fn within<T>(
+    f: impl std::future::Future<Output = Result<T, TrayError>>,
+) -> Result<T, TrayError> {
+    tokio::time::timeout(QMP_DEADLINE, f)
+        .await
+        .unwrap_or(Err(TrayError::Timeout))
+}
+
+impl Tray {
+    /// Adds node `node` reading the NBD export on `socket` and puts it in
+    /// the drive. QEMU connects to `socket` during the first command: the
+    /// caller must be accepting on it already.
+    pub async fn insert(&self, node: &str, socket: &Path) -> Result<(), TrayError> {
+        let Tray::Qmp { socket: qmp, id } = self;
+        within(async {
+            let mut q = connect(qmp).await?;
+            run(
+                &mut q,
+                "blockdev-add",
+                json!({
+                    "driver": "raw",
+                    "node-name": node,
+                    "read-only": true,
+                    "file": {
+                        "driver": "nbd",
+                        "read-only": true,
+                        "server": { "type": "unix", "path": socket },
+                    },
+                }),
+            )
+            .await?;
+            let placed = async {
+                run(
+                    &mut q,
+                    "blockdev-open-tray",
+                    json!({ "id": id, "force": true }),
+                )
+                .await?;
+                run(
+                    &mut q,
+                    "blockdev-insert-medium",
+                    json!({ "id": id, "node-name": node }),
+                )
+                .await?;
+                run(&mut q, "blockdev-close-tray", json!({ "id": id })).await
+            }
+            .await;
+            if let Err(e) = placed {
+                // Leave the drive as it was, and no node behind.
+                let _ = run(&mut q, "blockdev-close-tray", json!({ "id": id })).await;
+                let _ = run(&mut q, "blockdev-del", json!({ "node-name": node })).await;
+                return Err(e);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Takes node `node` out of the drive and deletes it; the drive is left
+    /// empty with its tray closed. QEMU drains the node's requests first:
+    /// the caller makes sure nothing waits on the network meanwhile.
+    pub async fn eject(&self, node: &str) -> Result<(), TrayError> {
+        let Tray::Qmp { socket: qmp, id } = self;
+        within(async {
+            let mut q = connect(qmp).await?;
+            run(
+                &mut q,
+                "blockdev-open-tray",
+                json!({ "id": id, "force": true }),
+            )
+            .await?;
+            let removed = run(&mut q, "blockdev-remove-medium", json!({ "id": id })).await;
+            let deleted = run(&mut q, "blockdev-del", json!({ "node-name": node })).await;
+            run(&mut q, "blockdev-close-tray", json!({ "id": id })).await?;
+            removed.and(deleted)
+        })
+        .await
+    }
+}
