@@ -401,6 +401,8 @@ async fn a_read_only_sessions_input_and_eof_never_reach_the_guest(backend: Backe
 /// the guest back exactly as under the qemu backend.
 async fn a_stalled_flooding_channel_does_not_hold_up_the_serial_console(backend: Backend) {
     const MSG: usize = 64 << 10;
+    /// Far above what the socket, QUIC, TLS and guest buffers hold.
+    const FLOOD_BOUND: u64 = 256 << 20;
     let stack = Stack::start_backend(backend).await;
     let rss_before = rss_kib(stack.agent_pid());
     let flood = open_echo_when_free(&stack).await;
@@ -425,26 +427,40 @@ async fn a_stalled_flooding_channel_does_not_hold_up_the_serial_console(backend:
             at
         })
     };
-    // Only to be sure the flood is stalled when the serial session runs
-    // (its sends made no progress for a second); the assertions below do
-    // not depend on it.
-    let mut last = u64::MAX;
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    // Backpressure holds the flood: within WAIT its sends stop making
+    // progress (none for 3 s: a busy guest may pause its echo for a
+    // moment), well before a bound no buffering along the path comes
+    // near. Without backpressure they never stop.
+    let flooding = Instant::now();
+    let (mut last, mut since) = (u64::MAX, Instant::now());
+    while since.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
         let now = sent.load(Ordering::Relaxed);
-        if now == last {
-            break;
+        if now != last {
+            (last, since) = (now, Instant::now());
         }
-        last = now;
+        assert!(
+            now < FLOOD_BOUND && flooding.elapsed() < WAIT,
+            "the flood was never held back: {} MiB sent in {:?}",
+            now >> 20,
+            flooding.elapsed()
+        );
     }
     let stalled_at = sent.load(Ordering::Relaxed);
+    // What the agent holds now, while the flood is held back.
+    let rss_stalled = rss_kib(stack.agent_pid());
     // The serial console of the same guest, over the same gateway–agent
-    // QUIC connection, completes its exchange.
+    // QUIC connection, completes its exchange ...
     let mut serial = stack.serial().await;
     serial.expect_notice("you hold the keyboard").await;
     serial.send(b"echo independent-$((20+22))\n").await;
     serial.expect("independent-42").await;
-    assert!(!writer.is_finished(), "the flood was not blocked");
+    // ... while the flood stays held back: not one more message went out.
+    assert_eq!(
+        sent.load(Ordering::Relaxed),
+        stalled_at,
+        "the stalled flood moved on while the console ran"
+    );
     assert_eq!(
         stack.log("agent.log").matches("gateway connected").count(),
         1,
@@ -470,7 +486,9 @@ async fn a_stalled_flooding_channel_does_not_hold_up_the_serial_console(backend:
         }
     }
     assert!(got >= stalled_at);
-    let grew = rss_kib(stack.agent_pid()).saturating_sub(rss_before);
+    let grew = rss_stalled
+        .max(rss_kib(stack.agent_pid()))
+        .saturating_sub(rss_before);
     eprintln!(
         "flood stalled after {:.1} MiB sent without reading; agent RSS grew {grew} KiB",
         stalled_at as f64 / (1 << 20) as f64
