@@ -78,26 +78,21 @@ async fn open(stack: &Stack, ticket_channels: &[&str], channel: &str, ro: bool) 
     Session::new(stack.connect(&url).await)
 }
 
-/// Opens an interactive session on the echo port once the previous one has
-/// let go of it: a session the client just closed may hold the port for a
-/// moment longer, until the agent has seen the close.
-async fn open_echo_when_free(stack: &Stack) -> Session {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let mut s = open(stack, &[ECHO], ECHO, false).await;
-        // An echoed probe proves the session is up; nothing else is sent.
-        s.send(b"?").await;
-        match s.next_event(WAIT).await {
-            Event::Data(d) => {
-                assert_eq!(d, b"?");
-                s.output.clear();
-                return s;
-            }
-            Event::Closed(4409, _) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            other => panic!("opening {ECHO}: {other:?}"),
+/// Opens an interactive session on the echo port and checks it echoes. No
+/// retry on 4409: a session the client just closed may hold the port for a
+/// moment longer, and the agent itself waits that out (its `IN_USE_GRACE`),
+/// so an "in use" here is a failure.
+async fn open_echo(stack: &Stack) -> Session {
+    let mut s = open(stack, &[ECHO], ECHO, false).await;
+    // An echoed probe proves the session is up; nothing else is sent.
+    s.send(b"?").await;
+    match s.next_event(WAIT).await {
+        Event::Data(d) => {
+            assert_eq!(d, b"?");
+            s.output.clear();
+            s
         }
+        other => panic!("opening {ECHO}: {other:?}"),
     }
 }
 
@@ -238,7 +233,7 @@ async fn eof_from_the_client_reaches_the_guest_and_comes_back_as_eof(backend: Ba
     assert_eq!(s.text(), "before-eof");
     guest_saw_eofs(&stack, 1).await;
     // The port is usable again, and the next EOF is counted too.
-    let mut again = open_echo_when_free(&stack).await;
+    let mut again = open_echo(&stack).await;
     again.send(b"second").await;
     again.expect("second").await;
     again.send_eof().await;
@@ -310,7 +305,7 @@ async fn the_guest_going_away_ends_the_cli_with_status_4_after_its_last_bytes() 
 
 async fn a_second_session_is_refused_in_use_and_force_takes_the_port_over(backend: Backend) {
     let stack = Stack::start_backend(backend).await;
-    let mut a = open_echo_when_free(&stack).await;
+    let mut a = open_echo(&stack).await;
     let (code, reason) = open(&stack, &[ECHO], ECHO, false).await.closed().await;
     assert_eq!(code, 4409, "{reason}");
     assert!(reason.contains("in use"), "{reason}");
@@ -385,7 +380,7 @@ async fn a_read_only_sessions_input_and_eof_never_reach_the_guest(backend: Backe
     assert_eq!(ro.closed().await.0, 1000);
     // Ordered after the read-only session: QEMU serves one host connection
     // at a time, so when this echo is back the guest got all before it.
-    let mut rw = open_echo_when_free(&stack).await;
+    let mut rw = open_echo(&stack).await;
     rw.send(b"sync").await;
     rw.expect("sync").await;
     assert_eq!(rw.text(), "sync", "the read-only input came back");
@@ -405,7 +400,7 @@ async fn a_stalled_flooding_channel_does_not_hold_up_the_serial_console(backend:
     const FLOOD_BOUND: u64 = 256 << 20;
     let stack = Stack::start_backend(backend).await;
     let rss_before = rss_kib(stack.agent_pid());
-    let flood = open_echo_when_free(&stack).await;
+    let flood = open_echo(&stack).await;
     let (mut sink, mut stream) = futures_util::StreamExt::split(flood.ws);
     let sent = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -526,7 +521,7 @@ async fn through_a_libvirt_stream_a_reader_that_stalls_is_ended_with_a_reason_no
         l.channel_via = vmgate_agent::config::ChannelVia::Stream;
     })
     .await;
-    let mut echo = open_echo_when_free(&stack).await;
+    let mut echo = open_echo(&stack).await;
     echo.send(b"through-the-stream").await;
     echo.expect("through-the-stream").await;
     let log = stack.log("agent.log");
@@ -537,7 +532,7 @@ async fn through_a_libvirt_stream_a_reader_that_stalls_is_ended_with_a_reason_no
     drop(echo);
 
     let rss_before = rss_kib(stack.agent_pid());
-    let flood = open_echo_when_free(&stack).await;
+    let flood = open_echo(&stack).await;
     let (mut sink, mut stream) = futures_util::StreamExt::split(flood.ws);
     let writer = tokio::spawn(async move {
         let mut at = 0u64;
@@ -585,18 +580,8 @@ async fn through_a_libvirt_stream_a_reader_that_stalls_is_ended_with_a_reason_no
     serial.send(b"echo after-$((6*7))\n").await;
     serial.expect("after-42").await;
     // (It may first get what the guest still held of the flood.)
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut again = loop {
-        let mut s = open(&stack, &[ECHO], ECHO, false).await;
-        s.send(b"again-after-the-flood").await;
-        match s.next_event(WAIT).await {
-            Event::Closed(4409, _) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Event::Data(_) => break s,
-            other => panic!("reopening {ECHO}: {other:?}"),
-        }
-    };
+    let mut again = open(&stack, &[ECHO], ECHO, false).await;
+    again.send(b"again-after-the-flood").await;
     again.expect("again-after-the-flood").await;
 }
 
@@ -690,46 +675,39 @@ async fn wait_for_socket(path: &Path, stack: &Stack) {
 
 /// One unmodified `socat - ADDRESS`: writes `line`, reads the echo,
 /// then closes its stdin; socat half-closes the socket and exits when the
-/// forwarder passes the guest's EOF back. Retried while the previous round's
-/// session still holds the port.
+/// forwarder passes the guest's EOF back. One attempt: a round right after
+/// the previous one gets the port (the agent waits out the previous
+/// session's last moments).
 async fn socat_round(address: &str, line: &str) -> (ExitStatus, Vec<u8>) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let mut socat = Command::new("socat")
-            .arg("-")
-            .arg(address)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("socat (apt install socat)");
-        let stdin: ChildStdin = socat.stdin.take().unwrap();
-        let mut stdout = socat.stdout.take().unwrap();
-        let line = line.to_string();
-        let (out, stdin) = tokio::task::spawn_blocking(move || {
-            let mut stdin = stdin;
-            stdin.write_all(line.as_bytes()).unwrap();
-            let mut out = Vec::new();
-            let mut buf = [0u8; 256];
-            while out.len() < line.len() {
-                match stdout.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => out.extend_from_slice(&buf[..n]),
-                }
+    let mut socat = Command::new("socat")
+        .arg("-")
+        .arg(address)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("socat (apt install socat)");
+    let stdin: ChildStdin = socat.stdin.take().unwrap();
+    let mut stdout = socat.stdout.take().unwrap();
+    let line = line.to_string();
+    let (out, stdin) = tokio::task::spawn_blocking(move || {
+        let mut stdin = stdin;
+        stdin.write_all(line.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 256];
+        while out.len() < line.len() {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
             }
-            (out, stdin)
-        })
+        }
+        (out, stdin)
+    })
+    .await
+    .unwrap();
+    drop(stdin);
+    let status = tokio::task::spawn_blocking(move || socat.wait().unwrap())
         .await
         .unwrap();
-        drop(stdin);
-        let status = tokio::task::spawn_blocking(move || socat.wait().unwrap())
-            .await
-            .unwrap();
-        if out.is_empty() && Instant::now() < deadline {
-            // Refused "in use": the forwarder closed the connection at once.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        }
-        return (status, out);
-    }
+    (status, out)
 }
