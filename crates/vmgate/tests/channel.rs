@@ -68,6 +68,28 @@ async fn exit_status(child: &mut Child, what: &str, stack: &Stack) -> ExitStatus
     }
 }
 
+/// Kills the process `pid` if still alive after `after`, unless dropped
+/// first: a blocking read of its output then ends, and the test fails on
+/// what came instead of hanging. Drop it before reaping the child.
+struct KillAfter(tokio::task::JoinHandle<()>);
+
+impl KillAfter {
+    fn new(child: &Child, after: Duration) -> KillAfter {
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        KillAfter(tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            eprintln!("killing pid {pid} after {after:?}: its output never ended");
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }))
+    }
+}
+
+impl Drop for KillAfter {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Opens a session on `channel` with a ticket for `ticket_channels`.
 async fn open(stack: &Stack, ticket_channels: &[&str], channel: &str, ro: bool) -> Session {
     let t = stack.ticket(&stack.name, ticket_channels, ro);
@@ -155,6 +177,7 @@ async fn sixty_four_mib_of_random_bytes_go_through_the_echo_port_and_back_unchan
         .unwrap();
     let input = Arc::new(input);
     let mut child = cli(&stack, "cli", &[&stack.name, ECHO]);
+    let watchdog = KillAfter::new(&child, 4 * WAIT);
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
@@ -190,6 +213,7 @@ async fn sixty_four_mib_of_random_bytes_go_through_the_echo_port_and_back_unchan
         .await
         .unwrap();
     writer.join().unwrap();
+    drop(watchdog);
     let status = exit_status(&mut child, "cli", &stack).await;
     assert_eq!(
         out.len(),
@@ -248,6 +272,7 @@ async fn piped_input_gets_its_answer_before_the_cli_sends_eof(backend: Backend) 
     // quiet (generously long here: a loaded TCG guest may take seconds to
     // answer), then sends the EOF, so the echo is not cut off.
     let mut child = cli(&stack, "cli", &[&stack.name, ECHO, "--linger", "5s"]);
+    let watchdog = KillAfter::new(&child, WAIT);
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"piped request\n").unwrap();
     drop(stdin);
@@ -259,8 +284,14 @@ async fn piped_input_gets_its_answer_before_the_cli_sends_eof(backend: Backend) 
     })
     .await
     .unwrap();
+    drop(watchdog);
     let status = exit_status(&mut child, "cli", &stack).await;
-    assert_eq!(String::from_utf8_lossy(&out), "piped request\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "piped request\n",
+        "{}",
+        stack.log("cli.log")
+    );
     assert_eq!(status.code(), Some(0), "{}", stack.log("cli.log"));
     guest_saw_eofs(&stack, 1).await;
 }
@@ -269,6 +300,7 @@ async fn piped_input_gets_its_answer_before_the_cli_sends_eof(backend: Backend) 
 async fn the_guest_going_away_ends_the_cli_with_status_4_after_its_last_bytes() {
     let stack = Stack::start().await;
     let mut child = cli(&stack, "cli", &["demo", ECHO]);
+    let watchdog = KillAfter::new(&child, 2 * WAIT);
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = child.stdout.take().unwrap();
     stdin.write_all(b"last words\n").unwrap();
@@ -289,6 +321,7 @@ async fn the_guest_going_away_ends_the_cli_with_status_4_after_its_last_bytes() 
     let mut serial = stack.serial().await;
     serial.expect_notice("you hold the keyboard").await;
     serial.send(b"poweroff -f\n").await;
+    drop(watchdog);
     let status = exit_status(&mut child, "cli", &stack).await;
     let mut rest = Vec::new();
     stdout.read_to_end(&mut rest).unwrap();
@@ -469,14 +502,15 @@ async fn a_stalled_flooding_channel_does_not_hold_up_the_serial_console(backend:
     while total != Some(got) {
         tokio::select! {
             t = &mut writer, if total.is_none() => total = Some(t.unwrap()),
-            m = futures_util::StreamExt::next(&mut stream) => match m {
-                Some(Ok(Message::Binary(b))) => {
+            m = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut stream)) => match m {
+                Err(_) => panic!("the flood stopped coming back after {got} bytes"),
+                Ok(Some(Ok(Message::Binary(b)))) => {
                     for (k, &byte) in b.iter().enumerate() {
                         assert_eq!(byte, pattern(got + k as u64), "byte {}", got + k as u64);
                     }
                     got += b.len() as u64;
                 }
-                other => panic!("flood session: {other:?} after {got} bytes"),
+                Ok(other) => panic!("flood session: {other:?} after {got} bytes"),
             },
         }
     }
@@ -687,6 +721,7 @@ async fn socat_round(address: &str, line: &str) -> (ExitStatus, Vec<u8>) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("socat (apt install socat)");
+    let watchdog = KillAfter::new(&socat, WAIT);
     let stdin: ChildStdin = socat.stdin.take().unwrap();
     let mut stdout = socat.stdout.take().unwrap();
     let line = line.to_string();
@@ -706,8 +741,20 @@ async fn socat_round(address: &str, line: &str) -> (ExitStatus, Vec<u8>) {
     .await
     .unwrap();
     drop(stdin);
-    let status = tokio::task::spawn_blocking(move || socat.wait().unwrap())
-        .await
-        .unwrap();
+    // socat exits once the guest's EOF is back: bounded too, then reaped.
+    let status = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(st) = socat.try_wait().unwrap() {
+                return st;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    drop(watchdog);
+    let status = status.unwrap_or_else(|_| {
+        let _ = socat.kill();
+        socat.wait().unwrap()
+    });
     (status, out)
 }
