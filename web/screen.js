@@ -2,9 +2,10 @@
 // allows it, its serial console (xterm.js) beside it.
 //
 // The ticket in the URL fragment is redeemed once, with POST /api/session;
-// the answer's session token opens the page's WebSockets (screen, serial),
-// each once. Over HTTP/2 they share the page's TLS connection.
+// the answer's session token opens the page's WebSockets (screen, serial,
+// audio), each once. Over HTTP/2 they share the page's TLS connection.
 import RFB from "/novnc/core/rfb.js";
+import { startAudio, noAudio } from "/assets/audio.js";
 
 const statusEl = document.getElementById("status");
 const titleEl = document.getElementById("title");
@@ -50,7 +51,11 @@ async function start() {
   };
   if (grant.channels.includes("vnc")) openScreen(wsUrl("vnc"), readOnly);
   else setStatus("error", "this ticket has no vnc channel");
-  const serial = grant.channels.find((c) => c !== "vnc");
+  // Never in-band on the screen's socket: noVNC ends a session on QEMU's
+  // audio messages. Listening is not input: read-only pages may.
+  if (grant.channels.includes("audio")) page.audio = startAudio(wsUrl("audio"), $("speaker"));
+  else noAudio($("speaker"), "this ticket has no audio channel: mint one with --channel audio");
+  const serial = grant.channels.find((c) => c !== "vnc" && c !== "audio");
   if (serial) openSerial(wsUrl(serial), serial, readOnly);
 }
 

@@ -24,6 +24,8 @@ fn main() {
         "index.html",
         "screen.html",
         "screen.js",
+        "audio.js",
+        "audio-worklet.js",
     ] {
         println!("cargo:rerun-if-changed={}", web.join(f).display());
     }

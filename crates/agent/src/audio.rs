@@ -4,8 +4,9 @@
 //! Each session gets a fresh VNC client connection to QEMU (the backend's
 //! `open_vnc`, as for a screen session). On it the agent sends the RFB
 //! handshake, SetEncodings with QEMU's audio pseudo-encoding (−259) alone,
-//! the format the client asked for and *enable*, and never asks for a
-//! framebuffer update, so QEMU sends nothing on it but audio. The server's
+//! the format the client asked for and *enable* (or, while the client has
+//! paused, *disable*), and never asks for a framebuffer update, so QEMU
+//! sends nothing on it but audio. The server's
 //! bytes go through [`vmgate_rfb::ServerParser`]; begin, end and PCM become
 //! records for the client.
 //!
@@ -24,10 +25,11 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use vmgate_relay::{FrameRx, FrameTx};
-use vmgate_rfb::audio::{control_message, set_encodings_message, OP_ENABLE};
+use vmgate_rfb::audio::{control_message, set_encodings_message, OP_DISABLE, OP_ENABLE};
 use vmgate_rfb::{AudioFormat, ServerEvent, ServerParser, AUDIO_ENCODING};
 use vmgate_wire::audio::{
-    begin_record, dropped_record, end_record, put_pcm_record, AudioHeader, AUDIO_HEADER_LEN,
+    begin_record, dropped_record, end_record, put_pcm_record, AudioHeader, AUDIO_HEADER_LEN, PAUSE,
+    RESUME,
 };
 use vmgate_wire::{Close, CloseCode, Frame};
 
@@ -51,8 +53,9 @@ pub struct AudioRx {
     records: mpsc::Receiver<Frame>,
 }
 
-/// The client's bytes (the relay's guest side, sending): only the format
-/// request is read; anything after it is ignored, never sent to QEMU.
+/// The client's bytes (the relay's guest side, sending): the format
+/// request, then pause/resume commands, which the agent turns into QEMU's
+/// disable/enable. Nothing the client sends reaches QEMU as it is.
 pub struct AudioTx {
     request: Option<mpsc::Sender<Bytes>>,
 }
@@ -91,9 +94,12 @@ impl FrameTx for AudioTx {
     async fn send(&mut self, frame: Frame) -> Result<(), Close> {
         match frame {
             Frame::Data(d) => {
+                // Waits while the pump is busy: a client flooding commands
+                // is slowed down, not buffered.
                 if let Some(tx) = &self.request {
-                    // Full: the request is long read, and the rest ignored.
-                    let _ = tx.try_send(d);
+                    if tx.send(d).await.is_err() {
+                        self.request = None;
+                    }
                 }
             }
             // The client is done: the stream runs until it closes.
@@ -113,6 +119,8 @@ async fn pump(
     what: &str,
 ) -> Result<(), Close> {
     let mut asked = Vec::with_capacity(AUDIO_HEADER_LEN);
+    // What came after the header in the same message: commands.
+    let mut rest = Bytes::new();
     let header = tokio::time::timeout(REQUEST_DEADLINE, async {
         loop {
             let bad = |e: &dyn std::fmt::Display| {
@@ -126,6 +134,7 @@ async fn pump(
             };
             let n = b.len().min(AUDIO_HEADER_LEN - asked.len());
             asked.extend_from_slice(&b[..n]);
+            rest = b.slice(n..);
         }
     })
     .await
@@ -146,12 +155,18 @@ async fn pump(
             format!("audio format refused: {e}"),
         )
     })?;
+    // Playing unless the client paused in the same breath (a web page
+    // that waits for its user's click).
+    let mut wanted = commands(&rest, true)?;
 
     let (mut r, mut w) = tokio::io::split(vnc);
     let mut hello = ServerParser::CLIENT_HANDSHAKE.to_vec();
     hello.extend_from_slice(&set_encodings_message(&[AUDIO_ENCODING]));
     hello.extend_from_slice(&format.set_format_message());
-    hello.extend_from_slice(&control_message(OP_ENABLE));
+    if wanted {
+        hello.extend_from_slice(&control_message(OP_ENABLE));
+    }
+    let mut enabled = wanted;
     let lost = |e: std::io::Error| {
         Close::new(
             CloseCode::GuestDown,
@@ -192,8 +207,17 @@ async fn pump(
                 out.catch_up();
                 continue;
             }
-            // Only the end of the client's side matters now.
-            more = request.recv(), if !request.is_closed() => drop(more),
+            more = request.recv(), if !request.is_closed() => {
+                if let Some(b) = more {
+                    wanted = commands(&b, wanted)?;
+                    if wanted != enabled {
+                        let op = if wanted { OP_ENABLE } else { OP_DISABLE };
+                        w.write_all(&control_message(op)).await.map_err(lost)?;
+                        enabled = wanted;
+                    }
+                }
+                continue;
+            }
         }
         parser
             .feed(&buf, |e| match e {
@@ -224,6 +248,24 @@ async fn pump(
             }
         }
     }
+}
+
+/// Whether the client wants sound after its commands `b`, starting from
+/// `playing`: 0 pauses, 1 resumes (vmgate_wire::audio).
+fn commands(b: &[u8], mut playing: bool) -> Result<bool, Close> {
+    for &c in b {
+        playing = match c {
+            PAUSE => false,
+            RESUME => true,
+            c => {
+                return Err(Close::new(
+                    CloseCode::ProtocolError,
+                    format!("unknown audio command {c} (0 pauses, 1 resumes)"),
+                ))
+            }
+        };
+    }
+    Ok(playing)
 }
 
 /// What one read from QEMU said, in order.
@@ -449,6 +491,47 @@ mod tests {
             Some(Frame::Close(c)) => assert!(c.reason.contains("VMGA"), "{c}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn pause_and_resume_become_qemus_disable_and_enable_and_nothing_else_passes() {
+        let (ours, mut qemu) = tokio::io::duplex(1 << 16);
+        let (mut rx, mut tx) = start(Box::new(ours), "audio of t".into(), 1);
+        // Paused in the same message as the request: no enable.
+        let mut first = AudioHeader::CD.encode().to_vec();
+        first.push(PAUSE);
+        tx.send(Frame::Data(first.into())).await.unwrap();
+        let mut hello = vec![0; 32];
+        qemu.read_exact(&mut hello).await.unwrap();
+        assert_eq!(&hello[22..], &[255, 1, 0, 2, 3, 2, 0, 0, 0xac, 0x44]);
+        // Resume, resume again (no change), pause: enable, then disable.
+        for c in [RESUME, RESUME, PAUSE] {
+            tx.send(Frame::Data(Bytes::copy_from_slice(&[c])))
+                .await
+                .unwrap();
+        }
+        let mut ops = [0; 8];
+        qemu.read_exact(&mut ops).await.unwrap();
+        assert_eq!(ops, [255, 1, 0, 0, 255, 1, 0, 1]);
+        tx.send(Frame::Data(Bytes::from_static(&[7])))
+            .await
+            .unwrap();
+        assert!(
+            matches!(rx.recv().await.unwrap(), Some(Frame::Data(_))),
+            "the header"
+        );
+        match rx.recv().await.unwrap() {
+            Some(Frame::Close(c)) => {
+                assert_eq!(c.code, CloseCode::ProtocolError);
+                assert!(c.reason.contains("unknown audio command 7"), "{c}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // QEMU got nothing more.
+        drop((rx, tx));
+        let mut more = Vec::new();
+        qemu.read_to_end(&mut more).await.unwrap();
+        assert!(more.is_empty(), "{more:?}");
     }
 
     #[tokio::test(start_paused = true)]

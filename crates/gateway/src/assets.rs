@@ -18,6 +18,12 @@ pub static ASSETS: &[(&str, &str, &[u8])] = &[
     ("console.js", "text/javascript", web!("console.js")),
     ("console.css", "text/css", web!("console.css")),
     ("screen.js", "text/javascript", web!("screen.js")),
+    ("audio.js", "text/javascript", web!("audio.js")),
+    (
+        "audio-worklet.js",
+        "text/javascript",
+        web!("audio-worklet.js"),
+    ),
     (
         "xterm.js",
         "text/javascript",

@@ -13,6 +13,9 @@
 //!   display has no `<audio>` gets the channel listed as unavailable, and
 //!   a session on it is refused with what the domain needs.
 //!
+//! * In the browser: the screen page's speaker, off until clicked, plays
+//!   the tone through its AudioWorklet (headless Chromium,
+//!   `tests/browser/audio.mjs`) while the screen keeps updating.
 //! * From the command line: `vmgate audio --out x.wav --seconds N` (and
 //!   `--out -`) records the tones as WAV, exactly N seconds long, silence
 //!   where the guest was quiet.
@@ -452,6 +455,8 @@ impl Listener {
 for_each_backend!(
     the_audio_channel_carries_the_guests_tone_and_tells_880_from_440,
     a_domain_without_audio_says_what_it_needs,
+    a_listener_that_stops_reading_grows_no_memory_and_the_screen_stays_live,
+    the_screen_page_plays_the_guests_tone_after_its_speaker_is_clicked,
 );
 
 async fn the_audio_channel_carries_the_guests_tone_and_tells_880_from_440(backend: Backend) {
@@ -468,8 +473,16 @@ async fn the_audio_channel_carries_the_guests_tone_and_tells_880_from_440(backen
             rate: CHANNEL_RATE
         })
     );
+    let wire_before = l.session.output.len();
     let (high, first) = l.hear(&mut serial, 880, 1500).await;
-    eprintln!("{backend:?}: tone 880: first sound {first:?} after the command");
+    // What the stream cost on the client's WebSocket, framing included.
+    let wire = l.session.output.len() - wire_before;
+    eprintln!(
+        "{backend:?}: tone 880: first sound {first:?} after the command; {} PCM bytes in {wire} \
+         bytes on the WebSocket ({:.2} % framing)",
+        l.heard.pcm.len(),
+        100.0 * (wire as f64 / l.heard.pcm.len() as f64 - 1.0)
+    );
     assert_pitch(&high, CHANNEL_RATE, 880, "tone 880");
     let heard = Duration::from_secs_f64(
         high.iter().filter(|v| v.abs() > 0.01).count() as f64 / f64::from(CHANNEL_RATE),
@@ -549,9 +562,8 @@ async fn screen_update(screen: &mut Session) -> Duration {
     asked.elapsed()
 }
 
-#[tokio::test]
-async fn a_listener_that_stops_reading_grows_no_memory_and_the_screen_stays_live() {
-    let stack = Stack::start().await;
+async fn a_listener_that_stops_reading_grows_no_memory_and_the_screen_stays_live(backend: Backend) {
+    let stack = Stack::start_backend(backend).await;
     let mut serial = stack.serial().await;
     // The fastest stream QEMU sends: S32 stereo at 48 kHz, 384 kB/s.
     let fast = AudioHeader {
@@ -830,4 +842,177 @@ async fn vmgate_audio_streams_wav_to_stdout() {
         .map(|s| f32::from(s.unwrap()) / 32768.0)
         .collect();
     assert_pitch(&mono, 48_000, 660, "stdout's WAV");
+}
+
+/// The screen page in headless Chromium with a ticket for `vnc` and
+/// `audio`: the speaker is off, a click turns it on, the tone plays through
+/// the page's player at its pitch, and the screen goes on updating.
+async fn the_screen_page_plays_the_guests_tone_after_its_speaker_is_clicked(backend: Backend) {
+    use tokio::io::AsyncBufReadExt;
+    let stack = Stack::start_backend(backend).await;
+    let mut serial = stack.serial().await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    if !dir.join("node_modules/playwright-core").exists() {
+        let ok = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "npm ci in {} failed (see scripts/deps.d/vnc.sh)",
+            dir.display()
+        );
+    }
+    // Read-only: listening is not input.
+    let t = stack.ticket(&stack.name, &["vnc", "audio"], true);
+    let mut node = tokio::process::Command::new("node")
+        .arg(dir.join("audio.mjs"))
+        .env("VMGATE_URL", &t.url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("running node");
+    let mut stderr = tokio::io::BufReader::new(node.stderr.take().unwrap()).lines();
+    let on = tokio::time::timeout(Duration::from_secs(90), async {
+        while let Ok(Some(l)) = stderr.next_line().await {
+            if l.contains("vmgate-audio: on") {
+                return true;
+            }
+            eprintln!("browser: {l}");
+        }
+        false
+    })
+    .await;
+    assert_eq!(on, Ok(true), "the page's speaker never turned on");
+    // While it plays, the guest writes on its VGA console too.
+    serial
+        .send(b"(sleep 1; echo vmgate-audio-tick > /dev/tty0) & tone 880 4000\n")
+        .await;
+    let out = tokio::time::timeout(Duration::from_secs(90), node.wait_with_output())
+        .await
+        .expect("the browser script finished")
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "browser output is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    eprintln!("browser: {report:#}");
+    assert_eq!(report["ok"], true, "{report:#}");
+    assert_eq!(report["stateBefore"], "off", "off until clicked");
+    assert_eq!(report["labels"]["before"], "🔇 sound off");
+    assert_eq!(
+        report["labels"]["silent"],
+        "🔈 sound on (the guest is silent)"
+    );
+    assert_eq!(report["labels"]["playing"], "🔊 sound on");
+    let hz = report["dominantHz"].as_f64().expect("a dominant frequency");
+    assert!((hz - 880.0).abs() < 880.0 * 0.02, "the page played {hz} Hz");
+    assert_eq!(
+        report["screenChanged"], true,
+        "the screen stopped while sound played"
+    );
+    let played = report["player"]["played"].as_u64().unwrap_or(0);
+    let rate = report["rate"].as_u64().unwrap();
+    let during = report["framesWhileScreenChanged"].as_u64().unwrap_or(0);
+    assert!(
+        during > rate,
+        "{during} frames of sound while the screen changed"
+    );
+    assert!(played > rate, "the worklet played {played} frames");
+    // Over the page's one HTTP/2 connection, like the screen.
+    assert_eq!(report["documentProtocol"], "h2", "{report:#}");
+    assert_eq!(
+        report["websockets"][format!("/ws/{}/audio", stack.name)]["status"],
+        200,
+        "{report:#}"
+    );
+}
+
+/// The figure in BENCHMARKS.md: from the `tone` command to the first
+/// non-silent samples, through vmgate's `audio` channel and, for the same
+/// tones, on a client of QEMU's own VNC socket beside it. A measurement,
+/// printed: it asserts only that both heard every tone.
+#[tokio::test]
+async fn first_sound_latency_through_vmgate_and_at_qemus_socket() {
+    use tokio::io::AsyncReadExt as _;
+    use vmgate_rfb::audio::{control_message, set_encodings_message, OP_ENABLE};
+    use vmgate_rfb::{AudioFormat, SampleFormat, ServerEvent, ServerParser, AUDIO_ENCODING};
+    let stack = Stack::start().await;
+    let mut serial = stack.serial().await;
+    let mut l = Listener::open(&stack, &["audio"], true).await;
+    l.until(WAIT, |h| h.header.is_some()).await.unwrap();
+
+    // QEMU's socket, straight: the same format, enabled.
+    let mut direct = tokio::net::UnixStream::connect(&stack.qemu().vnc_socket)
+        .await
+        .unwrap();
+    let mut hello = ServerParser::CLIENT_HANDSHAKE.to_vec();
+    hello.extend_from_slice(&set_encodings_message(&[AUDIO_ENCODING]));
+    let format = AudioFormat {
+        sample: SampleFormat::S16,
+        channels: 2,
+        rate: CHANNEL_RATE,
+    };
+    hello.extend_from_slice(&format.set_format_message());
+    hello.extend_from_slice(&control_message(OP_ENABLE));
+    direct.write_all(&hello).await.unwrap();
+    let (firsts, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut p = ServerParser::new();
+        let mut buf = vec![0; 64 * 1024];
+        let mut loud = false;
+        loop {
+            let n = direct.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return;
+            }
+            p.feed(&buf[..n], |e| match e {
+                ServerEvent::AudioBegin => loud = false,
+                ServerEvent::AudioData(d)
+                    if !loud && left_channel(d).iter().any(|v| v.abs() > 0.01) =>
+                {
+                    loud = true;
+                    let _ = firsts.send(Instant::now());
+                }
+                _ => {}
+            })
+            .unwrap();
+        }
+    });
+
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        let (_, first) = l.hear(&mut serial, 1000, 300).await;
+        let sent = l.heard.first_sound.unwrap() - first;
+        let at_qemu = tokio::time::timeout(WAIT, heard.recv())
+            .await
+            .expect("QEMU's own client heard the tone")
+            .unwrap();
+        ours.push(first);
+        theirs.push(at_qemu - sent);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let added: Vec<i128> = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(o, t)| o.as_micros() as i128 - t.as_micros() as i128)
+        .collect();
+    eprintln!(
+        "first sound after the command, 7 tones: through vmgate median {:?} (min {:?}, max {:?}); \
+         at QEMU's socket median {:?} (min {:?}, max {:?}); vmgate's part per tone (µs): {added:?}",
+        median(&mut ours.clone()),
+        ours.iter().min().unwrap(),
+        ours.iter().max().unwrap(),
+        median(&mut theirs.clone()),
+        theirs.iter().min().unwrap(),
+        theirs.iter().max().unwrap(),
+    );
 }

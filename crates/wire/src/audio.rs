@@ -4,6 +4,9 @@
 //!
 //! ```text
 //! client → agent   header (11 bytes): the format the client wants
+//!                  then commands, one byte each, at any time:
+//!                    0             pause: the agent stops QEMU's audio
+//!                    1             resume (the default after the header)
 //! agent → client   header (11 bytes): the format that follows
 //!                  records, until the session ends:
 //!                    1             begin: the guest started to play
@@ -34,6 +37,11 @@ pub const AUDIO_VERSION: u8 = 1;
 pub const AUDIO_HEADER_LEN: usize = 11;
 /// The largest PCM record: QEMU's own largest audio message.
 pub const MAX_PCM_RECORD: u32 = 1 << 20;
+
+/// Client command: stop the sound (a page waiting for its user's click).
+pub const PAUSE: u8 = 0;
+/// Client command: start it again.
+pub const RESUME: u8 = 1;
 
 const BEGIN: u8 = 1;
 const END: u8 = 2;
