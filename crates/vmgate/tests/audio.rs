@@ -265,9 +265,8 @@ fn be32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
-#[tokio::test]
-async fn in_band_audio_reaches_viewers_whose_ticket_names_audio_and_no_other() {
-    let stack = Stack::start().await;
+async fn in_band_audio_reaches_viewers_whose_ticket_names_audio_and_no_other(backend: Backend) {
+    let stack = Stack::start_backend(backend).await;
     let with = VncCli::start(&stack, &["--audio"]).await;
     let read_only = VncCli::start(&stack, &["--audio", "--read-only"]).await;
     let without = VncCli::start(&stack, &[]).await;
@@ -457,6 +456,7 @@ for_each_backend!(
     a_domain_without_audio_says_what_it_needs,
     a_listener_that_stops_reading_grows_no_memory_and_the_screen_stays_live,
     the_screen_page_plays_the_guests_tone_after_its_speaker_is_clicked,
+    in_band_audio_reaches_viewers_whose_ticket_names_audio_and_no_other,
 );
 
 async fn the_audio_channel_carries_the_guests_tone_and_tells_880_from_440(backend: Backend) {
