@@ -68,9 +68,15 @@
   const encoder = new TextEncoder();
   const readOnly = claims.mode === "read-only";
 
+  const embed = window.vmgateEmbed;
   ws.onopen = () => {
     setStatus(readOnly ? "read-only" : "connected", readOnly ? "connected, read-only" : "connected");
     term.focus();
+    embed.emit("connected");
+    // The ticket's maximum session length: tell the panel a minute ahead.
+    if (typeof claims.max_session === "number" && claims.max_session > 60) {
+      setTimeout(() => embed.emit("ending-soon", { seconds: 60 }), (claims.max_session - 60) * 1000);
+    }
   };
   ws.onmessage = (ev) => {
     if (typeof ev.data === "string") {
@@ -90,7 +96,14 @@
   ws.onclose = (ev) => {
     const why = ev.reason || "connection lost";
     setStatus("disconnected", `disconnected: ${why} (${ev.code})`);
+    embed.emit("disconnected", { code: ev.code, reason: ev.reason });
   };
+  embed.on("paste", (d) => {
+    if (typeof d.text === "string" && ws.readyState === WebSocket.OPEN && !readOnly) {
+      ws.send(encoder.encode(d.text));
+    }
+  });
+  embed.on("disconnect", () => ws.close(1000, "closed by the embedding page"));
   term.onData((d) => {
     if (ws.readyState === WebSocket.OPEN && !readOnly) ws.send(encoder.encode(d));
   });

@@ -93,6 +93,12 @@ function openScreen(url, readOnly) {
   });
   rfb.addEventListener("desktopname", (e) => (titleEl.textContent = e.detail.name));
   $("cad").addEventListener("click", () => { rfb.sendCtrlAltDel(); rfb.focus(); });
+  const embed = window.vmgateEmbed;
+  rfb.addEventListener("connect", () => embed.emit("connected"));
+  rfb.addEventListener("disconnect", () => embed.emit("disconnected", { code: closed ? closed.code : 1006, reason: closed ? closed.reason : "" }));
+  embed.on("ctrl-alt-del", () => { if (!readOnly) rfb.sendCtrlAltDel(); });
+  embed.on("paste", (d) => { if (!readOnly && typeof d.text === "string") rfb.clipboardPasteFrom(d.text); });
+  embed.on("disconnect", () => rfb.disconnect());
   $("paste").addEventListener("click", () => { rfb.clipboardPasteFrom($("paste-text").value); rfb.focus(); });
   $("type").addEventListener("click", () => {
     // Plain key presses (keysyms), for guests without a clipboard agent.

@@ -26,6 +26,7 @@ fn main() {
         "screen.js",
         "audio.js",
         "audio-worklet.js",
+        "embed.js",
     ] {
         println!("cargo:rerun-if-changed={}", web.join(f).display());
     }

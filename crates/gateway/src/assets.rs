@@ -24,6 +24,7 @@ pub static ASSETS: &[(&str, &str, &[u8])] = &[
         "text/javascript",
         web!("audio-worklet.js"),
     ),
+    ("embed.js", "text/javascript", web!("embed.js")),
     (
         "xterm.js",
         "text/javascript",

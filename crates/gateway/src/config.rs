@@ -38,6 +38,75 @@ pub struct GatewayConfig {
     /// The administrators' listener; none without this section.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<AdminListener>,
+    /// Which sites may frame the console pages (control panels).
+    #[serde(default, skip_serializing_if = "Embed::is_default")]
+    pub embed: Embed,
+}
+
+/// Embedding the console pages in another site's page (an iframe in a
+/// control panel).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Embed {
+    /// Origins allowed to frame the pages (`https://panel.example`, a port
+    /// may be `*`): the pages' `frame-ancestors`, and the only parents the
+    /// pages post events to and take commands from. Empty (the default):
+    /// no site may frame them.
+    #[serde(default)]
+    pub frame_ancestors: Vec<String>,
+}
+
+impl Embed {
+    fn is_default(&self) -> bool {
+        self.frame_ancestors.is_empty()
+    }
+
+    /// Checks each origin: `http` or `https`, a host of letters, digits,
+    /// dots and dashes, an optional port (digits or `*`), nothing else (no
+    /// path, no space, no `;`, which would end the CSP directive).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for o in &self.frame_ancestors {
+            let ok = o
+                .strip_prefix("https://")
+                .or_else(|| o.strip_prefix("http://"))
+                .is_some_and(|rest| {
+                    let (host, port) = match rest.rsplit_once(':') {
+                        Some((h, p)) => (h, Some(p)),
+                        None => (rest, None),
+                    };
+                    !host.is_empty()
+                        && host
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+                        && port.is_none_or(|p| {
+                            p == "*"
+                                || (!p.is_empty()
+                                    && p.len() <= 5
+                                    && p.bytes().all(|b| b.is_ascii_digit()))
+                        })
+                });
+            if !ok {
+                return Err(ConfigError::Invalid(format!(
+                    "embed.frame_ancestors: {o:?} is not an origin like https://panel.example or https://panel.example:8443"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The pages' Content-Security-Policy.
+    pub fn content_security_policy(&self) -> String {
+        let ancestors = if self.frame_ancestors.is_empty() {
+            "'none'".to_string()
+        } else {
+            self.frame_ancestors.join(" ")
+        };
+        // data: images: noVNC draws the remote cursor as one; inline styles:
+        // xterm.js and noVNC set them (scripts stay 'self' only).
+        format!(
+            "default-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors {ancestors}"
+        )
+    }
 }
 
 /// Session and abuse limits. Old configurations without a `[limits]`
@@ -283,6 +352,7 @@ impl GatewayConfig {
 
     /// Checks what the schema cannot, so the rest of the gateway can trust it.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.embed.validate()?;
         if self.extra_ticket_public_keys.len() >= vmgate_ticket::MAX_VERIFYING_KEYS {
             return Err(ConfigError::Invalid(format!(
                 "extra_ticket_public_keys: at most {} keys (each forged ticket costs one check per key)",
@@ -379,6 +449,37 @@ fn check_origins(what: &str, origins: &[String]) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn embedding_origins_are_checked_and_make_the_frame_ancestors() {
+        let embed = |o: &[&str]| Embed {
+            frame_ancestors: o.iter().map(|s| s.to_string()).collect(),
+        };
+        assert!(Embed::default()
+            .content_security_policy()
+            .ends_with("frame-ancestors 'none'"));
+        let ok = embed(&[
+            "https://panel.example",
+            "http://127.0.0.1:8080",
+            "https://p.example:*",
+        ]);
+        ok.validate().unwrap();
+        assert!(ok.content_security_policy().ends_with(
+            "frame-ancestors https://panel.example http://127.0.0.1:8080 https://p.example:*"
+        ));
+        for bad in [
+            "panel.example",
+            "https://panel.example/path",
+            "https://panel.example; script-src *",
+            "https://",
+            "ftp://panel.example",
+            "https://panel.example:99999x",
+            "*",
+        ] {
+            let e = embed(&[bad]).validate().unwrap_err().to_string();
+            assert!(e.contains("embed.frame_ancestors"), "{bad}: {e}");
+        }
+    }
 
     const OLD: &str = r#"
         listen = "127.0.0.1:8443"

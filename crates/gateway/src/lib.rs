@@ -91,6 +91,8 @@ pub enum GatewayError {
 /// What every session handler shares.
 pub struct Shared {
     pub pool: Arc<agents::AgentPool>,
+    /// Which sites may frame the console pages.
+    pub embed: config::Embed,
     /// The public listener's certificate, replaced on SIGHUP.
     pub public_cert: Arc<vmgate_tls::ReloadableCert>,
     pub tickets: tickets::TicketCheck,
@@ -217,6 +219,7 @@ impl Gateway {
             tls: Arc::new(tls),
             shared: Arc::new(Shared {
                 pool,
+                embed: cfg.embed.clone(),
                 public_cert,
                 tickets: tickets::TicketCheck::new(
                     keys,

@@ -48,10 +48,23 @@ pub struct ClientCert(pub bool);
 
 pub fn router(shared: Arc<Shared>) -> Router {
     let lim = shared.request_limits();
+    let csp: Arc<str> = shared.embed.content_security_policy().into();
+    let page = |body: &'static [u8]| {
+        let csp = csp.clone();
+        get(move || async move { html(body, &csp) })
+    };
+    let embed = Arc::new(serde_json::json!({
+        "frame_ancestors": shared.embed.frame_ancestors,
+    }));
     Router::new()
-        .route("/", get(|| async { html(assets::INDEX_HTML) }))
-        .route("/console", get(|| async { html(assets::CONSOLE_HTML) }))
-        .route("/screen", get(|| async { html(assets::SCREEN_HTML) }))
+        .route("/", page(assets::INDEX_HTML))
+        .route("/console", page(assets::CONSOLE_HTML))
+        .route("/screen", page(assets::SCREEN_HTML))
+        // The pages ask which parents they may talk to (web/embed.js).
+        .route(
+            "/embed.json",
+            get(move || async move { axum::Json((*embed).clone()) }),
+        )
         .route("/assets/{name}", get(asset))
         .route("/novnc/{*path}", get(novnc_asset))
         .route("/api/session", post(page_session))
@@ -68,21 +81,24 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .layer(middleware::from_fn_with_state(lim, limits::bounded_url))
 }
 
-fn html(body: &'static [u8]) -> Response {
-    (
+/// A page, with its Content-Security-Policy ([`crate::config::Embed`]:
+/// `frame-ancestors` names who may frame it).
+fn html(body: &'static [u8], csp: &str) -> Response {
+    let mut r = (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (
-                header::CONTENT_SECURITY_POLICY,
-                // data: images: noVNC draws the remote cursor as one; inline styles:
-                // xterm.js and noVNC set them (scripts stay 'self' only).
-                "default-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
-            ),
             (header::CACHE_CONTROL, "no-store"),
         ],
         body,
     )
-        .into_response()
+        .into_response();
+    // The origins were checked at start; should one not make a header
+    // value, nobody may frame the page (never no policy at all).
+    let v = header::HeaderValue::from_str(csp).unwrap_or_else(|_| {
+        header::HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'")
+    });
+    r.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
+    r
 }
 
 async fn asset(Path(name): Path<String>) -> Response {

@@ -153,6 +153,7 @@ impl State {
             limits: Default::default(),
             audit: None,
             admin: None,
+            embed: Default::default(),
         }
     }
 
