@@ -41,6 +41,13 @@ pub struct AgentConfig {
     /// `/tmp` of the agent's service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media_dir: Option<PathBuf>,
+    /// A group whose members may enter each medium's directory and connect
+    /// to its socket (0750 and 0660 instead of 0700 and 0600): the group
+    /// QEMU runs as when that is not the agent's user (libvirt's
+    /// `qemu.conf` `group`, e.g. `libvirt-qemu`). Unset: the agent's user
+    /// only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_group: Option<String>,
 }
 
 /// The serial console logs' disk cap. A console's log is rotated before

@@ -47,6 +47,9 @@ pub enum AgentError {
     /// The console log directory could not be created.
     #[error(transparent)]
     LogDir(#[from] console::log::LogError),
+    /// `media_group` names no group.
+    #[error("{0}")]
+    MediaGroup(String),
 }
 
 /// An agent bound to its QUIC port, ready to run.
@@ -60,6 +63,7 @@ impl Agent {
     /// Binds the QUIC listener (port 0 picks a free port).
     pub fn bind(config: AgentConfig) -> Result<Agent, AgentError> {
         let logs = console::ConsoleLogs::new(&config.log_dir, config.console_log)?;
+        backend::media::MediaDir::from_config(&config).map_err(AgentError::MediaGroup)?;
         let id = Identity {
             cert: config.tls.cert.clone(),
             key: config.tls.key.clone(),

@@ -48,6 +48,7 @@ fn config(dir: &std::path::Path, qmp: std::path::PathBuf) -> AgentConfig {
             media: vec![],
         }],
         media_dir: None,
+        media_group: None,
     }
 }
 

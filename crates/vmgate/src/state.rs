@@ -120,6 +120,7 @@ impl State {
             guests,
             libvirt: Default::default(),
             media_dir: None,
+            media_group: None,
         }
     }
 

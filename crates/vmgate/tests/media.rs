@@ -11,7 +11,14 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Stack, WAIT};
+use common::{for_each_backend, Backend, Stack, WAIT};
+
+// Scenarios that run against both agent backends (`qemu::…`, `libvirt::…`).
+for_each_backend!(
+    an_iso_is_read_by_the_guest_and_ejected,
+    one_medium_per_drive_force_takes_over_and_read_only_tickets_cannot_insert,
+    a_killed_client_leaves_the_guest_an_eio_and_an_empty_drive_not_a_hang,
+);
 use vmgate_testkit::CDROM_READY;
 
 /// The drive the demo guest's agent exposes (its qdev id `cd0`).
@@ -278,9 +285,39 @@ async fn an_iso_served_by_the_cli_is_read_by_the_guest_and_ejected_on_request() 
     let _ = stack.qemu_guest();
 }
 
-#[tokio::test]
-async fn one_medium_per_drive_force_takes_over_and_read_only_tickets_cannot_insert() {
-    let stack = Stack::start().await;
+/// The plain round, on either backend: insert, the guest mounts the ISO and
+/// checksums its file, an eject from another command ends both commands
+/// with 0 and the guest sees no medium.
+async fn an_iso_is_read_by_the_guest_and_ejected(backend: Backend) {
+    let stack = Stack::start_backend(backend).await;
+    let (iso, sum) = make_iso(stack.dir.path(), 1 << 20, 5);
+    let iso_size = std::fs::metadata(&iso).unwrap().len();
+    cdrom_ready(&stack).await;
+    let (mut server, took) = insert(&stack, "insert", &["insert", iso.to_str().unwrap()]).await;
+    eprintln!("{backend:?}: inserted after {took:?}");
+    assert_eq!(guest_sr0_size(&stack, iso_size).await, iso_size);
+    let (out, _) = guest_says(
+        &stack,
+        "mount -t iso9660 -o ro /dev/sr0 /mnt && sha256sum /mnt/blob; umount /mnt",
+        "sum",
+    )
+    .await;
+    assert!(out.contains(&sum), "guest: {out:?}, host: {sum}");
+    let (st, _) = media_run(&stack, "eject", &["eject"]).await;
+    assert!(st.success(), "{st:?}: {}", stack.log("eject.log"));
+    let st = exit_status(&mut server, "insert", &stack).await;
+    assert!(
+        st.success(),
+        "insert exited {st:?}: {}",
+        stack.log("insert.log")
+    );
+    assert_eq!(guest_sr0_size(&stack, 0).await, 0);
+}
+
+async fn one_medium_per_drive_force_takes_over_and_read_only_tickets_cannot_insert(
+    backend: Backend,
+) {
+    let stack = Stack::start_backend(backend).await;
     let (iso, _) = make_iso(stack.dir.path(), 64 << 10, 2);
     let iso = iso.to_str().unwrap();
     cdrom_ready(&stack).await;
@@ -291,7 +328,10 @@ async fn one_medium_per_drive_force_takes_over_and_read_only_tickets_cannot_inse
     assert_eq!(st.code(), Some(3), "{}", stack.log("second.log"));
     let log = stack.log("second.log");
     assert!(
-        log.contains("drive media of demo holds x2.iso (session") && log.contains("(4409)"),
+        log.contains(&format!(
+            "drive media of {} holds x2.iso (session",
+            stack.name
+        )) && log.contains("(4409)"),
         "{log}"
     );
 
@@ -362,9 +402,8 @@ async fn one_medium_per_drive_force_takes_over_and_read_only_tickets_cannot_inse
     assert!(media_status(&out)["medium"].is_null(), "{out}");
 }
 
-#[tokio::test]
-async fn a_killed_client_leaves_the_guest_an_eio_and_an_empty_drive_not_a_hang() {
-    let mut stack = Stack::start().await;
+async fn a_killed_client_leaves_the_guest_an_eio_and_an_empty_drive_not_a_hang(backend: Backend) {
+    let mut stack = Stack::start_backend(backend).await;
     let (iso, _) = make_iso(stack.dir.path(), 8 << 20, 3);
     cdrom_ready(&stack).await;
     let (mut server, _) = insert(&stack, "insert", &["insert", iso.to_str().unwrap()]).await;
@@ -408,7 +447,11 @@ async fn a_killed_client_leaves_the_guest_an_eio_and_an_empty_drive_not_a_hang()
     drop(reader);
     // The drive is empty, QEMU still runs, the agent logged why.
     assert_eq!(guest_sr0_size(&stack, 0).await, 0);
-    assert!(stack.qemu_guest().is_running());
+    if let Some(qemu) = stack.guest.as_mut() {
+        assert!(qemu.is_running());
+    }
+    // The guest's serial console answers: QEMU runs.
+    assert_eq!(guest_says(&stack, "echo alive", "alive").await.0, "alive");
     let agent = stack.log("agent.log");
     assert!(agent.contains("medium ejected"), "{agent}");
     // The drive is free again.

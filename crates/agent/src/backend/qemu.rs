@@ -17,7 +17,7 @@ use vmgate_wire::{
     ChannelInfo, ChannelKind, Close, CloseCode, GuestInfo, GuestState, Inventory, Mode, OpenRequest,
 };
 
-use super::media::{Drive, Tray};
+use super::media::{Drive, MediaDir, Tray};
 use super::{Backend, ChardevStream, Endpoint, Slot};
 use crate::config::{AgentConfig, GuestConfig, VncVia};
 use crate::console::{unix_connector, ConsoleHub, ConsoleLogs, ConsoleRx, ConsoleSpec, ConsoleTx};
@@ -69,7 +69,9 @@ impl QemuBackend {
                 .iter()
                 .map(|c| (c.name.clone(), (c.path.clone(), Arc::new(Slot::default()))))
                 .collect();
-            let media_dir = cfg.media_dir.clone().unwrap_or_else(std::env::temp_dir);
+            // Checked when the agent bound (Agent::bind).
+            let media_dir = MediaDir::from_config(cfg)
+                .unwrap_or_else(|_| MediaDir::private(std::env::temp_dir()));
             // Validation made sure media drives come with a QMP socket.
             let drives = g
                 .qmp

@@ -232,6 +232,11 @@ impl<R> Table<R> {
                         .iter()
                         .map(|c| ChannelInfo::new(c.clone(), ChannelKind::Channel)),
                 );
+                channels.extend(
+                    d.cdroms
+                        .iter()
+                        .map(|c| ChannelInfo::new(c.name.clone(), ChannelKind::Media)),
+                );
                 GuestInfo {
                     name: name.clone(),
                     state: GuestState::Running,
@@ -302,12 +307,19 @@ mod tests {
             seen,
             vec![
                 ("alpha".into(), GuestState::Down, 0),
-                // serial0, console1, vnc, audio, test.echo
-                ("demo".into(), GuestState::Running, 5),
+                // serial0, console1, vnc, audio, test.echo, media, media.sdb
+                ("demo".into(), GuestState::Running, 7),
                 ("off".into(), GuestState::Down, 0),
             ]
         );
         let demo = &t.listing()[1];
+        let media: Vec<_> = demo
+            .channels
+            .iter()
+            .filter(|c| c.kind == ChannelKind::Media)
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(media, ["media", "media.sdb"]);
         let audio = demo.channels.iter().find(|c| c.name == "audio").unwrap();
         assert_eq!(
             (audio.kind, audio.unavailable.as_deref()),

@@ -10,7 +10,11 @@
 //!   the default: flow control end to end); else `virDomainOpenChannel`,
 //!   whose libvirt stream has none, so a session whose client falls more
 //!   than [`stream::STREAM_BACKLOG`] behind ends with a reason;
-//! * VNC: `virDomainOpenGraphicsFD`, so no VNC listener is needed.
+//! * VNC: `virDomainOpenGraphicsFD`, so no VNC listener is needed;
+//! * media: each `<disk device='cdrom'>` is a `media` channel; a medium
+//!   goes in and out with `virDomainUpdateDeviceFlags` (an NBD network
+//!   source on the agent's socket, or none), so libvirt's live XML always
+//!   says what is in the drive ([`change_medium`]).
 //!
 //! When a domain stops (shut down, destroyed, crashed, migrated away) its
 //! sessions are closed with [`CloseCode::GuestDown`] "guest stopped". A
@@ -37,7 +41,7 @@ mod xml;
 
 use std::collections::HashMap;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -49,6 +53,7 @@ use virt::stream::Stream;
 use virt::sys;
 use vmgate_wire::{Close, CloseCode, Inventory, OpenRequest};
 
+use super::media::{Drive, MediaDir, Tray};
 use super::{Backend, Endpoint, Slot};
 use crate::config::{AgentConfig, LibvirtConfig};
 use crate::console::{Connector, ConsoleHub, ConsoleLogs, ConsoleRx, ConsoleSpec, ConsoleTx};
@@ -56,6 +61,7 @@ use crate::duplex::Duplex;
 use domains::{Serving, Table};
 use stream::{bridge, io_err, stream_connection, Ended, SignalOnEof, StreamEnd};
 use supervise::current_conn;
+pub use xml::Cdrom;
 use xml::Devices;
 
 /// After a channel or VNC stream ends on libvirt's side, how long the
@@ -71,6 +77,8 @@ struct Running {
     consoles: HashMap<String, ConsoleHub>,
     /// Exclusive channels, by name.
     channels: HashMap<String, Arc<Slot>>,
+    /// CD-ROM drives, by channel name.
+    drives: HashMap<String, Arc<Drive>>,
     /// Cancelled when the domain stops: its hubs stop and its sessions end.
     alive: CancellationToken,
     /// Why it stopped, set before `alive` is cancelled.
@@ -89,6 +97,8 @@ struct Shared {
     /// Channel and VNC sessions whose libvirt stream may end, by session
     /// id: picked up by [`Backend::session_end`] right after the open.
     stream_ends: Mutex<HashMap<u64, Ended>>,
+    /// Where media sockets go (`media_dir`, `media_group`).
+    media_dir: MediaDir,
     shutdown: CancellationToken,
 }
 
@@ -118,6 +128,9 @@ impl LibvirtBackend {
             })
             .0,
             stream_ends: Mutex::new(HashMap::new()),
+            // Checked when the agent bound (Agent::bind).
+            media_dir: MediaDir::from_config(cfg)
+                .unwrap_or_else(|_| MediaDir::private(std::env::temp_dir())),
             shutdown,
         });
         tokio::spawn(supervise::supervise(shared.clone()));
@@ -177,10 +190,24 @@ impl Serving for Hubs<'_> {
             .iter()
             .map(|c| (c.clone(), Arc::new(Slot::default())))
             .collect();
-        tracing::info!(domain = %name, id, consoles = ?devices.consoles, channels = ?devices.channels, vnc = devices.vnc.is_some(), "serving domain");
+        let drives = devices
+            .cdroms
+            .iter()
+            .map(|cd| {
+                let tray = Tray::Libvirt {
+                    uri: shared.cfg.uri.clone(),
+                    domain: name.into(),
+                    cd: cd.clone(),
+                };
+                let drive = Drive::new(name, &cd.name, tray, shared.media_dir.clone());
+                (cd.name.clone(), drive)
+            })
+            .collect();
+        tracing::info!(domain = %name, id, consoles = ?devices.consoles, channels = ?devices.channels, vnc = devices.vnc.is_some(), cdroms = devices.cdroms.len(), "serving domain");
         Running {
             consoles,
             channels,
+            drives,
             alive,
             stop_reason: Arc::new(OnceLock::new()),
         }
@@ -191,6 +218,24 @@ impl Serving for Hubs<'_> {
         let _ = run.stop_reason.set(reason.to_string());
         run.alive.cancel();
     }
+}
+
+/// Puts a read-only NBD medium served on `socket` into CD-ROM `cd` of
+/// `domain`, or empties the drive (`None`): `virDomainUpdateDeviceFlags`
+/// on the live domain, forced, so a guest's locked tray does not stop it.
+/// libvirt then runs QEMU's tray commands itself. Blocking.
+pub fn change_medium(
+    uri: &str,
+    domain: &str,
+    cd: &Cdrom,
+    socket: Option<&Path>,
+) -> Result<(), virt::error::Error> {
+    let conn = Connect::open(Some(uri))?;
+    let dom = conn.lookup_domain_by_name(domain)?;
+    dom.update_device_flags(
+        &xml::cdrom_update(cd, socket),
+        sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_DEVICE_MODIFY_FORCE,
+    )
 }
 
 fn not_connected() -> io::Error {
@@ -273,6 +318,9 @@ impl Backend for LibvirtBackend {
                 None => LibvirtChannel::Stream,
             };
             return Ok(Endpoint::Channel(slot.clone(), how));
+        }
+        if let Some(drive) = served.run.drives.get(&req.channel) {
+            return Ok(Endpoint::Media(drive.clone()));
         }
         Err(Close::new(
             CloseCode::UnknownChannel,

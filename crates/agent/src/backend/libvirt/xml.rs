@@ -24,6 +24,20 @@ pub struct Devices {
     /// Why that VNC display carries no audio, if it does not: the `audio`
     /// channel is then listed as unavailable with this reason.
     pub audio_missing: Option<String>,
+    /// CD-ROM drives (`<disk device='cdrom'>`), exposed as `media` channels:
+    /// the first as `media`, the others as `media.<target dev>`.
+    pub cdroms: Vec<Cdrom>,
+}
+
+/// A domain's CD-ROM drive, as its `<target>` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cdrom {
+    /// The channel's name.
+    pub name: String,
+    /// `<target dev>` (`hdc`, `sdb`): what a device update names.
+    pub dev: String,
+    /// `<target bus>` (`ide`, `scsi`, `sata`).
+    pub bus: String,
 }
 
 fn child<'a, 'i>(n: roxmltree::Node<'a, 'i>, tag: &str) -> Option<roxmltree::Node<'a, 'i>> {
@@ -71,6 +85,23 @@ pub fn parse_devices(xml: &str) -> Result<Devices, String> {
                     }
                 }
             }
+            "disk" if n.attribute("device") == Some("cdrom") => {
+                let target = child(n, "target");
+                let dev = target.and_then(|t| t.attribute("dev"));
+                let bus = target.and_then(|t| t.attribute("bus"));
+                if let (Some(dev), Some(bus)) = (dev, bus) {
+                    let name = if out.cdroms.is_empty() {
+                        "media".to_string()
+                    } else {
+                        format!("media.{dev}")
+                    };
+                    out.cdroms.push(Cdrom {
+                        name,
+                        dev: dev.into(),
+                        bus: bus.into(),
+                    });
+                }
+            }
             "graphics" => {
                 if ty == Some("vnc") && out.vnc.is_none() {
                     out.vnc = Some(graphics);
@@ -97,8 +128,42 @@ pub fn parse_devices(xml: &str) -> Result<Devices, String> {
         .retain(|c| vmgate_wire::valid_name(c) && seen.insert(c.clone()));
     out.channels
         .retain(|c| vmgate_wire::valid_name(c) && seen.insert(c.clone()));
+    // A target that would not make a name (or a safe XML attribute) is
+    // not offered.
+    let plain = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric());
+    out.cdroms.retain(|c| {
+        plain(&c.dev)
+            && plain(&c.bus)
+            && vmgate_wire::valid_name(&c.name)
+            && seen.insert(c.name.clone())
+    });
     out.sockets.retain(|c, _| out.channels.contains(c));
     Ok(out)
+}
+
+/// Text for an XML attribute in single quotes.
+fn attr(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\'', "&apos;")
+        .replace('"', "&quot;")
+}
+
+/// The `<disk>` a live device update (`virDomainUpdateDeviceFlags`) takes
+/// to put a read-only NBD medium on `socket` in the CD-ROM `cd`, or, with
+/// no socket, to empty it.
+pub fn cdrom_update(cd: &Cdrom, socket: Option<&std::path::Path>) -> String {
+    let target = format!("<target dev='{}' bus='{}'/>", attr(&cd.dev), attr(&cd.bus));
+    match socket {
+        Some(path) => format!(
+            "<disk type='network' device='cdrom'><driver name='qemu' type='raw'/>\
+             <source protocol='nbd'><host transport='unix' socket='{}'/></source>\
+             {target}<readonly/></disk>",
+            attr(&path.to_string_lossy())
+        ),
+        None => format!("<disk type='file' device='cdrom'>{target}<readonly/></disk>"),
+    }
 }
 
 #[cfg(test)]
@@ -135,6 +200,10 @@ pub(super) mod tests {
         </channel>
         <channel type='spicevmc'><target type='virtio' name='com.redhat.spice.0'/></channel>
         <channel type='unix'><target type='virtio' name='bad/name'/></channel>
+        <disk type='file' device='disk'><target dev='vda' bus='virtio'/></disk>
+        <disk type='file' device='cdrom'><target dev='hdc' bus='ide'/><readonly/></disk>
+        <disk type='network' device='cdrom'><source protocol='nbd'/><target dev='sdb' bus='scsi'/></disk>
+        <disk type='file' device='cdrom'><target dev='bad"dev' bus='ide'/></disk>
         <audio id='1' type='none'/>
         <graphics type='spice' autoport='yes'/>
         <graphics type='vnc' socket='/run/vnc.sock'><audio id='1'/></graphics>
@@ -156,6 +225,22 @@ pub(super) mod tests {
         );
         assert_eq!(d.vnc, Some(1));
         assert_eq!(
+            d.cdroms,
+            vec![
+                Cdrom {
+                    name: "media".into(),
+                    dev: "hdc".into(),
+                    bus: "ide".into()
+                },
+                Cdrom {
+                    name: "media.sdb".into(),
+                    dev: "sdb".into(),
+                    bus: "scsi".into()
+                },
+            ],
+            "CD-ROMs only, the first as media; a target that is no name is skipped"
+        );
+        assert_eq!(
             d.audio_missing, None,
             "<audio id='1'/> is wired to the VNC display"
         );
@@ -172,6 +257,26 @@ pub(super) mod tests {
         assert!(
             why.contains("names <audio id='1'/>, which the domain lacks"),
             "{why}"
+        );
+    }
+
+    #[test]
+    fn a_cdrom_update_names_the_target_and_escapes_the_socket_path() {
+        let cd = Cdrom {
+            name: "media".into(),
+            dev: "hdc".into(),
+            bus: "ide".into(),
+        };
+        let insert = cdrom_update(&cd, Some(std::path::Path::new("/run/a'b&c/nbd.sock")));
+        let doc = roxmltree::Document::parse(&insert).unwrap();
+        let host = doc.descendants().find(|n| n.has_tag_name("host")).unwrap();
+        assert_eq!(host.attribute("socket"), Some("/run/a'b&c/nbd.sock"));
+        assert_eq!(host.attribute("transport"), Some("unix"));
+        assert!(doc.descendants().any(|n| n.has_tag_name("readonly")));
+        let eject = cdrom_update(&cd, None);
+        assert_eq!(
+            eject,
+            "<disk type='file' device='cdrom'><target dev='hdc' bus='ide'/><readonly/></disk>"
         );
     }
 

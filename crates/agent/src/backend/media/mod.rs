@@ -28,7 +28,6 @@ pub mod tray;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -45,7 +44,7 @@ use vmgate_relay::quic::{QuicRx, QuicTx};
 use vmgate_relay::{FrameRx, FrameTx};
 use vmgate_wire::{Close, CloseCode, Frame, Mode, OpenRequest};
 
-pub use socket::Endpoint;
+pub use socket::{Endpoint, MediaDir};
 pub use tray::Tray;
 
 /// How long a session has to send its first message.
@@ -73,7 +72,7 @@ pub struct Drive {
     pub name: String,
     pub tray: Tray,
     /// Where each medium's private socket directory is made.
-    base: PathBuf,
+    media: MediaDir,
     held: Mutex<Option<Holder>>,
     released: Notify,
 }
@@ -144,13 +143,13 @@ fn node_name() -> String {
 }
 
 impl Drive {
-    /// A drive `name` of `guest`; media sockets go under `base`.
-    pub fn new(guest: &str, name: &str, tray: Tray, base: PathBuf) -> Arc<Drive> {
+    /// A drive `name` of `guest`; media sockets go in `media`.
+    pub fn new(guest: &str, name: &str, tray: Tray, media: MediaDir) -> Arc<Drive> {
         Arc::new(Drive {
             guest: guest.into(),
             name: name.into(),
             tray,
-            base,
+            media,
             held: Mutex::new(None),
             released: Notify::new(),
         })
@@ -485,7 +484,7 @@ async fn insert(
         }
     }
     let node = node_name();
-    let mut endpoint = match Endpoint::create(&drive.base, &node) {
+    let mut endpoint = match Endpoint::create(&drive.media, &node) {
         Ok(e) => e,
         Err(e) => {
             tracing::error!(error = %e, "cannot make a medium's socket");
@@ -500,7 +499,13 @@ async fn insert(
         (Ok(()), Ok(conn)) => conn,
         (inserted, accepted) => {
             let why = match (inserted, accepted) {
-                (Err(tray::TrayError::Unreachable(e)), _) => {
+                (
+                    Err(
+                        e @ (tray::TrayError::Unreachable(_)
+                        | tray::TrayError::LibvirtUnreachable(_)),
+                    ),
+                    _,
+                ) => {
                     return Ended::op(
                         "insert",
                         Close::new(
@@ -746,7 +751,7 @@ async fn bridge(
     };
     if let Err(e) = ejected {
         tracing::warn!(node, error = %e, "ejecting the medium failed");
-        if let tray::TrayError::Unreachable(_) = e {
+        if let tray::TrayError::Unreachable(_) | tray::TrayError::LibvirtUnreachable(_) = e {
             if close.code == CloseCode::BackendError {
                 close = Close::new(
                     CloseCode::GuestDown,
@@ -770,7 +775,7 @@ mod tests {
                 socket: "/nonexistent".into(),
                 id: "cd0".into(),
             },
-            std::env::temp_dir(),
+            MediaDir::private(std::env::temp_dir()),
         )
     }
 

@@ -1,6 +1,6 @@
 //! The unix socket QEMU's NBD client connects to: one per medium, in a
 //! directory of its own that only the agent's user can enter (0700), the
-//! socket itself 0600. It takes one connection: once QEMU is connected the
+//! socket itself 0600 (with `media_group`: 0750 and 0660, that group's). It takes one connection: once QEMU is connected the
 //! socket and its directory are removed, so no other process can connect
 //! later and QEMU's reconnect attempts fail at once. The agent answers
 //! QEMU's handshake here, from what the user's server said, so QEMU never
@@ -16,6 +16,38 @@ use vmgate_nbd::{Event, Export, Server};
 
 /// How long QEMU has to connect and finish its handshake.
 const QEMU_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Where and for whom media sockets are made.
+#[derive(Debug, Clone)]
+pub struct MediaDir {
+    pub base: PathBuf,
+    /// The group that may reach the sockets besides the agent's user.
+    pub group: Option<nix::unistd::Gid>,
+}
+
+impl MediaDir {
+    /// From the configuration's `media_dir` and `media_group`; an unknown
+    /// group is an error, said at start.
+    pub fn from_config(cfg: &crate::config::AgentConfig) -> Result<MediaDir, String> {
+        let group = match &cfg.media_group {
+            None => None,
+            Some(name) => match nix::unistd::Group::from_name(name) {
+                Ok(Some(g)) => Some(g.gid),
+                Ok(None) => return Err(format!("media_group {name:?}: no such group")),
+                Err(e) => return Err(format!("media_group {name:?}: {e}")),
+            },
+        };
+        Ok(MediaDir {
+            base: cfg.media_dir.clone().unwrap_or_else(std::env::temp_dir),
+            group,
+        })
+    }
+
+    /// The agent's user only, under `base`.
+    pub fn private(base: PathBuf) -> MediaDir {
+        MediaDir { base, group: None }
+    }
+}
 
 /// A medium's socket, listening.
 pub struct Endpoint {
@@ -39,9 +71,14 @@ pub enum EndpointError {
 }
 
 impl Endpoint {
-    /// A fresh directory `base/<node>` (0700) with `nbd.sock` (0600) in it.
-    pub fn create(base: &Path, node: &str) -> Result<Endpoint, EndpointError> {
-        let dir = base.join(node);
+    /// A fresh directory `base/<node>` (0700) with `nbd.sock` (0600) in it;
+    /// with a group, 0750 and 0660, that group's.
+    pub fn create(media: &MediaDir, node: &str) -> Result<Endpoint, EndpointError> {
+        let dir = media.base.join(node);
+        let (dir_mode, socket_mode) = match media.group {
+            None => (0o700, 0o600),
+            Some(_) => (0o750, 0o660),
+        };
         let failed = |source| EndpointError::Create {
             dir: dir.clone(),
             source,
@@ -50,6 +87,13 @@ impl Endpoint {
             .mode(0o700)
             .create(&dir)
             .map_err(failed)?;
+        if let Some(gid) = media.group {
+            // Group and mode set while only the agent's user can enter.
+            nix::unistd::chown(&dir, None, Some(gid))
+                .map_err(|e| failed(std::io::Error::from(e)))?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(dir_mode))
+                .map_err(failed)?;
+        }
         // A directory that existed would have failed above; this one is
         // ours from here on, and Drop removes it.
         let mut ep = Endpoint {
@@ -58,7 +102,11 @@ impl Endpoint {
             listener: None,
         };
         let listener = UnixListener::bind(&ep.path).map_err(failed)?;
-        std::fs::set_permissions(&ep.path, std::fs::Permissions::from_mode(0o600))
+        if let Some(gid) = media.group {
+            nix::unistd::chown(&ep.path, None, Some(gid))
+                .map_err(|e| failed(std::io::Error::from(e)))?;
+        }
+        std::fs::set_permissions(&ep.path, std::fs::Permissions::from_mode(socket_mode))
             .map_err(failed)?;
         ep.listener = Some(listener);
         Ok(ep)
@@ -152,7 +200,8 @@ mod tests {
     #[tokio::test]
     async fn private_one_connection_then_gone() {
         let base = tempfile::tempdir().unwrap();
-        let mut ep = Endpoint::create(base.path(), "vmgate-m-1").unwrap();
+        let mut ep =
+            Endpoint::create(&MediaDir::private(base.path().into()), "vmgate-m-1").unwrap();
         let dir_mode = std::fs::metadata(base.path().join("vmgate-m-1"))
             .unwrap()
             .mode();
@@ -181,6 +230,21 @@ mod tests {
         // A second endpoint of that name cannot reuse a directory that
         // exists (someone else's).
         std::fs::create_dir(base.path().join("taken")).unwrap();
-        assert!(Endpoint::create(base.path(), "taken").is_err());
+        assert!(Endpoint::create(&MediaDir::private(base.path().into()), "taken").is_err());
+    }
+
+    #[tokio::test]
+    async fn with_a_media_group_the_group_may_connect() {
+        let base = tempfile::tempdir().unwrap();
+        let gid = nix::unistd::getegid();
+        let media = MediaDir {
+            base: base.path().into(),
+            group: Some(gid),
+        };
+        let ep = Endpoint::create(&media, "vmgate-m-2").unwrap();
+        let dir = std::fs::metadata(base.path().join("vmgate-m-2")).unwrap();
+        assert_eq!((dir.mode() & 0o777, dir.gid()), (0o750, gid.as_raw()));
+        let sock = std::fs::metadata(ep.path()).unwrap();
+        assert_eq!((sock.mode() & 0o777, sock.gid()), (0o660, gid.as_raw()));
     }
 }

@@ -23,6 +23,13 @@ pub const QMP_DEADLINE: Duration = Duration::from_secs(10);
 pub enum Tray {
     /// Through QEMU's QMP socket, naming the drive by its qdev id.
     Qmp { socket: PathBuf, id: String },
+    /// Through libvirt: a live device update of the domain's CD-ROM
+    /// (libvirt adds the node and works the tray itself).
+    Libvirt {
+        uri: String,
+        domain: String,
+        cd: crate::backend::libvirt::Cdrom,
+    },
 }
 
 /// Why the tray could not be worked.
@@ -34,9 +41,15 @@ pub enum TrayError {
     /// QEMU refused a command.
     #[error("{0}")]
     Refused(QmpError),
-    /// QEMU did not answer in time.
-    #[error("QMP did not answer within {QMP_DEADLINE:?}")]
+    /// QEMU (or libvirt) did not answer in time.
+    #[error("no answer within {QMP_DEADLINE:?}")]
     Timeout,
+    /// libvirt refused the device update.
+    #[error("libvirt: {0}")]
+    Libvirt(String),
+    /// The domain is gone (or libvirtd is).
+    #[error("libvirt: {0}")]
+    LibvirtUnreachable(String),
 }
 
 async fn connect(socket: &Path) -> Result<Qmp, TrayError> {
@@ -63,7 +76,10 @@ impl Tray {
     /// the drive. QEMU connects to `socket` during the first command: the
     /// caller must be accepting on it already.
     pub async fn insert(&self, node: &str, socket: &Path) -> Result<(), TrayError> {
-        let Tray::Qmp { socket: qmp, id } = self;
+        let (qmp, id) = match self {
+            Tray::Qmp { socket: qmp, id } => (qmp, id),
+            Tray::Libvirt { .. } => return self.libvirt(Some(socket)).await,
+        };
         within(async {
             let mut q = connect(qmp).await?;
             run(
@@ -112,7 +128,10 @@ impl Tray {
     /// empty with its tray closed. QEMU drains the node's requests first:
     /// the caller makes sure nothing waits on the network meanwhile.
     pub async fn eject(&self, node: &str) -> Result<(), TrayError> {
-        let Tray::Qmp { socket: qmp, id } = self;
+        let (qmp, id) = match self {
+            Tray::Qmp { socket: qmp, id } => (qmp, id),
+            Tray::Libvirt { .. } => return self.libvirt(None).await,
+        };
         within(async {
             let mut q = connect(qmp).await?;
             run(
@@ -127,5 +146,33 @@ impl Tray {
             removed.and(deleted)
         })
         .await
+    }
+
+    /// A libvirt device update, on a blocking thread, under the deadline.
+    async fn libvirt(&self, socket: Option<&Path>) -> Result<(), TrayError> {
+        let Tray::Libvirt { uri, domain, cd } = self.clone() else {
+            unreachable!("called for libvirt trays only")
+        };
+        let socket = socket.map(Path::to_path_buf);
+        let work = tokio::task::spawn_blocking(move || {
+            crate::backend::libvirt::change_medium(&uri, &domain, &cd, socket.as_deref())
+        });
+        match tokio::time::timeout(QMP_DEADLINE, work).await {
+            Err(_) => Err(TrayError::Timeout),
+            Ok(Err(e)) => Err(TrayError::Libvirt(e.to_string())),
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e)))
+                if [
+                    virt::error::ErrorNumber::NoDomain,
+                    virt::error::ErrorNumber::OperationInvalid,
+                    virt::error::ErrorNumber::SystemError,
+                ]
+                .into_iter()
+                .any(|n| e.code() == n.into()) =>
+            {
+                Err(TrayError::LibvirtUnreachable(e.message().to_string()))
+            }
+            Ok(Ok(Err(e))) => Err(TrayError::Libvirt(e.message().to_string())),
+        }
     }
 }
