@@ -13,7 +13,7 @@
 //! the reason, before the client reads it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -36,6 +36,9 @@ pub struct WsRx {
     peer_done: bool,
     /// Shared with [`WsTx`]: our close frame went out.
     closed: Arc<AtomicBool>,
+    /// Shared with [`WsTx`]: why this side stopped reading the client,
+    /// when the client is still there to be told ([`read_error`]).
+    refused: Arc<Mutex<Option<Close>>>,
 }
 
 pub struct WsTx {
@@ -43,22 +46,27 @@ pub struct WsTx {
     controls: bool,
     /// A close frame went out; otherwise `finish` sends a normal one.
     closed: Arc<AtomicBool>,
+    /// Set by [`WsRx`]: the close `finish` sends instead of the normal one.
+    refused: Arc<Mutex<Option<Close>>>,
 }
 
 /// Splits a WebSocket into relay halves.
 pub fn split(ws: WebSocket, controls: bool) -> (WsRx, WsTx) {
     let (sink, stream) = ws.split();
     let closed = Arc::new(AtomicBool::new(false));
+    let refused = Arc::new(Mutex::new(None));
     (
         WsRx {
             stream: Some(stream),
             peer_done: false,
             closed: closed.clone(),
+            refused: refused.clone(),
         },
         WsTx {
             sink,
             controls,
             closed,
+            refused,
         },
     )
 }
@@ -89,6 +97,29 @@ async fn linger(mut stream: SplitStream<WebSocket>) {
         }
     };
     let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// Why a session ends on a read error, and whether the client is there to
+/// be told: a message or frame over the listener's bound is refused with
+/// its sizes (tungstenite stops at the frame header or once the message
+/// passes it, so nothing of it reaches the guest); anything else is a
+/// client gone.
+fn read_error(e: axum::Error) -> (Close, bool) {
+    use tokio_tungstenite::tungstenite::error::{CapacityError, Error};
+    let e = e.into_inner();
+    if let Some(Error::Capacity(CapacityError::MessageTooLong { size, max_size })) =
+        e.downcast_ref::<Error>()
+    {
+        let close = Close::new(
+            CloseCode::ProtocolError,
+            format!(
+                "a WebSocket message of at least {size} bytes, over the {max_size}-byte limit: send less at once"
+            ),
+        );
+        return (close, true);
+    }
+    tracing::debug!(error = %e, "client websocket error");
+    (client_gone(), false)
 }
 
 fn client_gone() -> Close {
@@ -123,8 +154,11 @@ impl FrameRx for WsRx {
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Err(e)) => {
-                    tracing::debug!(error = %e, "client websocket error");
-                    return Err(client_gone());
+                    let (close, tell) = read_error(e);
+                    if tell {
+                        *self.refused.lock().expect("refusal lock") = Some(close.clone());
+                    }
+                    return Err(close);
                 }
             }
         }
@@ -153,14 +187,16 @@ impl FrameTx for WsTx {
 
     async fn finish(&mut self) {
         // Both directions ended with EOF: the session is over, normally.
-        // Say so with a code, so clients need not guess from a bare close.
+        // Say so with a code, so clients need not guess from a bare close;
+        // or this side stopped reading the client and says why.
         if !self.closed.swap(true, Ordering::SeqCst) {
-            let normal = Close::normal();
+            let refused = self.refused.lock().expect("refusal lock").take();
+            let close = refused.unwrap_or_else(Close::normal);
             let _ = self
                 .sink
                 .send(Message::Close(Some(CloseFrame {
-                    code: normal.code as u16,
-                    reason: normal.reason.into(),
+                    code: close.code as u16,
+                    reason: close.reason.into(),
                 })))
                 .await;
         }

@@ -5,6 +5,8 @@
 //! does not compile when the gateway is built (`cargo build -p
 //! vmgate-gateway`); this test fails if a dependency change would let it.
 //!
+//! The agent cannot either: it links neither the ticket crate nor this one.
+//!
 //! It asks cargo for the dependency graph as a build of each crate alone
 //! would resolve it (`cargo tree -p … -e features`), offline.
 
@@ -58,5 +60,51 @@ fn the_gateway_links_the_ticket_crate_without_signing() {
     assert!(
         minter.contains(r#"vmgate-ticket feature "mint""#),
         "the minter should sign:\n{minter}"
+    );
+}
+
+/// The agent, which only answers streams gateways open, links neither the
+/// ticket crate nor the minter: nothing in it can sign, or even read, a
+/// ticket.
+#[test]
+fn the_agent_links_neither_the_ticket_crate_nor_the_minter() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let tree = |package: &str| {
+        let out = Command::new(&cargo)
+            .args([
+                "tree",
+                "--offline",
+                "--manifest-path",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.toml"),
+                "-p",
+                package,
+                "-e",
+                "normal,build",
+                "--prefix",
+                "none",
+            ])
+            .output()
+            .expect("running cargo tree");
+        assert!(
+            out.status.success(),
+            "cargo tree failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let agent = tree("vmgate-agent");
+    assert!(agent.starts_with("vmgate-agent v"), "{agent}");
+    for crate_name in ["vmgate-ticket ", "vmgate-minter "] {
+        assert!(
+            !agent.lines().any(|l| l.starts_with(crate_name)),
+            "the agent depends on {crate_name}:\n{agent}"
+        );
+    }
+    // The check can fail: the gateway's tree has the ticket crate.
+    assert!(
+        tree("vmgate-gateway")
+            .lines()
+            .any(|l| l.starts_with("vmgate-ticket ")),
+        "the gateway should verify tickets with vmgate-ticket"
     );
 }

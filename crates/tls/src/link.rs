@@ -516,4 +516,57 @@ mod tests {
         agent_server_config(&l.node_a, &l.gateway_ca, &[], ALPN).unwrap();
         gateway_client_config(&l.gateway, &l.agent_ca, ALPN).unwrap();
     }
+
+    /// Rotation with overlap: a CA file is a PEM bundle and every CA in it
+    /// is trusted, on both sides; a CA taken out of the bundle is trusted
+    /// no more.
+    #[tokio::test]
+    async fn every_ca_in_a_bundle_is_trusted_so_cas_rotate_with_overlap() {
+        let l = layout();
+        let d = l.dir.path();
+        let (agents2, gateways2) = (
+            Ca::new("agents 2").unwrap(),
+            Ca::new("gateway clients 2").unwrap(),
+        );
+        let bundle = |name: &str, cas: &[&Ca]| {
+            let path = d.join(name);
+            let pem: String = cas.iter().map(|c| c.cert_pem()).collect();
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        let agent_cas = bundle("agent-cas.pem", &[&l.agents, &agents2]);
+        let gateway_cas = bundle("gw-cas.pem", &[&l.gateways, &gateways2]);
+        let node_new = agents2
+            .issue_to(d, "node-new", &["localhost"], Purpose::Server)
+            .unwrap();
+        let gw_new = gateways2
+            .issue_to(d, "gw-new", &["gw-2"], Purpose::Client)
+            .unwrap();
+
+        // An agent trusting both gateway-client CAs admits gateways from
+        // either; a gateway trusting both agent CAs reaches agents from
+        // either.
+        for node in [&l.node_a, &node_new] {
+            let (addr, mut seen_by) =
+                serve(agent_server_config(node, &gateway_cas, &[], ALPN).unwrap());
+            for gw in [&l.gateway, &gw_new] {
+                let cfg = gateway_client_config(gw, &agent_cas, ALPN).unwrap();
+                assert_eq!(echo(cfg, addr).await.unwrap(), b"ping");
+                assert_eq!(seen(&mut seen_by).await, Ok(()));
+            }
+        }
+
+        // The old gateway-client CA removed: its gateways are refused.
+        let only_new = bundle("gw-cas-new.pem", &[&gateways2]);
+        let (addr, mut seen_by) =
+            serve(agent_server_config(&node_new, &only_new, &[], ALPN).unwrap());
+        let old = gateway_client_config(&l.gateway, &agent_cas, ALPN).unwrap();
+        let err = echo(old, addr)
+            .await
+            .expect_err("a retired CA's gateway got in");
+        assert_eq!(alert(&err), Some(48), "not refused as unknown CA: {err}");
+        assert!(seen(&mut seen_by).await.is_err());
+        let new = gateway_client_config(&gw_new, &agent_cas, ALPN).unwrap();
+        assert_eq!(echo(new, addr).await.unwrap(), b"ping");
+    }
 }

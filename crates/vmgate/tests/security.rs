@@ -298,6 +298,57 @@ async fn a_session_ended_by_delete_closes_with_its_reason_and_is_audited_with_it
         "{m}"
     );
     assert!(metric(&m, "vmgate_session_open_seconds_count") >= 1, "{m}");
+
+    // The audit log is readable by its owner and group only, and a log
+    // rotator can move it away: on SIGHUP the gateway starts a new file.
+    use std::os::unix::fs::PermissionsExt;
+    let path = stack.state.path("audit.jsonl");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path) & !0o640, 0, "audit log mode {:o}", mode(&path));
+    let rotated = stack.state.path("audit.jsonl.1");
+    std::fs::rename(&path, &rotated).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(stack.gateway_pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    // Logged once the audit log was reopened.
+    stack
+        .wait_log("gateway.log", common::WAIT, "the SIGHUP reload", |l| {
+            l.contains("SIGHUP: TLS certificate reloaded")
+        })
+        .await;
+    let t = stack.ticket("demo", &["serial0"], true);
+    let id = vmgate_client::peek(&t.ticket).unwrap().id;
+    let mut s = Session::new(stack.connect(&t.ws_url).await);
+    s.expect_notice("read-only").await;
+    drop(s);
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while stack
+        .audit()
+        .iter()
+        .filter(|l| l["ticket"] == id.as_str())
+        .count()
+        < 2
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no audit lines in the new file: {:?}",
+            stack.audit()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        mode(&path) & !0o640,
+        0,
+        "new audit log mode {:o}",
+        mode(&path)
+    );
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(
+        !old.contains(&id),
+        "a line after the rotation went to the old file"
+    );
 }
 
 #[tokio::test]
@@ -436,6 +487,75 @@ async fn cross_origin_oversized_and_idle_sessions_are_refused() {
     let (code, reason) = Session::new(ws).closed().await;
     assert_eq!(code, 4401);
     assert!(reason.contains("longer than 4096 bytes"), "{reason}");
+
+    // Bounded WebSocket messages (1 MiB) and frames (1 MiB): a message of
+    // two 600 KiB fragments, which the gateway reads until the total passes
+    // the limit, ends the session with its reason; a single 2 MiB frame is
+    // refused at its header (the client may see the reset of a connection
+    // closed with its frame unread rather than the close frame). Neither
+    // reaches the guest; both are audited and counted with their reason.
+    {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        use tokio_tungstenite::tungstenite::Message;
+        const LIMIT: &str = "over the 1048576-byte limit";
+        let frame = |len: usize, op: Data, last: bool| {
+            Message::Frame(Frame::message(vec![b'#'; len], OpCode::Data(op), last))
+        };
+        let t = stack.ticket("demo", &["serial0"], false);
+        let mut s = Session::new(stack.connect_as(&t.ws_url, LOCAL, &[]).await.unwrap());
+        s.expect_notice("keyboard").await;
+        s.ws.send(frame(600 * 1024, Data::Binary, false))
+            .await
+            .unwrap();
+        s.ws.send(frame(600 * 1024, Data::Continue, true))
+            .await
+            .unwrap();
+        let (code, reason) = s.closed().await;
+        assert_eq!(code, 4400, "{reason}");
+        assert!(reason.contains(LIMIT), "{reason}");
+        let fragmented = t.id;
+
+        let t = stack.ticket("demo", &["serial0"], false);
+        let mut s = Session::new(stack.connect_as(&t.ws_url, LOCAL, &[]).await.unwrap());
+        s.expect_notice("keyboard").await;
+        let sent =
+            tokio::time::timeout(common::WAIT, s.ws.send(frame(2 << 20, Data::Binary, true)))
+                .await
+                .expect("the gateway neither read nor refused a 2 MiB frame");
+        let (code, reason) = s.closed().await;
+        eprintln!("a 2 MiB frame: sent {sent:?}, the client saw {code} {reason:?}");
+        assert!(
+            (code == 4400 && reason.contains(LIMIT)) || code == 1006,
+            "a 2 MiB frame: {code} {reason}"
+        );
+        for id in [fragmented, t.id] {
+            let deadline = tokio::time::Instant::now() + common::WAIT;
+            let end = loop {
+                let end = stack
+                    .audit()
+                    .into_iter()
+                    .find(|l| l["ticket"] == id.as_str() && l["event"] == "session_end");
+                if end.is_some() || tokio::time::Instant::now() > deadline {
+                    break end.expect("no session_end audit line");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            assert_eq!(end["close_code"], 4400, "{end}");
+            assert!(
+                end["close_reason"].as_str().unwrap().contains(LIMIT),
+                "{end}"
+            );
+            assert_eq!(end["bytes_to_guest"], 0, "{end}");
+        }
+        let m = stack.metrics().await;
+        assert_eq!(
+            metric(&m, "vmgate_relay_errors_total{code=\"protocol_error\"}"),
+            2,
+            "{m}"
+        );
+    }
 
     // With an idle timeout, a session with traffic stays open past it, and
     // once nobody types and the guest prints nothing it is ended, the
@@ -617,19 +737,50 @@ async fn silent_clients_are_dropped_at_the_handshake_deadline() {
 
     // TLS done (HTTP/2 agreed), then no request at all.
     let roots = vmgate_tls::load_roots(&stack.state.public_ca()).unwrap();
-    let cfg = vmgate_tls::client_config(roots, &[b"h2"]).unwrap();
-    let tcp = tokio::net::TcpStream::connect(stack.gw_addr).await.unwrap();
-    let name = vmgate_tls::rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-        .expect("TLS handshake");
+    let connect = |alpn: &'static [u8]| {
+        let cfg = vmgate_tls::client_config(roots.clone(), &[alpn]).unwrap();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(stack.gw_addr).await.unwrap();
+            let name = vmgate_tls::rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+                .connect(name, tcp)
+                .await
+                .expect("TLS handshake");
+            assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+            tls
+        }
+    };
+    let mut tls = connect(b"h2").await;
     let start = std::time::Instant::now();
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     // (HTTP/2's SETTINGS may come first: only the close time matters.)
     in_bounds(
         "no request after TLS",
         closed_after(&mut tls, start).await.0,
+    );
+
+    // TLS done (HTTP/1.1), then a request head that never ends: a header
+    // line every 300 ms, for longer than the deadline (slowloris).
+    let tls = connect(b"http/1.1").await;
+    let start = std::time::Instant::now();
+    let (mut rx, mut tx) = tokio::io::split(tls);
+    let trickle = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let mut head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n".to_vec();
+        for i in 0..20 {
+            if tx.write_all(&head).await.is_err() || tx.flush().await.is_err() {
+                return;
+            }
+            head = format!("x-slow-{i}: 1\r\n").into_bytes();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let (took, sent) = closed_after(&mut rx, start).await;
+    trickle.abort();
+    eprintln!("a request head that never ends: closed after {took:?}, sent {sent:?}");
+    in_bounds("a request head that never ends", took);
+    assert!(
+        !String::from_utf8_lossy(&sent).contains("200 OK"),
+        "answered an unfinished request: {sent:?}"
     );
     assert!(
         !stack.log("gateway.log").contains("panicked"),

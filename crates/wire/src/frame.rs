@@ -181,6 +181,18 @@ mod tests {
             dec(&[0, 0xff, 0, 0, 0]),
             Err(FrameError::TooLarge(0xff00_0000))
         );
+        // The bound is exactly MAX_FRAME_PAYLOAD, checked on the declared
+        // length before anything is buffered.
+        let declared = |n: usize| {
+            let mut b = vec![0u8];
+            b.extend_from_slice(&u32::try_from(n).unwrap().to_be_bytes());
+            b
+        };
+        assert_eq!(
+            dec(&declared(MAX_FRAME_PAYLOAD + 1)),
+            Err(FrameError::TooLarge(MAX_FRAME_PAYLOAD + 1))
+        );
+        assert_eq!(dec(&declared(MAX_FRAME_PAYLOAD)), Ok(None));
         assert_eq!(dec(&[1, 0, 0, 0, 1, 0]), Err(FrameError::Length));
         assert_eq!(dec(&[3, 0, 0, 0, 1, 0]), Err(FrameError::Length));
         assert_eq!(dec(&[2, 0, 0, 0, 1, 0xff]), Err(FrameError::Utf8));

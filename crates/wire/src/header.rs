@@ -272,6 +272,32 @@ mod tests {
         assert_eq!(OpenRequest::decode(&short), Err(HeaderError::Length));
     }
 
+    /// A gateway can open two kinds of stream on an agent, and no other:
+    /// the guest inventory and a console's bytes. No kind byte reaches QMP,
+    /// libvirt or anything else on the node.
+    #[test]
+    fn only_inventory_and_console_streams_can_be_opened() {
+        let good = sample().encode();
+        let opened: Vec<(u8, StreamKind)> = (0..=u8::MAX)
+            .filter_map(|k| {
+                let mut h = good.clone();
+                h[6] = k;
+                match OpenRequest::decode(&h) {
+                    Ok(Some((req, _))) => Some((k, req.kind)),
+                    Err(e) => {
+                        assert_eq!(e, HeaderError::Kind(k));
+                        None
+                    }
+                    Ok(None) => panic!("kind {k}: a whole header asked for more"),
+                }
+            })
+            .collect();
+        assert_eq!(
+            opened,
+            [(0, StreamKind::Inventory), (1, StreamKind::Console)]
+        );
+    }
+
     proptest! {
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
