@@ -70,17 +70,47 @@ impl<T: FrameTx> FrameTx for HoldMoved<T> {
     }
 }
 
+/// What following needs of the agent pool: opening a channel on whichever
+/// agent the routes name (a seam for the tests below).
+pub trait Opener {
+    type Opened;
+    fn open(
+        &self,
+        session: u64,
+        guest: &str,
+        channel: &str,
+        mode: Mode,
+        force: bool,
+    ) -> impl Future<Output = Result<Self::Opened, Close>> + Send;
+}
+
+impl Opener for AgentPool {
+    type Opened = Opened;
+    fn open(
+        &self,
+        session: u64,
+        guest: &str,
+        channel: &str,
+        mode: Mode,
+        force: bool,
+    ) -> impl Future<Output = Result<Opened, Close>> + Send {
+        AgentPool::open(self, session, guest, channel, mode, force)
+    }
+}
+
 /// Opens `channel` of `guest` again, on whichever agent reports it now,
-/// within [`FOLLOW_WAIT`]; `stop` (the session's own end: expiry, an
-/// administrator) still ends the wait.
-pub async fn reopen<S: Future<Output = Close>>(
-    pool: &AgentPool,
+/// within [`FOLLOW_WAIT`], in the session's own `mode` and never with
+/// `force` (whoever holds the keyboard or the channel on the new node
+/// keeps it); `stop` (the session's own end: expiry, an administrator)
+/// still ends the wait.
+pub async fn reopen<P: Opener + Sync, S: Future<Output = Close>>(
+    pool: &P,
     session: u64,
     guest: &str,
     channel: &str,
     mode: Mode,
     stop: &mut Pin<&mut S>,
-) -> Result<Opened, Close> {
+) -> Result<P::Opened, Close> {
     let deadline = tokio::time::Instant::now() + FOLLOW_WAIT;
     loop {
         // While the routes still point at the old node (or at nothing yet)
@@ -166,6 +196,50 @@ mod tests {
         tx.give_up(lost.clone()).await;
         assert_eq!(tx.inner.frames.last(), Some(&Frame::Close(lost)));
         assert!(tx.inner.finished);
+    }
+
+    /// An agent pool that records each open and answers from a script.
+    struct Script {
+        answers: std::sync::Mutex<Vec<Result<(), Close>>>,
+        calls: std::sync::Mutex<Vec<(Mode, bool)>>,
+    }
+
+    impl Opener for Script {
+        type Opened = ();
+        fn open(
+            &self,
+            _session: u64,
+            _guest: &str,
+            _channel: &str,
+            mode: Mode,
+            force: bool,
+        ) -> impl Future<Output = Result<(), Close>> + Send {
+            self.calls.lock().unwrap().push((mode, force));
+            let answer = self.answers.lock().unwrap().remove(0);
+            async move { answer }
+        }
+    }
+
+    /// A followed session opens again in its own mode, never with force,
+    /// whatever it takes the routes to catch up; a refusal that is not
+    /// about the move ends it.
+    #[tokio::test(start_paused = true)]
+    async fn a_followed_session_reopens_in_its_own_mode_and_never_forces() {
+        let not_yet = Close::new(CloseCode::UnknownGuest, "no agent reports guest demo");
+        let in_use = Close::new(CloseCode::ChannelInUse, "channel in use");
+        for mode in [Mode::Interactive, Mode::ReadOnly] {
+            for last in [Ok(()), Err(in_use.clone())] {
+                let pool = Script {
+                    answers: vec![Err(not_yet.clone()), Err(moved()), last.clone()].into(),
+                    calls: Vec::new().into(),
+                };
+                let stop = std::future::pending::<Close>();
+                tokio::pin!(stop);
+                let got = reopen(&pool, 7, "demo", "serial0", mode, &mut stop).await;
+                assert_eq!(got, last);
+                assert_eq!(*pool.calls.lock().unwrap(), vec![(mode, false); 3]);
+            }
+        }
     }
 
     #[tokio::test]

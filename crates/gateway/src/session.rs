@@ -337,7 +337,7 @@ async fn relay_following(
         }
         tracing::info!("guest migrated; following it");
         // The original mode, never `force`: the new node's holder keeps it.
-        match follow::reopen(&shared.pool, sid, guest, channel, grant.mode, &mut stop).await {
+        match follow::reopen(&*shared.pool, sid, guest, channel, grant.mode, &mut stop).await {
             Ok(o) => {
                 shared.metrics.followed();
                 tracing::info!("session follows the guest to its new node");

@@ -687,6 +687,38 @@ async fn the_web_page_shows_the_screen_over_one_http2_connection_and_types_into_
     assert_eq!(peers.len(), 2, "two sessions for the page's ticket:\n{gw}");
     assert_eq!(peers[0], peers[1], "screen and serial on one connection");
 
+    // The ticket travels in the URL's fragment: the browser never sent it
+    // to a server (in a request's URL, a header such as Referer, or a
+    // WebSocket's handshake; only in the body of `POST /api/session`), and
+    // the page took it out of the address bar and the tab's history.
+    let sent: Vec<&str> = report["sent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        sent.iter().any(|s| s.contains("/api/session")),
+        "{report:#}"
+    );
+    assert!(
+        !sent.iter().any(|s| s.contains(&t.ticket)),
+        "the browser sent the ticket where a server could log it: {report:#}"
+    );
+    let location = report["location"].as_str().unwrap();
+    assert!(
+        location.ends_with("/screen") && !location.contains('#'),
+        "{location}"
+    );
+    let history = report["history"].as_array().unwrap();
+    assert!(!history.is_empty(), "{report:#}");
+    assert!(
+        history
+            .iter()
+            .all(|u| !u.as_str().unwrap().contains("ticket")),
+        "the ticket is in the tab's history: {history:?}"
+    );
+
     // The ticket was redeemed once: it opens nothing more.
     let mut again = Session::new(
         stack

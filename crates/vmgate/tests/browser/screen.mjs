@@ -71,6 +71,17 @@ try {
     const u = new URL(wsUrls[e.requestId]);
     result.websockets[u.pathname] = { status: e.response.status };
   });
+  // Everything the browser sent a server: each request's URL (without
+  // its fragment: what goes on the wire) and headers, and each WebSocket
+  // handshake's.
+  result.sent = [];
+  cdp.on("Network.requestWillBeSent", (e) => {
+    result.sent.push(e.request.url, JSON.stringify(e.request.headers));
+    if (e.request.postData) result.sent.push(`body of ${e.request.url}`);
+  });
+  cdp.on("Network.webSocketWillSendHandshakeRequest", (e) => {
+    result.sent.push(wsUrls[e.requestId] || "", JSON.stringify(e.request.headers));
+  });
   cdp.on("Network.responseReceived", (e) => {
     if (e.type === "Document" && e.response.url.includes("/screen")) result.documentProtocol = e.response.protocol;
   });
@@ -112,6 +123,9 @@ try {
     await new Promise((r) => setTimeout(r, 500));
   }
   result.status = await page.evaluate(() => document.getElementById("status").textContent);
+  // Where the page is now, and every entry of the tab's history.
+  result.location = await page.evaluate(() => location.href);
+  result.history = (await cdp.send("Page.getNavigationHistory")).entries.map((e) => e.url);
   // vmgate's notices are in the status line; the serial terminal holds
   // only the guest's bytes.
   result.notice = await page.evaluate(() => document.getElementById("notice")?.textContent);
