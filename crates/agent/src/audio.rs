@@ -12,18 +12,22 @@
 //!
 //! Bounded, and never in the screen's way: the agent reads QEMU as fast as
 //! QEMU writes, and hands records to the session's relay through a queue of
-//! [`QUEUE_RECORDS`] records of at most [`READ_CHUNK`] bytes of PCM. When a
-//! listener falls behind and the queue is full, PCM is dropped, counted,
+//! at most [`QUEUE_BYTES`] (about 1.5 s of 44.1 kHz stereo; QEMU sends a
+//! small message every 10 ms or so, so the bound is in bytes, not
+//! records). When a listener falls behind and the queue is full, PCM is
+//! dropped, counted,
 //! and the listener told how much with a `dropped` record once there is
 //! room again (begin/end changes missed meanwhile are sent then too). The
 //! screen's own VNC connections are other sockets, which this one never
 //! slows.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use vmgate_relay::{FrameRx, FrameTx};
 use vmgate_rfb::audio::{control_message, set_encodings_message, OP_DISABLE, OP_ENABLE};
 use vmgate_rfb::{AudioFormat, ServerEvent, ServerParser, AUDIO_ENCODING};
@@ -35,12 +39,17 @@ use vmgate_wire::{Close, CloseCode, Frame};
 
 use crate::duplex::Duplex;
 
-/// Records waiting for the relay, at most.
-pub const QUEUE_RECORDS: usize = 16;
+/// Bytes of records waiting for the relay, at most: about 1.5 s of S16
+/// stereo at 44.1 kHz, so a listener's hiccup loses nothing.
+pub const QUEUE_BYTES: usize = 256 * 1024;
+/// Records waiting, at most (a second bound; bytes come first).
+const QUEUE_RECORDS: usize = 1024;
 /// The most bytes read from QEMU at once, and so the largest PCM record:
-/// about 90 ms of stereo S16 at 44.1 kHz. With [`QUEUE_RECORDS`], at most
-/// 256 KiB (about 1.5 s) wait in the agent.
+/// about 90 ms of stereo S16 at 44.1 kHz.
 pub const READ_CHUNK: usize = 16 * 1024;
+/// Room for a dropped record and a begin/end, the reports a listener that
+/// fell behind gets.
+const REPORTS: usize = 5 + 1;
 /// How long the client has to send its format request.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// How long QEMU has to acknowledge the audio pseudo-encoding.
@@ -51,6 +60,15 @@ const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
 /// The records going to the client (the relay's guest side, receiving).
 pub struct AudioRx {
     records: mpsc::Receiver<Frame>,
+    queued: Arc<Queued>,
+}
+
+/// The bytes in the queue, shared by both ends.
+#[derive(Default)]
+struct Queued {
+    bytes: AtomicUsize,
+    /// Signalled when the relay took a record: there may be room again.
+    room: Notify,
 }
 
 /// The client's bytes (the relay's guest side, sending): the format
@@ -64,9 +82,11 @@ pub struct AudioTx {
 /// it in messages ("audio of demo").
 pub fn start(vnc: Box<dyn Duplex>, what: String, session: u64) -> (AudioRx, AudioTx) {
     let (records_tx, records) = mpsc::channel(QUEUE_RECORDS);
+    let queued = Arc::new(Queued::default());
     let (request_tx, request) = mpsc::channel(4);
+    let pump_queued = queued.clone();
     tokio::spawn(async move {
-        let mut out = Outbox::new(records_tx);
+        let mut out = Outbox::new(records_tx, pump_queued);
         let result = pump(vnc, request, &mut out, &what).await;
         tracing::info!(session, what, sent_bytes = out.sent, dropped_bytes = out.dropped_total,
             reason = %result.as_ref().err().map(|c| c.to_string()).unwrap_or_else(|| "the listener left".into()),
@@ -77,7 +97,7 @@ pub fn start(vnc: Box<dyn Duplex>, what: String, session: u64) -> (AudioRx, Audi
         }
     });
     (
-        AudioRx { records },
+        AudioRx { records, queued },
         AudioTx {
             request: Some(request_tx),
         },
@@ -86,7 +106,12 @@ pub fn start(vnc: Box<dyn Duplex>, what: String, session: u64) -> (AudioRx, Audi
 
 impl FrameRx for AudioRx {
     async fn recv(&mut self) -> Result<Option<Frame>, Close> {
-        Ok(self.records.recv().await)
+        let f = self.records.recv().await;
+        if let Some(Frame::Data(d)) = &f {
+            self.queued.bytes.fetch_sub(d.len(), Ordering::Relaxed);
+            self.queued.room.notify_one();
+        }
+        Ok(f)
     }
 }
 
@@ -182,7 +207,7 @@ async fn pump(
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut records: Vec<Record> = Vec::new();
     // Waited on beside reads, while `out` is changed.
-    let queue = out.tx.clone();
+    let (queue, queued) = (out.tx.clone(), out.queued.clone());
     loop {
         buf.clear();
         tokio::select! {
@@ -202,9 +227,12 @@ async fn pump(
             }
             _ = queue.closed() => return Ok(()),
             // The listener caught up: tell it what it missed, now.
-            room = queue.reserve(), if out.behind() => {
-                drop(room);
-                out.catch_up();
+            _ = queued.room.notified(), if out.behind() => {
+                // Only once a listener has made real room: telling it
+                // about each lost record as it drains would flood it.
+                if out.room() >= READ_CHUNK + REPORTS {
+                    out.catch_up();
+                }
                 continue;
             }
             more = request.recv(), if !request.is_closed() => {
@@ -277,6 +305,7 @@ enum Record {
 /// The queue to the relay, with the drop policy.
 struct Outbox {
     tx: mpsc::Sender<Frame>,
+    queued: Arc<Queued>,
     /// PCM bytes dropped and not reported to the listener yet.
     dropped: u64,
     /// A begin/end the listener has not been told because the queue was full.
@@ -289,9 +318,10 @@ struct Outbox {
 }
 
 impl Outbox {
-    fn new(tx: mpsc::Sender<Frame>) -> Outbox {
+    fn new(tx: mpsc::Sender<Frame>, queued: Arc<Queued>) -> Outbox {
         Outbox {
             tx,
+            queued,
             dropped: 0,
             pending: None,
             sent: 0,
@@ -302,6 +332,7 @@ impl Outbox {
 
     /// Queues `b`, waiting for room (only for the header, at the start).
     async fn send(&mut self, b: Bytes) -> Result<(), Close> {
+        self.queued.bytes.fetch_add(b.len(), Ordering::Relaxed);
         if self.tx.send(Frame::Data(b)).await.is_err() {
             self.gone = true;
         }
@@ -310,11 +341,19 @@ impl Outbox {
 
     /// Queues `b` if there is room; whether it was.
     fn try_queue(&mut self, b: Bytes) -> bool {
+        let n = b.len();
+        // Only this task adds: the count can only have gone down since.
+        if self.queued.bytes.load(Ordering::Relaxed) + n > QUEUE_BYTES {
+            return false;
+        }
+        self.queued.bytes.fetch_add(n, Ordering::Relaxed);
         match self.tx.try_send(Frame::Data(b)) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => false,
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.gone = true;
+            Err(e) => {
+                self.queued.bytes.fetch_sub(n, Ordering::Relaxed);
+                if matches!(e, mpsc::error::TrySendError::Closed(_)) {
+                    self.gone = true;
+                }
                 false
             }
         }
@@ -349,11 +388,19 @@ impl Outbox {
         }
     }
 
+    /// Bytes that fit in the queue now.
+    fn room(&self) -> usize {
+        QUEUE_BYTES.saturating_sub(self.queued.bytes.load(Ordering::Relaxed))
+    }
+
     fn pcm(&mut self, pcm: &[u8]) {
         let n = pcm.len() as u64;
         let mut rec = BytesMut::with_capacity(5 + pcm.len());
         put_pcm_record(&mut rec, pcm);
-        if self.catch_up() && self.try_queue(rec.freeze()) {
+        // The reports and the record together, or neither: a report per
+        // lost record would flood a listener that is already behind.
+        let reports = if self.behind() { REPORTS } else { 0 };
+        if self.room() >= rec.len() + reports && self.catch_up() && self.try_queue(rec.freeze()) {
             self.sent += n;
         } else {
             self.dropped += n;
@@ -589,16 +636,18 @@ mod tests {
         // queue was full).
         let mut l = Listener::default();
         let mut queued = 0;
-        while let Ok(f) = rx.records.try_recv() {
+        while let Ok(Ok(Some(f))) = tokio::time::timeout(Duration::from_millis(50), rx.recv()).await
+        {
             if let Frame::Data(d) = &f {
                 queued += d.len();
             }
+            let end = l.seen.iter().any(|e| e == "End");
             l.take(Some(f));
+            if end {
+                break;
+            }
         }
-        assert!(
-            queued <= QUEUE_RECORDS * (READ_CHUNK + 5),
-            "{queued} bytes queued"
-        );
+        assert!(queued <= QUEUE_BYTES, "{queued} bytes queued");
         // Without anything more from QEMU, as soon as there is room.
         l.until(&mut rx, |s| s.iter().any(|e| e == "End")).await;
         let seen = l.seen;

@@ -345,6 +345,17 @@ struct Heard {
     ends: usize,
     /// PCM bytes the agent reported dropped.
     dropped: u64,
+    /// Every begin, end and drop, and the PCM between them, with when
+    /// (for a failure's message).
+    log: Vec<String>,
+    opened: Option<Instant>,
+}
+
+impl Heard {
+    fn note(&mut self, what: &str) {
+        let at = self.opened.get_or_insert_with(Instant::now).elapsed();
+        self.log.push(format!("{at:.3?} {what}"));
+    }
 }
 
 /// A session on the guest's `audio` channel, through the gateway.
@@ -404,17 +415,26 @@ impl Listener {
                                 h.begins += 1;
                                 h.pcm.clear();
                                 h.first_sound = None;
+                                h.note("begin");
                             }
-                            AudioEvent::End => h.ends += 1,
+                            AudioEvent::End => {
+                                h.ends += 1;
+                                let n = h.pcm.len();
+                                h.note(&format!("end after {n} PCM bytes"));
+                            }
                             AudioEvent::Pcm(p) => {
                                 if h.first_sound.is_none()
                                     && left_channel(p).iter().any(|v| v.abs() > 0.01)
                                 {
                                     h.first_sound = Some(Instant::now());
+                                    h.note("first sound");
                                 }
                                 h.pcm.extend_from_slice(p);
                             }
-                            AudioEvent::Dropped(n) => h.dropped += u64::from(n),
+                            AudioEvent::Dropped(n) => {
+                                h.dropped += u64::from(n);
+                                h.note(&format!("{n} bytes dropped"));
+                            }
                         })
                         .expect("the agent's audio stream parses");
                 }
@@ -492,7 +512,8 @@ async fn the_audio_channel_carries_the_guests_tone_and_tells_880_from_440(backen
     // twice would be far outside this.
     assert!(
         heard > Duration::from_millis(1200) && heard < Duration::from_millis(2250),
-        "tone 880 1500: {heard:?} of sound"
+        "tone 880 1500: {heard:?} of sound; the stream: {:?}",
+        l.heard.log
     );
     let (low, _) = l.hear(&mut serial, 440, 1000).await;
     assert_pitch(&low, CHANNEL_RATE, 440, "tone 440");
