@@ -6,6 +6,7 @@
 // audio), each once. Over HTTP/2 they share the page's TLS connection.
 import RFB from "/novnc/core/rfb.js";
 import { startAudio, noAudio } from "/assets/audio.js";
+import { startMedia } from "/assets/media.js";
 
 const statusEl = document.getElementById("status");
 const titleEl = document.getElementById("title");
@@ -55,7 +56,18 @@ async function start() {
   // audio messages. Listening is not input: read-only pages may.
   if (grant.channels.includes("audio")) page.audio = startAudio(wsUrl("audio"), $("speaker"));
   else noAudio($("speaker"), "this ticket has no audio channel: mint one with --channel audio");
-  const serial = grant.channels.find((c) => c !== "vnc" && c !== "audio");
+  // Virtual media: the ticket names the drive (`media`); inserting is
+  // input, so read-only pages do not get the control.
+  const media = grant.channels.find((c) => c === "media" || c.startsWith("media."));
+  if (media && !readOnly) {
+    page.media = startMedia(wsUrl(media), {
+      box: $("media"),
+      file: $("media-file"),
+      eject: $("media-eject"),
+      status: $("media-status"),
+    });
+  }
+  const serial = grant.channels.find((c) => c !== "vnc" && c !== "audio" && c !== media);
   if (serial) openSerial(wsUrl(serial), serial, readOnly);
 }
 

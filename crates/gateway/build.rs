@@ -27,6 +27,7 @@ fn main() {
         "audio.js",
         "audio-worklet.js",
         "embed.js",
+        "media.js",
     ] {
         println!("cargo:rerun-if-changed={}", web.join(f).display());
     }

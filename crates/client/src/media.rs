@@ -7,7 +7,8 @@
 //! 32 MiB), reading the image at each request's offset, and reports what
 //! happens through [`MediaEvent`]s. Nothing is read ahead: the guest reads
 //! what it needs. Asked to stop, it sends EJECT and serves on until the
-//! agent has taken the medium out, so reads in flight finish.
+//! agent has taken the medium out (EJECTED), so reads in flight finish, then
+//! closes the session.
 //!
 //! [`status`] and [`eject`] are one message and one answer each.
 
@@ -207,6 +208,13 @@ pub async fn serve(
                     Item::Ejected(e) => {
                         ejected = Some(e);
                         let _ = events.send(MediaEvent::Ejected(e));
+                        if ejecting {
+                            // Our eject: the agent would wait for another
+                            // insert on this session; we are done.
+                            let close = Close::new(CloseCode::Normal, "medium ejected");
+                            tx.close(close.clone()).await;
+                            return Ok(close);
+                        }
                     }
                     _ => {}
                 }

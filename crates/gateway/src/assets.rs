@@ -25,6 +25,7 @@ pub static ASSETS: &[(&str, &str, &[u8])] = &[
         web!("audio-worklet.js"),
     ),
     ("embed.js", "text/javascript", web!("embed.js")),
+    ("media.js", "text/javascript", web!("media.js")),
     (
         "xterm.js",
         "text/javascript",

@@ -641,3 +641,110 @@ async fn sequential_reads_through_vmgate_and_from_a_local_file_give_the_same_byt
         rate(&local)
     );
 }
+
+/// The screen page in headless Chromium: the file input takes the ISO
+/// (playwright's `setInputFiles`), the page serves it with `File.slice()`,
+/// the guest mounts it and reads the blob's checksum, the page counts the
+/// bytes read and warns before its tab closes; its Eject button takes the
+/// medium out and the guest sees an empty drive.
+#[tokio::test]
+async fn the_screen_page_serves_a_picked_iso_and_its_eject_button_takes_it_out() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let stack = Stack::start().await;
+    let (iso, sum) = make_iso(stack.dir.path(), 4 << 20, 6);
+    let iso_size = std::fs::metadata(&iso).unwrap().len();
+    cdrom_ready(&stack).await;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    if !dir.join("node_modules/playwright-core").exists() {
+        let ok = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "npm ci in {} failed (see scripts/deps.d/vnc.sh)",
+            dir.display()
+        );
+    }
+    // No serial0: the test types into the guest's console itself.
+    let t = stack.ticket(&stack.name, &["vnc", DRIVE], false);
+    let mut node = tokio::process::Command::new("node")
+        .arg(dir.join("media.mjs"))
+        .env("VMGATE_URL", &t.url)
+        .env("MEDIA_ISO", &iso)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("running node");
+    let mut stderr = tokio::io::BufReader::new(node.stderr.take().unwrap()).lines();
+    let inserted = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Ok(Some(l)) = stderr.next_line().await {
+            if l.contains("vmgate-media: inserted") {
+                return true;
+            }
+            eprintln!("browser: {l}");
+        }
+        false
+    })
+    .await;
+    assert_eq!(inserted, Ok(true), "the page never inserted the medium");
+    assert_eq!(guest_sr0_size(&stack, iso_size).await, iso_size);
+    let (out, took) = guest_says(
+        &stack,
+        "mount -t iso9660 -o ro /dev/sr0 /mnt && sha256sum /mnt/blob; umount /mnt",
+        "sum",
+    )
+    .await;
+    eprintln!("the guest read the page's medium: mount + sha256sum of 4 MiB in {took:?}");
+    assert!(out.contains(&sum), "guest: {out:?}, host: {sum}");
+    // Let the page eject.
+    let mut stdin = node.stdin.take().unwrap();
+    stdin.write_all(b"eject\n").await.unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(120), node.wait_with_output())
+        .await
+        .expect("the browser script finished")
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "browser output is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    eprintln!("browser: {report:#}");
+    assert_eq!(report["ok"], true, "{report:#}");
+    assert_eq!(report["idle"], "no medium: pick an ISO");
+    let name = iso.file_name().unwrap().to_str().unwrap();
+    assert!(
+        report["inserted"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{name} inserted")),
+        "{report:#}"
+    );
+    assert_eq!(report["warnsWhenIdle"], false);
+    assert_eq!(
+        report["warnsWhenInserted"], true,
+        "no warning before closing the tab"
+    );
+    assert_eq!(report["warnsAfterEject"], false);
+    let served = report["served"]["bytesRead"].as_u64().unwrap();
+    assert!(served >= 4 << 20, "the page served {served} bytes");
+    assert!(
+        report["whileServing"]
+            .as_str()
+            .unwrap()
+            .ends_with("MiB read"),
+        "{report:#}"
+    );
+    // The agent's count, as the page showed it at the end.
+    assert!(report["media"]["bytesRead"].as_u64().unwrap() >= served);
+    assert!(report["ejected"]
+        .as_str()
+        .unwrap()
+        .starts_with("ejected: the guest read"));
+    assert_eq!(report["pickable"], true, "another medium can be picked");
+    assert_eq!(guest_sr0_size(&stack, 0).await, 0);
+}

@@ -47,8 +47,6 @@ use vmgate_wire::{Close, CloseCode, Frame, Mode, OpenRequest};
 pub use socket::{Endpoint, MediaDir};
 pub use tray::Tray;
 
-/// How long a session has to send its first message.
-const FIRST_DEADLINE: Duration = Duration::from_secs(10);
 /// How long the client's NBD server has for its handshake.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 /// A read unanswered this long ends the session: the guest gets EIO
@@ -320,8 +318,13 @@ async fn send_nbd(tx: &mut QuicTx, bytes: &[u8]) -> Result<(), Close> {
     Ok(())
 }
 
-/// Serves one session on `drive`: its first message says what it wants.
-/// Returns the Close to end it with; the caller sends it.
+/// Serves one session on `drive`: each request is a message. STATUS and
+/// EJECT are answered and end the session; an INSERT serves a medium until
+/// it is ejected, and when the client itself asked for that eject the
+/// session waits for its next request (the browser's page keeps one session
+/// for every medium it inserts). Waiting costs a stream, like an idle
+/// console: the gateway's idle timeout applies. Returns the Close to end it
+/// with; the caller sends it.
 pub async fn serve(
     req: &OpenRequest,
     drive: Arc<Drive>,
@@ -335,78 +338,99 @@ pub async fn serve(
         items: VecDeque::new(),
         ended: false,
     };
-    let first = match tokio::time::timeout(FIRST_DEADLINE, client.next()).await {
-        Ok(Ok(Some(item))) => item,
-        Ok(Ok(None)) => return Ended::op("none", Close::normal()),
-        Ok(Err(close)) => return Ended::op("none", close),
-        Err(_) => {
-            return Ended::op(
-                "none",
-                Close::new(
-                    CloseCode::ProtocolError,
-                    format!("no media request (insert, eject, status) within {FIRST_DEADLINE:?}"),
-                ),
-            )
-        }
-    };
+    tokio::pin!(stop);
     let read_only = req.mode == Mode::ReadOnly;
-    match first {
-        Item::Status => {
-            let status = drive.status();
-            let close = match send_item(tx, &Item::Report(status)).await {
-                Ok(()) => Close::new(CloseCode::Normal, "status sent"),
-                Err(c) => c,
-            };
-            Ended::op("status", close)
-        }
-        Item::Eject | Item::Insert { .. } if read_only => {
-            let op = if first == Item::Eject {
-                "eject"
-            } else {
-                "insert"
-            };
-            tracing::warn!(session = req.session, guest = %req.guest, drive = %req.channel, op,
-                "refused: a read-only session asked to change the drive");
-            Ended::op(op, Close::new(CloseCode::TicketScope, READ_ONLY_REFUSAL))
-        }
-        Item::Eject => {
-            let why = Close::new(
-                CloseCode::Normal,
-                format!(
-                    "medium ejected by session {} (vmgate media eject)",
-                    req.session
-                ),
-            );
-            let close = match drive.eject_holder(why) {
-                None => Close::new(CloseCode::Normal, format!("{} is empty", drive.what())),
-                Some(holder) => {
-                    if drive.wait_empty(EMPTY_WAIT).await {
-                        tracing::info!(session = req.session, holder, drive = %drive.what(), "medium ejected on request");
-                        Close::new(
-                            CloseCode::Normal,
-                            format!("medium ejected from {}", drive.what()),
-                        )
-                    } else {
-                        Close::new(
-                            CloseCode::BackendError,
-                            format!(
-                                "the medium in {} did not eject within {EMPTY_WAIT:?}",
-                                drive.what()
-                            ),
-                        )
-                    }
+    let (mut bytes_read, mut reads) = (0u64, 0u64);
+    let mut op = "none";
+    loop {
+        let item = tokio::select! {
+            close = &mut stop => return Ended { close, op, bytes_read, reads },
+            item = client.next() => item,
+        };
+        let (b, r) = (bytes_read, reads);
+        let ended = move |op, close| Ended {
+            close,
+            op,
+            bytes_read: b,
+            reads: r,
+        };
+        let first = match item {
+            Ok(Some(item)) => item,
+            Ok(None) => return ended(op, Close::normal()),
+            Err(close) => return ended(op, close),
+        };
+        match first {
+            Item::Status => {
+                let status = drive.status();
+                let close = match send_item(tx, &Item::Report(status)).await {
+                    Ok(()) => Close::new(CloseCode::Normal, "status sent"),
+                    Err(c) => c,
+                };
+                return ended("status", close);
+            }
+            Item::Eject | Item::Insert { .. } if read_only => {
+                let op = if first == Item::Eject {
+                    "eject"
+                } else {
+                    "insert"
+                };
+                tracing::warn!(session = req.session, guest = %req.guest, drive = %req.channel, op,
+                    "refused: a read-only session asked to change the drive");
+                return ended(op, Close::new(CloseCode::TicketScope, READ_ONLY_REFUSAL));
+            }
+            Item::Eject => return ended("eject", eject_other(req, &drive).await),
+            Item::Insert { name } => {
+                let (done, again) = insert(req, &drive, &name, &mut client, tx, &mut stop).await;
+                bytes_read = bytes_read.saturating_add(done.bytes_read);
+                reads = reads.saturating_add(done.reads);
+                op = "insert";
+                if !again {
+                    return ended("insert", done.close);
                 }
-            };
-            Ended::op("eject", close)
+            }
+            // Replies a cut connection left behind, after an insert.
+            Item::Nbd(_) if op == "insert" => {}
+            _ => {
+                return ended(
+                    op,
+                    Close::new(
+                        CloseCode::ProtocolError,
+                        "a media request is insert, eject or status",
+                    ),
+                )
+            }
         }
-        Item::Insert { name } => insert(req, &drive, &name, &mut client, tx, stop).await,
-        _ => Ended::op(
-            "none",
-            Close::new(
-                CloseCode::ProtocolError,
-                "a media session starts with insert, eject or status",
-            ),
+    }
+}
+
+/// Ejects what another session holds in the drive.
+async fn eject_other(req: &OpenRequest, drive: &Drive) -> Close {
+    let why = Close::new(
+        CloseCode::Normal,
+        format!(
+            "medium ejected by session {} (vmgate media eject)",
+            req.session
         ),
+    );
+    match drive.eject_holder(why) {
+        None => Close::new(CloseCode::Normal, format!("{} is empty", drive.what())),
+        Some(holder) => {
+            if drive.wait_empty(EMPTY_WAIT).await {
+                tracing::info!(session = req.session, holder, drive = %drive.what(), "medium ejected on request");
+                Close::new(
+                    CloseCode::Normal,
+                    format!("medium ejected from {}", drive.what()),
+                )
+            } else {
+                Close::new(
+                    CloseCode::BackendError,
+                    format!(
+                        "the medium in {} did not eject within {EMPTY_WAIT:?}",
+                        drive.what()
+                    ),
+                )
+            }
+        }
     }
 }
 
@@ -451,27 +475,28 @@ async fn client_handshake(client: &mut ClientItems<'_>, tx: &mut QuicTx) -> Resu
     }
 }
 
+/// Serves medium `name` until it is ejected. The flag says whether the
+/// client asked for that eject and the session goes on.
 async fn insert(
     req: &OpenRequest,
     drive: &Arc<Drive>,
     name: &str,
     client: &mut ClientItems<'_>,
     tx: &mut QuicTx,
-    stop: impl Future<Output = Close> + Send,
-) -> Ended {
+    stop: &mut (impl Future<Output = Close> + Send + Unpin),
+) -> (Ended, bool) {
+    let done = |close| (Ended::op("insert", close), false);
     let started = Instant::now();
     let held = match drive.take(req.session, name, req.force).await {
         Ok(h) => h,
-        Err(close) => return Ended::op("insert", close),
+        Err(close) => return done(close),
     };
     let size = match tokio::time::timeout(HANDSHAKE_DEADLINE, client_handshake(client, tx)).await
     {
         Ok(Ok(size)) => size,
-        Ok(Err(close)) => return Ended::op("insert", close),
+        Ok(Err(close)) => return done(close),
         Err(_) => {
-            return Ended::op(
-                "insert",
-                Close::new(
+            return done(Close::new(
                     CloseCode::ProtocolError,
                     format!("the client's NBD server did not finish its handshake within {HANDSHAKE_DEADLINE:?}"),
                 ),
@@ -488,7 +513,7 @@ async fn insert(
         Ok(e) => e,
         Err(e) => {
             tracing::error!(error = %e, "cannot make a medium's socket");
-            return Ended::op("insert", Close::new(CloseCode::BackendError, e.to_string()));
+            return done(Close::new(CloseCode::BackendError, e.to_string()));
         }
     };
     let path = endpoint.path().to_owned();
@@ -506,13 +531,10 @@ async fn insert(
                     ),
                     _,
                 ) => {
-                    return Ended::op(
-                        "insert",
-                        Close::new(
-                            CloseCode::GuestDown,
-                            format!("guest {} is not running ({e})", req.guest),
-                        ),
-                    )
+                    return done(Close::new(
+                        CloseCode::GuestDown,
+                        format!("guest {} is not running ({e})", req.guest),
+                    ))
                 }
                 (Err(e), _) => e.to_string(),
                 (Ok(()), Err(e)) => {
@@ -523,23 +545,20 @@ async fn insert(
                 (Ok(()), Ok(_)) => unreachable!(),
             };
             tracing::warn!(session = req.session, drive = %drive.what(), reason = %why, "QEMU did not take the medium");
-            return Ended::op(
-                "insert",
-                Close::new(
-                    CloseCode::BackendError,
-                    format!("QEMU did not take the medium: {why}"),
-                ),
-            );
+            return done(Close::new(
+                CloseCode::BackendError,
+                format!("QEMU did not take the medium: {why}"),
+            ));
         }
     };
     tracing::info!(session = req.session, guest = %req.guest, drive = %req.channel, medium = ?name,
         size, node = %node, took_ms = started.elapsed().as_millis() as u64, "medium inserted");
     if let Err(close) = send_item(tx, &Item::Inserted(media::Inserted { size })).await {
         let _ = drive.tray.eject(&node).await;
-        return Ended::op("insert", close);
+        return done(close);
     }
     let monitor = Mutex::new(Monitor::new());
-    let close = bridge(
+    let (close, asked) = bridge(
         client, tx, qemu, leftover, drive, &node, &held, &monitor, stop,
     )
     .await;
@@ -549,13 +568,19 @@ async fn insert(
     };
     tracing::info!(session = req.session, guest = %req.guest, drive = %req.channel, medium = ?name,
         bytes_read, reads, reason = %close, "medium ejected");
-    let _ = send_item(tx, &Item::Ejected(media::Ejected { bytes_read, reads })).await;
-    Ended {
-        close,
-        op: "insert",
-        bytes_read,
-        reads,
-    }
+    let sent = send_item(tx, &Item::Ejected(media::Ejected { bytes_read, reads })).await;
+    // The drive is free for the next insert before the session goes on.
+    drop(held);
+    let again = asked && sent.is_ok() && close.code == CloseCode::Normal;
+    (
+        Ended {
+            close,
+            op: "insert",
+            bytes_read,
+            reads,
+        },
+        again,
+    )
 }
 
 /// How one direction of the bridge ended.
@@ -671,7 +696,7 @@ async fn bridge(
     held: &Held,
     monitor: &Mutex<Monitor>,
     stop: impl Future<Output = Close> + Send,
-) -> Close {
+) -> (Close, bool) {
     let fd = qemu.as_raw_fd();
     let (mut qr, mut qw) = qemu.into_split();
     // Ends QEMU's connection while the halves are still ours (so `fd` is
@@ -688,6 +713,7 @@ async fn bridge(
     let (mut up_done, mut down_done) = (false, false);
 
     // Serving, until something asks for the eject: (reason, clean).
+    let mut asked_by_client = false;
     let (mut close, clean) = loop {
         tokio::select! {
             end = &mut up => {
@@ -706,10 +732,10 @@ async fn bridge(
                 }
             }
             c = &mut stop => break (c, true),
-            _ = asked.cancelled() => break (
-                Close::new(CloseCode::Normal, "medium ejected"),
-                true,
-            ),
+            _ = asked.cancelled() => {
+                asked_by_client = true;
+                break (Close::new(CloseCode::Normal, "medium ejected"), true);
+            }
             _ = held.eject.cancelled() => {
                 let why = held.why.lock().expect("why lock").clone();
                 break (why.unwrap_or_else(|| Close::new(CloseCode::Normal, "medium ejected")), true);
@@ -760,7 +786,7 @@ async fn bridge(
             }
         }
     }
-    close
+    (close, asked_by_client)
 }
 
 #[cfg(test)]
