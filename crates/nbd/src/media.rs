@@ -68,6 +68,9 @@ pub struct Medium {
     /// Bytes the guest read from it so far, and in how many reads.
     pub bytes_read: u64,
     pub reads: u64,
+    /// Reads sent to the client and not answered yet.
+    #[serde(default)]
+    pub in_flight: u64,
     /// Seconds since it was inserted.
     pub inserted_secs: u64,
     /// The session serving it.

@@ -126,13 +126,14 @@ pub async fn run(a: MediaArgs) -> Result<i32> {
                     match &s.medium {
                         None => println!("drive {} of {}: empty", s.drive, s.guest),
                         Some(m) => println!(
-                            "drive {} of {}: {} ({} bytes), {} bytes read in {} reads, inserted {} s ago by session {}",
+                            "drive {} of {}: {} ({} bytes), {} bytes read in {} reads ({} waiting), inserted {} s ago by session {}",
                             s.drive,
                             s.guest,
                             printable(&m.name),
                             m.size,
                             m.bytes_read,
                             m.reads,
+                            m.in_flight,
                             m.inserted_secs,
                             m.session
                         ),

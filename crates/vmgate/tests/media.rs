@@ -424,12 +424,20 @@ async fn a_killed_client_leaves_the_guest_an_eio_and_an_empty_drive_not_a_hang(b
         )
         .await;
     reader.expect_since(0, "reading-20").await;
-    // Stopped, the client answers nothing: within a second the guest's next
-    // read is in flight and waits (it reads every 50 ms). Then the client
-    // dies with it unanswered.
+    // Stopped, the client answers nothing: the guest's next read (it reads
+    // every 50 ms) waits in flight, as the agent's status shows. Then the
+    // client dies with it unanswered.
     let pid = nix::unistd::Pid::from_raw(server.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let waiting = Instant::now();
+    loop {
+        let (_, out) = media_run(&stack, "status", &["status", "--json"]).await;
+        if media_status(&out)["medium"]["in_flight"].as_u64() >= Some(1) {
+            break;
+        }
+        assert!(waiting.elapsed() < WAIT, "no read in flight: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let killed = Instant::now();
     server.kill().unwrap();
     let _ = server.wait();

@@ -92,6 +92,16 @@ struct Holder {
 struct Counts {
     bytes_read: AtomicU64,
     reads: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+impl Counts {
+    fn update(&self, m: &Monitor) {
+        self.bytes_read.store(m.bytes_read, Ordering::Relaxed);
+        self.reads.store(m.reads, Ordering::Relaxed);
+        self.in_flight
+            .store(m.in_flight() as u64, Ordering::Relaxed);
+    }
 }
 
 /// Frees the drive when its session ends.
@@ -168,6 +178,7 @@ impl Drive {
                 size: h.size,
                 bytes_read: h.counts.bytes_read.load(Ordering::Relaxed),
                 reads: h.counts.reads.load(Ordering::Relaxed),
+                in_flight: h.counts.in_flight.load(Ordering::Relaxed),
                 inserted_secs: h.since.elapsed().as_secs(),
                 session: h.session,
             }),
@@ -611,8 +622,7 @@ async fn to_qemu(
                     if let Err(e) = m.from_server(&b) {
                         return End::Breach(Close::new(CloseCode::ProtocolError, e.to_string()));
                     }
-                    counts.bytes_read.store(m.bytes_read, Ordering::Relaxed);
-                    counts.reads.store(m.reads, Ordering::Relaxed);
+                    counts.update(&m);
                 }
                 if let Err(e) = qw.write_all(&b).await {
                     return End::Qemu(Close::new(
@@ -644,6 +654,7 @@ async fn from_qemu(
     qr: &mut OwnedReadHalf,
     tx: &mut QuicTx,
     monitor: &Mutex<Monitor>,
+    counts: &Counts,
     leftover: Vec<u8>,
 ) -> End {
     let mut first = Some(leftover);
@@ -670,12 +681,12 @@ async fn from_qemu(
                 }
             }
         };
-        if let Err(e) = monitor
-            .lock()
-            .expect("monitor lock")
-            .from_client(&chunk, Instant::now())
         {
-            return End::Breach(Close::new(CloseCode::ProtocolError, e.to_string()));
+            let mut m = monitor.lock().expect("monitor lock");
+            if let Err(e) = m.from_client(&chunk, Instant::now()) {
+                return End::Breach(Close::new(CloseCode::ProtocolError, e.to_string()));
+            }
+            counts.update(&m);
         }
         if let Err(close) = send_nbd(tx, &chunk).await {
             return End::Client(close);
@@ -707,7 +718,7 @@ async fn bridge(
     };
     let asked = CancellationToken::new();
     let up = to_qemu(client, &mut qw, monitor, &held.counts, &asked);
-    let down = from_qemu(&mut qr, tx, monitor, leftover);
+    let down = from_qemu(&mut qr, tx, monitor, &held.counts, leftover);
     tokio::pin!(up, down, stop);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let (mut up_done, mut down_done) = (false, false);
