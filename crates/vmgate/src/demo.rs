@@ -106,7 +106,12 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         &state,
         &TicketRequest {
             guest: "demo".into(),
-            channels: vec!["vnc".into(), "serial0".into(), "audio".into()],
+            channels: vec![
+                "vnc".into(),
+                "serial0".into(),
+                "audio".into(),
+                "media".into(),
+            ],
             mode: vmgate_ticket::Mode::Interactive,
             ttl: Duration::from_secs(3600),
             max_session: None,
@@ -117,10 +122,11 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         "\nvmgate demo is running: guest `demo` behind a gateway at {url}\n\n\
          Serial console in a browser (trust {sd}/public-ca.pem, or accept the certificate;\n\
          the ticket is single-use and valid for an hour):\n  {}\n\n\
-         Screen (noVNC) with the serial console beside it and a speaker (try `tone 880 1000`),\n\
-         in a browser:\n  {}\n\n\
+         Screen (noVNC) with the serial console beside it, a speaker (try `tone 880 1000`)\n\
+         and a Virtual media control (pick an ISO: it becomes the guest's /dev/sr0), in a browser:\n  {}\n\n\
          Screen in any VNC viewer (prints a local address):\n  vmgate vnc demo --state-dir {sd}\n\n\
          The guest's sound as WAV (`| aplay` to hear it):\n  vmgate audio demo --out - --state-dir {sd}\n\n\
+         A local ISO as the guest's CD-ROM (then `mount /dev/sr0 /mnt` in the guest):\n  vmgate media demo insert FILE.iso --state-dir {sd}\n\n\
          Serial console in this terminal (Ctrl+] detaches):\n  vmgate console demo --state-dir {sd}\n\n\
          A fresh ticket:\n  vmgate ticket demo --channel serial0 --state-dir {sd}\n\n\
          Press Ctrl+C to stop (QEMU stops with it).",

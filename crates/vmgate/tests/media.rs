@@ -18,6 +18,7 @@ for_each_backend!(
     an_iso_is_read_by_the_guest_and_ejected,
     one_medium_per_drive_force_takes_over_and_read_only_tickets_cannot_insert,
     a_killed_client_leaves_the_guest_an_eio_and_an_empty_drive_not_a_hang,
+    the_guest_stopping_ends_the_insert_with_guest_down,
 );
 use vmgate_testkit::CDROM_READY;
 
@@ -762,4 +763,28 @@ async fn the_screen_page_serves_a_picked_iso_and_its_eject_button_takes_it_out()
         .starts_with("ejected: the guest read"));
     assert_eq!(report["pickable"], true, "another medium can be picked");
     assert_eq!(guest_sr0_size(&stack, 0).await, 0);
+}
+
+/// The guest stops while a medium is in its drive: the serving command
+/// ends with 4410 (exit 4) and its reason, within seconds.
+async fn the_guest_stopping_ends_the_insert_with_guest_down(backend: Backend) {
+    let mut stack = Stack::start_backend(backend).await;
+    let (iso, _) = make_iso(stack.dir.path(), 64 << 10, 7);
+    cdrom_ready(&stack).await;
+    let (mut server, _) = insert(&stack, "insert", &["insert", iso.to_str().unwrap()]).await;
+    let stopped = Instant::now();
+    match backend {
+        Backend::Qemu => stack.qemu_guest().kill(),
+        // `virsh destroy`, blocking this test's thread for a moment.
+        Backend::Libvirt => stack.domain.as_ref().unwrap().destroy(),
+    }
+    let st = exit_status(&mut server, "insert", &stack).await;
+    let took = stopped.elapsed();
+    let log = stack.log("insert.log");
+    eprintln!("{backend:?}: the insert ended {took:?} after the guest stopped: {log}");
+    assert_eq!(st.code(), Some(4), "{log}");
+    assert!(log.contains("(4410)"), "{log}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    let agent = stack.log("agent.log");
+    assert!(agent.contains("medium ejected"), "{agent}");
 }
