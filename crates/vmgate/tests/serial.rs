@@ -401,3 +401,94 @@ async fn a_guest_flooding_its_console_stays_within_the_log_cap_and_nothing_stall
     let agent = stack.log("agent.log");
     assert!(!agent.contains("console log write failed"), "{agent}");
 }
+
+/// Runs tests/browser/console.mjs on `url` (a serial-only ticket's web
+/// console), typing `typed`; returns its report.
+async fn console_page(url: &str, typed: &str, expect: Option<&str>) -> serde_json::Value {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "run scripts/setup (npm packages of tests/browser)"
+    );
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(dir.join("console.mjs"))
+        .env("VMGATE_URL", url)
+        .env("VMGATE_TYPE", typed)
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true);
+    if let Some(e) = expect {
+        cmd.env("VMGATE_EXPECT", e);
+    }
+    let output = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .expect("the browser script finished")
+        .expect("running node");
+    let r: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "browser script output is not JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
+    assert_eq!(r["ok"], true, "{r:#}");
+    r
+}
+
+/// The serial-only web page in headless Chromium: keys typed into its
+/// xterm.js terminal run in the guest; with a read-only ticket the page
+/// sends no input at all (the agent would drop it anyway) and says it is
+/// read-only; and either way the single-use ticket is gone from the
+/// address bar and the tab's history once the page has read it.
+#[tokio::test]
+async fn the_serial_web_page_types_into_the_guest_and_a_read_only_one_sends_nothing() {
+    let stack = Stack::start().await;
+    let ro = stack.ticket("demo", &["serial0"], true);
+    let mut watcher = Session::new(stack.connect(&ro.ws_url).await);
+    watcher.expect_notice("read-only").await;
+    let page_url = format!("https://{}/console", stack.gw_addr);
+
+    let t = stack.ticket("demo", &["serial0"], false);
+    assert!(t.url.ends_with(&format!("/console#ticket={}", t.ticket)));
+    let r = console_page(&t.url, "echo web-$((6*7))", Some("web-42")).await;
+    assert_eq!(r["state"], "connected", "{r:#}");
+    assert_eq!(r["notice"], "you hold the keyboard", "{r:#}");
+    watcher.expect("web-42").await;
+    assert!(r["sentBinary"].as_u64().unwrap() > 0, "{r:#}");
+    // The ticket left the page's URL and history.
+    assert_eq!(r["location"], page_url.as_str(), "{r:#}");
+    let history = r["history"].as_array().unwrap();
+    assert!(!history.is_empty(), "{r:#}");
+    assert!(
+        history
+            .iter()
+            .all(|u| !u.as_str().unwrap().contains(&t.ticket)),
+        "{r:#}"
+    );
+
+    // Read-only: the page sends nothing, and nothing runs in the guest.
+    let at = watcher.output.len();
+    let t = stack.ticket("demo", &["serial0"], true);
+    let r = console_page(&t.url, "echo ro-$((5*5))", None).await;
+    assert_eq!(r["state"], "read-only", "{r:#}");
+    assert_eq!(r["status"], "connected, read-only", "{r:#}");
+    assert!(r["notice"].as_str().unwrap().contains("read-only"), "{r:#}");
+    assert_eq!(r["sentBinary"], 0, "the read-only page sent input: {r:#}");
+    assert_eq!(r["location"], page_url.as_str(), "{r:#}");
+    assert!(
+        r["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|u| !u.as_str().unwrap().contains(&t.ticket)),
+        "{r:#}"
+    );
+    // A command typed afterwards runs; the read-only page's never did.
+    let mut s = stack.serial().await;
+    s.expect_notice("you hold the keyboard").await;
+    s.send(b"echo after-$((3*3))\n").await;
+    let end = watcher.expect_since(at, "after-9").await;
+    assert!(
+        !String::from_utf8_lossy(&watcher.output[at..end]).contains("ro-25"),
+        "{}",
+        watcher.text()
+    );
+}
