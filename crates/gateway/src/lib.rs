@@ -49,6 +49,7 @@ pub mod rfb_filter;
 pub mod routing;
 pub mod session;
 pub mod sessions;
+pub mod splice;
 pub mod tickets;
 pub mod untrusted;
 pub mod ws;

@@ -25,6 +25,7 @@ struct Labeled {
     relay_errors: BTreeMap<&'static str, u64>,
     inventory_refused: BTreeMap<&'static str, u64>,
     connections_closed: BTreeMap<&'static str, u64>,
+    not_spliced: BTreeMap<&'static str, u64>,
     open_counts: [u64; OPEN_BUCKETS.len()],
     open_count: u64,
     open_sum: f64,
@@ -109,6 +110,12 @@ impl Metrics {
         self.media_bytes_read.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// A screen could not follow its guest to another node; `reason` is
+    /// [`crate::splice::NotSpliced::label`].
+    pub fn not_spliced(&self, reason: &'static str) {
+        self.with(|m| *m.not_spliced.entry(reason).or_default() += 1);
+    }
+
     /// A session followed its guest to another node (live migration).
     pub fn followed(&self) {
         self.followed.fetch_add(1, Ordering::Relaxed);
@@ -190,6 +197,17 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE vmgate_connections_closed_total counter");
         for (r, n) in &m.connections_closed {
             let _ = writeln!(out, "vmgate_connections_closed_total{{reason=\"{r}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP vmgate_screen_splice_failed_total Screens that could not follow their migrated guest (the viewer got 4413), by why."
+        );
+        let _ = writeln!(out, "# TYPE vmgate_screen_splice_failed_total counter");
+        for (r, n) in &m.not_spliced {
+            let _ = writeln!(
+                out,
+                "vmgate_screen_splice_failed_total{{reason=\"{r}\"}} {n}"
+            );
         }
         let _ = writeln!(
             out,

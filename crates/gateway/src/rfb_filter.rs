@@ -21,13 +21,18 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 use vmgate_relay::FrameRx;
-use vmgate_rfb::{ClientFilter, Dropped, Policy};
+use vmgate_rfb::{ClientFilter, Dropped, Policy, ServerParser, ViewerState};
 use vmgate_wire::{Close, CloseCode, Frame};
 
 /// The viewer side of a `vnc` session, filtered.
 pub struct RfbRx<R> {
     inner: R,
     filter: ClientFilter,
+    /// A spliceable session's server parser, told the viewer's pixel
+    /// format as it goes to the server ([`crate::splice`]).
+    server: Option<Arc<Mutex<ServerParser>>>,
+    /// The pixel format last told to `server`.
+    told: Option<[u8; 16]>,
     /// Tells the session to end (both sides, with the reason) on bad RFB.
     failed: Option<oneshot::Sender<Close>>,
     session: u64,
@@ -47,6 +52,8 @@ pub fn wrap<R: FrameRx>(
     let rx = RfbRx {
         inner,
         filter: ClientFilter::new(policy),
+        server: None,
+        told: None,
         failed: Some(tx),
         session,
         dropped: Arc::default(),
@@ -70,6 +77,16 @@ impl<R: FrameRx> FrameRx for RfbRx<R> {
             };
             let filtered = self.filter.filter(data);
             *self.dropped.lock().expect("dropped lock") = self.filter.dropped;
+            let format = self.filter.viewer.as_ref().and_then(|v| v.pixel_format());
+            if let (Some(server), Some(pf)) = (&self.server, format) {
+                if self.told != Some(pf) {
+                    self.told = Some(pf);
+                    server
+                        .lock()
+                        .expect("server parser lock")
+                        .set_pixel_format(&pf);
+                }
+            }
             match filtered {
                 // All of it was input from a read-only viewer.
                 Ok(out) if out.is_empty() => continue,
@@ -92,6 +109,22 @@ impl<R: FrameRx> FrameRx for RfbRx<R> {
 }
 
 impl<R> RfbRx<R> {
+    /// Makes the session spliceable ([`ClientFilter::spliceable`]); its
+    /// viewer's pixel format is told to `server`, the parser that follows
+    /// the other direction.
+    pub fn spliceable(mut self, server: Arc<Mutex<ServerParser>>) -> RfbRx<R> {
+        self.filter = self.filter.spliceable();
+        self.server = Some(server);
+        self
+    }
+
+    /// The session moves to a new server ([`ClientFilter::cut`]); what the
+    /// new one must be told of the viewer.
+    pub fn cut(&mut self) -> Option<&mut ViewerState> {
+        self.filter.cut();
+        self.filter.viewer.as_deref_mut()
+    }
+
     /// The unfiltered receiver, for a session that is not RFB.
     pub fn into_inner(self) -> R {
         self.inner

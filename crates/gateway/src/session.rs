@@ -14,12 +14,13 @@
 //!    ([`crate::agents`]), which also says the channel's *kind* from that
 //!    agent's inventory;
 //! 3. the per-kind part, chosen from that kind (never from the channel's
-//!    name): [`relay_screen`] for `vnc` (the RFB filter, no following),
+//!    name): [`relay_screen`] for `vnc` (the RFB filter, and the splice
+//!    that follows the guest across live migration, [`crate::splice`]),
 //!    [`relay_following`] for serial consoles and channels (bytes as they
 //!    are, following the guest across live migration), [`relay_audio`] for
 //!    the guest's sound, [`relay_media`] for `media` (the media filter: a
-//!    read-only session only asks what is in the drive). A new kind (the
-//!    screen splice) is a new arm of the `match` in [`serve`], and the
+//!    read-only session only asks what is in the drive). A new kind is a
+//!    new arm of the `match` in [`serve`], and the
 //!    compiler lists every place that must learn it;
 //! 4. the session's end: ticket expiry, an administrator, the idle
 //!    timeout, the gateway's shutdown; the audit lines and the metrics.
@@ -38,7 +39,7 @@ use vmgate_wire::{ChannelKind, Close, CloseCode, Frame, Mode};
 
 use crate::agents::Opened;
 use crate::sessions::Live;
-use crate::{follow, media, rfb_filter, ws, Shared};
+use crate::{follow, media, rfb_filter, splice, ws, Shared};
 
 /// What a credential allows: one session on one channel of one guest.
 #[derive(Debug, Clone)]
@@ -203,7 +204,7 @@ async fn pipeline<F>(
     live.opened(opening.elapsed());
     let stop = ends(&shared, &grant, &live);
     let out = match opened.kind {
-        ChannelKind::Vnc => relay_screen(&live, &grant, sid, rx, tx, opened, stop).await,
+        ChannelKind::Vnc => relay_screen(&shared, &live, &grant, sid, rx, tx, opened, stop).await,
         ChannelKind::Serial | ChannelKind::Channel => {
             relay_following(&shared, &live, &grant, sid, rx, tx, opened, stop).await
         }
@@ -243,9 +244,13 @@ fn ends(
 
 /// `vnc`: the viewer's bytes go through the RFB filter (message boundaries,
 /// the shared flag, a read-only viewer's input dropped), whoever the viewer
-/// is. An RFB stream cannot resume on another QEMU mid-way, so a moved
-/// guest's viewer gets the close and reconnects.
+/// is, and the screen follows the guest across live migration: the
+/// gateway splices the viewer's RFB stream onto a new connection on the
+/// guest's new node ([`crate::splice`]). If it cannot, the viewer gets the
+/// 4413 with why, and reconnects.
+#[allow(clippy::too_many_arguments)]
 async fn relay_screen(
+    shared: &Shared,
     live: &Live,
     grant: &Grant,
     sid: u64,
@@ -258,7 +263,9 @@ async fn relay_screen(
         read_only: grant.mode == Mode::ReadOnly,
         audio: grant.audio,
     };
+    let server = Arc::new(std::sync::Mutex::new(vmgate_rfb::ServerParser::new()));
     let (rx, rfb_failed) = rfb_filter::wrap(rx, policy, sid);
+    let mut rx = rx.spliceable(server.clone());
     let dropped = rx.dropped_count();
     let stop = async move {
         tokio::select! {
@@ -266,19 +273,122 @@ async fn relay_screen(
             c = rfb_failed => c,
         }
     };
-    let out = relay(
-        live.count_to_guest(rx),
-        tx,
-        live.count_from_guest(opened.rx),
-        opened.tx,
-        stop,
-    )
-    .await;
+    tokio::pin!(stop);
+    let mut tx = follow::HoldMoved::new(tx);
+    let (mut qrx, mut qtx) = (opened.rx, opened.tx);
+    let mut total = (0, 0);
+    let out = loop {
+        let watched = splice::ServerWatch::new(qrx, server.clone());
+        let out = relay(
+            live.count_to_guest(&mut rx),
+            &mut tx,
+            live.count_from_guest(watched),
+            qtx,
+            &mut stop,
+        )
+        .await;
+        total = (total.0 + out.a_to_b, total.1 + out.b_to_a);
+        let done = |close| Outcome {
+            close,
+            a_to_b: total.0,
+            b_to_a: total.1,
+        };
+        if out.close.code != CloseCode::GuestMoved {
+            break done(out.close);
+        }
+        tracing::info!("guest migrated; splicing its screen");
+        let moved = Instant::now();
+        match splice_screen(shared, grant, sid, &mut rx, &mut tx, &server, &mut stop).await {
+            Ok(o) => {
+                shared.metrics.followed();
+                tracing::info!(
+                    switch_ms = moved.elapsed().as_millis() as u64,
+                    "screen spliced onto the guest's new node"
+                );
+                (qrx, qtx) = (o.rx, o.tx);
+                tx.resume(format!(
+                    "guest {} migrated to another node: this screen follows it",
+                    grant.guest
+                ))
+                .await;
+            }
+            Err(close) => {
+                tracing::warn!(reason = %close, "could not splice the screen");
+                tx.give_up(close.clone()).await;
+                break done(close);
+            }
+        }
+    };
     let dropped = *dropped.lock().expect("dropped lock");
     tracing::info!(reason = %out.close, bytes_to_guest = out.a_to_b, bytes_from_guest = out.b_to_a,
         input_dropped = dropped.input, audio_dropped = dropped.audio,
-        audio_encodings_stripped = dropped.audio_encodings, "session ended");
+        audio_encodings_stripped = dropped.audio_encodings,
+        unspliceable_encodings_stripped = dropped.unspliceable_encodings, "session ended");
     out
+}
+
+/// Moves a screen whose guest moved: checks the old stream ended between
+/// two messages, opens the screen on the guest's new node, hands it the
+/// viewer ([`splice::attach`]), tells the viewer if the size changed, and
+/// cuts the viewer's stream over. The new node's stream, or the Close for
+/// the viewer.
+#[allow(clippy::too_many_arguments)]
+async fn splice_screen<R, S>(
+    shared: &Shared,
+    grant: &Grant,
+    sid: u64,
+    rx: &mut rfb_filter::RfbRx<R>,
+    tx: &mut follow::HoldMoved<ws::WsTx>,
+    server: &std::sync::Mutex<vmgate_rfb::ServerParser>,
+    stop: &mut std::pin::Pin<&mut S>,
+) -> Result<Opened, Close>
+where
+    S: Future<Output = Close>,
+{
+    let not_spliced = |n: splice::NotSpliced| {
+        shared.metrics.not_spliced(n.label);
+        Close::new(
+            CloseCode::GuestMoved,
+            format!(
+                "guest {} migrated to another node, but {}",
+                grant.guest, n.reason
+            ),
+        )
+    };
+    let old_size =
+        splice::can_leave(&server.lock().expect("server parser lock")).map_err(not_spliced)?;
+    // The original mode, never `force`: the new node's holder keeps it.
+    let mut o = follow::reopen(
+        &*shared.pool,
+        sid,
+        &grant.guest,
+        &grant.channel,
+        grant.mode,
+        stop,
+    )
+    .await?;
+    let viewer = rx.cut().expect("a spliceable session");
+    let size = viewer.lists(vmgate_rfb::server::DESKTOP_SIZE);
+    let attached = tokio::select! {
+        a = splice::attach(&mut o, viewer) => a.map_err(not_spliced)?,
+        c = stop.as_mut() => return Err(c),
+    };
+    let (parser, new_size) = attached;
+    if new_size != old_size {
+        if !size {
+            return Err(not_spliced(splice::NotSpliced {
+                label: "resize",
+                reason: format!(
+                    "its screen is {}x{} there, not {}x{}, and the viewer cannot be resized: reconnect",
+                    new_size.0, new_size.1, old_size.0, old_size.1
+                ),
+            }));
+        }
+        let resize = vmgate_rfb::splice::desktop_size(new_size.0, new_size.1);
+        tx.send(Frame::Data(resize.into())).await?;
+    }
+    *server.lock().expect("server parser lock") = parser;
+    Ok(o)
 }
 
 /// `audio`: the agent's framed PCM as it comes, and the client's format

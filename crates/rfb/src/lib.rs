@@ -31,11 +31,13 @@
 
 pub mod audio;
 pub mod server;
+pub mod splice;
 
 use bytes::{Bytes, BytesMut};
 
 pub use audio::{AudioFormat, SampleFormat, AUDIO_ENCODING};
 pub use server::{ServerEvent, ServerParser};
+pub use splice::ViewerState;
 
 /// The most header bytes buffered to learn a message's length.
 pub const MAX_HEADER: usize = 12;
@@ -162,9 +164,13 @@ pub enum RfbError {
     /// A desktop name over [`server::MAX_NAME`].
     #[error("desktop name of {0} bytes is too long")]
     NameTooLong(u32),
-    /// A rectangle encoding the audio client never asked for.
+    /// A rectangle encoding the parser does not follow (the client never
+    /// asked for it, or it keeps state across rectangles).
     #[error("rectangle encoding {0} was not asked for")]
     Encoding(i32),
+    /// A pixel format with other than 8, 16 or 32 bits per pixel.
+    #[error("{0} bits per pixel (8, 16 or 32)")]
+    BitsPerPixel(u8),
     /// An audio data message over [`server::MAX_AUDIO_DATA`].
     #[error("audio data message of {0} bytes exceeds {max}", max = server::MAX_AUDIO_DATA)]
     AudioDataTooLong(u32),
@@ -476,6 +482,13 @@ pub struct Dropped {
     /// SetEncodings messages that listed −259 without the audio scope and
     /// went on without it.
     pub audio_encodings: u64,
+    /// SetEncodings messages of a spliceable session that listed an
+    /// encoding the splice cannot follow (zlib, ZRLE, Tight, …) and went
+    /// on without it.
+    pub unspliceable_encodings: u64,
+    /// Bytes of a message cut in two by a splice: the start went to the old
+    /// server, the rest is dropped.
+    pub cut: u64,
 }
 
 /// What happens to the message being filtered.
@@ -491,15 +504,24 @@ enum Verdict {
     Rewrite,
     /// Held back until its kind is known (a QEMU message before its subtype).
     Undecided,
+    /// Held back whole, remembered for a splice, then passed on.
+    Record,
+    /// The rest of a message cut in two by a splice: dropped.
+    Cut,
 }
 
-fn verdict(policy: Policy, kind: Kind) -> Verdict {
+fn verdict(policy: Policy, splice: bool, kind: Kind) -> Verdict {
     match kind {
         Kind::ClientInit => Verdict::Shared,
         Kind::Qemu => Verdict::Undecided,
         k if policy.read_only && k.is_input() => Verdict::Drop,
         Kind::QemuAudio if !policy.audio => Verdict::Drop,
-        Kind::SetEncodings if !policy.audio => Verdict::Rewrite,
+        Kind::SetEncodings if !policy.audio || splice => Verdict::Rewrite,
+        Kind::SetPixelFormat | Kind::KeyEvent | Kind::PointerEvent | Kind::QemuExtendedKeyEvent
+            if splice =>
+        {
+            Verdict::Record
+        }
         _ => Verdict::Pass,
     }
 }
@@ -515,6 +537,12 @@ pub struct ClientFilter {
     held: BytesMut,
     /// What was dropped so far.
     pub dropped: Dropped,
+    /// A spliceable session's viewer, as far as a new server must know it
+    /// ([`ClientFilter::spliceable`]).
+    pub viewer: Option<Box<ViewerState>>,
+    /// Drop the rest of the current message: its start went to the server
+    /// the session was spliced away from.
+    cut: bool,
 }
 
 impl ClientFilter {
@@ -524,7 +552,25 @@ impl ClientFilter {
             policy,
             held: BytesMut::new(),
             dropped: Dropped::default(),
+            viewer: None,
+            cut: false,
         }
+    }
+
+    /// Makes the session spliceable: SetEncodings goes on with only the
+    /// encodings [`server::spliceable`] admits, and [`Self::viewer`] keeps
+    /// what a new server must be told (SetPixelFormat, SetEncodings and
+    /// key, button and pointer messages are held until whole for that).
+    pub fn spliceable(mut self) -> ClientFilter {
+        self.viewer = Some(Box::default());
+        self
+    }
+
+    /// The session moves to a new server: a message whose start was
+    /// passed on to the old one loses its rest. (A message held back whole
+    /// reaches the new server whole.)
+    pub fn cut(&mut self) {
+        self.cut = self.parser.kind.is_some() && self.held.is_empty();
     }
 
     /// The bytes of `data` to pass on (possibly none). An interactive
@@ -538,6 +584,8 @@ impl ClientFilter {
             policy,
             held,
             dropped,
+            viewer,
+            cut,
         } = self;
         // Built only once a span must change; until then `data` goes as is.
         let mut out: Option<BytesMut> = None;
@@ -545,7 +593,13 @@ impl ClientFilter {
         parser.feed(&data, |s| {
             let (start, bytes) = (at, &data[at..at + s.len]);
             at += s.len;
-            let verdict = verdict(*policy, s.kind);
+            let verdict = if *cut {
+                dropped.cut += s.len as u64;
+                *cut = !s.end;
+                Verdict::Cut
+            } else {
+                verdict(*policy, viewer.is_some(), s.kind)
+            };
             if verdict == Verdict::Pass && held.is_empty() {
                 if let Some(o) = &mut out {
                     o.extend_from_slice(bytes);
@@ -564,6 +618,7 @@ impl ClientFilter {
                     o.extend_from_slice(bytes);
                 }
                 Verdict::Undecided => held.extend_from_slice(bytes),
+                Verdict::Cut => {}
                 Verdict::Drop => {
                     held.clear();
                     match (s.end, s.kind) {
@@ -574,8 +629,27 @@ impl ClientFilter {
                 }
                 Verdict::Rewrite => {
                     held.extend_from_slice(bytes);
-                    if s.end && strip_audio_encoding(&held.split(), o) {
-                        dropped.audio_encodings += 1;
+                    if s.end {
+                        let from = o.len();
+                        let (audio, other) = strip_encodings(&held.split(), o, |e| {
+                            (e != AUDIO_ENCODING || policy.audio)
+                                && (viewer.is_none() || server::spliceable(e))
+                        });
+                        dropped.audio_encodings += u64::from(audio);
+                        dropped.unspliceable_encodings += u64::from(other);
+                        if let Some(v) = viewer {
+                            v.record(s.kind, &o[from..]);
+                        }
+                    }
+                }
+                Verdict::Record => {
+                    held.extend_from_slice(bytes);
+                    if s.end {
+                        let msg = held.split();
+                        if let Some(v) = viewer {
+                            v.record(s.kind, &msg);
+                        }
+                        o.extend_from_slice(&msg);
                     }
                 }
             }
@@ -587,12 +661,24 @@ impl ClientFilter {
     }
 }
 
-/// Appends SetEncodings `msg` (whole) to `out` without −259; whether it
-/// listed it.
-fn strip_audio_encoding(msg: &[u8], out: &mut BytesMut) -> bool {
+/// Appends SetEncodings `msg` (whole) to `out` with only the encodings
+/// `keep` admits; whether it took out −259, and whether anything else.
+fn strip_encodings(msg: &[u8], out: &mut BytesMut, keep: impl Fn(i32) -> bool) -> (bool, bool) {
+    let (mut audio, mut other) = (false, false);
     let kept: Vec<&[u8]> = msg[4..]
         .chunks_exact(4)
-        .filter(|e| i32::from_be_bytes([e[0], e[1], e[2], e[3]]) != AUDIO_ENCODING)
+        .filter(|e| {
+            let e = i32::from_be_bytes([e[0], e[1], e[2], e[3]]);
+            let k = keep(e);
+            if !k {
+                *if e == AUDIO_ENCODING {
+                    &mut audio
+                } else {
+                    &mut other
+                } = true;
+            }
+            k
+        })
         .collect();
     // At most MAX_ENCODINGS, checked by the parser: fits in a u16.
     let n = u16::try_from(kept.len()).expect("bounded by MAX_ENCODINGS");
@@ -601,7 +687,7 @@ fn strip_audio_encoding(msg: &[u8], out: &mut BytesMut) -> bool {
     for e in &kept {
         out.extend_from_slice(e);
     }
-    kept.len() * 4 + 4 != msg.len()
+    (audio, other)
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
-//! What an RFB server sends to a client that asked for audio only: the
-//! agent's dedicated audio connection to QEMU (docs/audio.md).
+//! What an RFB server sends: the agent's dedicated audio connection to QEMU
+//! (docs/audio.md), and the screen a gateway splices from one node's QEMU
+//! to another's when the guest live-migrates (docs/migration.md), where it
+//! must know where each server message ends.
 //!
 //! Sans-IO like the client parser: feed the server's bytes in whatever
 //! chunks they came, get [`ServerEvent`]s back; PCM is handed out as slices
@@ -10,11 +12,14 @@
 //! a client it was handed with `add_client … skipauth=true`, and what
 //! libvirt's `virDomainOpenGraphicsFD` with `SKIPAUTH` gives), ServerInit,
 //! and then the messages such a client can get: FramebufferUpdates made of
-//! pseudo-encoding rectangles (the −259 acknowledgement among them) or raw
-//! pixels, colour map entries, bell, server clipboard, fences, end of
+//! pseudo-encoding rectangles (the −259 acknowledgement, the cursor, the
+//! desktop size and name among them) or pixels in one of the encodings that
+//! keep no state across rectangles ([`SPLICEABLE`]: raw, CopyRect, RRE,
+//! Hextile), colour map entries, bell, server clipboard, fences, end of
 //! continuous updates, and QEMU's audio messages (255/1: begin, end, data).
-//! A client that never lists a pixel encoding but raw and never asks for an
-//! update gets nothing else; anything else is an error that says what came.
+//! A client that lists no other encoding gets nothing else; anything else
+//! is an error that says what came (zlib, ZRLE and Tight keep compression
+//! state per connection: a splice strips them from SetEncodings).
 
 use crate::{parse_version, RfbError, AUDIO_ENCODING, MAX_CUT_TEXT};
 
@@ -33,13 +38,55 @@ const EMPTY_PSEUDO: &[i32] = &[
     AUDIO_ENCODING,
     -258, // QEMU extended key event acknowledged
     -257, // QEMU pointer motion change
-    -223, // DesktopSize
+    DESKTOP_SIZE,
     LAST_RECT,
 ];
 /// LastRect: the update has no more rectangles.
 const LAST_RECT: i32 = -224;
 /// QEMU LED state: one byte.
 const LED_STATE: i32 = -261;
+/// DesktopSize: the framebuffer is now the rectangle's width and height.
+pub const DESKTOP_SIZE: i32 = -223;
+/// ExtendedDesktopSize: the size, and a list of screens.
+pub const EXTENDED_DESKTOP_SIZE: i32 = -308;
+/// DesktopName: a length and the name.
+const DESKTOP_NAME: i32 = -307;
+/// Cursor: pixels and a bit mask.
+const CURSOR: i32 = -239;
+/// XCursor: two colours and two bit masks.
+const X_CURSOR: i32 = -240;
+const RAW: i32 = 0;
+const COPY_RECT: i32 = 1;
+const RRE: i32 = 2;
+const HEXTILE: i32 = 5;
+
+/// The encodings this parser follows, pixel and pseudo: a client that lists
+/// no other gets a stream whose every message boundary is known, and whose
+/// rectangles decode without anything a previous connection sent (no
+/// compression state). What a splice keeps of a viewer's SetEncodings. The
+/// quality and compression levels of Tight and JPEG (−32…−23, −256…−247)
+/// only tune encodings not listed here, so they go too.
+pub const SPLICEABLE: &[i32] = &[
+    RAW,
+    COPY_RECT,
+    RRE,
+    HEXTILE,
+    AUDIO_ENCODING,
+    -258,
+    -257,
+    DESKTOP_SIZE,
+    LAST_RECT,
+    LED_STATE,
+    EXTENDED_DESKTOP_SIZE,
+    DESKTOP_NAME,
+    CURSOR,
+    X_CURSOR,
+];
+
+/// Whether a splice keeps `encoding` in a viewer's SetEncodings.
+pub fn spliceable(encoding: i32) -> bool {
+    SPLICEABLE.contains(&encoding)
+}
 
 /// Something the server said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +120,52 @@ enum Unit {
     Message,
     /// A rectangle header inside a FramebufferUpdate.
     Rect,
+    /// A header inside a rectangle's data, whose length it gives.
+    Sub(Sub),
+}
+
+/// Headers inside a rectangle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sub {
+    /// RRE: the number of subrectangles and the background pixel.
+    Rre,
+    /// Hextile: a tile's subencoding, colours and subrectangle count.
+    Tile,
+    /// ExtendedDesktopSize: the number of screens and padding.
+    Screens,
+    /// DesktopName: the name's length.
+    Name,
+}
+
+/// Where a Hextile rectangle is: its size and the current tile's corner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Tiles {
+    w: u16,
+    h: u16,
+    x: u16,
+    y: u16,
+}
+
+impl Tiles {
+    /// The current tile's width and height.
+    fn tile(&self) -> (usize, usize) {
+        (
+            usize::from((self.w - self.x).min(16)),
+            usize::from((self.h - self.y).min(16)),
+        )
+    }
+
+    /// Moves to the next tile; false after the last.
+    fn advance(&mut self) -> bool {
+        let step = (self.w - self.x).min(16);
+        self.x += step;
+        if self.x < self.w {
+            return true;
+        }
+        self.x = 0;
+        self.y += (self.h - self.y).min(16);
+        self.y < self.h
+    }
 }
 
 /// What a body's bytes are.
@@ -84,6 +177,8 @@ enum Body {
     Name,
     /// A rectangle's data.
     RectData,
+    /// A Hextile tile's data.
+    Tile,
     /// Audio PCM.
     Pcm,
     /// A message's payload nobody needs.
@@ -101,11 +196,16 @@ pub struct ServerParser {
     body: Option<(Body, usize)>,
     /// Rectangles left in the current FramebufferUpdate.
     rects_left: u16,
-    /// Bytes per pixel, from ServerInit.
+    /// Bytes per pixel, from ServerInit or the client's SetPixelFormat.
     bpp: usize,
+    /// The client's new bytes per pixel, from the next update on.
+    next_bpp: Option<usize>,
+    /// The Hextile rectangle being read.
+    tiles: Tiles,
     /// Whether the security types seen so far include None.
     none_offered: bool,
-    /// The framebuffer's size, from ServerInit, for [`ServerEvent::Ready`].
+    /// The framebuffer's size, from ServerInit, DesktopSize or
+    /// ExtendedDesktopSize.
     size: (u16, u16),
     /// Set on the first error: a broken stream stays broken.
     failed: Option<RfbError>,
@@ -134,6 +234,8 @@ impl ServerParser {
             body: None,
             rects_left: 0,
             bpp: 4,
+            next_bpp: None,
+            tiles: Tiles::default(),
             none_offered: false,
             size: (0, 0),
             failed: None,
@@ -145,6 +247,50 @@ impl ServerParser {
     /// may send it at once, before the server's bytes arrive (QEMU reads
     /// pipelined handshakes).
     pub const CLIENT_HANDSHAKE: &'static [u8] = b"RFB 003.008\n\x01\x01";
+
+    /// The client's SetPixelFormat (its 16-byte pixel format, after the
+    /// type and padding), as it goes to the server: the next
+    /// FramebufferUpdate that begins uses it. (An update the server had
+    /// begun before it read the message, but whose header comes later,
+    /// would be misread: the same ambiguity every viewer that changes its
+    /// format mid-session lives with; viewers set it before their first
+    /// update request.) Servers take 8, 16 and 32 bits per pixel only;
+    /// anything else breaks the stream for good.
+    pub fn set_pixel_format(&mut self, format: &[u8; 16]) {
+        match format[0] {
+            8 | 16 | 32 => self.next_bpp = Some(usize::from(format[0] / 8)),
+            bits => {
+                self.failed.get_or_insert(RfbError::BitsPerPixel(bits));
+            }
+        }
+    }
+
+    /// Whether the bytes fed so far end exactly between two server messages,
+    /// after the handshake: where another server's stream may take over.
+    pub fn at_message_boundary(&self) -> bool {
+        self.failed.is_none() && self.unit == Unit::Message && self.seen == 0 && self.body.is_none()
+    }
+
+    /// Whether the handshake is over (ServerInit read).
+    pub fn past_handshake(&self) -> bool {
+        let in_handshake = matches!(
+            self.unit,
+            Unit::Version | Unit::SecurityCount | Unit::SecurityResult | Unit::ServerInit
+        );
+        let in_name = self.body.is_some_and(|(b, _)| b == Body::Name);
+        !in_handshake && !in_name
+    }
+
+    /// The framebuffer's size as the server last said it (ServerInit,
+    /// DesktopSize, ExtendedDesktopSize).
+    pub fn size(&self) -> (u16, u16) {
+        self.size
+    }
+
+    /// What broke the stream, if anything did.
+    pub fn error(&self) -> Option<&RfbError> {
+        self.failed.as_ref()
+    }
 
     /// Reads `data`, calling `out` for each event; stops at the first error.
     pub fn feed<'a>(
@@ -179,7 +325,7 @@ impl ServerParser {
             match body {
                 Body::Pcm => out(ServerEvent::AudioData(chunk)),
                 Body::SecurityTypes => self.none_offered |= chunk.contains(&1),
-                Body::Name | Body::RectData | Body::Skip => {}
+                Body::Name | Body::RectData | Body::Tile | Body::Skip => {}
             }
             if take == left {
                 self.body = None;
@@ -217,6 +363,16 @@ impl ServerParser {
             Unit::SecurityResult => 4,
             Unit::ServerInit => 24,
             Unit::Rect => 12,
+            Unit::Sub(Sub::Rre) => 4 + self.bpp,
+            Unit::Sub(Sub::Screens | Sub::Name) => 4,
+            Unit::Sub(Sub::Tile) if h.is_empty() => 1,
+            Unit::Sub(Sub::Tile) if h[0] & 1 != 0 => 1,
+            Unit::Sub(Sub::Tile) => {
+                let s = h[0];
+                1 + if s & 2 != 0 { self.bpp } else { 0 }
+                    + if s & 4 != 0 { self.bpp } else { 0 }
+                    + usize::from(s & 8 != 0)
+            }
             Unit::Message if h.is_empty() => 1,
             Unit::Message => match h[0] {
                 0 => 4,
@@ -293,23 +449,99 @@ impl ServerParser {
             }
             Unit::Message => self.after_message_header(&h, out)?,
             Unit::Rect => {
-                let (w, hgt) = (usize::from(be16(&h, 4)), usize::from(be16(&h, 6)));
+                let (w16, h16) = (be16(&h, 4), be16(&h, 6));
+                let (w, hgt) = (usize::from(w16), usize::from(h16));
                 let encoding = be32(&h, 8) as i32;
                 self.next(Unit::Rect);
+                // Every length below is at most 2^16 * 2^16 * 4 * 2 bytes:
+                // no overflow on 64 bits, checked anyway.
+                let area = |bytes: usize| {
+                    w.checked_mul(hgt)
+                        .and_then(|n| n.checked_mul(bytes))
+                        .ok_or(RfbError::Encoding(encoding))
+                };
+                let mask = w.div_ceil(8).checked_mul(hgt);
+                let mask = mask.ok_or(RfbError::Encoding(encoding))?;
+                out(ServerEvent::Rect { encoding });
                 let len = match encoding {
+                    DESKTOP_SIZE => {
+                        self.size = (w16, h16);
+                        0
+                    }
                     e if EMPTY_PSEUDO.contains(&e) => 0,
                     LED_STATE => 1,
-                    0 => w
-                        .checked_mul(hgt)
-                        .and_then(|n| n.checked_mul(self.bpp))
+                    RAW => area(self.bpp)?,
+                    COPY_RECT => 4,
+                    RRE => {
+                        self.next(Unit::Sub(Sub::Rre));
+                        return Ok(());
+                    }
+                    HEXTILE if w == 0 || hgt == 0 => 0,
+                    HEXTILE => {
+                        self.tiles = Tiles {
+                            w: w16,
+                            h: h16,
+                            x: 0,
+                            y: 0,
+                        };
+                        self.next(Unit::Sub(Sub::Tile));
+                        return Ok(());
+                    }
+                    CURSOR => area(self.bpp)?
+                        .checked_add(mask)
                         .ok_or(RfbError::Encoding(encoding))?,
+                    X_CURSOR if w == 0 || hgt == 0 => 0,
+                    X_CURSOR => 6 + 2 * mask,
+                    EXTENDED_DESKTOP_SIZE => {
+                        // y is the status: 0 is a new size, else a refusal.
+                        if be16(&h, 2) == 0 {
+                            self.size = (w16, h16);
+                        }
+                        self.next(Unit::Sub(Sub::Screens));
+                        return Ok(());
+                    }
+                    DESKTOP_NAME => {
+                        self.next(Unit::Sub(Sub::Name));
+                        return Ok(());
+                    }
                     e => return Err(RfbError::Encoding(e)),
                 };
-                out(ServerEvent::Rect { encoding });
                 if encoding == LAST_RECT {
                     self.rects_left = 1;
                 }
                 self.start_body(Body::RectData, len, out)?;
+            }
+            Unit::Sub(sub) => {
+                let (body, len) = match sub {
+                    Sub::Rre => {
+                        let n = be32(&h, 0) as usize;
+                        let len = n.checked_mul(self.bpp + 8);
+                        (Body::RectData, len.ok_or(RfbError::Encoding(RRE))?)
+                    }
+                    Sub::Screens => (Body::RectData, 16 * usize::from(h[0])),
+                    Sub::Name => {
+                        let name = be32(&h, 0);
+                        if name > MAX_NAME {
+                            return Err(RfbError::NameTooLong(name));
+                        }
+                        (Body::RectData, name as usize)
+                    }
+                    Sub::Tile => {
+                        let (tw, th) = self.tiles.tile();
+                        let s = h[0];
+                        let len = if s & 1 != 0 {
+                            tw * th * self.bpp
+                        } else if s & 8 != 0 {
+                            let n = usize::from(h[self.seen - 1]);
+                            n * if s & 16 != 0 { self.bpp + 2 } else { 2 }
+                        } else {
+                            0
+                        };
+                        (Body::Tile, len)
+                    }
+                };
+                self.seen = 0;
+                self.start_body(body, len, out)?;
             }
         }
         Ok(())
@@ -323,6 +555,9 @@ impl ServerParser {
         self.next(Unit::Message);
         match h[0] {
             0 => {
+                if let Some(bpp) = self.next_bpp.take() {
+                    self.bpp = bpp;
+                }
                 self.rects_left = be16(h, 2);
                 if self.rects_left > 0 {
                     self.next(Unit::Rect);
@@ -366,6 +601,16 @@ impl ServerParser {
         Ok(())
     }
 
+    /// A rectangle ended: the next one, or the next message.
+    fn rect_done(&mut self) {
+        self.rects_left -= 1;
+        self.next(if self.rects_left == 0 {
+            Unit::Message
+        } else {
+            Unit::Rect
+        });
+    }
+
     fn after_body<'a>(
         &mut self,
         body: Body,
@@ -381,9 +626,14 @@ impl ServerParser {
                 Ok(())
             }
             Body::RectData => {
-                self.rects_left -= 1;
-                if self.rects_left == 0 {
-                    self.next(Unit::Message);
+                self.rect_done();
+                Ok(())
+            }
+            Body::Tile => {
+                if self.tiles.advance() {
+                    self.next(Unit::Sub(Sub::Tile));
+                } else {
+                    self.rect_done();
                 }
                 Ok(())
             }

@@ -590,3 +590,401 @@ mod server {
         }
     }
 }
+
+/// The screen as a splice follows it: every encoding a spliceable session
+/// can get, where each message ends, and the viewer's side of a cut.
+mod screen {
+    use super::super::server::*;
+    use super::super::*;
+    use proptest::prelude::*;
+
+    /// A server message a spliceable viewer may get.
+    #[derive(Debug, Clone)]
+    enum Msg {
+        Raw(u16, u16),
+        CopyRect,
+        Rre(u8),
+        /// Width, height, and one subencoding byte per tile (cycled).
+        Hextile(u16, u16, Vec<u8>),
+        Cursor(u16, u16),
+        XCursor(u16, u16),
+        Screens(u8),
+        Name(u16),
+        DesktopSize(u16, u16),
+        Leds,
+        Bell,
+        Clipboard(u16),
+    }
+
+    fn rect(out: &mut Vec<u8>, w: u16, h: u16, enc: i32) {
+        out.extend_from_slice(&[0, 0, 0, 0]);
+        out.extend_from_slice(&w.to_be_bytes());
+        out.extend_from_slice(&h.to_be_bytes());
+        out.extend_from_slice(&enc.to_be_bytes());
+    }
+
+    /// The message's bytes with `bpp` bytes per pixel; an update has one
+    /// rectangle, and a LastRect after it when `last_rect`.
+    fn bytes(m: &Msg, bpp: usize, last_rect: bool) -> Vec<u8> {
+        let mut o = Vec::new();
+        let update = |o: &mut Vec<u8>| {
+            o.extend_from_slice(&[0, 0]);
+            o.extend_from_slice(&(if last_rect { 0xffffu16 } else { 1 }).to_be_bytes());
+        };
+        match m {
+            Msg::Bell => return vec![2],
+            Msg::Clipboard(n) => {
+                o.extend_from_slice(&[3, 0, 0, 0]);
+                o.extend_from_slice(&u32::from(*n).to_be_bytes());
+                o.resize(o.len() + usize::from(*n), b'x');
+                return o;
+            }
+            _ => update(&mut o),
+        }
+        let px = |o: &mut Vec<u8>, n: usize| o.resize(o.len() + n * bpp, 7);
+        match m {
+            Msg::Raw(w, h) => {
+                rect(&mut o, *w, *h, 0);
+                px(&mut o, usize::from(*w) * usize::from(*h));
+            }
+            Msg::CopyRect => {
+                rect(&mut o, 5, 5, 1);
+                o.extend_from_slice(&[0, 1, 0, 2]);
+            }
+            Msg::Rre(n) => {
+                rect(&mut o, 30, 30, 2);
+                o.extend_from_slice(&u32::from(*n).to_be_bytes());
+                px(&mut o, 1);
+                for _ in 0..*n {
+                    px(&mut o, 1);
+                    o.extend_from_slice(&[0, 1, 0, 1, 0, 2, 0, 2]);
+                }
+            }
+            Msg::Hextile(w, h, subs) => {
+                rect(&mut o, *w, *h, 5);
+                let (w, h) = (usize::from(*w), usize::from(*h));
+                let mut i = 0;
+                for ty in (0..h).step_by(16) {
+                    for tx in (0..w).step_by(16) {
+                        let (tw, th) = ((w - tx).min(16), (h - ty).min(16));
+                        let s = subs.get(i % subs.len().max(1)).copied().unwrap_or(1) & 0x1f;
+                        i += 1;
+                        o.push(s);
+                        if s & 1 != 0 {
+                            px(&mut o, tw * th);
+                            continue;
+                        }
+                        if s & 2 != 0 {
+                            px(&mut o, 1);
+                        }
+                        if s & 4 != 0 {
+                            px(&mut o, 1);
+                        }
+                        if s & 8 != 0 {
+                            let n = usize::from(s) % 5;
+                            o.push(n as u8);
+                            for _ in 0..n {
+                                if s & 16 != 0 {
+                                    px(&mut o, 1);
+                                }
+                                o.extend_from_slice(&[0x12, 0x34]);
+                            }
+                        }
+                    }
+                }
+            }
+            Msg::Cursor(w, h) => {
+                rect(&mut o, *w, *h, -239);
+                let (w, h) = (usize::from(*w), usize::from(*h));
+                px(&mut o, w * h);
+                o.resize(o.len() + w.div_ceil(8) * h, 0xff);
+            }
+            Msg::XCursor(w, h) => {
+                rect(&mut o, *w, *h, -240);
+                let (w, h) = (usize::from(*w), usize::from(*h));
+                if w * h > 0 {
+                    o.extend_from_slice(&[1, 2, 3, 4, 5, 6]);
+                    o.resize(o.len() + 2 * w.div_ceil(8) * h, 0x0f);
+                }
+            }
+            Msg::Screens(n) => {
+                rect(&mut o, 800, 600, -308);
+                o.extend_from_slice(&[*n, 0, 0, 0]);
+                o.resize(o.len() + 16 * usize::from(*n), 1);
+            }
+            Msg::Name(n) => {
+                rect(&mut o, 0, 0, -307);
+                o.extend_from_slice(&u32::from(*n).to_be_bytes());
+                o.resize(o.len() + usize::from(*n), b'n');
+            }
+            Msg::DesktopSize(w, h) => rect(&mut o, *w, *h, -223),
+            Msg::Leds => {
+                rect(&mut o, 0, 0, -261);
+                o.push(2);
+            }
+            Msg::Bell | Msg::Clipboard(_) => unreachable!(),
+        }
+        if last_rect {
+            rect(&mut o, 0, 0, -224);
+        }
+        o
+    }
+
+    /// QEMU's handshake: 3.8, None, 720x400 at 32 bits per pixel, "vm".
+    fn handshake() -> Vec<u8> {
+        let mut s = b"RFB 003.008\n\x01\x01\0\0\0\0".to_vec();
+        s.extend_from_slice(&[0x02, 0xd0, 0x01, 0x90]);
+        s.extend_from_slice(&[32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0]);
+        s.extend_from_slice(&2u32.to_be_bytes());
+        s.extend_from_slice(b"vm");
+        s
+    }
+
+    /// Where the parser says a message ends, fed one byte at a time; the
+    /// rectangle encodings seen.
+    fn boundaries(p: &mut ServerParser, data: &[u8]) -> (Vec<usize>, Vec<i32>) {
+        let (mut ends, mut encs) = (Vec::new(), Vec::new());
+        for (i, b) in data.iter().enumerate() {
+            p.feed(std::slice::from_ref(b), |e| {
+                if let ServerEvent::Rect { encoding } = e {
+                    encs.push(encoding)
+                }
+            })
+            .unwrap();
+            if p.at_message_boundary() {
+                ends.push(i + 1);
+            }
+        }
+        (ends, encs)
+    }
+
+    fn all() -> Vec<Msg> {
+        vec![
+            Msg::Raw(3, 2),
+            Msg::CopyRect,
+            Msg::Rre(3),
+            // 2x2 tiles, the last ones narrower and shorter: raw, bg+fg,
+            // coloured subrects, plain subrects, nothing at all.
+            Msg::Hextile(20, 17, vec![1, 6, 0x1e, 8, 0]),
+            Msg::Cursor(9, 3),
+            Msg::XCursor(9, 3),
+            Msg::XCursor(0, 0),
+            Msg::Screens(2),
+            Msg::Name(5),
+            Msg::DesktopSize(640, 480),
+            Msg::Leds,
+            Msg::Bell,
+            Msg::Clipboard(4),
+        ]
+    }
+
+    #[test]
+    fn every_spliceable_encoding_ends_where_it_should() {
+        for last_rect in [false, true] {
+            let mut p = ServerParser::new();
+            let hs = handshake();
+            let (ends, _) = boundaries(&mut p, &hs);
+            assert_eq!(
+                ends,
+                [hs.len()],
+                "the handshake's end is the first boundary"
+            );
+            let mut q = ServerParser::new();
+            for b in &hs {
+                assert!(!q.past_handshake());
+                q.feed(std::slice::from_ref(b), |_| {}).unwrap();
+            }
+            assert!(q.past_handshake());
+            assert_eq!(p.size(), (720, 400));
+            let mut data = Vec::new();
+            let mut want = Vec::new();
+            for m in all() {
+                data.extend(bytes(&m, 4, last_rect));
+                want.push(data.len());
+            }
+            let (ends, encs) = boundaries(&mut p, &data);
+            assert_eq!(ends, want);
+            let mut want_encs = vec![0, 1, 2, 5, -239, -240, -240, -308, -307, -223, -261];
+            if last_rect {
+                want_encs = want_encs.iter().flat_map(|&e| [e, -224]).collect();
+            }
+            assert_eq!(encs, want_encs);
+            assert_eq!(p.size(), (640, 480), "DesktopSize was the last size");
+        }
+    }
+
+    #[test]
+    fn the_viewers_pixel_format_sets_the_pixel_size() {
+        let mut p = ServerParser::new();
+        p.feed(&handshake(), |_| {}).unwrap();
+        let mut pf = [0; 16];
+        pf[0] = 16;
+        p.set_pixel_format(&pf);
+        let m = bytes(&Msg::Hextile(17, 3, vec![1, 0x1e]), 2, false);
+        let (ends, _) = boundaries(&mut p, &m);
+        assert_eq!(ends, [m.len()]);
+        pf[0] = 24;
+        p.set_pixel_format(&pf);
+        assert_eq!(p.error(), Some(&RfbError::BitsPerPixel(24)));
+        assert!(!p.at_message_boundary());
+    }
+
+    #[test]
+    fn stateful_encodings_are_refused_with_their_number() {
+        for enc in [6, 7, 16, -260] {
+            let mut p = ServerParser::new();
+            p.feed(&handshake(), |_| {}).unwrap();
+            let mut m = vec![0, 0, 0, 1];
+            rect(&mut m, 4, 4, enc);
+            assert_eq!(p.feed(&m, |_| {}), Err(RfbError::Encoding(enc)));
+            assert!(!p.at_message_boundary());
+            assert!(!spliceable(enc));
+        }
+    }
+
+    fn msg() -> impl Strategy<Value = Msg> {
+        prop_oneof![
+            (0u16..40, 0u16..40).prop_map(|(w, h)| Msg::Raw(w, h)),
+            Just(Msg::CopyRect),
+            (0u8..10).prop_map(Msg::Rre),
+            (
+                0u16..70,
+                0u16..70,
+                proptest::collection::vec(any::<u8>(), 1..8)
+            )
+                .prop_map(|(w, h, s)| Msg::Hextile(w, h, s)),
+            (0u16..20, 0u16..20).prop_map(|(w, h)| Msg::Cursor(w, h)),
+            (0u16..20, 0u16..20).prop_map(|(w, h)| Msg::XCursor(w, h)),
+            (0u8..4).prop_map(Msg::Screens),
+            (0u16..30).prop_map(Msg::Name),
+            (any::<u16>(), any::<u16>()).prop_map(|(w, h)| Msg::DesktopSize(w, h)),
+            Just(Msg::Leds),
+            Just(Msg::Bell),
+            (0u16..50).prop_map(Msg::Clipboard),
+        ]
+    }
+
+    proptest! {
+        /// Any sequence of spliceable messages, in any pixel size: the
+        /// parser is between messages exactly where each one ends, and
+        /// nowhere else.
+        #[test]
+        fn message_boundaries_are_exactly_the_message_ends(
+            msgs in proptest::collection::vec((msg(), any::<bool>()), 0..12),
+            bits in prop_oneof![Just(8u8), Just(16), Just(32)],
+        ) {
+            let mut p = ServerParser::new();
+            p.feed(&handshake(), |_| {}).unwrap();
+            let mut pf = [0; 16];
+            pf[0] = bits;
+            p.set_pixel_format(&pf);
+            let mut data = Vec::new();
+            let mut want = Vec::new();
+            for (m, last) in &msgs {
+                data.extend(bytes(m, usize::from(bits / 8), *last));
+                want.push(data.len());
+            }
+            let (ends, _) = boundaries(&mut p, &data);
+            prop_assert_eq!(ends, want);
+        }
+
+        /// Arbitrary bytes after the handshake: no panic, and a boundary is
+        /// never claimed on a broken stream.
+        #[test]
+        fn arbitrary_screen_bytes_never_panic(
+            tail in proptest::collection::vec(any::<u8>(), 0..600),
+        ) {
+            let mut p = ServerParser::new();
+            p.feed(&handshake(), |_| {}).unwrap();
+            if p.feed(&tail, |_| {}).is_err() {
+                prop_assert!(!p.at_message_boundary());
+            }
+        }
+    }
+
+    const HS: &[u8] = b"RFB 003.008\n\x01\x00";
+
+    fn spliceable_filter() -> ClientFilter {
+        ClientFilter::new(Policy::default()).spliceable()
+    }
+
+    #[test]
+    fn a_spliceable_viewer_gets_only_encodings_the_splice_follows() {
+        let mut f = spliceable_filter();
+        let mut s = HS.to_vec();
+        let pf = [
+            0, 0, 0, 0, 32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0,
+        ];
+        s.extend_from_slice(&pf);
+        s.extend(audio::set_encodings_message(&[
+            16, 7, 6, -260, 5, 0, -223, -259, -313,
+        ]));
+        let mut out = Vec::new();
+        for c in s.chunks(3) {
+            out.extend_from_slice(&f.filter(Bytes::copy_from_slice(c)).unwrap());
+        }
+        let mut want = b"RFB 003.008\n\x01\x01".to_vec();
+        want.extend_from_slice(&pf);
+        let kept = audio::set_encodings_message(&[5, 0, -223]);
+        want.extend_from_slice(&kept);
+        assert_eq!(out, want);
+        assert_eq!(f.dropped.unspliceable_encodings, 1);
+        assert_eq!(f.dropped.audio_encodings, 1);
+        let v = f.viewer.as_ref().unwrap();
+        assert_eq!(v.pixel_format().unwrap(), pf[4..]);
+        assert_eq!(v.replay(1, 1)[20..20 + kept.len()], kept[..]);
+    }
+
+    #[test]
+    fn a_cut_drops_the_rest_of_a_message_begun_on_the_old_server_only() {
+        let mut f = spliceable_filter();
+        f.filter(Bytes::from_static(HS)).unwrap();
+        // A paste half sent to the old server: its rest goes nowhere, and
+        // the key press after it reaches the new one.
+        let paste = [6, 0, 0, 0, 0, 0, 0, 4, b'a', b'b'];
+        assert_eq!(
+            &f.filter(Bytes::copy_from_slice(&paste)).unwrap()[..],
+            &paste
+        );
+        f.cut();
+        let key = [4, 1, 0, 0, 0, 0, 0, 0x61];
+        let rest = [&b"cd"[..], &key].concat();
+        assert_eq!(&f.filter(Bytes::from(rest)).unwrap()[..], &key);
+        assert_eq!(f.dropped.cut, 2);
+        assert_eq!(f.dropped.input, 0);
+        // A key event held back whole is not cut: it reaches the new server.
+        assert!(f.filter(Bytes::from_static(&[4, 0, 0])).unwrap().is_empty());
+        f.cut();
+        let up = f.filter(Bytes::from_static(&[0, 0, 0, 0, 0x61])).unwrap();
+        assert_eq!(&up[..], &[4, 0, 0, 0, 0, 0, 0, 0x61]);
+        // Between messages a cut drops nothing.
+        f.cut();
+        assert_eq!(&f.filter(Bytes::copy_from_slice(&key)).unwrap()[..], &key);
+        assert_eq!(f.dropped.cut, 2);
+        assert_eq!(
+            f.viewer.as_mut().unwrap().release(),
+            [4, 0, 0, 0, 0, 0, 0, 0x61]
+        );
+    }
+}
+
+/// A read-only viewer's keys never reach a server, so a splice has none
+/// to release for it: the new node gets no input from it either.
+#[test]
+fn a_read_only_spliceable_viewer_leaves_nothing_to_release() {
+    let policy = Policy {
+        read_only: true,
+        audio: false,
+    };
+    let mut f = ClientFilter::new(policy).spliceable();
+    let mut s = HANDSHAKE.to_vec();
+    s.extend_from_slice(&[4, 1, 0, 0, 0, 0, 0, 0x61]);
+    s.extend_from_slice(&[5, 1, 0, 10, 0, 20]);
+    s.extend_from_slice(&[255, 0, 0, 1, 0, 0, 0, 0x61, 0, 0, 0, 0x1e]);
+    let out = f.filter(Bytes::from(s)).unwrap();
+    assert_eq!(&out[..], b"RFB 003.008\n\x01\x01");
+    assert_eq!(f.dropped.input, 3);
+    let v = f.viewer.as_mut().unwrap();
+    assert!(!v.holds_input());
+    assert!(v.release().is_empty());
+}

@@ -8,6 +8,7 @@
 mod common;
 
 use common::libvirt::{restart_libvirtd, DAEMON};
+use common::rfb::{Image, Viewer};
 use common::{Backend, Event, Session, Stack};
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
@@ -258,9 +259,14 @@ async fn a_metadata_filter_serves_only_the_domains_that_carry_the_element() {
 /// Live migration to another node, for real, followed: the serial and
 /// channel sessions open on the first node stay open and go on against the
 /// guest on the second node (the gateway re-opens them there and says so
-/// in a notice); the VNC session, which cannot be resumed mid-stream, is
-/// closed with 4413 "migrated"; new sessions reach the second node's
-/// agent. The second node is a second libvirtd on this machine
+/// in a notice); the screen of a viewer through `vmgate vnc` stays open
+/// too, spliced onto the second node's VNC server (docs/migration.md): what
+/// is written to the guest's VGA console after the move reaches the viewer
+/// and equals the second node's screenshot, and the viewer, which lists
+/// ZRLE, zlib and Tight first, only ever gets Hextile (it cannot decode the
+/// others); a VNC session whose viewer had not finished its handshake
+/// cannot be spliced and gets 4413 with why; new sessions reach the second
+/// node's agent. The second node is a second libvirtd on this machine
 /// ([`common::libvirt::SecondNode`]).
 #[tokio::test]
 async fn a_live_migrated_domain_is_followed_to_the_other_nodes_agent() {
@@ -297,6 +303,10 @@ async fn a_live_migrated_domain_is_followed_to_the_other_nodes_agent() {
     let t = stack.ticket(&stack.name, &["vnc"], false);
     let mut vnc = Session::new(stack.connect(&t.ws_url).await);
     vnc.expect("RFB 003.008\n").await;
+    let viewer = Viewer::start(&stack, &stack.name).await;
+    let on_a = viewer
+        .wait_screen(common::WAIT, || screenshot(None, &stack))
+        .await;
 
     let (name, uri) = (stack.name.clone(), node_b.uri.clone());
     let out = tokio::task::spawn_blocking(move || {
@@ -311,16 +321,22 @@ async fn a_live_migrated_domain_is_followed_to_the_other_nodes_agent() {
     })
     .await
     .unwrap();
+    let migrated = std::time::Instant::now();
     assert!(
         out.status.success(),
         "virsh migrate: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // The screen cannot follow: its viewer is told to reconnect.
+    // A screen whose viewer never finished its handshake cannot be
+    // spliced: told to reconnect, and why.
     let (code, reason) = closed_or_log(&stack, &mut vnc).await;
     assert_eq!(code, 4413, "{reason}");
     assert!(reason.contains("migrated to another node"), "{reason}");
+    assert!(
+        reason.contains("had not finished its RFB handshake"),
+        "{reason}"
+    );
     // The serial session follows, to the same running guest.
     serial.expect_notice("this session follows it").await;
     serial.send(b"echo mig=$MIG\n").await;
@@ -343,11 +359,80 @@ async fn a_live_migrated_domain_is_followed_to_the_other_nodes_agent() {
         2,
         "{gw}"
     );
+    // The viewer's screen stayed open: the whole screen came again from
+    // node B, and what is drawn on the guest's VGA console now reaches it.
+    let spliced = "screen spliced onto the guest's new node";
+    stack
+        .wait_log("gateway.log", common::WAIT, spliced, |l| {
+            l.contains(spliced)
+        })
+        .await;
+    let gw = common::plain(&stack.log("gateway.log"));
+    let first = gw
+        .lines()
+        .find(|l| l.contains(spliced))
+        .unwrap()
+        .to_string();
+    assert!(first.contains("switch_ms="), "{first}");
+    viewer.assert_open();
+    serial
+        .send(b"printf '\\033[44m\\033[2Jmoved-%s' $((6*7)) > /dev/tty1; echo drawn-$((1+1))\n")
+        .await;
+    serial.expect("drawn-2").await;
+    let on_b = viewer
+        .wait_screen(common::WAIT, || screenshot(Some(&node_b), &stack))
+        .await;
+    assert_ne!(on_a, on_b, "the screen after the move is the new one");
+    {
+        let seen = viewer.seen.lock().unwrap();
+        let after = seen.updates.iter().find(|t| **t > migrated);
+        eprintln!(
+            "first screen update {:?} after virsh migrate returned; {first}",
+            after.map(|t| t.duration_since(migrated))
+        );
+        assert!(seen.encodings.contains(&5), "{:?}", seen.encodings);
+        assert!(
+            seen.encodings.is_subset(&[0, 5, -223].into()),
+            "{:?}",
+            seen.encodings
+        );
+    }
+    let metrics = stack.metrics().await;
+    assert!(
+        metrics.contains("vmgate_screen_splice_failed_total{reason=\"handshake\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("vmgate_sessions_followed_total 3"),
+        "{metrics}"
+    );
     // New sessions reach node B too.
     let t = stack.ticket(&stack.name, &["vnc"], false);
     let mut vnc = Session::new(stack.connect(&t.ws_url).await);
     vnc.expect("RFB 003.008\n").await;
     drop(node_b);
+}
+
+/// The guest's screen as libvirt shows it, on node B or the first node.
+async fn screenshot(node: Option<&common::libvirt::SecondNode>, stack: &Stack) -> Image {
+    let path = stack.dir.path().join(format!(
+        "shot-{}.img",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let p = path.to_str().unwrap().to_string();
+    let out = match node {
+        Some(n) => n.virsh(&["screenshot", &stack.name, &p]),
+        None => common::libvirt::virsh(&["screenshot", &stack.name, &p]),
+    };
+    assert!(
+        out.status.success(),
+        "virsh screenshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Image::load(&path)
 }
 
 async fn refused(stack: &Stack, guest: &str, code: u16) -> String {

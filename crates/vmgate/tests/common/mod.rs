@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod libvirt;
+pub mod rfb;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,410 @@
+//! A VNC viewer for the tests, written from RFC 6143 and independent of
+//! `vmgate_rfb`: it connects to `vmgate vnc` over TCP, asks for 32-bit
+//! pixels and lists ZRLE, zlib and Tight before Hextile and raw, decodes
+//! Hextile and raw into a framebuffer, and fails on any other encoding (so
+//! a server that was let pick a stateful encoding breaks it). Every update
+//! is timestamped; an incremental request follows each one, like a real
+//! viewer's.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use super::{Stack, WAIT};
+
+/// An RGB image.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Image {
+    pub width: usize,
+    pub height: usize,
+    pub rgb: Vec<u8>,
+}
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Image {}x{}", self.width, self.height)
+    }
+}
+
+impl Image {
+    /// Any image Pillow reads (PNG, PPM), through the vncdotool venv's
+    /// Python (tests/vnc.rs makes it).
+    pub fn load(path: &Path) -> Image {
+        let ppm = path.with_extension("rgb.ppm");
+        let python = venv_python();
+        let status = Command::new(python)
+            .arg("-c")
+            .arg("import sys; from PIL import Image; Image.open(sys.argv[1]).convert('RGB').save(sys.argv[2])")
+            .arg(path)
+            .arg(&ppm)
+            .status()
+            .unwrap();
+        assert!(status.success(), "converting {}", path.display());
+        let data = std::fs::read(&ppm).unwrap();
+        // Pillow writes "P6\n<w> <h>\n255\n" and the pixels.
+        let mut fields = data.splitn(5, |b| b.is_ascii_whitespace());
+        let magic = fields.next().unwrap();
+        assert_eq!(magic, b"P6");
+        let num = |f: Option<&[u8]>| -> usize {
+            std::str::from_utf8(f.unwrap()).unwrap().parse().unwrap()
+        };
+        let (width, height) = (num(fields.next()), num(fields.next()));
+        assert_eq!(num(fields.next()), 255);
+        let rgb = fields.next().unwrap().to_vec();
+        assert_eq!(rgb.len(), width * height * 3);
+        Image { width, height, rgb }
+    }
+
+    pub fn differing(&self, other: &Image) -> usize {
+        if (self.width, self.height) != (other.width, other.height) {
+            return usize::MAX;
+        }
+        self.rgb
+            .chunks(3)
+            .zip(other.rgb.chunks(3))
+            .filter(|(a, b)| a != b)
+            .count()
+    }
+}
+
+fn venv_python() -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/vnc-venv");
+    if !venv.join("bin/python").exists() {
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+            && Command::new(venv.join("bin/pip"))
+                .args(["install", "-q", "vncdotool"])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+        assert!(
+            ok,
+            "cannot make {} (see scripts/deps.d/vnc.sh)",
+            venv.display()
+        );
+    }
+    venv.join("bin/python")
+}
+
+/// What the viewer has seen.
+#[derive(Debug)]
+pub struct Seen {
+    pub screen: Image,
+    /// When each FramebufferUpdate was complete.
+    pub updates: Vec<Instant>,
+    /// Encodings of the rectangles received.
+    pub encodings: std::collections::BTreeSet<i32>,
+    /// Why the connection ended, if it did.
+    pub ended: Option<String>,
+}
+
+/// `vmgate vnc GUEST` on a local TCP port, and a viewer connected to it.
+pub struct Viewer {
+    cli: Child,
+    pub seen: Arc<Mutex<Seen>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = self.cli.kill();
+        let _ = self.cli.wait();
+    }
+}
+
+/// The encodings the viewer lists, in its order of preference: the
+/// stateful ones first, which a spliceable session must never get.
+pub const ASKED: &[i32] = &[16, 6, 7, 5, 0, -223];
+
+impl Viewer {
+    pub async fn start(stack: &Stack, guest: &str) -> Viewer {
+        let mut cli = Command::new(env!("CARGO_BIN_EXE_vmgate"))
+            .args([
+                "vnc",
+                guest,
+                "--listen",
+                "tcp:127.0.0.1:0",
+                "--insecure-tcp",
+            ])
+            .arg("--state-dir")
+            .arg(&stack.state.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning vmgate vnc");
+        let stdout = cli.stdout.take().unwrap();
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+                .map(|_| line)
+        });
+        let addr = tokio::time::timeout(WAIT, line)
+            .await
+            .expect("vmgate vnc prints its address")
+            .unwrap()
+            .unwrap();
+        let addr = addr.trim().trim_start_matches("tcp:").to_string();
+        let stream = tokio::time::timeout(WAIT, TcpStream::connect(&addr))
+            .await
+            .expect("connecting to vmgate vnc")
+            .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+        let (mut r, mut w) = stream.into_split();
+        let (width, height) = tokio::time::timeout(WAIT, handshake(&mut r, &mut w))
+            .await
+            .expect("the RFB handshake through vmgate vnc");
+        let seen = Arc::new(Mutex::new(Seen {
+            screen: Image {
+                width,
+                height,
+                rgb: vec![0; width * height * 3],
+            },
+            updates: Vec::new(),
+            encodings: Default::default(),
+            ended: None,
+        }));
+        let s = seen.clone();
+        let task = tokio::spawn(async move {
+            let why = match read_updates(&mut r, &mut w, &s).await {
+                Ok(()) => "the connection ended".to_string(),
+                Err(e) => e,
+            };
+            s.lock().unwrap().ended = Some(why);
+        });
+        Viewer { cli, seen, task }
+    }
+
+    pub fn updates(&self) -> usize {
+        self.seen.lock().unwrap().updates.len()
+    }
+
+    /// Panics if the viewer's connection ended.
+    pub fn assert_open(&self) {
+        let s = self.seen.lock().unwrap();
+        assert!(
+            s.ended.is_none(),
+            "the viewer's connection ended: {:?}",
+            s.ended
+        );
+    }
+
+    /// Waits until the viewer's screen equals `want()` (asked again after
+    /// each update: the hypervisor's screen may still be changing),
+    /// within `wait`; the image matched.
+    pub async fn wait_screen<F, Fut>(&self, wait: Duration, mut want: F) -> Image
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Image>,
+    {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let target = want().await;
+            let (got, ended) = {
+                let s = self.seen.lock().unwrap();
+                (s.screen.clone(), s.ended.clone())
+            };
+            assert!(ended.is_none(), "the viewer's connection ended: {ended:?}");
+            if got == target {
+                return got;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the viewer's screen never matched: {} of {} pixels differ",
+                got.differing(&target),
+                target.width * target.height
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+async fn handshake(r: &mut OwnedReadHalf, w: &mut OwnedWriteHalf) -> (usize, usize) {
+    let mut version = [0; 12];
+    r.read_exact(&mut version).await.unwrap();
+    assert_eq!(&version, b"RFB 003.008\n");
+    w.write_all(b"RFB 003.008\n").await.unwrap();
+    let n = r.read_u8().await.unwrap();
+    let mut types = vec![0; usize::from(n)];
+    r.read_exact(&mut types).await.unwrap();
+    assert!(types.contains(&1), "security None offered: {types:?}");
+    w.write_all(&[1]).await.unwrap();
+    assert_eq!(r.read_u32().await.unwrap(), 0, "security result");
+    w.write_all(&[1]).await.unwrap();
+    let mut init = [0; 24];
+    r.read_exact(&mut init).await.unwrap();
+    let (width, height) = (
+        usize::from(u16::from_be_bytes([init[0], init[1]])),
+        usize::from(u16::from_be_bytes([init[2], init[3]])),
+    );
+    let name = u32::from_be_bytes([init[20], init[21], init[22], init[23]]);
+    let mut skip = vec![0; name as usize];
+    r.read_exact(&mut skip).await.unwrap();
+    // 32 bits, depth 24, little-endian, true colour, 8 bits each, red at 16.
+    let mut m = vec![
+        0, 0, 0, 0, 32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0,
+    ];
+    m.extend_from_slice(&[2, 0]);
+    m.extend_from_slice(&(ASKED.len() as u16).to_be_bytes());
+    for e in ASKED {
+        m.extend_from_slice(&e.to_be_bytes());
+    }
+    m.extend_from_slice(&request(false, width, height));
+    w.write_all(&m).await.unwrap();
+    (width, height)
+}
+
+fn request(incremental: bool, width: usize, height: usize) -> Vec<u8> {
+    let mut m = vec![3, u8::from(incremental), 0, 0, 0, 0];
+    m.extend_from_slice(&(width as u16).to_be_bytes());
+    m.extend_from_slice(&(height as u16).to_be_bytes());
+    m
+}
+
+async fn read_updates(
+    r: &mut OwnedReadHalf,
+    w: &mut OwnedWriteHalf,
+    seen: &Mutex<Seen>,
+) -> Result<(), String> {
+    let io = |e: std::io::Error| e.to_string();
+    loop {
+        let ty = match r.read_u8().await {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        };
+        match ty {
+            0 => {
+                let _pad = r.read_u8().await.map_err(io)?;
+                let n = r.read_u16().await.map_err(io)?;
+                for _ in 0..n {
+                    let mut h = [0; 12];
+                    r.read_exact(&mut h).await.map_err(io)?;
+                    let f = |i: usize| usize::from(u16::from_be_bytes([h[i], h[i + 1]]));
+                    let (x, y, rw, rh) = (f(0), f(2), f(4), f(6));
+                    let enc = i32::from_be_bytes([h[8], h[9], h[10], h[11]]);
+                    seen.lock().unwrap().encodings.insert(enc);
+                    match enc {
+                        0 => {
+                            let mut px = vec![0; rw * rh * 4];
+                            r.read_exact(&mut px).await.map_err(io)?;
+                            let mut s = seen.lock().unwrap();
+                            for j in 0..rh {
+                                for i in 0..rw {
+                                    put(&mut s.screen, x + i, y + j, &px[(j * rw + i) * 4..]);
+                                }
+                            }
+                        }
+                        5 => hextile(r, seen, x, y, rw, rh).await?,
+                        -223 => {
+                            let mut s = seen.lock().unwrap();
+                            s.screen = Image {
+                                width: rw,
+                                height: rh,
+                                rgb: vec![0; rw * rh * 3],
+                            };
+                        }
+                        e => {
+                            return Err(format!("rectangle encoding {e} the viewer cannot decode"))
+                        }
+                    }
+                }
+                let (width, height) = {
+                    let mut s = seen.lock().unwrap();
+                    s.updates.push(Instant::now());
+                    (s.screen.width, s.screen.height)
+                };
+                w.write_all(&request(true, width, height))
+                    .await
+                    .map_err(io)?;
+            }
+            2 => {}
+            3 => {
+                let mut h = [0; 7];
+                r.read_exact(&mut h).await.map_err(io)?;
+                let len = u32::from_be_bytes([h[3], h[4], h[5], h[6]]) as i32;
+                let mut text = vec![0; len.unsigned_abs() as usize];
+                r.read_exact(&mut text).await.map_err(io)?;
+            }
+            t => return Err(format!("server message type {t} the viewer does not know")),
+        }
+    }
+}
+
+/// Sets one pixel from 4 little-endian bytes (blue, green, red, unused).
+fn put(img: &mut Image, x: usize, y: usize, px: &[u8]) {
+    if x < img.width && y < img.height {
+        let at = (y * img.width + x) * 3;
+        img.rgb[at..at + 3].copy_from_slice(&[px[2], px[1], px[0]]);
+    }
+}
+
+async fn hextile(
+    r: &mut OwnedReadHalf,
+    seen: &Mutex<Seen>,
+    x: usize,
+    y: usize,
+    w: usize,
+    h: usize,
+) -> Result<(), String> {
+    let io = |e: std::io::Error| e.to_string();
+    let (mut bg, mut fg) = ([0u8; 4], [0u8; 4]);
+    for ty in (0..h).step_by(16) {
+        for tx in (0..w).step_by(16) {
+            let (tw, th) = ((w - tx).min(16), (h - ty).min(16));
+            let sub = r.read_u8().await.map_err(io)?;
+            let mut tile = vec![[0u8; 4]; tw * th];
+            if sub & 1 != 0 {
+                let mut px = vec![0; tw * th * 4];
+                r.read_exact(&mut px).await.map_err(io)?;
+                for (t, p) in tile.iter_mut().zip(px.chunks(4)) {
+                    t.copy_from_slice(p);
+                }
+            } else {
+                if sub & 2 != 0 {
+                    r.read_exact(&mut bg).await.map_err(io)?;
+                }
+                if sub & 4 != 0 {
+                    r.read_exact(&mut fg).await.map_err(io)?;
+                }
+                tile.fill(bg);
+                if sub & 8 != 0 {
+                    let n = r.read_u8().await.map_err(io)?;
+                    for _ in 0..n {
+                        let mut colour = fg;
+                        if sub & 16 != 0 {
+                            r.read_exact(&mut colour).await.map_err(io)?;
+                        }
+                        let (xy, wh) = (
+                            r.read_u8().await.map_err(io)?,
+                            r.read_u8().await.map_err(io)?,
+                        );
+                        let (sx, sy) = (usize::from(xy >> 4), usize::from(xy & 15));
+                        let (sw, sh) = (usize::from(wh >> 4) + 1, usize::from(wh & 15) + 1);
+                        for j in sy..(sy + sh).min(th) {
+                            for i in sx..(sx + sw).min(tw) {
+                                tile[j * tw + i] = colour;
+                            }
+                        }
+                    }
+                }
+            }
+            let mut s = seen.lock().unwrap();
+            for j in 0..th {
+                for i in 0..tw {
+                    put(&mut s.screen, x + tx + i, y + ty + j, &tile[j * tw + i]);
+                }
+            }
+        }
+    }
+    Ok(())
+}
