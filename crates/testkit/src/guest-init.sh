@@ -72,6 +72,34 @@ echo_port() {
     done
 }
 
+# The kernel adds virtio-serial ports, and then their names, one control message at a time
+# after the driver loaded, so init may look before all are there: wait (at most 10 s) for
+# the vmgate.ports=N named ports the kit's command line announces.
+named_ports() {
+    n=0
+    for port in /sys/class/virtio-ports/*; do
+        # The kernel creates a port's `name` file when the port's name arrives.
+        [ -r "$port/name" ] && n=$((n + 1))
+    done
+    echo "$n"
+}
+want=0
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        vmgate.ports=*) want=${arg#vmgate.ports=} ;;
+    esac
+done
+waits=0
+while [ "$(named_ports)" -lt "$want" ]; do
+    if [ "$waits" -ge 200 ]; then
+        echo "vmgate-guest: only $(named_ports) of $want virtio-serial ports after 10 s" >/dev/ttyS0
+        break
+    fi
+    waits=$((waits + 1))
+    read -t 0.05 _ <>/run/nap
+done
+[ "$waits" -gt 0 ] && echo "vmgate-guest: waited $((waits * 50)) ms for the virtio-serial ports" >/dev/ttyS0
+
 channels=
 for port in /sys/class/virtio-ports/*; do
     [ -r "$port/name" ] || continue

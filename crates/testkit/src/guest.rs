@@ -27,6 +27,15 @@ pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 /// panic, and `consoleblank=0` keeps the VGA console from blanking after ten idle minutes.
 pub const KERNEL_CMDLINE: &str = "console=ttyS0 quiet panic=-1 consoleblank=0";
 
+/// The kernel command line for a guest with `ports` virtio-serial ports. The guest's init
+/// waits for that many named ports before it starts the echo loop and says it is ready:
+/// the kernel adds ports one control message at a time, after the driver has loaded, so a
+/// port can turn up after init first looks (seen under load as an echo port that never
+/// answered).
+pub fn kernel_cmdline(ports: usize) -> String {
+    format!("{KERNEL_CMDLINE} vmgate.ports={ports}")
+}
+
 /// The line the guest's init prints on the serial port when it has finished booting.
 pub const READY_MARKER: &str = "vmgate-guest-ready";
 
@@ -187,7 +196,7 @@ impl Guest {
             s("-initrd"),
             s(&image.initrd),
             s("-append"),
-            s(KERNEL_CMDLINE),
+            s(kernel_cmdline(layout.channels.len())),
             s("-display"),
             s("none"),
             s("-vga"),
@@ -493,7 +502,7 @@ mod tests {
         assert!(joined.contains("-qmp unix:/run/x/qmp.sock,server=on,wait=off"));
         assert!(joined.contains("path=/run/x/ch-test.echo.sock"));
         assert!(joined.contains("virtserialport,chardev=ch1,name=org.example.two"));
-        assert!(joined.contains(&format!("-append {KERNEL_CMDLINE}")));
+        assert!(joined.contains(&format!("-append {KERNEL_CMDLINE} vmgate.ports=2")));
         assert_eq!(args.iter().filter(|a| *a == "virtio-serial-pci").count(), 1);
     }
 

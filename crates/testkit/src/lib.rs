@@ -39,8 +39,8 @@ mod stream;
 
 pub use error::{KitError, INSTALL_HINT};
 pub use guest::{
-    process_cpu_time, BootOptions, Guest, AUDIODEV_ID, CDROM_ID, ECHO_CHANNEL, KERNEL_CMDLINE,
-    PROMPT, QEMU_BINARY, READY_MARKER, SOCKET_DEADLINE,
+    kernel_cmdline, process_cpu_time, BootOptions, Guest, AUDIODEV_ID, CDROM_ID, ECHO_CHANNEL,
+    KERNEL_CMDLINE, PROMPT, QEMU_BINARY, READY_MARKER, SOCKET_DEADLINE,
 };
 pub use image::{
     build_image, default_cache_dir, GuestImage, CDROM_MODULES, CDROM_READY, GUEST_MODULES,

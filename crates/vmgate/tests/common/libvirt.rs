@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use vmgate_testkit::{GuestImage, ECHO_CHANNEL, KERNEL_CMDLINE};
+use vmgate_testkit::{kernel_cmdline, GuestImage, ECHO_CHANNEL};
 
 pub const URI: &str = "qemu:///system";
 
@@ -307,7 +307,7 @@ impl Domain {
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{kernel}</kernel>
     <initrd>{initrd}</initrd>
-    <cmdline>{KERNEL_CMDLINE}</cmdline>
+    <cmdline>{cmdline}</cmdline>
   </os>
   <on_reboot>restart</on_reboot>
   <devices>
@@ -340,6 +340,8 @@ impl Domain {
 "#,
             kernel = image.kernel.display(),
             initrd = image.initrd.display(),
+            // One port: the echo channel.
+            cmdline = kernel_cmdline(1),
             vnc = vnc_socket.display(),
         );
         let d = Domain {
