@@ -22,6 +22,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 use vmgate_relay::bytes_io::{ByteRx, ByteTx};
 use vmgate_relay::quic::{QuicRx, QuicTx};
 use vmgate_relay::{relay, FrameRx, FrameTx};
@@ -164,7 +165,12 @@ async fn serve_stream<B: Backend>(
         StreamKind::Inventory => serve_inventory(tx, backend, shutdown).await,
         StreamKind::Console => {
             let rx = QuicRx::new(recv, buf, "gateway");
-            serve_console(req, tx, rx, backend, shutdown).await
+            // Every line of one session carries its id, guest and channel,
+            // as the gateway's lines for it do.
+            let span = tracing::info_span!("session", id = req.session, guest = %req.guest, channel = %req.channel);
+            serve_console(req, tx, rx, backend, shutdown)
+                .instrument(span)
+                .await
         }
     }
 }

@@ -277,6 +277,7 @@ async fn logs_are_plain_in_files_and_json_lines_on_request() {
     let mut cfg = stack.gw_cfg.clone();
     cfg.listen = common::any_port();
     cfg.admin = None;
+    cfg.limits.ticket_clock_skew_secs = 0;
     let toml = stack.dir.path().join("json-gateway.toml");
     vmgate::state::write_toml(&toml, &cfg).unwrap();
     let path = stack.dir.path().join("json-gateway.log");
@@ -303,9 +304,63 @@ async fn logs_are_plain_in_files_and_json_lines_on_request() {
         assert!(Instant::now() < deadline, "no listening line:\n{text}");
         std::thread::sleep(Duration::from_millis(50));
     };
+    // A session through this gateway: once it knows the agent's guests,
+    // with a ticket minted after it started.
+    let deadline = Instant::now() + WAIT;
+    while !std::fs::read_to_string(&path)
+        .unwrap()
+        .contains("inventory")
+    {
+        assert!(Instant::now() < deadline, "no inventory within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let addr: std::net::SocketAddr = {
+        let v: serde_json::Value = serde_json::from_str(&listening).unwrap();
+        v["fields"]["addr"].as_str().unwrap().parse().unwrap()
+    };
+    // Tickets count only from the second after the process started (its
+    // clock-skew margin is 0 here): a computed wait, not a poll.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(now.as_secs() + 1) - now).await;
+    let t = stack.ticket(&stack.name, &["serial0"], true);
+    let url = format!("wss://{addr}/ws/{}/serial0?ticket={}", stack.name, t.ticket);
+    let mut s = common::Session::new(stack.connect(&url).await);
+    match s.next_event(WAIT).await {
+        common::Event::Data(_) => {}
+        other => panic!("the session through the JSON gateway: {other:?}"),
+    }
+    drop(s);
     let _ = child.kill();
     let _ = child.wait();
     let text = std::fs::read_to_string(&path).unwrap();
+    // Each line of the session carries the session's span: id, guest, channel.
+    let session_lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["span"]["name"] == "session")
+        .collect();
+    assert!(
+        !session_lines.is_empty(),
+        "no line in a session span:\n{text}"
+    );
+    for v in &session_lines {
+        assert_eq!(v["span"]["guest"], stack.name.as_str(), "{v}");
+        assert_eq!(v["span"]["channel"], "serial0", "{v}");
+        assert!(
+            v["span"]["id"].is_number() || v["span"]["id"].is_string(),
+            "{v}"
+        );
+    }
+    // The agent's lines of a session carry its span too.
+    let agent = stack.log("agent.log");
+    assert!(
+        agent.lines().any(|l| l.contains("session{id=")
+            && l.contains("channel=serial0")
+            && l.contains("session opened")),
+        "{agent}"
+    );
     for line in text.lines() {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: not JSON: {line}"));
