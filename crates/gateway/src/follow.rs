@@ -22,8 +22,9 @@ use crate::agents::{AgentPool, Opened};
 /// How long a moved guest may take to show up on its new node (libvirt
 /// reports it there when the migration completes, before it stops here).
 pub const FOLLOW_WAIT: Duration = Duration::from_secs(30);
-/// Between attempts while the routes catch up with the move.
-const RETRY: Duration = Duration::from_millis(200);
+/// Between attempts while the routes catch up with the move (the new
+/// node's report and the old node's 4413 race; a screen waits this long).
+const RETRY: Duration = Duration::from_millis(50);
 
 /// The client's sending half, holding back a [`CloseCode::GuestMoved`]
 /// close (and the end of the stream after it) until the gateway knows

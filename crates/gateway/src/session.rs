@@ -357,32 +357,47 @@ where
     };
     let old_size =
         splice::can_leave(&server.lock().expect("server parser lock")).map_err(not_spliced)?;
-    // The original mode, never `force`: the new node's holder keeps it.
-    let mut o = follow::reopen(
-        &*shared.pool,
-        sid,
-        &grant.guest,
-        &grant.channel,
-        grant.mode,
-        stop,
-    )
-    .await?;
     let viewer = rx.cut().expect("a spliceable session");
     let size = viewer.lists(vmgate_rfb::server::DESKTOP_SIZE);
-    let attached = tokio::select! {
-        a = splice::attach(&mut o, viewer) => a.map_err(not_spliced)?,
-        c = stop.as_mut() => return Err(c),
+    let mut attempt = 1;
+    let (o, (parser, new_size)) = loop {
+        // The original mode, never `force`: the new node's holder keeps it.
+        let mut o = follow::reopen(
+            &*shared.pool,
+            sid,
+            &grant.guest,
+            &grant.channel,
+            grant.mode,
+            stop,
+        )
+        .await?;
+        // What the viewer holds down is released on the node that keeps it.
+        let before = viewer.clone();
+        let attached = tokio::select! {
+            a = splice::attach(&mut o, viewer) => a,
+            c = stop.as_mut() => return Err(c),
+        };
+        match attached {
+            Ok(a) => break (o, a),
+            // The guest moved on (or stopped) while the gateway shook
+            // hands: follow it again, a few times at most.
+            Err(n) if n.again && attempt < splice::ATTEMPTS => {
+                tracing::info!(reason = %n.reason, attempt, "the guest left the node the screen was being spliced onto; following it again");
+                *viewer = before;
+                attempt += 1;
+            }
+            Err(n) => return Err(not_spliced(n)),
+        }
     };
-    let (parser, new_size) = attached;
     if new_size != old_size {
         if !size {
-            return Err(not_spliced(splice::NotSpliced {
-                label: "resize",
-                reason: format!(
+            return Err(not_spliced(splice::NotSpliced::new(
+                "resize",
+                format!(
                     "its screen is {}x{} there, not {}x{}, and the viewer cannot be resized: reconnect",
                     new_size.0, new_size.1, old_size.0, old_size.1
                 ),
-            }));
+            )));
         }
         let resize = vmgate_rfb::splice::desktop_size(new_size.0, new_size.1);
         tx.send(Frame::Data(resize.into())).await?;

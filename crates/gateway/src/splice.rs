@@ -27,12 +27,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use vmgate_relay::{FrameRx, FrameTx};
 use vmgate_rfb::{ServerEvent, ServerParser, ViewerState};
-use vmgate_wire::{Close, Frame};
+use vmgate_wire::{Close, CloseCode, Frame};
 
 use crate::agents::Opened;
 
 /// How long the new node's VNC server may take to finish its handshake.
 pub const HANDSHAKE_WAIT: Duration = Duration::from_secs(10);
+/// How many nodes one splice tries, when the guest leaves the node it is
+/// being spliced onto before the handshake is over (moved on at once).
+pub const ATTEMPTS: u32 = 3;
 
 /// The guest→viewer side of a spliceable screen, followed by a server
 /// parser shared with the viewer side (which tells it the viewer's pixel
@@ -70,13 +73,17 @@ impl<R: FrameRx> FrameRx for ServerWatch<R> {
 pub struct NotSpliced {
     pub label: &'static str,
     pub reason: String,
+    /// The guest left the new node (moved on, or stopped) during the
+    /// handshake: following it again may work.
+    pub again: bool,
 }
 
 impl NotSpliced {
-    fn new(label: &'static str, reason: impl Into<String>) -> NotSpliced {
+    pub fn new(label: &'static str, reason: impl Into<String>) -> NotSpliced {
         NotSpliced {
             label,
             reason: reason.into(),
+            again: false,
         }
     }
 }
@@ -144,10 +151,16 @@ async fn handshake(
         let data = match o.rx.recv().await {
             Ok(Some(Frame::Data(d))) => d,
             Ok(Some(Frame::Close(c))) | Err(c) => {
-                return Err(broken(format!("the new node's screen: {}", c.reason)))
+                let mut n = broken(format!("the new node's screen: {}", c.reason));
+                n.again = matches!(c.code, CloseCode::GuestMoved | CloseCode::GuestDown);
+                return Err(n);
             }
             Ok(Some(_)) => continue,
-            Ok(None) => return Err(broken("the new node's screen ended".into())),
+            Ok(None) => {
+                let mut n = broken("the new node's screen ended".into());
+                n.again = true;
+                return Err(n);
+            }
         };
         // Byte by byte (a handshake is a few dozen bytes): the server says
         // nothing after ServerInit until asked, so nothing may follow it.

@@ -410,7 +410,215 @@ async fn a_live_migrated_domain_is_followed_to_the_other_nodes_agent() {
     let t = stack.ticket(&stack.name, &["vnc"], false);
     let mut vnc = Session::new(stack.connect(&t.ws_url).await);
     vnc.expect("RFB 003.008\n").await;
+    drop(vnc);
+
+    // Back and forth, each move measured: from the guest resuming on its
+    // new node (the libvirt RESUMED/migrated event, as that node's agent
+    // logs it) to the viewer's first screen update and to the serial
+    // session's notice that it follows. VMGATE_MIGRATIONS sets how many
+    // (BENCHMARKS.md used 10); CI makes 2.
+    let moves: usize = std::env::var("VMGATE_MIGRATIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2);
+    // A migration that fails (the destination cannot listen on the
+    // address asked for) leaves the guest, and every session, where they
+    // were.
+    let (name, a) = (stack.name.clone(), common::libvirt::URI.to_string());
+    let failed = node_b
+        .virsh(&[
+            "migrate",
+            "--live",
+            &name,
+            &a,
+            "--migrateuri",
+            "tcp://192.0.2.1:49152",
+        ])
+        .status;
+    assert!(!failed.success(), "a migration to a closed port failed");
+    let notices = serial.notices.len();
+    serial.send(b"echo still-$((3*3))\n").await;
+    serial.expect("still-9").await;
+    assert_eq!(serial.notices.len(), notices, "{:?}", serial.notices);
+    viewer.assert_open();
+
+    let (mut screen_ms, mut serial_ms, mut stopped_ms) = (Vec::new(), Vec::new(), Vec::new());
+    // RESUMED/migrated events so far: node B's from the first move.
+    let mut resumes = [0, 1];
+    for i in 0..moves {
+        let to_b = i % 2 == 1;
+        let updates = viewer.updates();
+        let notices = serial.notices.len();
+        migrate(&stack, &node_b, to_b).await;
+        let node = to_b.then_some(&node_b);
+        resumes[usize::from(to_b)] += 1;
+        let log = if to_b { "agent-b.log" } else { "agent.log" };
+        let resumed = resumed_at(&stack, log, resumes[usize::from(to_b)]).await;
+        let serial_at = notice_since(&mut serial, notices, "this session follows it").await;
+        let text = format!(
+            "printf '\\033[4{}m\\033[2Jmove-%s' $(({i}+100)) > /dev/tty1; echo drawn-$(({i}+200))\n",
+            i % 7 + 1
+        );
+        serial.send(text.as_bytes()).await;
+        serial.expect(&format!("drawn-{}", i + 200)).await;
+        viewer
+            .wait_screen(common::WAIT, || screenshot(node, &stack))
+            .await;
+        let first = viewer.seen.lock().unwrap().wall[updates..]
+            .iter()
+            .map(|t| seconds_of_day(*t))
+            .find(|t| *t >= resumed)
+            .expect("an update after the move");
+        screen_ms.push(((first - resumed) * 1000.0).round() as u64);
+        let from = if to_b { "agent.log" } else { "agent-b.log" };
+        // Departures from A: its creation there, then each arrival.
+        let nth = if to_b { resumes[0] + 1 } else { resumes[1] };
+        let stopped = event_at(&stack, from, "event=5", "detail=3", nth).await;
+        stopped_ms.push(((stopped - resumed) * 1000.0).round() as i64);
+        serial_ms.push(((serial_at - resumed) * 1000.0).max(0.0).round() as u64);
+    }
+    let stats = |v: &mut Vec<u64>| {
+        v.sort_unstable();
+        (v[v.len() / 2], v[v.len() - 1])
+    };
+    let (s_med, s_max) = stats(&mut screen_ms);
+    let (c_med, c_max) = stats(&mut serial_ms);
+    let gw = common::plain(&stack.log("gateway.log"));
+    let switches: Vec<&str> = gw
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("switch_ms=")))
+        .collect();
+    eprintln!(
+        "{moves} migrations: resume to the viewer's first update: median {s_med} ms, max {s_max} ms {screen_ms:?}; \
+         resume to the serial session following: median {c_med} ms, max {c_max} ms {serial_ms:?}; \
+         source stopped after resume: {stopped_ms:?} ms; gateway's switch after the old node's 4413: {switches:?}"
+    );
+    // Measured deadlines: the issue asks for the screen within a second.
+    assert!(s_max < 5_000, "{screen_ms:?}");
+
+    // Two moves in quick succession: the second starts as soon as the
+    // first is done, while the gateway is still splicing (libvirt holds
+    // the screen's open until the second migration's job is over, and the
+    // splice follows the guest on). The screen is drawn on through a new
+    // serial session: a serial session followed through two quick moves
+    // can be left silent (docs/migration.md, known limits).
+    let on_b = moves.is_multiple_of(2);
+    migrate(&stack, &node_b, !on_b).await;
+    migrate(&stack, &node_b, on_b).await;
+    let node = on_b.then_some(&node_b);
+    let mut serial = stack.serial().await;
+    serial
+        .send(b"printf '\\033[47m\\033[2Jquick' > /dev/tty1; echo drawn-$((7*11))\n")
+        .await;
+    serial.expect("drawn-77").await;
+    viewer
+        .wait_screen(common::WAIT, || screenshot(node, &stack))
+        .await;
+    echo.send(b"ping-after-all").await;
+    echo.expect("ping-after-all").await;
+    viewer.assert_open();
+    // The guest stops where it now runs: every session ends, the screen too.
+    let out = match on_b {
+        true => node_b.virsh(&["destroy", &stack.name]),
+        false => common::libvirt::virsh(&["destroy", &stack.name]),
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, reason) = closed_or_log(&stack, &mut serial).await;
+    assert_eq!(code, 4410, "{reason}");
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while viewer.seen.lock().unwrap().ended.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the viewer stayed connected to a stopped guest"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     drop(node_b);
+}
+
+/// Live-migrates the stack's domain to node B, or back to the first node.
+async fn migrate(stack: &Stack, node_b: &common::libvirt::SecondNode, to_b: bool) {
+    let (name, b) = (stack.name.clone(), node_b.uri.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        let (from, to) = if to_b {
+            (common::libvirt::URI, b.as_str())
+        } else {
+            (b.as_str(), common::libvirt::URI)
+        };
+        std::process::Command::new("virsh")
+            .args(["-q", "-c", from, "migrate", "--live", &name, to])
+            .args(["--migrateuri", "tcp://127.0.0.1"])
+            .output()
+            .expect("running virsh")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "virsh migrate (to node B: {to_b}): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// UTC seconds since midnight, as log lines show them.
+fn seconds_of_day(t: std::time::SystemTime) -> f64 {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap();
+    (d.as_secs() % 86_400) as f64 + f64::from(d.subsec_micros()) / 1e6
+}
+
+/// When the `nth` (from 1) RESUMED/migrated event for the stack's domain
+/// was logged in `log`, in [`seconds_of_day`].
+async fn resumed_at(stack: &Stack, log: &str, nth: usize) -> f64 {
+    event_at(stack, log, "event=4", "detail=1", nth).await
+}
+
+/// When the `nth` (from 1) libvirt lifecycle event `event` with `detail`
+/// for the stack's domain was logged in `log`, in [`seconds_of_day`].
+async fn event_at(stack: &Stack, log: &str, event: &str, detail: &str, nth: usize) -> f64 {
+    let is_resume = |l: &&str| {
+        l.contains("libvirt lifecycle event")
+            && l.contains(&format!("domain={}", stack.name))
+            && l.split_whitespace().any(|w| w == event)
+            && l.split_whitespace().any(|w| w == detail)
+    };
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    let line = loop {
+        let text = common::plain(&stack.log(log));
+        if let Some(l) = text.lines().filter(is_resume).nth(nth - 1) {
+            break l.to_string();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {event} {detail} #{nth} in {log}:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    // 2026-12-03T05:39:02.203451Z ...
+    let hms = &line[11..line.find('Z').unwrap()];
+    let mut parts = hms.split(':').map(|p| p.parse::<f64>().unwrap());
+    let (h, m, s) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    h * 3600.0 + m * 60.0 + s
+}
+
+/// Waits for a notice containing `needle` among those after the first
+/// `since`; when it came, in [`seconds_of_day`].
+async fn notice_since(s: &mut Session, since: usize, needle: &str) -> f64 {
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while !s.notices[since..].iter().any(|n| n.contains(needle)) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if let Event::Timeout | Event::Closed(..) = s.next_event(left).await {
+            panic!("no notice {needle:?}; notices: {:?}", s.notices);
+        }
+    }
+    seconds_of_day(std::time::SystemTime::now())
 }
 
 /// The guest's screen as libvirt shows it, on node B or the first node.

@@ -101,6 +101,8 @@ pub struct Seen {
     pub screen: Image,
     /// When each FramebufferUpdate was complete.
     pub updates: Vec<Instant>,
+    /// The same, on the wall clock (to compare with log lines).
+    pub wall: Vec<std::time::SystemTime>,
     /// Encodings of the rectangles received.
     pub encodings: std::collections::BTreeSet<i32>,
     /// Why the connection ended, if it did.
@@ -170,6 +172,7 @@ impl Viewer {
                 rgb: vec![0; width * height * 3],
             },
             updates: Vec::new(),
+            wall: Vec::new(),
             encodings: Default::default(),
             ended: None,
         }));
@@ -321,6 +324,7 @@ async fn read_updates(
                 let (width, height) = {
                     let mut s = seen.lock().unwrap();
                     s.updates.push(Instant::now());
+                    s.wall.push(std::time::SystemTime::now());
                     (s.screen.width, s.screen.height)
                 };
                 w.write_all(&request(true, width, height))

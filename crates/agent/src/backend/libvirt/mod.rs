@@ -49,6 +49,7 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use virt::connect::Connect;
+use virt::error::{ErrorNumber, ErrorNumberEnum};
 use virt::stream::Stream;
 use virt::sys;
 use vmgate_wire::{Close, CloseCode, Inventory, OpenRequest};
@@ -373,7 +374,18 @@ impl Backend for LibvirtBackend {
         })
         .await
         .map_err(|e| Close::new(CloseCode::Internal, e.to_string()))?
-        .map_err(|e| Close::new(CloseCode::BackendError, format!("{what}: {}", e.message())))?;
+        .map_err(|e| {
+            // Gone from this node between the routes and the open (it
+            // migrated on, or stopped): the guest is down here, which the
+            // gateway's following retries, not a backend fault.
+            let gone = e.code() == ErrorNumberEnum::from(ErrorNumber::NoDomain);
+            let code = if gone {
+                CloseCode::GuestDown
+            } else {
+                CloseCode::BackendError
+            };
+            Close::new(code, format!("{what}: {}", e.message()))
+        })?;
         tracing::debug!(session = req.session, guest = %req.guest, "VNC client handed to QEMU (virDomainOpenGraphicsFD)");
         let std_stream = std::os::unix::net::UnixStream::from(ffi::adopt_fd(fd));
         let stream = std_stream
