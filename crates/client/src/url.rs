@@ -141,7 +141,7 @@ mod tests {
         );
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         format!(
-            "vt1.{}.{}",
+            "vt1.{}.AAAAAAAAAAA.{}",
             b64.encode(serde_json::to_vec(&claims).unwrap()),
             b64.encode([0u8; 64])
         )
@@ -206,7 +206,7 @@ mod tests {
             Err(ClientError::NotATicketUrl(_))
         ));
         assert!(matches!(
-            ws_url_from("https://gw/console#ticket=vt1.e30.AAAA", None),
+            ws_url_from("https://gw/console#ticket=vt1.e30.AAAAAAAAAAA.AAAA", None),
             Err(ClientError::Ticket(_))
         ));
     }

@@ -163,6 +163,8 @@ impl Gateway {
             &[vmgate_wire::ALPN],
         )?)?;
         let keys = cfg.ticket_keys()?;
+        let ids: Vec<String> = keys.iter().map(vmgate_ticket::VerifyingKey::id).collect();
+        tracing::info!(key_ids = ?ids, "ticket verifying keys loaded");
         let listener =
             TcpListener::bind(cfg.listen)
                 .await

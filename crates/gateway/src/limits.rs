@@ -378,6 +378,9 @@ mod tests {
         }
         for e in [
             TicketError::BadSignature,
+            TicketError::UnknownKey {
+                kid: "AAAAAAAAAAA".into(),
+            },
             TicketError::Expired {
                 expired_secs_ago: 1,
             },

@@ -52,6 +52,8 @@ impl MinterServer {
     ) -> Result<MinterServer, MinterError> {
         let (tls, auth) = Auth::build(&cfg.cert, &cfg.key, &cfg.auth())?;
         let key = SigningKey::load(&cfg.ticket_signing_key)?;
+        // Tickets name this id; a gateway without the key names it back.
+        tracing::info!(key_id = %key.verifying_key().id(), "ticket signing key loaded");
         let minter = Minter::new(key, &cfg.public_url, cfg.caps())
             .map_err(|e| vmgate_config::ConfigError::Invalid(e.to_string()))?;
         let listener =

@@ -12,7 +12,7 @@ use ed25519_dalek::pkcs8;
 /// next. They never echo ticket contents: the input may be attacker-chosen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TicketError {
-    /// The ticket is not a well-formed `vt1.<claims>.<signature>` string of at
+    /// The ticket is not a well-formed `vt1.<claims>.<key id>.<signature>` string of at
     /// most [`MAX_TICKET_LEN`](crate::MAX_TICKET_LEN) bytes, or its signed
     /// claims are not valid version-1 JSON. The reason is a short fixed text.
     #[error("malformed ticket: {0}")]
@@ -21,6 +21,14 @@ pub enum TicketError {
     /// ticket was altered, or minted with another key.
     #[error("ticket signature invalid: mint a new one with `vmgate ticket`")]
     BadSignature,
+    /// The ticket names a signing key this gateway does not accept: minted
+    /// with a new key before the gateway was given it, or with a retired or
+    /// foreign key. The id is checked to be 11 base64url characters.
+    #[error("ticket signed with key {kid}, which this gateway does not accept: mint a new one")]
+    UnknownKey {
+        /// The key id the ticket names.
+        kid: String,
+    },
     /// The ticket's `not_after` has passed.
     #[error("ticket expired {expired_secs_ago}s ago: mint a new one with `vmgate ticket`")]
     Expired {
@@ -72,6 +80,7 @@ impl TicketError {
         match self {
             TicketError::Malformed(_) => "malformed",
             TicketError::BadSignature => "bad_signature",
+            TicketError::UnknownKey { .. } => "unknown_key",
             TicketError::Expired { .. } => "expired",
             TicketError::Replayed => "replayed",
             TicketError::WrongGuest => "wrong_guest",
@@ -133,8 +142,11 @@ mod tests {
 
     fn every_variant() -> Vec<TicketError> {
         vec![
-            TicketError::Malformed("expected vt1.<claims>.<signature>"),
+            TicketError::Malformed("expected vt1.<claims>.<key id>.<signature>"),
             TicketError::BadSignature,
+            TicketError::UnknownKey {
+                kid: "A".repeat(crate::KEY_ID_LEN),
+            },
             TicketError::Expired {
                 expired_secs_ago: u64::MAX,
             },

@@ -92,7 +92,20 @@ impl fmt::Debug for SigningKey {
     }
 }
 
+/// The length of a key id's text: 8 bytes in base64url.
+pub const KEY_ID_LEN: usize = 11;
+
 impl VerifyingKey {
+    /// The key's id: the first 8 bytes of the SHA-256 of its 32 raw bytes,
+    /// base64url ([`KEY_ID_LEN`] characters). Every ticket names the id of
+    /// the key that signed it, so a gateway checks one signature, and a
+    /// ticket from a key it does not know gets its own refusal.
+    pub fn id(&self) -> String {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(self.0.as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..8])
+    }
+
     /// The key as SPKI PEM text (`-----BEGIN PUBLIC KEY-----`).
     pub fn to_public_key_pem(&self) -> Result<String, KeyError> {
         self.0

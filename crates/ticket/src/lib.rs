@@ -10,7 +10,7 @@
 //!   them. `SigningKey` and `mint` exist only with the `mint` feature, which
 //!   only the minter crate enables;
 //! - `mint` / [`verify`]: the wire format
-//!   `vt1.<base64url(claims JSON)>.<base64url(signature)>`; [`peek`] reads
+//!   `vt1.<base64url(claims JSON)>.<key id>.<base64url(signature)>`; [`peek`] reads
 //!   a ticket's claims unverified, for clients;
 //! - [`ReplayGuard`]: the in-process single-use check, plus [`replay_key`] and
 //!   [`replay_ttl`] for a shared store;
@@ -36,7 +36,7 @@ pub use error::{KeyError, TicketError};
 pub use issued::IssuePolicy;
 #[cfg(any(test, feature = "mint"))]
 pub use key::SigningKey;
-pub use key::{VerifyingKey, Zeroizing};
+pub use key::{VerifyingKey, Zeroizing, KEY_ID_LEN};
 pub use replay::{replay_key, replay_ttl, ReplayGuard};
 #[cfg(any(test, feature = "mint"))]
 pub use token::mint;

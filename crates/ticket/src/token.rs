@@ -1,10 +1,14 @@
 //! The ticket wire format and its checks: [`mint`] and [`verify`].
 //!
-//! A ticket is `vt1.<claims>.<signature>` where `<claims>` is the claims JSON
-//! and `<signature>` the Ed25519 signature, both base64url without padding,
-//! so a ticket can go in a URL or query string unescaped.
+//! A ticket is `vt1.<claims>.<key id>.<signature>` where `<claims>` is the
+//! claims JSON and `<signature>` the Ed25519 signature, both base64url without
+//! padding, so a ticket can go in a URL or query string unescaped, and
+//! `<key id>` is [`VerifyingKey::id`] of the key that signed it: a gateway
+//! that accepts several keys while they rotate checks only that key's
+//! signature, and says so when it does not know the key.
 //!
-//! The signature covers the exact text `vt1.<claims>`, not the decoded JSON:
+//! The signature covers the exact text `vt1.<claims>.<key id>`, not the
+//! decoded JSON:
 //! - including the `vt1.` prefix separates this use of the key from any other
 //!   thing it might ever sign (a signature made for another format or version
 //!   cannot be replayed as a ticket);
@@ -21,6 +25,7 @@ use ed25519_dalek::Signer as _;
 use serde_json::{Map, Value};
 
 use crate::claims::{parse_id, VERSION};
+use crate::key::KEY_ID_LEN;
 #[cfg(any(test, feature = "mint"))]
 use crate::SigningKey;
 use crate::{Claims, TicketError, VerifyingKey};
@@ -68,11 +73,19 @@ pub fn mint(key: &SigningKey, claims: &Claims) -> String {
 /// step, also used by tests to reach the checks that follow the signature.
 #[cfg(any(test, feature = "mint"))]
 fn sign_payload(key: &SigningKey, payload: &[u8]) -> String {
+    let kid = key.verifying_key().id();
     let mut ticket = String::with_capacity(
-        PREFIX.len() + payload.len().div_ceil(3) * 4 + 1 + SIGNATURE_LEN.div_ceil(3) * 4,
+        PREFIX.len()
+            + payload.len().div_ceil(3) * 4
+            + 1
+            + kid.len()
+            + 1
+            + SIGNATURE_LEN.div_ceil(3) * 4,
     );
     ticket.push_str(PREFIX);
     B64.encode_string(payload, &mut ticket);
+    ticket.push('.');
+    ticket.push_str(&kid);
     let signature = key.0.sign(ticket.as_bytes());
     ticket.push('.');
     B64.encode_string(signature.to_bytes(), &mut ticket);
@@ -81,8 +94,11 @@ fn sign_payload(key: &SigningKey, payload: &[u8]) -> String {
 
 /// A ticket's parts, split and decoded but not yet trusted.
 struct Parts<'a> {
-    /// `vt1.<claims>`: the text the signature covers.
+    /// `vt1.<claims>.<key id>`: the text the signature covers.
     signed: &'a [u8],
+    /// The signing key's id: [`KEY_ID_LEN`] base64url characters (checked,
+    /// so it may be logged).
+    kid: &'a str,
     /// The decoded claims JSON.
     payload: Vec<u8>,
     signature: [u8; SIGNATURE_LEN],
@@ -99,10 +115,20 @@ fn split(ticket: &str) -> Result<Parts<'_>, TicketError> {
     let rest = ticket
         .strip_prefix(PREFIX)
         .ok_or(TicketError::Malformed("does not start with `vt1.`"))?;
-    const SHAPE: TicketError = TicketError::Malformed("expected vt1.<claims>.<signature>");
-    let (payload_b64, signature_b64) = rest.split_once('.').ok_or(SHAPE)?;
+    const SHAPE: TicketError = TicketError::Malformed("expected vt1.<claims>.<key id>.<signature>");
+    let (payload_b64, rest) = rest.split_once('.').ok_or(SHAPE)?;
+    let (kid, signature_b64) = rest.split_once('.').ok_or(SHAPE)?;
     if signature_b64.contains('.') {
         return Err(SHAPE);
+    }
+    if kid.len() != KEY_ID_LEN
+        || !kid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(TicketError::Malformed(
+            "key id is not 11 base64url characters",
+        ));
     }
 
     let payload = B64
@@ -115,7 +141,8 @@ fn split(ticket: &str) -> Result<Parts<'_>, TicketError> {
         .try_into()
         .map_err(|_| TicketError::Malformed("signature is not 64 bytes"))?;
     Ok(Parts {
-        signed: &ticket.as_bytes()[..PREFIX.len() + payload_b64.len()],
+        signed: &ticket.as_bytes()[..PREFIX.len() + payload_b64.len() + 1 + kid.len()],
+        kid,
         payload,
         signature,
     })
@@ -160,17 +187,22 @@ pub fn verify(key: &VerifyingKey, ticket: &str, now: u64) -> Result<Claims, Tick
 pub const MAX_VERIFYING_KEYS: usize = 4;
 
 /// [`verify`] against several keys (key rotation): the ticket is good if
-/// one of the first [`MAX_VERIFYING_KEYS`] keys verifies its signature.
+/// the one of the first [`MAX_VERIFYING_KEYS`] keys whose id it names
+/// verifies its signature. A ticket naming none of them is
+/// [`TicketError::UnknownKey`]: one signature check at most per ticket.
 pub fn verify_any(keys: &[VerifyingKey], ticket: &str, now: u64) -> Result<Claims, TicketError> {
     let parts = split(ticket)?;
+    let key = keys
+        .iter()
+        .take(MAX_VERIFYING_KEYS)
+        .find(|k| k.id() == parts.kid)
+        .ok_or_else(|| TicketError::UnknownKey {
+            kid: parts.kid.to_owned(),
+        })?;
     let signature = Signature::from_bytes(&parts.signature);
     // `verify_strict` also refuses weak public keys and the malleable
     // signature forms plain Ed25519 verification lets through.
-    if !keys
-        .iter()
-        .take(MAX_VERIFYING_KEYS)
-        .any(|k| k.0.verify_strict(parts.signed, &signature).is_ok())
-    {
+    if key.0.verify_strict(parts.signed, &signature).is_err() {
         return Err(TicketError::BadSignature);
     }
 
@@ -219,22 +251,41 @@ mod tests {
         for k in [&old, &new] {
             assert_eq!(verify_any(&both, &mint(k, &claims), NOW).unwrap(), claims);
         }
+        // The retired key's tickets name it, and are refused as such.
         let after = [new.verifying_key()];
+        let old_kid = old.verifying_key().id();
         assert_eq!(
             verify_any(&after, &mint(&old, &claims), NOW),
-            Err(TicketError::BadSignature)
+            Err(TicketError::UnknownKey {
+                kid: old_kid.clone()
+            })
         );
+        let reason = TicketError::UnknownKey {
+            kid: old_kid.clone(),
+        }
+        .to_string();
+        assert!(reason.contains(&old_kid) && reason.len() < 100, "{reason}");
         // Only the first MAX_VERIFYING_KEYS keys count.
         let mut many = vec![other.verifying_key(); MAX_VERIFYING_KEYS];
         many.push(new.verifying_key());
-        assert_eq!(
+        assert!(matches!(
             verify_any(&many, &mint(&new, &claims), NOW),
-            Err(TicketError::BadSignature)
-        );
-        assert_eq!(
+            Err(TicketError::UnknownKey { .. })
+        ));
+        assert!(matches!(
             verify_any(&[], &mint(&new, &claims), NOW),
+            Err(TicketError::UnknownKey { .. })
+        ));
+        // A ticket naming a known key but signed by another is forged.
+        let forged =
+            mint(&other, &claims).replace(&other.verifying_key().id(), &new.verifying_key().id());
+        assert_eq!(
+            verify_any(&both, &forged, NOW),
             Err(TicketError::BadSignature)
         );
+        // Key ids are distinct per key and 11 characters.
+        assert_ne!(old.verifying_key().id(), new.verifying_key().id());
+        assert_eq!(new.verifying_key().id().len(), KEY_ID_LEN);
     }
 
     fn claims() -> Claims {
@@ -276,7 +327,7 @@ mod tests {
         let other = mint(&SigningKey::generate(), &c);
         assert_eq!(peek(&other), Ok(c));
         assert_eq!(
-            peek("vt1.e30.AAAA"),
+            peek("vt1.e30.AAAAAAAAAAA.AAAA"),
             Err(TicketError::Malformed("signature is not 64 bytes"))
         );
         assert_eq!(peek(&"x".repeat(MAX_TICKET_LEN + 1)), Err(TOO_LONG));
@@ -327,16 +378,39 @@ mod tests {
     }
 
     #[test]
-    fn other_key_is_bad_signature() {
-        let ticket = mint(&SigningKey::generate(), &claims());
-        assert_eq!(err(&ticket), TicketError::BadSignature);
+    fn another_key_is_an_unknown_key() {
+        let other = SigningKey::generate();
+        let ticket = mint(&other, &claims());
+        assert_eq!(
+            err(&ticket),
+            TicketError::UnknownKey {
+                kid: other.verifying_key().id()
+            }
+        );
+    }
+
+    #[test]
+    fn the_key_id_is_signed() {
+        // The same claims and signature under another key id: the signature
+        // covers the id, so it no longer verifies (with a key of that id).
+        let (a, b) = (
+            SigningKey::from_seed([1; 32]),
+            SigningKey::from_seed([2; 32]),
+        );
+        let ticket = mint(&a, &claims());
+        let moved = ticket.replace(&a.verifying_key().id(), &b.verifying_key().id());
+        assert_eq!(
+            verify_any(&[a.verifying_key(), b.verifying_key()], &moved, NOW),
+            Err(TicketError::BadSignature)
+        );
     }
 
     #[test]
     fn signature_is_domain_separated_by_prefix() {
         // A signature over the bare payload (no `vt1.`) must not verify.
         let json = serde_json::to_vec(&claims()).unwrap();
-        let payload = B64.encode(&json);
+        let kid = key().verifying_key().id();
+        let payload = format!("{}.{kid}", B64.encode(&json));
         let sig = key().0.sign(payload.as_bytes());
         let ticket = format!("{PREFIX}{payload}.{}", B64.encode(sig.to_bytes()));
         assert_eq!(err(&ticket), TicketError::BadSignature);
@@ -344,24 +418,40 @@ mod tests {
 
     #[test]
     fn malformed_inputs() {
+        const SHAPE: &str = "expected vt1.<claims>.<key id>.<signature>";
+        const KID: &str = "key id is not 11 base64url characters";
         let good = mint(&key(), &claims());
         let (head, sig) = good.rsplit_once('.').unwrap();
-        let payload = head.strip_prefix(PREFIX).unwrap();
+        let (signed_head, kid) = head.rsplit_once('.').unwrap();
+        let payload = signed_head.strip_prefix(PREFIX).unwrap();
         let cases: Vec<(String, &str)> = vec![
             (String::new(), "empty"),
             ("vt1".into(), "does not start with `vt1.`"),
             ("hello".into(), "does not start with `vt1.`"),
-            (format!("vt2.{payload}.{sig}"), "does not start with `vt1.`"),
-            (format!("VT1.{payload}.{sig}"), "does not start with `vt1.`"),
-            (format!(" {good}"), "does not start with `vt1.`"),
-            ("vt1.".into(), "expected vt1.<claims>.<signature>"),
             (
-                format!("vt1.{payload}{sig}"),
-                "expected vt1.<claims>.<signature>",
+                format!("vt2.{payload}.{kid}.{sig}"),
+                "does not start with `vt1.`",
             ),
-            (format!("{good}.x"), "expected vt1.<claims>.<signature>"),
-            (format!("vt1.{payload}!.{sig}"), "claims are not base64url"),
-            (format!("vt1.{payload}=.{sig}"), "claims are not base64url"),
+            (
+                format!("VT1.{payload}.{kid}.{sig}"),
+                "does not start with `vt1.`",
+            ),
+            (format!(" {good}"), "does not start with `vt1.`"),
+            ("vt1.".into(), SHAPE),
+            (format!("vt1.{payload}.{sig}"), SHAPE),
+            (format!("vt1.{payload}.{kid}{sig}"), SHAPE),
+            (format!("{good}.x"), SHAPE),
+            (format!("vt1.{payload}.{}.{sig}", &kid[1..]), KID),
+            (format!("vt1.{payload}.{kid}A.{sig}"), KID),
+            (format!("vt1.{payload}.{}!.{sig}", &kid[1..]), KID),
+            (
+                format!("vt1.{payload}!.{kid}.{sig}"),
+                "claims are not base64url",
+            ),
+            (
+                format!("vt1.{payload}=.{kid}.{sig}"),
+                "claims are not base64url",
+            ),
             (format!("{good}\n"), "signature is not base64url"),
             (format!("{head}.{sig}=="), "signature is not base64url"),
             (
@@ -370,7 +460,7 @@ mod tests {
             ),
             (format!("{head}."), "signature is not 64 bytes"),
             (
-                format!("vt1.{}.{sig}", "A".repeat(MAX_TICKET_LEN)),
+                format!("vt1.{}.{kid}.{sig}", "A".repeat(MAX_TICKET_LEN)),
                 "longer than 4096 bytes",
             ),
         ];

@@ -466,8 +466,9 @@ fn reload_gateway(shared: &vmgate_gateway::Shared, config: &std::path::Path) {
     match cfg.ticket_keys() {
         Ok(keys) => {
             let n = keys.len();
+            let ids: Vec<String> = keys.iter().map(vmgate_ticket::VerifyingKey::id).collect();
             shared.tickets.set_keys(keys);
-            tracing::info!(keys = n, "SIGHUP: ticket verifying keys reloaded");
+            tracing::info!(keys = n, key_ids = ?ids, "SIGHUP: ticket verifying keys reloaded");
         }
         Err(e) => {
             tracing::error!(error = %e, "SIGHUP: ticket keys not reloaded; the keys in use stay")

@@ -149,10 +149,27 @@ async fn each_bad_ticket_is_refused_with_its_own_reason_and_others_are_untouched
         60,
         None,
     );
-    let forged = vmgate_minter::sign(&foreign, &claims);
+    let foreign_ticket = vmgate_minter::sign(&foreign, &claims);
+    let (code, reason) = refusal(format!(
+        "{base}/ws/{}/serial0?ticket={foreign_ticket}",
+        stack.name
+    ))
+    .await;
+    assert_eq!(code, 4401);
+    let foreign_kid = foreign.verifying_key().id();
+    assert!(
+        reason.contains(&foreign_kid) && reason.contains("does not accept"),
+        "{reason}"
+    );
+    // The same ticket claiming the gateway's key: the signature fails.
+    let ours = vmgate_minter::SigningKey::load(stack.state.signing_key())
+        .unwrap()
+        .verifying_key()
+        .id();
+    let forged = foreign_ticket.replace(&foreign_kid, &ours);
     let (code, reason) = refusal(format!("{base}/ws/{}/serial0?ticket={forged}", stack.name)).await;
     assert_eq!(code, 4401);
-    assert!(reason.contains("signature"), "{reason}");
+    assert!(reason.contains("signature invalid"), "{reason}");
 
     let (code, reason) = refusal(format!("{base}/ws/{}/serial0?ticket=garbage", stack.name)).await;
     assert_eq!(code, 4401);
@@ -172,6 +189,7 @@ async fn each_bad_ticket_is_refused_with_its_own_reason_and_others_are_untouched
         "wrong_guest",
         "wrong_channel",
         "bad_signature",
+        "unknown_key",
         "malformed",
     ] {
         assert!(
