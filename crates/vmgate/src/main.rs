@@ -268,6 +268,30 @@ fn until_signal(shutdown: CancellationToken) -> impl std::future::Future<Output 
     }
 }
 
+/// The service is up: tells systemd so, and if the unit has a watchdog
+/// (`WatchdogSec=`), pings it every half period from the runtime itself,
+/// so a runtime that stops making progress stops the pings and systemd
+/// restarts the service.
+fn service_ready() {
+    notify_systemd(sd_notify::NotifyState::Ready);
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let Some(period) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    let every = (period / 2).max(std::time::Duration::from_millis(100));
+    tracing::info!(period = ?period, "pinging the systemd watchdog");
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            notify_systemd(sd_notify::NotifyState::Watchdog);
+        }
+    });
+}
+
 /// Tells systemd (`Type=notify` units) how the service is doing: ready once
 /// its listeners are bound, stopping once it drains. Nothing without
 /// `NOTIFY_SOCKET`.
@@ -303,7 +327,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 tracing::info!("SIGHUP: reopening the console logs");
                 logs.reopen();
             });
-            notify_systemd(sd_notify::NotifyState::Ready);
+            service_ready();
             agent.run(shutdown).await;
             Ok(0)
         }
@@ -317,7 +341,7 @@ async fn run(cli: Cli) -> Result<i32> {
             tokio::spawn(until_signal(shutdown.clone()));
             let shared = gw.shared();
             on_sighup(move || reload_gateway(&shared, &config));
-            notify_systemd(sd_notify::NotifyState::Ready);
+            service_ready();
             gw.run().await;
             Ok(0)
         }
@@ -329,7 +353,7 @@ async fn run(cli: Cli) -> Result<i32> {
             let shutdown = CancellationToken::new();
             let m = vmgate_minter::MinterServer::bind(cfg, shutdown.clone()).await?;
             tokio::spawn(until_signal(shutdown.clone()));
-            notify_systemd(sd_notify::NotifyState::Ready);
+            service_ready();
             m.run().await;
             Ok(0)
         }

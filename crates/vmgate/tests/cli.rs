@@ -478,6 +478,8 @@ fn services_notify_systemd_ready_and_stopping() {
         .args(["admin", "--config"])
         .arg(&toml)
         .env("NOTIFY_SOCKET", &sock_path)
+        // A 1 s watchdog: pinged every half second.
+        .env("WATCHDOG_USEC", "1000000")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -486,15 +488,35 @@ fn services_notify_systemd_ready_and_stopping() {
     let mut buf = [0u8; 256];
     let n = sock.recv(&mut buf).expect("READY=1 within the deadline");
     assert_eq!(&buf[..n], b"READY=1\n");
+    // Watchdog pings: three within 2 s (one at once, then every 0.5 s).
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let started = Instant::now();
+    for _ in 0..3 {
+        let n = sock.recv(&mut buf).expect("a watchdog ping within 2 s");
+        assert_eq!(&buf[..n], b"WATCHDOG=1\n");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let n = sock
-        .recv(&mut buf)
-        .expect("STOPPING=1 within 2 s of SIGTERM");
-    assert_eq!(&buf[..n], b"STOPPING=1\n");
+    // Pings may still arrive before it.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let n = sock
+            .recv(&mut buf)
+            .expect("STOPPING=1 within 2 s of SIGTERM");
+        if &buf[..n] == b"STOPPING=1\n" {
+            break;
+        }
+        assert_eq!(&buf[..n], b"WATCHDOG=1\n");
+        assert!(Instant::now() < deadline, "no STOPPING=1 within 2 s");
+    }
     assert!(child.wait().unwrap().success());
 }
