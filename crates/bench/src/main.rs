@@ -7,9 +7,11 @@
 mod aio;
 mod client;
 mod measure;
+mod profile;
 mod source;
 mod stats;
 mod systems;
+mod vnc;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -56,12 +58,20 @@ struct RunArgs {
     /// Only these systems (raw, client, websockify, aio, split).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
-    /// Only these measurements (bulk, echo, open, idle).
+    /// Only these measurements (bulk, echo, open, idle, profile, vnc).
     #[arg(long, value_delimiter = ',')]
     tests: Option<Vec<String>>,
-    /// Seconds each throughput window lasts (default 2 quick, 5 full).
+    /// Seconds each throughput window lasts (default 1 quick, 2 full).
     #[arg(long)]
     secs: Option<u64>,
+    /// Another `vmgate` binary (say, a copy of target/release/vmgate from
+    /// before a change), run as a second split system beside the first:
+    /// the change's before and after in one run (key `compare` for --only).
+    #[arg(long)]
+    compare: Option<PathBuf>,
+    /// Windows each figure is the median of (default 5 quick, 7 full).
+    #[arg(long)]
+    windows: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -123,12 +133,12 @@ fn raise_nofile(want: u64) -> u64 {
 /// Everything measured of one system; `None` where it does not apply or failed.
 #[derive(Default)]
 struct Row {
-    bulk1: Option<f64>,
-    bulk8: Option<f64>,
-    /// CPU ms per MiB of the system's processes, 1 stream.
-    cpu1: Option<f64>,
+    bulk1: Option<measure::Bulk>,
+    bulk8: Option<measure::Bulk>,
     echo: Option<Latency>,
     open: Option<Latency>,
+    /// Keystroke to screen through the test guest's VNC.
+    vnc: Option<Latency>,
     idle: Vec<Idle>,
 }
 
@@ -138,7 +148,13 @@ const ROUNDS: usize = 20;
 struct Plan {
     tests: Vec<String>,
     warmup: Duration,
+    /// One throughput window; each figure is the median of `windows`.
     dur: Duration,
+    windows: usize,
+    /// How long the gateway is profiled.
+    profile: Duration,
+    /// Keystrokes timed through VNC, per system.
+    keys: usize,
     echo_samples: usize,
     open_samples: usize,
     idle: Vec<usize>,
@@ -156,15 +172,19 @@ fn note<T>(what: &str, r: Result<T>) -> Option<T> {
 }
 
 async fn run(args: RunArgs) -> Result<()> {
-    let tests = args
-        .tests
-        .clone()
-        .unwrap_or_else(|| ["bulk", "echo", "open", "idle"].map(String::from).to_vec());
+    let tests = args.tests.clone().unwrap_or_else(|| {
+        ["bulk", "profile", "echo", "open", "vnc", "idle"]
+            .map(String::from)
+            .to_vec()
+    });
     let plan = if args.quick {
         Plan {
             tests: tests.clone(),
             warmup: Duration::from_millis(500),
-            dur: Duration::from_secs(args.secs.unwrap_or(2)),
+            dur: Duration::from_secs(args.secs.unwrap_or(1)),
+            windows: args.windows.unwrap_or(5),
+            profile: Duration::from_secs(3),
+            keys: 200,
             echo_samples: 2_000,
             open_samples: 50,
             idle: args.idle.clone().unwrap_or(vec![1_000, 10_000]),
@@ -174,7 +194,10 @@ async fn run(args: RunArgs) -> Result<()> {
         Plan {
             tests,
             warmup: Duration::from_secs(1),
-            dur: Duration::from_secs(args.secs.unwrap_or(5)),
+            dur: Duration::from_secs(args.secs.unwrap_or(2)),
+            windows: args.windows.unwrap_or(7),
+            profile: Duration::from_secs(5),
+            keys: 200,
             echo_samples: 10_000,
             open_samples: 200,
             idle: args.idle.clone().unwrap_or(vec![1_000, 10_000]),
@@ -224,6 +247,19 @@ async fn run(args: RunArgs) -> Result<()> {
     let ports: source::Ports =
         serde_json::from_str(line.trim()).with_context(|| format!("source said {line:?}"))?;
 
+    let want = |t: &str| plan.tests.iter().any(|x| x == t);
+    let wants = |key: &str| {
+        args.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|x| x == key))
+    };
+    // The test guest boots first: the split agent's configuration names it.
+    let guest = if want("vnc") && wants("split") && wants("websockify") {
+        eprintln!("== booting the test guest for the VNC workload");
+        note("booting the test guest", vnc::boot(&work).await)
+    } else {
+        None
+    };
     let env = Env {
         work: work.clone(),
         client: client::Client::new(&state.public_ca())?,
@@ -233,6 +269,8 @@ async fn run(args: RunArgs) -> Result<()> {
         channels: [32, 32, max_idle + plan.open_samples + 64],
         bin_dir,
         websockify: args.websockify.clone(),
+        compare: args.compare.as_ref().map(std::path::absolute).transpose()?,
+        vnc: guest.as_ref().map(|g| g.vnc_socket.clone()),
     };
 
     let kinds = [
@@ -241,16 +279,15 @@ async fn run(args: RunArgs) -> Result<()> {
         (Kind::Websockify, "websockify"),
         (Kind::VmgateAio, "aio"),
         (Kind::VmgateSplit, "split"),
+        (Kind::VmgateSplitCompare, "compare"),
     ];
     // All systems run at once (idle but for the one measured), so the
     // latency series can be taken in interleaved rounds: a burst of load
     // from elsewhere on the machine then hits every system alike.
     let mut started: Vec<(Kind, Option<System>)> = Vec::new();
     for (kind, key) in kinds {
-        if let Some(only) = &args.only {
-            if !only.iter().any(|o| o == key) {
-                continue;
-            }
+        if !wants(key) || (kind == Kind::VmgateSplitCompare && args.compare.is_none()) {
+            continue;
         }
         let sys = note(
             &format!("starting {}", kind.label()),
@@ -259,24 +296,40 @@ async fn run(args: RunArgs) -> Result<()> {
         started.push((kind, sys));
     }
     let mut rows: Vec<(Kind, Row)> = started.iter().map(|(k, _)| (*k, Row::default())).collect();
-    let want = |t: &str| plan.tests.iter().any(|x| x == t);
     if want("bulk") {
         for ((kind, sys), (_, row)) in started.iter().zip(rows.iter_mut()) {
             let Some(sys) = sys else { continue };
             eprintln!("== bulk: {}", kind.label());
-            let b1 = note(
-                "bulk x1",
-                measure::bulk(sys, 1, plan.warmup, plan.dur).await,
-            );
-            eprintln!("  x1: {b1:?}");
-            row.bulk1 = b1.map(|b| b.mib_s);
-            row.cpu1 = b1.and_then(|b| b.cpu_ms_per_mib);
-            let b8 = note(
-                "bulk x8",
-                measure::bulk(sys, 8, plan.warmup, plan.dur).await,
-            );
-            eprintln!("  x8: {b8:?}");
-            row.bulk8 = b8.map(|b| b.mib_s);
+            for (streams, slot) in [(1, &mut row.bulk1), (8, &mut row.bulk8)] {
+                let b = note(
+                    &format!("bulk x{streams}"),
+                    measure::bulk(
+                        sys,
+                        streams,
+                        plan.warmup,
+                        plan.dur,
+                        plan.windows,
+                        source.id(),
+                    )
+                    .await,
+                );
+                eprintln!("  x{streams}: {b:?} (load {})", load_average());
+                *slot = b;
+            }
+        }
+    }
+    if want("profile") {
+        let splits = started.iter().filter_map(|(k, s)| match k {
+            Kind::VmgateSplit => Some(("split", s.as_ref()?)),
+            Kind::VmgateSplitCompare => Some(("compare", s.as_ref()?)),
+            _ => None,
+        });
+        for (name, sys) in splits {
+            eprintln!("== profile: the {name} gateway during 1-stream bulk");
+            let svg = work.join(format!("flamegraph-gateway-{name}.svg"));
+            if let Some(p) = note("profile", profile::gateway(sys, plan.profile, &svg).await) {
+                println!("{p}");
+            }
         }
     }
     let live: Vec<&System> = started.iter().filter_map(|(_, s)| s.as_ref()).collect();
@@ -284,7 +337,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let index = |k: Kind| order.iter().position(|kk| *kk == k).expect("row");
     if want("echo") {
         eprintln!("== echo, {ROUNDS} interleaved rounds");
-        for (k, r) in measure::echo_rounds(&live, plan.echo_samples, ROUNDS).await {
+        for (k, r) in measure::echo_rounds(&live, plan.echo_samples, ROUNDS, plan.windows).await {
             let i = index(k);
             rows[i].1.echo = note("echo", r);
             eprintln!("  {}: {:?}", k.label(), rows[i].1.echo);
@@ -298,6 +351,26 @@ async fn run(args: RunArgs) -> Result<()> {
             eprintln!("  {}: {:?}", k.label(), rows[i].1.open);
         }
     }
+    if let Some(g) = &guest {
+        let split = started
+            .iter()
+            .find(|(k, _)| *k == Kind::VmgateSplit)
+            .and_then(|(_, s)| s.as_ref());
+        if let Some(split) = split {
+            eprintln!(
+                "== keystroke to screen through VNC (load {})",
+                load_average()
+            );
+            for (k, r) in measure_vnc(&env, split, g, &plan).await {
+                let Some(i) = order.iter().position(|kk| *kk == k) else {
+                    continue;
+                };
+                rows[i].1.vnc = note("vnc", r);
+                eprintln!("  {}: {:?}", k.label(), rows[i].1.vnc);
+            }
+        }
+    }
+    drop(guest);
     for (_, sys) in started {
         if let Some(sys) = sys {
             sys.stop().await;
@@ -305,7 +378,7 @@ async fn run(args: RunArgs) -> Result<()> {
     }
     if want("idle") {
         for (kind, row) in rows.iter_mut() {
-            if matches!(kind, Kind::Raw | Kind::Client) {
+            if matches!(kind, Kind::Raw | Kind::Client | Kind::VmgateSplitCompare) {
                 continue;
             }
             eprintln!("== idle: {}", kind.label());
@@ -317,6 +390,54 @@ async fn run(args: RunArgs) -> Result<()> {
 
     report(&rows, &plan, args.quick);
     Ok(())
+}
+
+/// Keystroke to screen through the test guest's VNC: vmgate split (the
+/// agent on QEMU's VNC socket) and a websockify on the same socket.
+async fn measure_vnc(
+    env: &Env,
+    split: &System,
+    guest: &vnc::Guest,
+    plan: &Plan,
+) -> Vec<(Kind, Result<Latency>)> {
+    let (ws_child, ws_port) = match vnc::websockify(
+        &env.websockify,
+        &env.state.path("gateway-public.pem"),
+        &env.state.path("gateway-public.key"),
+        &guest.vnc_socket,
+        &env.work.join("websockify-vnc.log"),
+    )
+    .await
+    {
+        Ok(w) => w,
+        Err(e) => return vec![(Kind::Websockify, Err(e))],
+    };
+    let mut viewers = Vec::new();
+    let mut out = Vec::new();
+    let vmgate = async {
+        let port = split.vmgate_port().context("not a vmgate system")?;
+        let path = split.ticket_path_for(vnc::GUEST, "vnc")?;
+        vnc::Viewer::connect(&env.client, port, &path).await
+    };
+    match vmgate.await {
+        Ok(v) => viewers.push(("split", v)),
+        Err(e) => out.push((Kind::VmgateSplit, Err(e))),
+    }
+    match vnc::Viewer::connect(&env.client, ws_port, "/").await {
+        Ok(v) => viewers.push(("websockify", v)),
+        Err(e) => out.push((Kind::Websockify, Err(e))),
+    }
+    for (name, r) in vnc::key_to_screen(&mut viewers, plan.keys, ROUNDS / 2, plan.windows).await {
+        let kind = if name == "split" {
+            Kind::VmgateSplit
+        } else {
+            Kind::Websockify
+        };
+        out.push((kind, r));
+    }
+    drop(viewers);
+    drop(ws_child);
+    out
 }
 
 /// Idle sessions, each level on a freshly started system: memory freed by
@@ -346,6 +467,16 @@ async fn measure_idle(kind: Kind, env: &Env, plan: &Plan) -> Vec<Idle> {
         }
     }
     out
+}
+
+/// The 1, 5 and 15 minute load averages, as `/proc/loadavg` gives them.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn machine() -> String {
@@ -389,14 +520,25 @@ fn ratio_s(x: Option<f64>) -> String {
 
 fn report(rows: &[(Kind, Row)], plan: &Plan, quick: bool) {
     let get = |k: Kind| rows.iter().find(|(kk, _)| *kk == k).map(|(_, r)| r);
+    let mib = |r: Option<&Row>, eight: bool| {
+        r.and_then(|r| {
+            if eight {
+                r.bulk8.as_ref()
+            } else {
+                r.bulk1.as_ref()
+            }
+        })
+        .map(|b| b.mib_s)
+    };
     let ws = get(Kind::Websockify);
-    let wsb1 = ws.and_then(|r| r.bulk1);
-    let wsb8 = ws.and_then(|r| r.bulk8);
+    let wsb1 = mib(ws, false);
+    let wsb8 = mib(ws, true);
     let wsp99 = ws.and_then(|r| r.echo).map(|l| l.p99);
 
     println!();
     println!(
-        "Throughput backend -> client ({} s after {} ms warm-up), MiB/s; ratio = system / websockify",
+        "Throughput backend -> client (median of {} windows of {} s, after {} ms warm-up), MiB/s; ratio = system / websockify",
+        plan.windows,
         plan.dur.as_secs(),
         plan.warmup.as_millis()
     );
@@ -409,22 +551,66 @@ fn report(rows: &[(Kind, Row)], plan: &Plan, quick: bool) {
         "", "", "", "", "", ""
     );
     for (k, r) in rows {
+        let b1 = r.bulk1.as_ref().map(|b| b.mib_s);
+        let b8 = r.bulk8.as_ref().map(|b| b.mib_s);
         println!(
             "| {:<34} | {:>9} | {:>7} | {:>12} | {:>7} | {:>14} |",
             k.label(),
-            f0(r.bulk1),
-            ratio_s(stats::ratio(r.bulk1, wsb1)),
-            f0(r.bulk8),
-            ratio_s(stats::ratio(r.bulk8, wsb8)),
-            r.cpu1
-                .map(|v| format!("{v:.2}"))
-                .unwrap_or_else(|| "-".into()),
+            f0(b1),
+            ratio_s(stats::ratio(b1, wsb1)),
+            f0(b8),
+            ratio_s(stats::ratio(b8, wsb8)),
+            f2(r.bulk1.as_ref().and_then(|b| b.cpu_ms_per_mib)),
         );
     }
     println!();
     println!(
-        "Echo of 64-byte messages ({} round trips, one at a time), µs; session open (fresh ticket to first byte, {} samples), ms; ratio = websockify / system",
-        plan.echo_samples, plan.open_samples
+        "CPU ms per MiB relayed, from /proc per-thread times (median of {} windows), 1 stream / 8 streams; \
+         'pipeline' adds the byte source and the harness's client, and '2-core cap' is 2000 ms/s over it: \
+         the most MiB/s two cores could carry at that cost",
+        plan.windows
+    );
+    println!(
+        "| {:<34} | {:>13} | {:>13} | {:>13} | {:>13} | {:>13} | {:>13} | {:>15} |",
+        "system", "whole", "gateway", "agent", "source", "client", "pipeline", "2-core cap MiB/s"
+    );
+    println!(
+        "|{:-<36}|{:->15}|{:->15}|{:->15}|{:->15}|{:->15}|{:->15}|{:->17}|",
+        "", "", "", "", "", "", "", ""
+    );
+    for (k, r) in rows {
+        let pair = |f: &dyn Fn(&measure::Bulk) -> Option<f64>| {
+            format!(
+                "{} / {}",
+                f2(r.bulk1.as_ref().and_then(f)),
+                f2(r.bulk8.as_ref().and_then(f))
+            )
+        };
+        let pipeline = |b: &measure::Bulk| {
+            let rest: f64 = ["source", "client"].iter().filter_map(|p| b.part(p)).sum();
+            Some(b.cpu_ms_per_mib.unwrap_or(0.0) + rest)
+        };
+        let cap = |b: &measure::Bulk| pipeline(b).filter(|v| *v > 0.0).map(|v| 2000.0 / v);
+        println!(
+            "| {:<34} | {:>13} | {:>13} | {:>13} | {:>13} | {:>13} | {:>13} | {:>15} |",
+            k.label(),
+            pair(&|b| b.cpu_ms_per_mib),
+            pair(&|b| b.part("gateway")),
+            pair(&|b| b.part("agent")),
+            pair(&|b| b.part("source")),
+            pair(&|b| b.part("client")),
+            pair(&pipeline),
+            format!(
+                "{} / {}",
+                f0(r.bulk1.as_ref().and_then(cap)),
+                f0(r.bulk8.as_ref().and_then(cap))
+            ),
+        );
+    }
+    println!();
+    println!(
+        "Echo of 64-byte messages ({} round trips, one at a time, percentiles the median of {} windows), µs; session open (fresh ticket to first byte, {} samples), ms; ratio = websockify / system",
+        plan.echo_samples, plan.windows, plan.open_samples
     );
     println!(
         "| {:<34} | {:>8} | {:>8} | {:>8} | {:>9} | {:>8} | {:>8} |",
@@ -444,11 +630,32 @@ fn report(rows: &[(Kind, Row)], plan: &Plan, quick: bool) {
             f0(e.map(|l| l.p99)),
             f0(e.map(|l| l.max)),
             ratio_s(stats::ratio(wsp99, e.map(|l| l.p99))),
-            o.map(|l| format!("{:.2}", l.p50 / 1000.0))
-                .unwrap_or_else(|| "-".into()),
-            o.map(|l| format!("{:.2}", l.p99 / 1000.0))
-                .unwrap_or_else(|| "-".into()),
+            f2(o.map(|l| l.p50 / 1000.0)),
+            f2(o.map(|l| l.p99 / 1000.0)),
         );
+    }
+    let vnc_rows: Vec<_> = rows.iter().filter_map(|(k, r)| Some((k, r.vnc?))).collect();
+    if !vnc_rows.is_empty() {
+        println!();
+        println!("Keystroke to screen through the test guest's VNC (a key sent, until the FramebufferUpdate showing it), ms");
+        println!(
+            "| {:<34} | {:>8} | {:>8} | {:>8} | {:>7} |",
+            "system", "p50", "p99", "max", "keys"
+        );
+        println!(
+            "|{:-<36}|{:->10}|{:->10}|{:->10}|{:->9}|",
+            "", "", "", "", ""
+        );
+        for (k, l) in vnc_rows {
+            println!(
+                "| {:<34} | {:>8.2} | {:>8.2} | {:>8.2} | {:>7} |",
+                k.label(),
+                l.p50 / 1000.0,
+                l.p99 / 1000.0,
+                l.max / 1000.0,
+                l.samples
+            );
+        }
     }
     println!();
     println!("Idle sessions: memory per session (RSS delta / N of the gateway process; all-in-one: gateway+agent; websockify: sum over its processes, PSS alongside), and one more session opened while they are held");
@@ -490,6 +697,7 @@ fn report(rows: &[(Kind, Row)], plan: &Plan, quick: bool) {
 
     let aio = get(Kind::VmgateAio);
     let split = get(Kind::VmgateSplit);
+    let client = get(Kind::Client);
     // Latency: the worse of the two vmgate setups.
     let p99 = [aio, split]
         .iter()
@@ -513,21 +721,86 @@ fn report(rows: &[(Kind, Row)], plan: &Plan, quick: bool) {
     let idle_kib = best
         .as_ref()
         .map(|i| i.rss_kib + i.other_rss_kib.unwrap_or(0.0));
+    let echo = |r: Option<&Row>| r.and_then(|r| r.echo);
     let s = SummaryInputs {
-        bulk_ratio: stats::ratio(aio.and_then(|r| r.bulk1), wsb1),
-        split_bulk_ratio: stats::ratio(split.and_then(|r| r.bulk1), wsb1),
+        bulk_ratio: stats::ratio(mib(aio, false), wsb1),
+        split_bulk_ratio: stats::ratio(mib(split, false), wsb1),
         p99_echo_ratio: p99,
         idle_kib_per_session: idle_kib,
         sessions_held: held,
+        gateway_cpu_ratio: stats::ratio(
+            split.and_then(|r| r.bulk1.as_ref()?.part("gateway")),
+            ws.and_then(|r| r.bulk1.as_ref()?.cpu_ms_per_mib),
+        ),
+        bulk_vs_client_ceiling: stats::ratio(mib(split, false), mib(client, false)),
+        streams8_ratio: stats::ratio(mib(split, true), wsb8),
+        echo_p50_over_ceiling_us: echo(split).zip(echo(client)).map(|(s, c)| s.p50 - c.p50),
+        key_to_screen_p50_ratio: stats::ratio(
+            ws.and_then(|r| r.vnc).map(|l| l.p50),
+            split.and_then(|r| r.vnc).map(|l| l.p50),
+        ),
     };
     println!();
     println!(
         "8-stream aggregate vs websockify: all-in-one {}, split {}",
-        ratio_s(stats::ratio(aio.and_then(|r| r.bulk8), wsb8)),
-        ratio_s(stats::ratio(split.and_then(|r| r.bulk8), wsb8)),
+        ratio_s(stats::ratio(mib(aio, true), wsb8)),
+        ratio_s(s.streams8_ratio),
     );
+    println!();
+    println!("Issue 17's targets (split mode unless said), this run:");
+    let open_p99 = split.and_then(|r| r.open).map(|l| l.p99 / 1000.0);
+    let targets: [(&str, String, Option<bool>); 7] = [
+        (
+            "gateway CPU per MiB / websockify's <= 0.50",
+            f2(s.gateway_cpu_ratio),
+            s.gateway_cpu_ratio.map(|v| v <= 0.5),
+        ),
+        (
+            "1-stream bulk / client ceiling >= 0.80",
+            f2(s.bulk_vs_client_ceiling),
+            s.bulk_vs_client_ceiling.map(|v| v >= 0.8),
+        ),
+        (
+            "8 streams / websockify's >= 2.00",
+            f2(s.streams8_ratio),
+            s.streams8_ratio.map(|v| v >= 2.0),
+        ),
+        (
+            "echo p50 - client ceiling's <= 40 µs",
+            f0(s.echo_p50_over_ceiling_us),
+            s.echo_p50_over_ceiling_us.map(|v| v <= 40.0),
+        ),
+        (
+            "echo p99 / websockify's <= 0.50",
+            f2(stats::ratio(echo(split).map(|l| l.p99), wsp99)),
+            stats::ratio(echo(split).map(|l| l.p99), wsp99).map(|v| v <= 0.5),
+        ),
+        (
+            "idle KiB per session (gateway + agent) <= 32",
+            f0(idle_kib),
+            idle_kib.map(|v| v <= 32.0),
+        ),
+        (
+            "session open p99 <= 10 ms",
+            f2(open_p99),
+            open_p99.map(|v| v <= 10.0),
+        ),
+    ];
+    for (what, value, met) in targets {
+        let met = match met {
+            Some(true) => "met",
+            Some(false) => "NOT met",
+            None => "not measured",
+        };
+        println!("  {what:<46} {value:>8}  {met}");
+    }
     if quick {
         println!("(quick run: short windows on a shared machine, figures are noisy)");
     }
+    println!("load average at the end: {}", load_average());
     println!("{}", stats::summary_line(&s));
+}
+
+fn f2(x: Option<f64>) -> String {
+    x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into())
 }

@@ -12,19 +12,39 @@ use crate::source::Mode;
 use crate::stats::{self, Latency};
 use crate::systems::{Conn, Kind, System};
 
-/// What a bulk measurement found.
-#[derive(Debug, Clone, Copy)]
+/// What a bulk measurement found: each figure the median over the windows
+/// the measurement was cut into, so one noisy second does not decide it.
+#[derive(Debug, Clone)]
 pub struct Bulk {
     /// Aggregate MiB/s at the client.
     pub mib_s: f64,
     /// CPU time the system's own processes spent per MiB carried (ms), a
     /// figure that other load on the machine disturbs less than MiB/s.
     pub cpu_ms_per_mib: Option<f64>,
+    /// The same for each of the system's parts on its own (split: the
+    /// gateway, the agent), and for the byte source and the harness's
+    /// client, whose CPU the same MiB cost too.
+    pub parts: Vec<(&'static str, f64)>,
 }
 
-/// Aggregate MiB/s of `streams` bulk sessions read at once, counted over
-/// `dur` after `warmup`.
-pub async fn bulk(sys: &System, streams: usize, warmup: Duration, dur: Duration) -> Result<Bulk> {
+impl Bulk {
+    /// CPU ms per MiB of one part, by its name.
+    pub fn part(&self, name: &str) -> Option<f64> {
+        self.parts.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+}
+
+/// Aggregate MiB/s of `streams` bulk sessions read at once, counted in
+/// `windows` windows of `window` each after `warmup`; `source` is the byte
+/// source's process id.
+pub async fn bulk(
+    sys: &System,
+    streams: usize,
+    warmup: Duration,
+    window: Duration,
+    windows: usize,
+    source: Option<u32>,
+) -> Result<Bulk> {
     let total = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..streams {
@@ -37,12 +57,45 @@ pub async fn bulk(sys: &System, streams: usize, warmup: Duration, dur: Duration)
         }));
     }
     tokio::time::sleep(warmup).await;
-    let pids = sys.cpu_pids();
-    let c0: u64 = pids.iter().map(|p| cpu_ticks_of_tree(*p)).sum();
-    let (b0, t0) = (total.load(Ordering::Relaxed), Instant::now());
-    tokio::time::sleep(dur).await;
-    let (b1, t1) = (total.load(Ordering::Relaxed), Instant::now());
-    let c1: u64 = pids.iter().map(|p| cpu_ticks_of_tree(*p)).sum();
+    // Every group whose CPU is read at each window's edges: the system as
+    // a whole first, then its parts, the source and this process.
+    // The source and the client are read alone (the harness is every
+    // system's parent), the system's processes with their descendants.
+    let mut groups: Vec<(&'static str, Vec<u32>, bool)> = vec![("system", sys.cpu_pids(), true)];
+    groups.extend(sys.cpu_parts().into_iter().map(|(n, p)| (n, p, true)));
+    groups.extend(source.map(|p| ("source", vec![p], false)));
+    groups.push(("client", vec![std::process::id()], false));
+    let read = |groups: &[(&'static str, Vec<u32>, bool)]| -> Vec<u64> {
+        groups
+            .iter()
+            .map(|(_, pids, with_children)| {
+                pids.iter()
+                    .map(|p| {
+                        if *with_children {
+                            cpu_ns_of_tree(*p)
+                        } else {
+                            cpu_ns_of(*p).unwrap_or(0)
+                        }
+                    })
+                    .sum()
+            })
+            .collect()
+    };
+    let mut rates = Vec::with_capacity(windows);
+    let mut per_mib: Vec<Vec<f64>> = vec![Vec::with_capacity(windows); groups.len()];
+    let (mut b0, mut t0, mut c0) = (total.load(Ordering::Relaxed), Instant::now(), read(&groups));
+    for _ in 0..windows.max(1) {
+        tokio::time::sleep(window).await;
+        let (b1, t1, c1) = (total.load(Ordering::Relaxed), Instant::now(), read(&groups));
+        let mib = (b1 - b0) as f64 / (1024.0 * 1024.0);
+        rates.push(stats::mib_per_s(b1 - b0, t1 - t0));
+        for (g, series) in per_mib.iter_mut().enumerate() {
+            if !groups[g].1.is_empty() && mib > 0.0 {
+                series.push(c1[g].saturating_sub(c0[g]) as f64 / 1e6 / mib);
+            }
+        }
+        (b0, t0, c0) = (b1, t1, c1);
+    }
     let finished = tasks.iter().filter(|t| t.is_finished()).count();
     for t in &tasks {
         t.abort();
@@ -51,43 +104,64 @@ pub async fn bulk(sys: &System, streams: usize, warmup: Duration, dur: Duration)
         let _ = t.await;
     }
     anyhow::ensure!(finished == 0, "{finished} bulk stream(s) ended early");
-    let mib = (b1 - b0) as f64 / (1024.0 * 1024.0);
+    let mut medians = per_mib.into_iter().map(|mut v| stats::median(&mut v));
+    let cpu_ms_per_mib = medians.next().flatten();
+    let parts = groups[1..]
+        .iter()
+        .zip(medians)
+        .filter_map(|((name, _, _), m)| Some((*name, m?)))
+        .collect();
     Ok(Bulk {
-        mib_s: stats::mib_per_s(b1 - b0, t1 - t0),
-        cpu_ms_per_mib: (!pids.is_empty() && mib > 0.0)
-            .then(|| (c1 - c0) as f64 * 1000.0 / ticks_per_sec() / mib),
+        mib_s: stats::median(&mut rates).unwrap_or(0.0),
+        cpu_ms_per_mib,
+        parts,
     })
 }
 
-fn ticks_per_sec() -> f64 {
-    // USER_HZ: 100 on every Linux architecture the harness runs on.
-    100.0
-}
-
-/// User + system CPU ticks of a process and its descendants (live ones;
-/// reaped children's time shows in their parent's cutime/cstime).
-fn cpu_ticks_of_tree(root: u32) -> u64 {
+/// CPU time (user + system) of a process and its live descendants, in
+/// nanoseconds: the sum of every thread's `schedstat`, which counts in
+/// nanoseconds where `stat` counts in 10 ms ticks (too coarse for
+/// one-second windows). Falls back to `stat` where `schedstat` is missing.
+fn cpu_ns_of_tree(root: u32) -> u64 {
     tree(root)
         .into_iter()
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let rest = stat.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            // After the command: state ppid ... utime is field 14 of stat, 12th here.
-            let utime: u64 = f.get(11)?.parse().ok()?;
-            let stime: u64 = f.get(12)?.parse().ok()?;
-            Some(utime + stime)
-        })
+        .map(|pid| cpu_ns_of(pid).unwrap_or(0))
         .sum()
+}
+
+fn cpu_ns_of(pid: u32) -> Option<u64> {
+    let from_threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|t| {
+                    let s = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+                    s.split_whitespace().next()?.parse::<u64>().ok()
+                })
+                .sum::<u64>()
+        })
+        .filter(|ns| *ns > 0);
+    from_threads.or_else(|| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // After the command: utime is field 14 of stat, the 12th here;
+        // USER_HZ is 100 on every Linux architecture the harness runs on.
+        let utime: u64 = f.get(11)?.parse().ok()?;
+        let stime: u64 = f.get(12)?.parse().ok()?;
+        Some((utime + stime) * 10_000_000)
+    })
 }
 
 /// Round trips of 64-byte messages, one at a time, on one session per
 /// system: `samples` per system in total, taken in `rounds` rounds that
-/// visit every system in turn.
+/// visit every system in turn. The rounds are grouped into `windows`
+/// windows, and each percentile is the median of the windows' own.
 pub async fn echo_rounds(
     systems: &[&System],
     samples: usize,
     rounds: usize,
+    windows: usize,
 ) -> Vec<(Kind, Result<Latency>)> {
     let msg = Bytes::from(vec![b'k'; 64]);
     let mut conns = Vec::new();
@@ -100,30 +174,37 @@ pub async fn echo_rounds(
             anyhow::Ok(c)
         }
         .await;
-        conns.push((sys.kind, c, Vec::with_capacity(samples)));
+        conns.push((sys.kind, c, Vec::new(), 0usize));
     }
-    let per_round = samples.div_ceil(rounds.max(1));
-    for _ in 0..rounds {
-        for (_, conn, times) in conns.iter_mut() {
+    let rounds = rounds.max(1);
+    let windows = windows.clamp(1, rounds);
+    let per_round = samples.div_ceil(rounds);
+    for round in 0..rounds {
+        let window = round * windows / rounds;
+        for (_, conn, series, taken) in conns.iter_mut() {
             let Ok(c) = conn else { continue };
-            for _ in 0..per_round.min(samples - times.len()) {
+            if series.len() <= window {
+                series.push(Vec::new());
+            }
+            for _ in 0..per_round.min(samples - *taken) {
                 let t = Instant::now();
                 if let Err(e) = c.echo(&msg).await {
                     *conn = Err(e);
                     break;
                 }
-                times.push(t.elapsed());
+                series[window].push(t.elapsed());
+                *taken += 1;
             }
         }
     }
     let mut out = Vec::new();
-    for (kind, conn, times) in conns {
+    for (kind, conn, series, _) in conns {
         out.push((
             kind,
             match conn {
                 Ok(c) => {
                     c.close().await;
-                    stats::latency(&times).context("no samples")
+                    stats::latency_windows(&series).context("no samples")
                 }
                 Err(e) => Err(e),
             },

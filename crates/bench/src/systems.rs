@@ -47,6 +47,9 @@ pub enum Kind {
     Websockify,
     VmgateAio,
     VmgateSplit,
+    /// Split mode again, from another `vmgate` binary (`--compare`): a
+    /// change's before and after, measured in one run.
+    VmgateSplitCompare,
 }
 
 impl Kind {
@@ -57,6 +60,7 @@ impl Kind {
             Kind::Websockify => "websockify",
             Kind::VmgateAio => "vmgate all-in-one",
             Kind::VmgateSplit => "vmgate split",
+            Kind::VmgateSplitCompare => "vmgate split, --compare binary",
         }
     }
 }
@@ -202,6 +206,11 @@ pub struct Env {
     pub channels: [usize; 3],
     pub bin_dir: PathBuf,
     pub websockify: PathBuf,
+    /// Another `vmgate` binary, run as [`Kind::VmgateSplitCompare`].
+    pub compare: Option<PathBuf>,
+    /// The test guest's VNC socket, when the VNC workload runs: the split
+    /// agent then serves that guest too ([`crate::vnc::GUEST`]).
+    pub vnc: Option<PathBuf>,
 }
 
 fn free_tcp_port() -> Result<u16> {
@@ -353,37 +362,55 @@ impl System {
                 sys.children.push(child);
                 sys.vmgate(env, port).await?;
             }
-            Kind::VmgateSplit => {
+            Kind::VmgateSplit | Kind::VmgateSplitCompare => {
+                let (vmgate, tag) = match (kind, &env.compare) {
+                    (Kind::VmgateSplitCompare, Some(bin)) => (bin.clone(), "-compare"),
+                    (Kind::VmgateSplitCompare, None) => bail!("no --compare binary"),
+                    _ => (env.bin_dir.join("vmgate"), ""),
+                };
                 // Both bind port 0 and say in their logs which port they got.
                 let mut agent_cfg = env.state.agent_config("127.0.0.1:0".parse()?, vec![]);
                 agent_cfg.guests.push(sys.names.guest(&env.source_dir));
-                let agent_toml = env.work.join("agent-split.toml");
+                if let Some(vnc) = &env.vnc {
+                    agent_cfg.guests.push(GuestConfig {
+                        name: crate::vnc::GUEST.into(),
+                        qmp: None,
+                        vnc: Some(vnc.clone()),
+                        vnc_via: None,
+                        audio: false,
+                        serial: vec![],
+                        channel: vec![],
+                        media: vec![],
+                    });
+                }
+                let agent_toml = env.work.join(format!("agent-split{tag}.toml"));
                 write_toml(&agent_toml, &agent_cfg)?;
-                let vmgate = env.bin_dir.join("vmgate");
                 let mut agent = Command::new(&vmgate)
                     .arg("agent")
                     .arg("--config")
                     .arg(&agent_toml)
                     .stdin(Stdio::null())
-                    .stderr(log_file(env, "vmgate-agent")?)
+                    .stderr(log_file(env, &format!("vmgate-agent{tag}"))?)
                     .kill_on_drop(true)
                     .spawn()
                     .context("starting `vmgate agent`")?;
+                let agent_log = format!("vmgate-agent{tag}");
                 let agent_addr =
-                    logged_addr(env, &mut agent, "vmgate-agent", "agent listening").await?;
+                    logged_addr(env, &mut agent, &agent_log, "agent listening").await?;
                 let gw_cfg = gateway_config(&env.state, "127.0.0.1:0".parse()?, agent_addr);
-                let gw_toml = env.work.join("gateway-split.toml");
+                let gw_toml = env.work.join(format!("gateway-split{tag}.toml"));
                 write_toml(&gw_toml, &gw_cfg)?;
                 let mut gateway = Command::new(&vmgate)
                     .arg("gateway")
                     .arg("--config")
                     .arg(&gw_toml)
                     .stdin(Stdio::null())
-                    .stderr(log_file(env, "vmgate-gateway")?)
+                    .stderr(log_file(env, &format!("vmgate-gateway{tag}"))?)
                     .kill_on_drop(true)
                     .spawn()
                     .context("starting `vmgate gateway`")?;
-                let port = logged_addr(env, &mut gateway, "vmgate-gateway", "gateway listening")
+                let gw_log = format!("vmgate-gateway{tag}");
+                let port = logged_addr(env, &mut gateway, &gw_log, "gateway listening")
                     .await?
                     .port();
                 sys.other_pid = agent.id();
@@ -431,13 +458,18 @@ impl System {
 
     /// A WebSocket path with a fresh ticket for `channel` of the bench guest.
     fn ticket_path(&self, channel: &str) -> Result<String> {
+        self.ticket_path_for(GUEST, channel)
+    }
+
+    /// A WebSocket path with a fresh ticket for `channel` of `guest`.
+    pub fn ticket_path_for(&self, guest: &str, channel: &str) -> Result<String> {
         let Reach::Vmgate { state, .. } = &self.reach else {
             bail!("not a vmgate system");
         };
         let t = mint(
             state,
             &TicketRequest {
-                guest: GUEST.into(),
+                guest: guest.into(),
                 channels: vec![channel.into()],
                 mode: vmgate_ticket::Mode::Interactive,
                 ttl: Duration::from_secs(3600),
@@ -470,6 +502,18 @@ impl System {
         }
     }
 
+    /// The system's processes each on its own, where it has more than one
+    /// kind (split: the gateway, which a fleet pays for, and the agent).
+    pub fn cpu_parts(&self) -> Vec<(&'static str, Vec<u32>)> {
+        match self.kind {
+            Kind::VmgateSplit | Kind::VmgateSplitCompare => vec![
+                ("gateway", self.mem_pid.into_iter().collect()),
+                ("agent", self.other_pid.into_iter().collect()),
+            ],
+            _ => vec![],
+        }
+    }
+
     /// Opens a prepared session.
     pub async fn open_prepared(&self, mode: Mode, path: &str, small: bool) -> Result<Conn> {
         let port = match &self.reach {
@@ -486,6 +530,14 @@ impl System {
         Ok(Conn::Ws(Box::new(
             self.client.connect(port, path, small).await?,
         )))
+    }
+
+    /// The gateway's public port (vmgate systems).
+    pub fn vmgate_port(&self) -> Option<u16> {
+        match &self.reach {
+            Reach::Vmgate { port, .. } => Some(*port),
+            _ => None,
+        }
     }
 
     pub async fn open(&self, mode: Mode, small: bool) -> Result<Conn> {
