@@ -360,8 +360,8 @@ async fn console_ws(
                 peer,
                 conn,
             };
-            session::serve(shared, req, rx, tx, move |_, req| {
-                Ok(admin_grant(req, &q, who))
+            session::serve(shared, req, rx, tx, move |_, req| async move {
+                Ok(admin_grant(&req, &q, who))
             })
         })
 }

@@ -53,6 +53,14 @@ pub fn check(cfg: &GatewayConfig) -> Vec<Problem> {
             a.token_file.as_deref(),
         ));
     }
+    if cfg.store.url.is_none() {
+        let path = cfg.store.embedded_path();
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        p.extend(check_writable_dir("store.path", dir));
+    }
     if let Some(audit) = &cfg.audit {
         let dir = audit
             .path

@@ -41,6 +41,105 @@ pub struct GatewayConfig {
     /// Which sites may frame the console pages (control panels).
     #[serde(default, skip_serializing_if = "Embed::is_default")]
     pub embed: Embed,
+    /// Where used tickets, throttling, session counts and page sessions
+    /// live: an embedded database (the default) or a Redis shared by a
+    /// fleet of gateways ([`crate::store`], docs/fleet.md).
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// The gateway's store ([`crate::store`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `redis://[user:password@]host:port/db` or `rediss://…` (TLS): every
+    /// gateway pointing at the same store is one fleet. Without it the
+    /// gateway keeps its state in an embedded database at `path`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The embedded database file. Default: `gateway.redb` in
+    /// `$STATE_DIRECTORY` (systemd's `StateDirectory=`), else in
+    /// `/var/lib/vmgate`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// CA bundle (PEM) a `rediss://` server's certificate must chain to;
+    /// default: the system's roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// Prefix of every key this fleet writes, so fleets may share a Redis.
+    pub prefix: String,
+    /// This gateway's name in the fleet's session list and its metrics.
+    /// Default: the host name and the public listener's port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Deadline of each call to Redis (and of connecting), milliseconds.
+    pub timeout_ms: u64,
+    /// A session's lease in the fleet's registry, seconds: renewed every
+    /// third of it; a dead gateway's sessions leave the list and stop
+    /// counting against the limits at most this long after it died.
+    pub lease_secs: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> StoreConfig {
+        StoreConfig {
+            url: None,
+            path: None,
+            ca: None,
+            prefix: "vmgate:".into(),
+            name: None,
+            timeout_ms: 2000,
+            lease_secs: 30,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The embedded database's file.
+    pub fn embedded_path(&self) -> PathBuf {
+        if let Some(p) = &self.path {
+            return p.clone();
+        }
+        let dir = std::env::var_os("STATE_DIRECTORY")
+            // systemd may pass several, separated by colons: the first.
+            .and_then(|d| {
+                d.to_str()
+                    .and_then(|d| d.split(':').next())
+                    .map(PathBuf::from)
+            })
+            .unwrap_or_else(|| PathBuf::from("/var/lib/vmgate"));
+        dir.join("gateway.redb")
+    }
+
+    /// Checks the URL's scheme and the bounds.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(u) = &self.url {
+            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                return Err(ConfigError::Invalid(
+                    "store.url: use redis://host:6379/0 or rediss://host:6380/0".into(),
+                ));
+            }
+        }
+        if !(50..=60_000).contains(&self.timeout_ms) {
+            return Err(ConfigError::Invalid("store.timeout_ms: 50 to 60000".into()));
+        }
+        if !(3..=3600).contains(&self.lease_secs) {
+            return Err(ConfigError::Invalid("store.lease_secs: 3 to 3600".into()));
+        }
+        if self.prefix.len() > 64 || self.prefix.bytes().any(|b| !b.is_ascii_graphic()) {
+            return Err(ConfigError::Invalid(
+                "store.prefix: at most 64 printable characters, no spaces".into(),
+            ));
+        }
+        if let Some(n) = &self.name {
+            if !vmgate_wire::valid_name(n) {
+                return Err(ConfigError::Invalid(format!(
+                    "store.name: {n:?} is not a name (letters, digits and . _ : -)"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Embedding the console pages in another site's page (an iframe in a
@@ -143,13 +242,14 @@ pub struct Limits {
     /// CLI, native tools) are not browsers and pass.
     pub check_origin: bool,
     /// Longest ticket lifetime accepted (`not_after - iat`), in seconds.
-    /// It also bounds how long after a restart tickets minted before it
-    /// are refused ("issued before the gateway restarted").
+    /// It also bounds how long after the store began a new epoch tickets
+    /// minted before it are refused ("issued before the gateway's ticket
+    /// store began").
     pub max_ticket_ttl_secs: u64,
     /// How far a minter's clock may be ahead of this gateway's, in
     /// seconds. A ticket issued further in the future is refused, and so
-    /// is one issued up to this long after the gateway started (it cannot
-    /// be told from one issued just before). Keep clocks in sync (NTP).
+    /// is one issued up to this long after the store's epoch began (it
+    /// cannot be told from one issued just before). Keep clocks in sync (NTP).
     pub ticket_clock_skew_secs: u64,
     /// Connections without a session (in the TLS handshake, sending
     /// requests, or idle) the public listener holds at once; more are
@@ -353,6 +453,7 @@ impl GatewayConfig {
     /// Checks what the schema cannot, so the rest of the gateway can trust it.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.embed.validate()?;
+        self.store.validate()?;
         if self.extra_ticket_public_keys.len() >= vmgate_ticket::MAX_VERIFYING_KEYS {
             return Err(ConfigError::Invalid(format!(
                 "extra_ticket_public_keys: at most {} keys (each forged ticket costs one check per key)",

@@ -11,6 +11,9 @@
 //! * [`routing`]: the routing table merged from every agent's inventory
 //!   (sans-IO: running wins over down, allow-lists, conflicts);
 //! * [`tickets`]: ticket redemption (signature, expiry, scope, single use);
+//! * [`store`]: used tickets, throttling, session counts and page sessions:
+//!   an embedded database (one gateway, across restarts) or Redis (a
+//!   fleet of gateways);
 //! * [`public`]: the HTTPS listener, console WebSockets, web page;
 //! * [`ws`]: a client WebSocket as a side of the relay;
 //! * [`assets`]: the embedded web console;
@@ -50,6 +53,7 @@ pub mod routing;
 pub mod session;
 pub mod sessions;
 pub mod splice;
+pub mod store;
 pub mod tickets;
 pub mod untrusted;
 pub mod ws;
@@ -81,6 +85,9 @@ pub enum GatewayError {
     /// The admin credentials (token file) are unusable.
     #[error("admin credentials: {0}")]
     AdminAuth(String),
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
     /// The audit log could not be opened.
     #[error("cannot open the audit log {path}: {source}")]
     Audit {
@@ -97,15 +104,15 @@ pub struct Shared {
     /// The public listener's certificate, replaced on SIGHUP.
     pub public_cert: Arc<vmgate_tls::ReloadableCert>,
     pub tickets: tickets::TicketCheck,
-    /// Web console pages' sessions.
-    pub pages: pages::Pages,
+    /// Used tickets, throttling, session counts, page sessions.
+    pub store: Arc<store::Store>,
+    /// This gateway's name in its fleet.
+    pub name: String,
     pub shutdown: CancellationToken,
     pub limits: Arc<config::Limits>,
     pub metrics: Arc<metrics::Metrics>,
     /// Live sessions: limits, admin listing and ending, audit.
     pub sessions: Arc<sessions::Registry>,
-    /// Failed ticket checks per source address.
-    pub throttle: limits::Throttle,
     /// Every running session, so shutdown can wait (boundedly) for each to
     /// tell its client why it ends.
     pub drain: tokio_util::task::TaskTracker,
@@ -120,14 +127,57 @@ impl Shared {
         }
     }
 
+    /// Whether `peer` may have a ticket checked: refused (4429) after
+    /// `failed_tickets_per_address` failures in the window, counted in the
+    /// whole store (the fleet's, with Redis).
+    pub async fn throttled(&self, peer: SocketAddr) -> Result<(), vmgate_wire::Close> {
+        let l = &self.limits;
+        let window = std::time::Duration::from_secs(l.throttle_window_secs);
+        match self
+            .store
+            .throttled(peer.ip(), l.failed_tickets_per_address, window)
+            .await
+        {
+            Ok(None) => Ok(()),
+            Ok(Some(wait)) => {
+                tracing::warn!(%peer, "ticket check throttled");
+                self.metrics.refused("throttled");
+                Err(vmgate_wire::Close::new(
+                    vmgate_wire::CloseCode::TooMany,
+                    format!(
+                        "too many failed tickets from your address: try again in {}s",
+                        wait.as_secs().max(1)
+                    ),
+                ))
+            }
+            Err(e) => Err(self.store_failed(&e)),
+        }
+    }
+
     /// A ticket from `peer` was refused for `e`: counted in the refusal
     /// metrics, and towards the peer's throttle if it was actually checked
     /// ([`limits::counts_against_throttle`]).
-    pub fn ticket_failed(&self, peer: SocketAddr, e: &vmgate_ticket::TicketError) {
+    pub async fn ticket_failed(&self, peer: SocketAddr, e: &vmgate_ticket::TicketError) {
         if limits::counts_against_throttle(e) {
-            self.throttle.failed(peer.ip(), std::time::Instant::now());
+            let l = &self.limits;
+            let window = std::time::Duration::from_secs(l.throttle_window_secs);
+            if let Err(e) = self
+                .store
+                .ticket_failed(peer.ip(), l.failed_tickets_per_address, window)
+                .await
+            {
+                tracing::warn!(%peer, error = %e, "could not count a failed ticket in the store");
+            }
         }
         self.metrics.refused(e.code());
+    }
+
+    /// A session refused because the store did not answer: logged,
+    /// counted (`{reason="store_unavailable"}`), and what the client is told.
+    pub fn store_failed(&self, e: &store::StoreError) -> vmgate_wire::Close {
+        tracing::warn!(error = %e, "session refused: the store does not answer");
+        self.metrics.refused("store_unavailable");
+        store::unavailable()
     }
 }
 
@@ -211,6 +261,23 @@ impl Gateway {
         }
         let limits = Arc::new(cfg.limits.clone());
         let metrics = Arc::new(metrics::Metrics::default());
+        let name = cfg.store.name.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| vmgate_wire::valid_name(h))
+                .unwrap_or_else(|| "gateway".into());
+            format!("{host}:{}", listener.local_addr().map_or(0, |a| a.port()))
+        });
+        let store = Arc::new(store::Store::open(&cfg.store, &name, metrics.clone()).await?);
+        tracing::info!(store = %store.describe(), gateway = %name, epoch = store.epoch(), "store open");
+        metrics.identify(
+            &name,
+            match &*store {
+                store::Store::Embedded(_) => "embedded",
+                store::Store::Redis(_) => "redis",
+            },
+        );
         let pool = agents::AgentPool::start(
             cfg.agent_list.clone(),
             quic,
@@ -228,18 +295,17 @@ impl Gateway {
                     keys,
                     limits.max_ticket_ttl_secs,
                     limits.ticket_clock_skew_secs,
+                    store.clone(),
                 ),
-                pages: pages::Pages::default(),
                 shutdown,
-                throttle: limits::Throttle::new(
-                    limits.failed_tickets_per_address,
-                    std::time::Duration::from_secs(limits.throttle_window_secs),
-                ),
                 sessions: Arc::new(sessions::Registry::new(
                     limits.clone(),
                     metrics.clone(),
                     audit,
+                    store.clone(),
                 )),
+                store,
+                name,
                 limits,
                 metrics,
                 drain: tokio_util::task::TaskTracker::new(),

@@ -1,31 +1,25 @@
-//! Abuse limits in front of the ticket check: per-source throttling of
-//! failed tickets, the WebSocket `Origin` check, bounded request targets,
+//! Abuse limits in front of the ticket check: which failed tickets count
+//! towards a source's throttle (the counting is in [`crate::store`]), the
+//! WebSocket `Origin` check, bounded request targets,
 //! and the per-connection deadlines and sizes the HTTPS listeners apply.
 //!
 //! Session-count limits and the idle timeout live with the sessions they
 //! count ([`crate::sessions`]).
 
-use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use vmgate_wire::{Close, CloseCode};
 
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::untrusted::Escaped;
 
-/// Source addresses remembered at once. Beyond this the oldest window is
-/// forgotten: memory stays bounded, and an attacker who controls this many
-/// addresses can spread guesses over them anyway.
-const THROTTLE_CAPACITY: usize = 65_536;
-
-/// What the throttle counts per source: the address, or an IPv6 /64, which
+/// What the connection caps count per source: the address, or an IPv6 /64, which
 /// one host usually holds whole.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum Source {
@@ -43,37 +37,6 @@ pub(crate) fn source(ip: IpAddr) -> Source {
     }
 }
 
-/// Counts failed ticket checks per source address in fixed windows.
-///
-/// Only tickets that were actually checked count: a signature that does
-/// not verify, an expired, replayed or out-of-scope ticket (the caller
-/// decides, see [`counts_against_throttle`]). Text that never parsed as a
-/// ticket costs nothing to refuse and proves nothing about the sender, so a
-/// shared NAT is not locked out by one client sending garbage.
-pub struct Throttle {
-    max: u32,
-    window: Duration,
-    table: Mutex<Table>,
-}
-
-/// The throttle's memory: each source's window, and the same windows by
-/// start, oldest first, so forgetting expired or (when full) the oldest
-/// windows is O(log n) per failure, never a scan of the table under its lock.
-#[derive(Default)]
-struct Table {
-    /// (failures in the window, when the window started)
-    by_source: HashMap<Source, (u32, Instant)>,
-    by_start: BTreeSet<(Instant, Source)>,
-}
-
-impl Table {
-    fn forget(&mut self, src: Source) {
-        if let Some((_, start)) = self.by_source.remove(&src) {
-            self.by_start.remove(&(start, src));
-        }
-    }
-}
-
 /// Whether a refused ticket counts towards its sender's throttle: only if
 /// it was checked (it parsed, and its signature was looked at), and was
 /// refused for what the sender did. A ticket refused for the gateway's own
@@ -86,66 +49,6 @@ pub fn counts_against_throttle(e: &vmgate_ticket::TicketError) -> bool {
         e,
         E::Malformed(_) | E::IssuedBeforeRestart | E::IssuedInFuture | E::ReplayCacheFull
     )
-}
-
-impl Throttle {
-    /// `max` failures per `window`; `max == 0` turns throttling off.
-    pub fn new(max: u32, window: Duration) -> Throttle {
-        Throttle {
-            max,
-            window,
-            table: Mutex::new(Table::default()),
-        }
-    }
-
-    /// Whether `ip` may have its ticket checked now, at `now`.
-    pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Close> {
-        if self.max == 0 {
-            return Ok(());
-        }
-        let table = self.table.lock().expect("throttle lock");
-        match table.by_source.get(&source(ip)) {
-            Some(&(n, start)) if n >= self.max && now.duration_since(start) < self.window => {
-                let wait = self.window - now.duration_since(start);
-                Err(Close::new(
-                    CloseCode::TooMany,
-                    format!(
-                        "too many failed tickets from your address: try again in {}s",
-                        wait.as_secs().max(1)
-                    ),
-                ))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Records a failed ticket check from `ip` at `now`.
-    pub fn failed(&self, ip: IpAddr, now: Instant) {
-        if self.max == 0 {
-            return;
-        }
-        let src = source(ip);
-        let mut t = self.table.lock().expect("throttle lock");
-        // Forget windows that have passed, oldest first: each is removed
-        // once, so this is amortised O(log n).
-        while let Some(&(start, old)) = t.by_start.first() {
-            if now.duration_since(start) < self.window {
-                break;
-            }
-            t.forget(old);
-        }
-        if let Some(&(n, start)) = t.by_source.get(&src) {
-            t.by_source.insert(src, (n.saturating_add(1), start));
-            return;
-        }
-        if t.by_source.len() >= THROTTLE_CAPACITY {
-            if let Some(&(_, oldest)) = t.by_start.first() {
-                t.forget(oldest);
-            }
-        }
-        t.by_source.insert(src, (1, now));
-        t.by_start.insert((now, src));
-    }
 }
 
 /// A budget for log lines about refusals a client can cause at will: at
@@ -299,71 +202,6 @@ pub async fn check_origin(State(l): State<RequestLimits>, req: Request, next: Ne
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn throttles_one_source_after_max_failures_and_not_another() {
-        let t = Throttle::new(3, Duration::from_secs(60));
-        let now = Instant::now();
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
-        for _ in 0..3 {
-            assert!(t.check(a, now).is_ok());
-            t.failed(a, now);
-        }
-        let refused = t.check(a, now).unwrap_err();
-        assert_eq!(refused.code, CloseCode::TooMany);
-        assert!(
-            refused.reason.contains("try again in 60s"),
-            "{}",
-            refused.reason
-        );
-        assert!(t.check(b, now).is_ok());
-        // A new window forgives.
-        assert!(t.check(a, now + Duration::from_secs(60)).is_ok());
-    }
-
-    #[test]
-    fn ipv6_counts_per_slash_64_and_mapped_v4_as_v4() {
-        let t = Throttle::new(1, Duration::from_secs(60));
-        let now = Instant::now();
-        t.failed("2001:db8::1".parse().unwrap(), now);
-        assert!(t.check("2001:db8::ffff".parse().unwrap(), now).is_err());
-        assert!(t.check("2001:db8:0:1::1".parse().unwrap(), now).is_ok());
-        t.failed("::ffff:192.0.2.9".parse().unwrap(), now);
-        assert!(t.check("192.0.2.9".parse().unwrap(), now).is_err());
-    }
-
-    #[test]
-    fn memory_stays_bounded_and_the_oldest_window_goes_first() {
-        let t = Throttle::new(1, Duration::from_secs(60));
-        let start = Instant::now();
-        for i in 0..(THROTTLE_CAPACITY as u32 + 10) {
-            let now = start + Duration::from_micros(i.into());
-            t.failed(IpAddr::V4(i.into()), now);
-        }
-        let table = t.table.lock().unwrap();
-        assert_eq!(table.by_source.len(), THROTTLE_CAPACITY);
-        assert_eq!(table.by_start.len(), THROTTLE_CAPACITY);
-        assert!(!table.by_source.contains_key(&Source::V4(9)));
-        assert!(table.by_source.contains_key(&Source::V4(10)));
-    }
-
-    #[test]
-    fn passed_windows_are_forgotten_and_a_new_one_starts() {
-        let t = Throttle::new(2, Duration::from_secs(60));
-        let now = Instant::now();
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        t.failed(a, now);
-        t.failed(a, now);
-        assert!(t.check(a, now + Duration::from_secs(59)).is_err());
-        let later = now + Duration::from_secs(60);
-        t.failed("192.0.2.2".parse().unwrap(), later);
-        assert_eq!(t.table.lock().unwrap().by_source.len(), 1);
-        t.failed(a, later);
-        assert!(t.check(a, later).is_ok(), "one failure in the new window");
-        t.failed(a, later);
-        assert!(t.check(a, later).is_err());
-    }
 
     #[test]
     fn only_checked_tickets_count() {

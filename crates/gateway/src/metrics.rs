@@ -26,6 +26,7 @@ struct Labeled {
     inventory_refused: BTreeMap<&'static str, u64>,
     connections_closed: BTreeMap<&'static str, u64>,
     not_spliced: BTreeMap<&'static str, u64>,
+    store_errors: BTreeMap<&'static str, u64>,
     open_counts: [u64; OPEN_BUCKETS.len()],
     open_count: u64,
     open_sum: f64,
@@ -45,6 +46,9 @@ pub struct Metrics {
     /// Bytes guests read from media clients served, as agents counted.
     media_bytes_read: AtomicU64,
     labeled: Mutex<Labeled>,
+    /// This gateway's name in its fleet and its store's kind, for
+    /// `vmgate_gateway_info`.
+    identity: std::sync::OnceLock<(String, &'static str)>,
 }
 
 impl Metrics {
@@ -100,6 +104,17 @@ impl Metrics {
         self.with(|m| *m.connections_closed.entry(why).or_default() += 1);
     }
 
+    /// A call to the store failed (`op` names it); what it was for was
+    /// refused or will be tried again.
+    pub fn store_error(&self, op: &'static str) {
+        self.with(|m| *m.store_errors.entry(op).or_default() += 1);
+    }
+
+    /// Names this gateway (its fleet name) and its store's kind.
+    pub fn identify(&self, name: &str, store: &'static str) {
+        let _ = self.identity.set((name.to_string(), store));
+    }
+
     /// Two agents began to report one guest running.
     pub fn route_conflict(&self) {
         self.route_conflicts.fetch_add(1, Ordering::Relaxed);
@@ -125,6 +140,25 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let m = self.labeled.lock().expect("metrics lock");
+        if let Some((name, store)) = self.identity.get() {
+            let _ = writeln!(
+                out,
+                "# HELP vmgate_gateway_info This gateway's name in its fleet, and its store."
+            );
+            let _ = writeln!(out, "# TYPE vmgate_gateway_info gauge");
+            let _ = writeln!(
+                out,
+                "vmgate_gateway_info{{gateway=\"{name}\",store=\"{store}\"}} 1"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP vmgate_store_errors_total Calls to the store that failed (no answer in time, connection lost), by operation."
+        );
+        let _ = writeln!(out, "# TYPE vmgate_store_errors_total counter");
+        for (op, n) in &m.store_errors {
+            let _ = writeln!(out, "vmgate_store_errors_total{{op=\"{op}\"}} {n}");
+        }
         let _ = writeln!(
             out,
             "# HELP vmgate_sessions_total Console sessions opened, by channel."

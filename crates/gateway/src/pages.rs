@@ -35,6 +35,26 @@ pub struct PageGrant {
     pub audio: bool,
 }
 
+impl PageGrant {
+    /// What a stream of the page session of `claims`, redeemed at
+    /// `redeemed`, may open.
+    pub fn of(claims: &Claims, redeemed: Instant) -> PageGrant {
+        PageGrant {
+            ticket: claims.id.clone(),
+            mode: claims.mode,
+            // Checked: a minter may sign any length; one too large for the
+            // clock is no limit, and never a panic with a lock held.
+            until: claims
+                .max_session
+                .and_then(|s| redeemed.checked_add(Duration::from_secs(s))),
+            audio: claims
+                .channels
+                .iter()
+                .any(|c| c == crate::session::AUDIO_SCOPE),
+        }
+    }
+}
+
 struct Page {
     claims: Claims,
     redeemed: Instant,
@@ -59,6 +79,8 @@ pub enum JoinError {
     Full,
 }
 
+/// The page sessions of one gateway, in memory (the embedded store's; a
+/// fleet keeps them in Redis: [`crate::store::redis`]).
 #[derive(Default)]
 pub struct Pages {
     pages: Mutex<HashMap<String, Page>>,
@@ -72,9 +94,7 @@ impl Pages {
         if pages.len() >= CAPACITY {
             return Err(JoinError::Full);
         }
-        let mut raw = [0u8; 32];
-        getrandom::fill(&mut raw).expect("the operating system's random generator");
-        let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let token = crate::store::page_token();
         pages.insert(
             token.clone(),
             Page {
@@ -109,21 +129,7 @@ impl Pages {
             .position(|c| c == channel)
             .ok_or_else(|| JoinError::Channel(channel.into()))?;
         page.unopened.swap_remove(i);
-        let grant = PageGrant {
-            ticket: page.claims.id.clone(),
-            mode: page.claims.mode,
-            // Checked: a minter may sign any length; one too large for the
-            // clock is no limit, and never a panic with this lock held.
-            until: page
-                .claims
-                .max_session
-                .and_then(|s| page.redeemed.checked_add(Duration::from_secs(s))),
-            audio: page
-                .claims
-                .channels
-                .iter()
-                .any(|c| c == crate::session::AUDIO_SCOPE),
-        };
+        let grant = PageGrant::of(&page.claims, page.redeemed);
         if page.unopened.is_empty() {
             pages.remove(token);
         }

@@ -27,6 +27,7 @@ use crate::conns::{Admission, Closed, Conn, ConnService};
 use crate::limits::{self, ConnLimits};
 use crate::pages::JoinError;
 use crate::session::{self, Grant};
+use crate::tickets::RedeemError;
 use crate::untrusted::Escaped;
 use crate::{assets, ws, Shared};
 
@@ -137,10 +138,13 @@ async fn page_session(
         )
             .into_response()
     };
-    if let Err(close) = shared.throttle.check(peer.ip(), std::time::Instant::now()) {
-        tracing::warn!(%peer, "page session request throttled");
-        shared.metrics.refused("throttled");
-        return refused(StatusCode::TOO_MANY_REQUESTS, close.code, close.reason);
+    if let Err(close) = shared.throttled(peer).await {
+        let status = if close.code == CloseCode::TooMany {
+            StatusCode::TOO_MANY_REQUESTS
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        return refused(status, close.code, close.reason);
     }
     // Pre-auth: the body is bounded in size and time.
     let body = tokio::time::timeout(
@@ -160,13 +164,17 @@ async fn page_session(
             "expected {\"ticket\": …} within the size and time limits".into(),
         );
     };
-    let claims = match shared.tickets.redeem_page(&req.ticket) {
+    let claims = match shared.tickets.redeem_page(&req.ticket).await {
         Ok(c) => c,
-        Err(e) => {
+        Err(RedeemError::Ticket(e)) => {
             tracing::warn!(%peer, reason = e.code(), "page ticket refused");
-            shared.ticket_failed(peer, &e);
+            shared.ticket_failed(peer, &e).await;
             let close = refusal(&e);
             return refused(StatusCode::FORBIDDEN, close.code, close.reason);
+        }
+        Err(RedeemError::Store(e)) => {
+            let close = shared.store_failed(&e);
+            return refused(StatusCode::SERVICE_UNAVAILABLE, close.code, close.reason);
         }
     };
     let body = serde_json::json!({
@@ -175,18 +183,22 @@ async fn page_session(
         "mode": claims.mode.as_str(),
     });
     let id = claims.id.clone();
-    match shared.pages.start(claims, std::time::Instant::now()) {
-        Ok(token) => {
+    match shared.store.page_start(claims).await {
+        Ok(Ok(token)) => {
             tracing::info!(%peer, ticket = %id, "page session started");
             let mut body = body;
             body["session"] = token.into();
             ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
         }
-        Err(e) => refused(
+        Ok(Err(e)) => refused(
             StatusCode::SERVICE_UNAVAILABLE,
             CloseCode::TooMany,
             e.to_string(),
         ),
+        Err(e) => {
+            let close = shared.store_failed(&e);
+            refused(StatusCode::SERVICE_UNAVAILABLE, close.code, close.reason)
+        }
     }
 }
 
@@ -232,8 +244,8 @@ async fn console_ws(
                 peer,
                 conn,
             };
-            session::serve(shared, req, rx, tx, move |shared, req| {
-                authorize(shared, req, q)
+            session::serve(shared, req, rx, tx, move |shared, req| async move {
+                authorize(&shared, &req, q).await
             })
             .await
         })
@@ -273,34 +285,34 @@ fn refusal(e: &TicketError) -> Close {
 /// Checks a ticket for `guest`/`channel` and uses it up, but only once the
 /// session could open (the guest is routed and has the channel), so a
 /// ticket is never wasted on a guest that is not there yet.
-fn redeem(
+async fn redeem(
     shared: &Shared,
     ticket: &str,
     req: &session::Request,
 ) -> Result<vmgate_ticket::Claims, Close> {
-    let refused = |e: TicketError| {
-        tracing::warn!(reason = e.code(), "ticket refused");
-        shared.ticket_failed(req.peer, &e);
-        refusal(&e)
+    let claims = match shared.tickets.check(ticket, &req.guest, &req.channel) {
+        Ok(c) => c,
+        Err(e) => return Err(ticket_refused(shared, req, e).await),
     };
-    let claims = shared
-        .tickets
-        .check(ticket, &req.guest, &req.channel)
-        .map_err(refused)?;
     shared.pool.check(&req.guest, &req.channel)?;
-    shared.tickets.redeem(&claims).map_err(refused)?;
-    Ok(claims)
+    match shared.tickets.redeem(&claims).await {
+        Ok(()) => Ok(claims),
+        Err(RedeemError::Ticket(e)) => Err(ticket_refused(shared, req, e).await),
+        Err(RedeemError::Store(e)) => Err(shared.store_failed(&e)),
+    }
+}
+
+/// A ticket refused for `e`: logged, counted, throttled if it counts.
+async fn ticket_refused(shared: &Shared, req: &session::Request, e: TicketError) -> Close {
+    tracing::warn!(reason = e.code(), "ticket refused");
+    shared.ticket_failed(req.peer, &e).await;
+    refusal(&e)
 }
 
 /// A public console's credential (a ticket, or a web page's session token)
 /// as a [`Grant`].
-fn authorize(shared: &Shared, req: &session::Request, q: WsQuery) -> Result<Grant, Close> {
-    let peer = req.peer;
-    if let Err(close) = shared.throttle.check(peer.ip(), std::time::Instant::now()) {
-        tracing::warn!("ticket check throttled");
-        shared.metrics.refused("throttled");
-        return Err(close);
-    }
+async fn authorize(shared: &Shared, req: &session::Request, q: WsQuery) -> Result<Grant, Close> {
+    shared.throttled(req.peer).await?;
     let grant = match (q.ticket.as_deref(), q.session.as_deref()) {
         (None, None) => {
             // Nothing was checked: counted, not throttled.
@@ -312,27 +324,29 @@ fn authorize(shared: &Shared, req: &session::Request, q: WsQuery) -> Result<Gran
             ));
         }
         (Some(t), _) => {
-            let c = redeem(shared, t, req)?;
+            let c = redeem(shared, t, req).await?;
             Grant::new(&req.guest, &req.channel, session::wire_mode(c.mode), c.id)
                 .for_at_most(std::time::Instant::now(), c.max_session)
                 .with_audio_if_in(&c.channels)
         }
         (None, Some(token)) => {
-            let p = shared
-                .pages
-                .join(token, &req.guest, &req.channel, std::time::Instant::now())
-                .map_err(|e| {
-                    // A page token is 256 random bits, cheap to look up:
-                    // counted, not throttled.
-                    tracing::warn!(reason = %e, "page session refused");
-                    shared.metrics.refused("page_session");
-                    let code = match e {
-                        JoinError::WrongGuest | JoinError::Channel(_) => CloseCode::TicketScope,
-                        JoinError::Full => CloseCode::TooMany,
-                        JoinError::Unknown => CloseCode::TicketRefused,
-                    };
-                    Close::new(code, e.to_string())
-                })?;
+            let joined = shared
+                .store
+                .page_join(token, &req.guest, &req.channel)
+                .await
+                .map_err(|e| shared.store_failed(&e))?;
+            let p = joined.map_err(|e| {
+                // A page token is 256 random bits, cheap to look up:
+                // counted, not throttled.
+                tracing::warn!(reason = %e, "page session refused");
+                shared.metrics.refused("page_session");
+                let code = match e {
+                    JoinError::WrongGuest | JoinError::Channel(_) => CloseCode::TicketScope,
+                    JoinError::Full => CloseCode::TooMany,
+                    JoinError::Unknown => CloseCode::TicketRefused,
+                };
+                Close::new(code, e.to_string())
+            })?;
             let mut g = Grant::new(
                 &req.guest,
                 &req.channel,

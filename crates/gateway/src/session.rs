@@ -142,9 +142,15 @@ pub struct Request {
 /// Runs one session on a client WebSocket: `authorize` turns the request's
 /// credential into a [`Grant`] (or a refusal the client receives as its
 /// close), then the pipeline does the rest.
-pub async fn serve<F>(shared: Arc<Shared>, req: Request, rx: ws::WsRx, tx: ws::WsTx, authorize: F)
-where
-    F: FnOnce(&Shared, &Request) -> Result<Grant, Close>,
+pub async fn serve<F, Fut>(
+    shared: Arc<Shared>,
+    req: Request,
+    rx: ws::WsRx,
+    tx: ws::WsTx,
+    authorize: F,
+) where
+    F: FnOnce(Arc<Shared>, Request) -> Fut,
+    Fut: Future<Output = Result<Grant, Close>>,
 {
     let sid = shared.pool.session_id();
     let span = tracing::info_span!("session", id = sid, guest = %req.guest, channel = %req.channel, peer = %req.peer);
@@ -154,7 +160,7 @@ where
         .await
 }
 
-async fn pipeline<F>(
+async fn pipeline<F, Fut>(
     shared: Arc<Shared>,
     req: Request,
     sid: u64,
@@ -162,10 +168,11 @@ async fn pipeline<F>(
     tx: ws::WsTx,
     authorize: F,
 ) where
-    F: FnOnce(&Shared, &Request) -> Result<Grant, Close>,
+    F: FnOnce(Arc<Shared>, Request) -> Fut,
+    Fut: Future<Output = Result<Grant, Close>>,
 {
     let opening = Instant::now();
-    let grant = match authorize(&shared, &req) {
+    let grant = match authorize(shared.clone(), req.clone()).await {
         Ok(g) => g,
         Err(close) => {
             tracing::warn!(reason = %close, "session refused");
@@ -183,7 +190,7 @@ async fn pipeline<F>(
         mode: mode_name(grant.mode),
         peer: req.peer,
     };
-    let live = match shared.sessions.admit(record, !grant.limited) {
+    let live = match shared.sessions.admit(record, !grant.limited).await {
         Ok(live) => live,
         Err(close) => return refuse(tx, close).await,
     };

@@ -23,6 +23,7 @@ use vmgate_wire::{Close, CloseCode, Frame};
 use crate::audit::{Audit, SessionEnd, SessionRecord};
 use crate::config::Limits;
 use crate::metrics::Metrics;
+use crate::store::{Admit, Lease, Store};
 
 /// The reason a session ended from the admin API shows to its user.
 pub const ENDED_BY_ADMIN: &str = "ended by administrator";
@@ -75,47 +76,72 @@ pub struct Registry {
     limits: Arc<Limits>,
     metrics: Arc<Metrics>,
     audit: Option<Audit>,
+    /// Where the sessions counted against the limits are counted.
+    store: Arc<Store>,
     live: Mutex<HashMap<u64, Arc<Entry>>>,
 }
 
 impl Registry {
-    pub fn new(limits: Arc<Limits>, metrics: Arc<Metrics>, audit: Option<Audit>) -> Registry {
+    pub fn new(
+        limits: Arc<Limits>,
+        metrics: Arc<Metrics>,
+        audit: Option<Audit>,
+        store: Arc<Store>,
+    ) -> Registry {
         Registry {
             limits,
             metrics,
             audit,
+            store,
             live: Mutex::new(HashMap::new()),
         }
     }
 
     /// Admits a session whose ticket (or administrator) was accepted, if the
-    /// gateway and the guest are below their session limits.
-    pub fn admit(self: &Arc<Self>, record: SessionRecord, by_admin: bool) -> Result<Live, Close> {
-        let mut live = self.live.lock().expect("sessions lock");
+    /// gateway (with a shared store: the fleet) and the guest are below
+    /// their session limits, counted in the store.
+    pub async fn admit(
+        self: &Arc<Self>,
+        record: SessionRecord,
+        by_admin: bool,
+    ) -> Result<Live, Close> {
+        let lease = Lease {
+            session: record.session,
+            guest: record.guest.clone(),
+        };
         if !by_admin {
-            let counted = || live.values().filter(|e| !e.by_admin);
-            let max = self.limits.max_sessions;
-            if max > 0 && counted().count() >= max {
-                tracing::warn!(peer = %record.peer, guest = %record.guest, max,
-                    "session refused: gateway at its session limit");
-                self.metrics.refused("max_sessions");
-                return Err(Close::new(
-                    CloseCode::TooMany,
-                    format!("the gateway has its maximum of {max} sessions open: try again later"),
-                ));
-            }
-            let max = self.limits.max_sessions_per_guest;
-            if max > 0 && counted().filter(|e| e.record.guest == record.guest).count() >= max {
-                tracing::warn!(peer = %record.peer, guest = %record.guest, max,
-                    "session refused: guest at its session limit");
-                self.metrics.refused("max_sessions_per_guest");
-                return Err(Close::new(
-                    CloseCode::TooMany,
-                    format!(
-                        "guest {} has its maximum of {max} sessions open: close one first",
-                        record.guest
-                    ),
-                ));
+            let (max, per_guest) = (self.limits.max_sessions, self.limits.max_sessions_per_guest);
+            match self.store.admit(&lease, max, per_guest).await {
+                Ok(Admit::Yes) => {}
+                Ok(Admit::AtMax) => {
+                    tracing::warn!(peer = %record.peer, guest = %record.guest, max,
+                        "session refused: gateway at its session limit");
+                    self.metrics.refused("max_sessions");
+                    return Err(Close::new(
+                        CloseCode::TooMany,
+                        format!(
+                            "the gateway has its maximum of {max} sessions open: try again later"
+                        ),
+                    ));
+                }
+                Ok(Admit::GuestAtMax) => {
+                    tracing::warn!(peer = %record.peer, guest = %record.guest, max = per_guest,
+                        "session refused: guest at its session limit");
+                    self.metrics.refused("max_sessions_per_guest");
+                    return Err(Close::new(
+                        CloseCode::TooMany,
+                        format!(
+                            "guest {} has its maximum of {per_guest} sessions open: close one first",
+                            record.guest
+                        ),
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %record.peer, guest = %record.guest, error = %e,
+                        "session refused: the store does not answer");
+                    self.metrics.refused("store_unavailable");
+                    return Err(crate::store::unavailable());
+                }
             }
         }
         let entry = Arc::new(Entry {
@@ -130,11 +156,15 @@ impl Registry {
             bytes_read: Mutex::new(None),
             record,
         });
-        live.insert(entry.record.session, entry.clone());
+        self.live
+            .lock()
+            .expect("sessions lock")
+            .insert(entry.record.session, entry.clone());
         Ok(Live {
             registry: self.clone(),
             entry,
             opened: AtomicBool::new(false),
+            lease: (!by_admin).then_some(lease),
         })
     }
 
@@ -191,6 +221,9 @@ pub struct Live {
     registry: Arc<Registry>,
     entry: Arc<Entry>,
     opened: AtomicBool,
+    /// The session's place in the store's counts, released on drop; none
+    /// for an administrator's console, which is not counted.
+    lease: Option<Lease>,
 }
 
 impl Live {
@@ -313,6 +346,9 @@ impl Drop for Live {
             .lock()
             .expect("sessions lock")
             .remove(&self.entry.record.session);
+        if let Some(lease) = &self.lease {
+            self.registry.store.release(lease);
+        }
     }
 }
 
@@ -365,33 +401,37 @@ mod tests {
             idle_timeout_secs: idle,
             ..Limits::default()
         };
+        // The directory stays for the test process's life: a few files.
+        let dir = tempfile::tempdir().unwrap().keep();
+        let store = crate::store::embedded::Embedded::open(&dir.join("gw.redb")).unwrap();
         Arc::new(Registry::new(
             Arc::new(limits),
             Arc::new(Metrics::default()),
             None,
+            Arc::new(Store::Embedded(store)),
         ))
     }
 
-    #[test]
-    fn limits_per_gateway_and_per_guest_but_not_for_admins() {
+    #[tokio::test]
+    async fn limits_per_gateway_and_per_guest_but_not_for_admins() {
         let r = registry(3, 2, 0);
-        let a = r.admit(record(1, "g1"), false).unwrap();
-        let _b = r.admit(record(2, "g1"), false).unwrap();
-        let e = r.admit(record(3, "g1"), false).err().unwrap();
+        let a = r.admit(record(1, "g1"), false).await.unwrap();
+        let _b = r.admit(record(2, "g1"), false).await.unwrap();
+        let e = r.admit(record(3, "g1"), false).await.err().unwrap();
         assert_eq!(e.code, CloseCode::TooMany);
         assert!(e.reason.contains("guest g1"), "{}", e.reason);
-        let _c = r.admit(record(4, "g2"), false).unwrap();
-        let e = r.admit(record(5, "g3"), false).err().unwrap();
+        let _c = r.admit(record(4, "g2"), false).await.unwrap();
+        let e = r.admit(record(5, "g3"), false).await.err().unwrap();
         assert!(e.reason.contains("maximum of 3"), "{}", e.reason);
-        let _admin = r.admit(record(6, "g1"), true).unwrap();
+        let _admin = r.admit(record(6, "g1"), true).await.unwrap();
         drop(a);
-        assert!(r.admit(record(7, "g3"), false).is_ok());
+        assert!(r.admit(record(7, "g3"), false).await.is_ok());
     }
 
     #[tokio::test]
     async fn end_stops_with_the_admins_reason() {
         let r = registry(0, 0, 0);
-        let live = r.admit(record(1, "g"), false).unwrap();
+        let live = r.admit(record(1, "g"), false).await.unwrap();
         let stop = live.stop();
         assert!(!r.end(2, ENDED_BY_ADMIN));
         assert!(r.end(1, ENDED_BY_ADMIN));
@@ -419,7 +459,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn idle_timeout_fires_only_after_silence() {
         let r = registry(0, 0, 30);
-        let live = r.admit(record(1, "g"), false).unwrap();
+        let live = r.admit(record(1, "g"), false).await.unwrap();
         let (poke, rx) = tokio::sync::mpsc::channel(1);
         let mut rx = live.count_from_guest(Poke(rx));
         let stop = live.stop();

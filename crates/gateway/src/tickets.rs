@@ -1,24 +1,38 @@
 //! Ticket redemption at the gateway: signature and expiry, issue time
-//! (maximum lifetime, and the restart rule: [`vmgate_ticket::IssuePolicy`]),
-//! scope, single use.
+//! (maximum lifetime, and the epoch rule: [`vmgate_ticket::IssuePolicy`],
+//! whose start is the store's epoch), scope, single use in the store
+//! ([`crate::store`]).
 
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
-use vmgate_ticket::{verify_any, Claims, IssuePolicy, ReplayGuard, TicketError, VerifyingKey};
+use vmgate_ticket::{verify_any, Claims, IssuePolicy, TicketError, VerifyingKey};
 
-/// Tickets remembered as used at once; a ticket lives seconds, so this is
-/// far above any real rate and only bounds memory against abuse.
-const REPLAY_CAPACITY: usize = 1_000_000;
+use crate::store::{Store, StoreError, Use};
+
+/// Why a ticket could not be redeemed.
+#[derive(Debug, thiserror::Error)]
+pub enum RedeemError {
+    /// The ticket was refused for itself (its own reason).
+    #[error(transparent)]
+    Ticket(#[from] TicketError),
+    /// The store could not say whether the ticket was used: refused, since
+    /// single use cannot be checked (fail closed).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// Checks tickets with verifying keys only: the gateway cannot mint.
 pub struct TicketCheck {
     /// The keys tickets are accepted from (the current one first); replaced
     /// on SIGHUP ([`TicketCheck::set_keys`]).
     keys: RwLock<Vec<VerifyingKey>>,
-    /// The maximum lifetime, the clock-skew margin, and this process's
-    /// start: no ticket issued before it is accepted.
-    policy: IssuePolicy,
-    replay: Mutex<ReplayGuard>,
+    /// The maximum lifetime, in seconds.
+    max_ttl: u64,
+    /// The clock-skew margin, in seconds.
+    skew: u64,
+    /// Where single use is recorded, and the epoch before which no ticket
+    /// is accepted.
+    store: Arc<Store>,
 }
 
 pub fn unix_now() -> u64 {
@@ -30,24 +44,29 @@ pub fn unix_now() -> u64 {
 
 impl TicketCheck {
     /// A check with `keys`, accepting tickets that live at most `max_ttl`
-    /// seconds and were issued more than `skew` seconds after now (this
-    /// process's start).
-    pub fn new(keys: Vec<VerifyingKey>, max_ttl: u64, skew: u64) -> TicketCheck {
+    /// seconds and were issued more than `skew` seconds after the store's
+    /// epoch.
+    pub fn new(keys: Vec<VerifyingKey>, max_ttl: u64, skew: u64, store: Arc<Store>) -> TicketCheck {
         TicketCheck {
             keys: RwLock::new(keys),
-            policy: IssuePolicy {
-                max_ttl,
-                skew,
-                started: unix_now(),
-            },
-            replay: Mutex::new(ReplayGuard::new(REPLAY_CAPACITY)),
+            max_ttl,
+            skew,
+            store,
+        }
+    }
+
+    fn policy(&self) -> IssuePolicy {
+        IssuePolicy {
+            max_ttl: self.max_ttl,
+            skew: self.skew,
+            started: self.store.epoch(),
         }
     }
 
     /// Unix seconds after which tickets may have been issued: a ticket
-    /// minted at or before it is refused as issued before the restart.
+    /// minted at or before it is refused as issued before the store began.
     pub fn accepts_issued_after(&self) -> u64 {
-        self.policy.accepts_after()
+        self.policy().accepts_after()
     }
 
     /// Replaces the accepted keys (key rotation); sessions already open are
@@ -62,7 +81,7 @@ impl TicketCheck {
         // A copy of a few 32-byte keys: no lock is held while verifying.
         let keys = self.keys.read().expect("ticket keys lock").clone();
         let claims = verify_any(&keys, ticket, now)?;
-        self.policy.check(&claims, now)?;
+        self.policy().check(&claims, now)?;
         Ok(claims)
     }
 
@@ -75,21 +94,23 @@ impl TicketCheck {
         Ok(claims)
     }
 
-    /// Uses a checked ticket up. Called last, once the session can open, so
-    /// a ticket sent to the wrong channel or to a guest that is not up yet
-    /// still works afterwards.
-    pub fn redeem(&self, claims: &Claims) -> Result<(), TicketError> {
-        self.replay
-            .lock()
-            .expect("replay lock")
-            .redeem(claims, unix_now())
+    /// Uses a checked ticket up, once in the whole store. Called last,
+    /// once the session can open, so a ticket sent to the wrong channel or
+    /// to a guest that is not up yet still works afterwards.
+    pub async fn redeem(&self, claims: &Claims) -> Result<(), RedeemError> {
+        match self.store.use_ticket(claims, self.skew).await? {
+            Use::First => Ok(()),
+            Use::Replayed => Err(TicketError::Replayed.into()),
+            Use::BeforeEpoch => Err(TicketError::IssuedBeforeRestart.into()),
+            Use::Full => Err(TicketError::ReplayCacheFull.into()),
+        }
     }
 
     /// Redeems `ticket` for a web console page, whatever its channels: the
     /// page's streams then join the page session ([`crate::pages`]).
-    pub fn redeem_page(&self, ticket: &str) -> Result<Claims, TicketError> {
+    pub async fn redeem_page(&self, ticket: &str) -> Result<Claims, RedeemError> {
         let claims = self.verified(ticket)?;
-        self.redeem(&claims)?;
+        self.redeem(&claims).await?;
         Ok(claims)
     }
 }

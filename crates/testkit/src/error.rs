@@ -13,6 +13,11 @@ pub const INSTALL_HINT: &str = "apt-get install qemu-system-x86 busybox-static c
 /// Everything that can go wrong while building or booting the test guest.
 #[derive(Debug, thiserror::Error)]
 pub enum KitError {
+    /// A service a test runs (`redis-server`, `haproxy`) could not be started or did not
+    /// answer in time; the message says which and what to install.
+    #[error("{0}")]
+    Setup(String),
+
     /// A host program the kit runs is not installed.
     #[error(
         "`{tool}` was not found on this host; install it with `apt-get install {package}` \

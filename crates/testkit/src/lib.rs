@@ -35,6 +35,7 @@ mod error;
 mod guest;
 mod host;
 mod image;
+mod services;
 mod stream;
 
 pub use error::{KitError, INSTALL_HINT};
@@ -46,4 +47,5 @@ pub use image::{
     build_image, default_cache_dir, GuestImage, CDROM_MODULES, CDROM_READY, GUEST_MODULES,
     IMAGE_VERSION, INIT_SCRIPT, KERNEL_METAPACKAGE, TONE_SOURCE,
 };
+pub use services::{free_port, HaProxy, Redis};
 pub use stream::wait_for_output;

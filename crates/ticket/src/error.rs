@@ -55,10 +55,10 @@ pub enum TicketError {
     /// another one, so it refuses rather than forget a live ticket.
     #[error("too many tickets in flight: try again shortly")]
     ReplayCacheFull,
-    /// The ticket was minted before this gateway process started (within
-    /// the clock-skew margin): the previous process may have redeemed it,
-    /// and its record of used tickets is gone.
-    #[error("ticket issued before the gateway restarted: mint a new one")]
+    /// The ticket was minted before the gateway's record of used tickets
+    /// began (its store's epoch, within the clock-skew margin): a record
+    /// that was lost may have held it.
+    #[error("ticket issued before the gateway's ticket store began: mint a new one")]
     IssuedBeforeRestart,
     /// The ticket's issue time is further ahead of the gateway's clock than
     /// the skew margin allows.

@@ -1,20 +1,20 @@
 //! What a gateway requires of a ticket's issue time ([`Claims::iat`]),
 //! beyond the signature and the deadline [`verify`](crate::verify) checks.
 //!
-//! **The restart rule.** A gateway's record of used tickets dies with its
-//! process. So a gateway refuses every ticket issued at or before its start
-//! (plus the clock-skew margin): the previous process may have redeemed it.
-//! This holds whatever store the replay guard uses, and needs no state on
-//! disk. It is sound because a gateway also refuses tickets issued more
+//! **The epoch rule.** A record of used tickets can be lost (a new
+//! database file, a shared store restarted without its data). So the
+//! record has a start, its epoch, and a gateway refuses every ticket issued
+//! at or before it (plus the clock-skew margin): the lost record may have
+//! held it. It is sound because a gateway also refuses tickets issued more
 //! than the margin in its future: every ticket a gateway ever accepted had
-//! `iat <= its now + skew <= the next process's start + skew`, as long as
-//! the gateway's wall clock does not step back across the restart.
+//! `iat <= its now + skew <= the next epoch + skew`, as long as clocks do
+//! not step back across the loss (and a fleet's gateways agree on the time).
 //!
-//! Its cost is bounded: a ticket minted before a restart lives at most the
-//! gateway's maximum lifetime (`not_after - iat <= max_ttl`, also checked
-//! here), so refusals for that reason stop `max_ttl` after the start; and a
-//! ticket minted in the first `skew` seconds after the start is refused too
-//! (the user mints another one).
+//! Its cost is bounded: a ticket minted before a new epoch lives at most
+//! the gateway's maximum lifetime (`not_after - iat <= max_ttl`, also
+//! checked here), so refusals for that reason stop `max_ttl` after the
+//! epoch; and a ticket minted in the first `skew` seconds after it is
+//! refused too (the user mints another one).
 //!
 //! Sans-IO: the caller passes `now` and the start, as unix seconds.
 
@@ -27,7 +27,8 @@ pub struct IssuePolicy {
     pub max_ttl: u64,
     /// How far the minter's clock may be ahead of the gateway's, seconds.
     pub skew: u64,
-    /// Unix seconds when this gateway process started.
+    /// Unix seconds when the record of used tickets began (the gateway's
+    /// store's epoch).
     pub started: u64,
 }
 

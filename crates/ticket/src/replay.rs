@@ -1,8 +1,9 @@
 //! Single use: remembering which tickets were already redeemed.
 //!
-//! [`ReplayGuard`] does it in memory for one gateway process. For several
-//! gateways sharing one store, [`replay_key`] and [`replay_ttl`] give the key
-//! and lifetime of a set-if-absent entry (e.g. Redis `SET key 1 NX EX ttl`).
+//! [`ReplayGuard`] does it in memory for one process. The gateway records
+//! single use in its store instead (`crates/gateway/src/store/`: an embedded
+//! database, or a fleet's Redis with `SET NX PX`); [`replay_key`] and
+//! [`replay_ttl`] give the key and lifetime such a set-if-absent entry needs.
 //!
 //! An id only has to be remembered until its ticket's `not_after`: from then
 //! on [`verify`](crate::verify) refuses the ticket as expired whatever the

@@ -155,6 +155,11 @@ impl State {
             audit: None,
             admin: None,
             embed: Default::default(),
+            // The embedded store lives with the rest of the state.
+            store: vmgate_gateway::config::StoreConfig {
+                path: Some(self.path("gateway.redb")),
+                ..Default::default()
+            },
         }
     }
 

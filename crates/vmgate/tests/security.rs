@@ -1765,27 +1765,91 @@ async fn sigterm_of_the_agent_closes_its_sessions_with_going_away_and_it_exits_0
     );
 }
 
+/// A forged ticket (another key) for `demo`/`serial0` from `from`: checked
+/// and refused, so it counts towards `from`'s throttle.
+async fn send_forged(stack: &Stack, from: IpAddr) {
+    let rogue = vmgate_ticket::SigningKey::generate();
+    let claims = vmgate_ticket::Claims::new(
+        "demo",
+        ["serial0"],
+        vmgate_ticket::Mode::Interactive,
+        vmgate::tickets::now(),
+        60,
+        None,
+    );
+    let forged = vmgate_ticket::mint(&rogue, &claims);
+    let url = format!("wss://{}/ws/demo/serial0?ticket={forged}", stack.gw_addr);
+    let ws = stack.connect_as(&url, from, &[]).await.unwrap();
+    let (code, reason) = Session::new(ws).closed().await;
+    assert_eq!(code, 4401, "{reason}");
+}
+
+/// The embedded store (the default) keeps a gateway's rules across its
+/// restarts: a used ticket stays used, a throttled address stays throttled
+/// for the rest of its window, and tickets still unused keep working. A
+/// new store (its file gone) starts a new epoch: every ticket issued before
+/// it is refused, whether or not it was used.
 #[tokio::test]
-async fn a_used_ticket_never_works_again_after_a_gateway_restart() {
-    let mut stack = Stack::start_secure(|_| {}).await;
+async fn a_used_ticket_and_a_throttled_address_stay_refused_after_a_gateway_restart() {
+    let mut stack = Stack::start_secure(|l| l.failed_tickets_per_address = 2).await;
     let used = stack.ticket_with("demo", &["serial0"], false, Duration::from_secs(300), None);
     let unused = stack.ticket_with("demo", &["serial0"], true, Duration::from_secs(300), None);
     let mut s = Session::new(stack.connect(&used.ws_url).await);
     s.expect_notice("keyboard").await;
     drop(s);
+    for _ in 0..2 {
+        send_forged(&stack, OTHER).await;
+    }
     stack.restart_gateway(|_| {}).await;
-    // The new process has no record of the first redemption: the issue
-    // time alone refuses the replay, and the unused ticket minted before
-    // the restart as well (the old process could have redeemed it).
+    let (code, reason) = Session::new(stack.connect(&used.ws_url).await)
+        .closed()
+        .await;
+    assert_eq!(code, 4401, "{reason}");
+    assert_eq!(
+        reason,
+        "ticket already used: tickets are single-use, mint a new one"
+    );
+    let m = stack.metrics().await;
+    assert_eq!(
+        metric(&m, "vmgate_refusals_total{reason=\"replayed\"}"),
+        1,
+        "{m}"
+    );
+    // The unused one, minted before the restart, still works.
+    Session::new(stack.connect(&unused.ws_url).await)
+        .expect_notice("read-only")
+        .await;
+    // The address throttled before the restart still is, with a good ticket.
+    let good = stack.ticket("demo", &["serial0"], true);
+    let ws = stack.connect_as(&good.ws_url, OTHER, &[]).await.unwrap();
+    let (code, reason) = Session::new(ws).closed().await;
+    assert_eq!(code, 4429, "{reason}");
+    assert!(reason.contains("too many failed tickets"), "{reason}");
+    let m = stack.metrics().await;
+    assert_eq!(
+        metric(&m, "vmgate_refusals_total{reason=\"throttled\"}"),
+        1,
+        "{m}"
+    );
+    assert!(m.contains("vmgate_gateway_info{gateway=\""), "{m}");
+    assert!(m.contains("store=\"embedded\"} 1"), "{m}");
+
+    // A new store (the file gone): its epoch is now, so the record that
+    // was lost cannot be replayed against it.
+    let minted = stack.ticket_with("demo", &["serial0"], true, Duration::from_secs(300), None);
+    let fresh_db = stack.state.path("gateway-new.redb");
+    stack
+        .restart_gateway(|cfg| cfg.store.path = Some(fresh_db))
+        .await;
     let series = "vmgate_refusals_total{reason=\"issued_before_restart\"}";
     // (The harness's readiness probes may have been refused so too.)
     let before = metric(&stack.metrics().await, series);
-    for t in [&used, &unused] {
+    for t in [&used, &minted] {
         let (code, reason) = Session::new(stack.connect(&t.ws_url).await).closed().await;
         assert_eq!(code, 4401, "{reason}");
         assert_eq!(
             reason,
-            "ticket issued before the gateway restarted: mint a new one"
+            "ticket issued before the gateway's ticket store began: mint a new one"
         );
     }
     let m = stack.metrics().await;
