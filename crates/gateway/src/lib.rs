@@ -86,7 +86,7 @@ pub enum GatewayError {
     #[error("admin credentials: {0}")]
     AdminAuth(String),
     /// The store could not be opened.
-    #[error("store: {0}")]
+    #[error(transparent)]
     Store(#[from] store::StoreError),
     /// The audit log could not be opened.
     #[error("cannot open the audit log {path}: {source}")]

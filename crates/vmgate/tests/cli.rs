@@ -278,6 +278,8 @@ async fn logs_are_plain_in_files_and_json_lines_on_request() {
     cfg.listen = common::any_port();
     cfg.admin = None;
     cfg.limits.ticket_clock_skew_secs = 0;
+    // Its own embedded store: the first gateway holds the stack's file.
+    cfg.store.path = Some(stack.dir.path().join("json-gateway.redb"));
     let toml = stack.dir.path().join("json-gateway.toml");
     vmgate::state::write_toml(&toml, &cfg).unwrap();
     let path = stack.dir.path().join("json-gateway.log");

@@ -70,8 +70,15 @@ impl Embedded {
                 })?;
             }
         }
-        let db = Database::create(path)
-            .map_err(|e| StoreError::Embedded(format!("cannot open {}: {e}", path.display())))?;
+        let db = Database::create(path).map_err(|e| {
+            let hint = match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => {
+                    " (another gateway uses this file: give each its own [store] path, or share a Redis with [store] url)"
+                }
+                _ => "",
+            };
+            StoreError::Embedded(format!("cannot open {}: {e}{hint}", path.display()))
+        })?;
         let tx = db.begin_write().map_err(err)?;
         let epoch = {
             let mut meta = tx.open_table(META).map_err(err)?;
