@@ -17,6 +17,8 @@ use crate::tickets::{mint, TicketRequest};
 pub struct DemoOptions {
     pub state_dir: PathBuf,
     pub listen: SocketAddr,
+    /// The gateway's store URL (`redis://…`); none: the embedded one.
+    pub store: Option<String>,
 }
 
 /// The agent's view of a test guest booted by the kit.
@@ -68,7 +70,9 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     let agent = vmgate_agent::Agent::bind(agent_cfg.clone())?;
     let agent_addr = agent.local_addr();
     write_toml(&state.path("agent.toml"), &agent_cfg)?;
-    let gw_cfg = state.gateway_config(opts.listen, &[agent_addr]);
+    let mut gw_cfg = state.gateway_config(opts.listen, &[agent_addr]);
+    gw_cfg.store.url = opts.store.clone();
+    gw_cfg.validate()?;
     write_toml(&state.path("gateway.toml"), &gw_cfg)?;
     let gateway = vmgate_gateway::Gateway::bind(gw_cfg, shutdown.clone()).await?;
     let gw_addr = gateway.local_addr();
@@ -80,7 +84,8 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     let gw_task = tokio::spawn(gateway.run());
     // Print the URL only once the gateway can route to the guest, and
     // accepts tickets minted now (not within its clock-skew margin of its
-    // start, when it cannot tell them from tickets of a previous process).
+    // store's epoch, when it cannot tell them from tickets a lost record
+    // may have held).
     let routed = async {
         while pool.check("demo", "serial0").is_err()
             || vmgate_gateway::tickets::unix_now() <= shared.tickets.accepts_issued_after()

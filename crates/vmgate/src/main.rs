@@ -52,6 +52,14 @@ enum Cmd {
     Gateway {
         #[arg(long)]
         config: PathBuf,
+        /// Listen here instead of the configuration's `listen`, so one
+        /// configuration serves several gateways on one host (a fleet
+        /// sharing `[store] url`).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Listen here instead of `[admin] listen`.
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
         /// Check the configuration and the files it names, print every
         /// problem with its key, and exit (1 if any) without starting.
         #[arg(long)]
@@ -74,6 +82,10 @@ enum Cmd {
         /// Address of the gateway's HTTPS listener.
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: SocketAddr,
+        /// Run the demo's gateway on this store (`redis://host:6379/0`)
+        /// instead of the embedded one in the state directory.
+        #[arg(long)]
+        store: Option<String>,
     },
     /// Mint a ticket and print its URL.
     Ticket(TicketArgs),
@@ -331,8 +343,27 @@ async fn run(cli: Cli) -> Result<i32> {
             agent.run(shutdown).await;
             Ok(0)
         }
-        Cmd::Gateway { config, check } => {
-            let cfg = vmgate_gateway::GatewayConfig::load(&config)?;
+        Cmd::Gateway {
+            config,
+            listen,
+            admin_listen,
+            check,
+        } => {
+            let mut cfg = vmgate_gateway::GatewayConfig::load(&config)?;
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            if let Some(l) = admin_listen {
+                match cfg.admin.as_mut() {
+                    Some(a) => a.listen = l,
+                    None => anyhow::bail!(
+                        "--admin-listen: {} has no [admin] section to move",
+                        config.display()
+                    ),
+                }
+            }
+            cfg.validate()
+                .with_context(|| format!("{} with the flags given", config.display()))?;
             if check {
                 return Ok(report_check(&config, vmgate_gateway::check::check(&cfg)));
             }
@@ -357,10 +388,15 @@ async fn run(cli: Cli) -> Result<i32> {
             m.run().await;
             Ok(0)
         }
-        Cmd::Demo { state, listen } => {
+        Cmd::Demo {
+            state,
+            listen,
+            store,
+        } => {
             vmgate::demo::run(vmgate::demo::DemoOptions {
                 state_dir: vmgate::state::resolve(state.state_dir),
                 listen,
+                store,
             })
             .await?;
             Ok(0)
