@@ -412,3 +412,127 @@ async fn hextile(
     }
     Ok(())
 }
+
+/// The screen page in headless Chromium, kept open while the test acts
+/// (tests/browser/migrate.mjs): it grabs the canvas when asked and counts
+/// the WebSocket closes the browser saw.
+pub struct Page {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    out: PathBuf,
+}
+
+impl Page {
+    pub async fn open(url: &str, out: &Path) -> Page {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+        if !dir.join("node_modules/playwright-core").exists() {
+            let ok = Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+                .arg(&dir)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(
+                ok,
+                "npm ci in {} failed (see scripts/deps.d/vnc.sh)",
+                dir.display()
+            );
+        }
+        std::fs::create_dir_all(out).unwrap();
+        let mut child = tokio::process::Command::new("node")
+            .arg(dir.join("migrate.mjs"))
+            .env("VMGATE_URL", url)
+            .env("VMGATE_OUT", out)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("running node");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        let mut page = Page {
+            child,
+            stdin,
+            lines,
+            out: out.to_path_buf(),
+        };
+        let ready = page.answer().await;
+        assert_eq!(ready["ready"], true, "browser: {ready:#}");
+        page
+    }
+
+    async fn answer(&mut self) -> serde_json::Value {
+        let line = tokio::time::timeout(WAIT, self.lines.next_line())
+            .await
+            .expect("the browser script answered")
+            .unwrap()
+            .expect("the browser script is still running");
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v.get("error").is_none(), "browser: {v:#}");
+        v
+    }
+
+    async fn ask(&mut self, what: &str) -> serde_json::Value {
+        self.stdin
+            .write_all(format!("{what}\n").as_bytes())
+            .await
+            .unwrap();
+        self.answer().await
+    }
+
+    /// The canvas, once stable; the script's report with it.
+    pub async fn grab(&mut self) -> (Image, serde_json::Value) {
+        let r = self.ask("grab").await;
+        let (w, h) = (
+            r["width"].as_u64().unwrap() as usize,
+            r["height"].as_u64().unwrap() as usize,
+        );
+        let rgba = std::fs::read(self.out.join("canvas.rgba")).unwrap();
+        assert_eq!(rgba.len(), w * h * 4, "{r}");
+        let rgb = rgba.chunks(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+        (
+            Image {
+                width: w,
+                height: h,
+                rgb,
+            },
+            r,
+        )
+    }
+
+    /// Waits until the canvas equals `want()` within `wait`, the page's
+    /// screen connected all along.
+    pub async fn wait_screen<F, Fut>(&mut self, wait: Duration, mut want: F) -> Image
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Image>,
+    {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let target = want().await;
+            let (got, r) = self.grab().await;
+            assert_eq!(r["status"], "connected", "{r}");
+            assert_eq!(r["closes"], 0, "the page saw a WebSocket close: {r}");
+            if got == target {
+                return got;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the page's canvas never matched: {} of {} pixels differ",
+                got.differing(&target),
+                target.width * target.height
+            );
+        }
+    }
+
+    /// Ends the browser: what it saw (`closes`, `statuses`, `console`).
+    pub async fn quit(mut self) -> serde_json::Value {
+        let r = self.ask("quit").await;
+        let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
+        r
+    }
+}
