@@ -515,9 +515,7 @@ async fn a_live_migrated_domain_is_followed_to_the_other_nodes_agent() {
     // first is done, while the gateway is still splicing (libvirt holds
     // the screen's open until the second migration's job is over, and the
     // splice follows the guest on). The viewer and the page stay open and
-    // show the final node's screen. The serial console is not used after
-    // such a pair: on the final node it was seen silent even for a new
-    // session (docs/migration.md, known limits).
+    // show what is drawn on the final node.
     let on_b = moves.is_multiple_of(2);
     let spliced = "screen spliced onto the guest's new node";
     // Each screen splices once or twice (once if its splice follows the
@@ -535,6 +533,14 @@ async fn a_live_migrated_domain_is_followed_to_the_other_nodes_agent() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    // Drawn through a new serial session that takes the keyboard (the
+    // followed one holds it on the final node).
+    let t = stack.ticket(&stack.name, &["serial0"], false);
+    let mut forced = Session::new(stack.connect(&format!("{}&force=true", t.ws_url)).await);
+    forced
+        .send(b"printf '\\033[47m\\033[2Jquick' > /dev/tty1; echo drawn-$((7*11))\n")
+        .await;
+    forced.expect("drawn-77").await;
     viewer
         .wait_screen(common::WAIT, || screenshot(node, &stack))
         .await;
@@ -562,6 +568,8 @@ async fn a_live_migrated_domain_is_followed_to_the_other_nodes_agent() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let (code, reason) = closed_or_log(&stack, &mut forced).await;
+    assert_eq!(code, 4410, "{reason}");
     let deadline = tokio::time::Instant::now() + common::WAIT;
     while viewer.seen.lock().unwrap().ended.is_none() {
         assert!(
