@@ -255,7 +255,7 @@ impl AdminServer {
             metrics: shared.metrics.clone(),
         });
         let app = router(shared.clone(), self.auth, origins);
-        let conn = ConnLimits::from(&*shared.limits);
+        let conn = ConnLimits::from(&*shared.limits.get());
         let admission = Admission::new(Listener::Admin, self.caps, shared.metrics.clone());
         crate::public::serve(
             self.listener,

@@ -208,6 +208,67 @@ impl Embed {
     }
 }
 
+/// The limits in force, replaced on SIGHUP ([`LiveLimits::reload`]): each
+/// check reads the current ones, so a reload applies to the next request,
+/// ticket and session, and sessions already open keep running.
+#[derive(Debug)]
+pub struct LiveLimits(std::sync::RwLock<std::sync::Arc<Limits>>);
+
+impl LiveLimits {
+    pub fn new(limits: Limits) -> LiveLimits {
+        LiveLimits(std::sync::RwLock::new(std::sync::Arc::new(limits)))
+    }
+
+    /// The limits in force now.
+    pub fn get(&self) -> std::sync::Arc<Limits> {
+        self.0.read().expect("limits lock").clone()
+    }
+
+    /// Puts `new` in force. Returns the keys that changed but only apply
+    /// to listeners started after a restart (each connection's deadlines,
+    /// header bound, HTTP/2 settings and the unauthenticated connection
+    /// caps are set when the listener starts), for the caller to log.
+    pub fn reload(&self, new: Limits) -> Vec<&'static str> {
+        let old = self.get();
+        let mut restart = Vec::new();
+        let mut differs = |key: &'static str, changed: bool| {
+            if changed {
+                restart.push(key);
+            }
+        };
+        differs(
+            "handshake_deadline_secs",
+            old.handshake_deadline_secs != new.handshake_deadline_secs,
+        );
+        differs(
+            "max_header_bytes",
+            old.max_header_bytes != new.max_header_bytes,
+        );
+        differs(
+            "max_unauthenticated_connections",
+            old.max_unauthenticated_connections != new.max_unauthenticated_connections,
+        );
+        differs(
+            "max_unauthenticated_per_address",
+            old.max_unauthenticated_per_address != new.max_unauthenticated_per_address,
+        );
+        differs(
+            "connection_idle_secs",
+            old.connection_idle_secs != new.connection_idle_secs,
+        );
+        differs(
+            "http2_keepalive_secs",
+            old.http2_keepalive_secs != new.http2_keepalive_secs,
+        );
+        differs(
+            "http2_max_streams",
+            old.http2_max_streams != new.http2_max_streams,
+        );
+        *self.0.write().expect("limits lock") = std::sync::Arc::new(new);
+        restart
+    }
+}
+
 /// Session and abuse limits. Old configurations without a `[limits]`
 /// section get these defaults.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -550,6 +611,25 @@ fn check_origins(what: &str, origins: &[String]) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_puts_limits_in_force_and_names_those_needing_a_restart() {
+        let live = LiveLimits::new(Limits::default());
+        let mut new = Limits {
+            max_sessions_per_guest: 1,
+            allowed_origins: vec!["https://panel.example".into()],
+            ..Limits::default()
+        };
+        assert!(live.reload(new.clone()).is_empty());
+        assert_eq!(live.get().max_sessions_per_guest, 1);
+        assert_eq!(live.get().allowed_origins, ["https://panel.example"]);
+        new.http2_max_streams += 1;
+        new.handshake_deadline_secs += 1;
+        assert_eq!(
+            live.reload(new),
+            ["handshake_deadline_secs", "http2_max_streams"]
+        );
+    }
 
     #[test]
     fn embedding_origins_are_checked_and_make_the_frame_ancestors() {

@@ -109,7 +109,8 @@ pub struct Shared {
     /// This gateway's name in its fleet.
     pub name: String,
     pub shutdown: CancellationToken,
-    pub limits: Arc<config::Limits>,
+    /// The limits in force, replaced on SIGHUP.
+    pub limits: Arc<config::LiveLimits>,
     pub metrics: Arc<metrics::Metrics>,
     /// Live sessions: limits, admin listing and ending, audit.
     pub sessions: Arc<sessions::Registry>,
@@ -131,7 +132,7 @@ impl Shared {
     /// `failed_tickets_per_address` failures in the window, counted in the
     /// whole store (the fleet's, with Redis).
     pub async fn throttled(&self, peer: SocketAddr) -> Result<(), vmgate_wire::Close> {
-        let l = &self.limits;
+        let l = self.limits.get();
         let window = std::time::Duration::from_secs(l.throttle_window_secs);
         match self
             .store
@@ -159,7 +160,7 @@ impl Shared {
     /// ([`limits::counts_against_throttle`]).
     pub async fn ticket_failed(&self, peer: SocketAddr, e: &vmgate_ticket::TicketError) {
         if limits::counts_against_throttle(e) {
-            let l = &self.limits;
+            let l = self.limits.get();
             let window = std::time::Duration::from_secs(l.throttle_window_secs);
             if let Err(e) = self
                 .store
@@ -259,7 +260,7 @@ impl Gateway {
             tracing::warn!(configured = cfg.limits.max_unauthenticated_connections, unauthenticated,
                 "limits.max_unauthenticated_connections lowered to fit the open-files limit (raise `ulimit -n` / LimitNOFILE=)");
         }
-        let limits = Arc::new(cfg.limits.clone());
+        let limits = Arc::new(config::LiveLimits::new(cfg.limits.clone()));
         let metrics = Arc::new(metrics::Metrics::default());
         let name = cfg.store.name.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -293,8 +294,8 @@ impl Gateway {
                 public_cert,
                 tickets: tickets::TicketCheck::new(
                     keys,
-                    limits.max_ticket_ttl_secs,
-                    limits.ticket_clock_skew_secs,
+                    cfg.limits.max_ticket_ttl_secs,
+                    cfg.limits.ticket_clock_skew_secs,
                     store.clone(),
                 ),
                 shutdown,
@@ -345,7 +346,7 @@ impl Gateway {
         let shared = self.shared.clone();
         let admin = self.admin.map(|a| tokio::spawn(a.run(shared.clone())));
         let app = public::router(shared.clone());
-        let conn = limits::ConnLimits::from(&*shared.limits);
+        let conn = limits::ConnLimits::from(&*shared.limits.get());
         let admission =
             conns::Admission::new(conns::Listener::Public, self.caps, shared.metrics.clone());
         public::serve(

@@ -128,7 +128,7 @@ impl From<&Limits> for ConnLimits {
 /// What the HTTP layer needs to apply the limits to each request.
 #[derive(Clone)]
 pub struct RequestLimits {
-    pub limits: Arc<Limits>,
+    pub limits: Arc<crate::config::LiveLimits>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -136,15 +136,13 @@ pub struct RequestLimits {
 /// handler parses it.
 pub async fn bounded_url(State(l): State<RequestLimits>, req: Request, next: Next) -> Response {
     let len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
-    if len > l.limits.max_url_bytes {
+    let max_url_bytes = l.limits.get().max_url_bytes;
+    if len > max_url_bytes {
         l.metrics.refused("url_too_long");
         tracing::warn!(len, "request target too long");
         return (
             StatusCode::URI_TOO_LONG,
-            format!(
-                "request target longer than {} bytes\n",
-                l.limits.max_url_bytes
-            ),
+            format!("request target longer than {max_url_bytes} bytes\n",),
         )
             .into_response();
     }
@@ -164,7 +162,8 @@ pub fn origin_allowed(limits: &Limits, origin: &str, host: Option<&str>) -> bool
 /// The `Origin` check for the browser routes (console WebSockets), answered
 /// with 403 before the upgrade so a foreign page never gets a socket.
 pub async fn check_origin(State(l): State<RequestLimits>, req: Request, next: Next) -> Response {
-    if !l.limits.check_origin {
+    let limits = l.limits.get();
+    if !limits.check_origin {
         return next.run(req).await;
     }
     let Some(origin) = req.headers().get(header::ORIGIN) else {
@@ -184,7 +183,7 @@ pub async fn check_origin(State(l): State<RequestLimits>, req: Request, next: Ne
         });
     let ok = origin
         .to_str()
-        .is_ok_and(|o| origin_allowed(&l.limits, o, host.as_deref()));
+        .is_ok_and(|o| origin_allowed(&limits, o, host.as_deref()));
     if ok {
         return next.run(req).await;
     }

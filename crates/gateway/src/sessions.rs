@@ -21,7 +21,7 @@ use vmgate_relay::{FrameRx, Outcome};
 use vmgate_wire::{Close, CloseCode, Frame};
 
 use crate::audit::{Audit, SessionEnd, SessionRecord};
-use crate::config::Limits;
+use crate::config::LiveLimits;
 use crate::metrics::Metrics;
 use crate::store::{Admit, Lease, Store};
 
@@ -73,7 +73,7 @@ pub struct SessionView {
 
 /// Every live session.
 pub struct Registry {
-    limits: Arc<Limits>,
+    limits: Arc<LiveLimits>,
     metrics: Arc<Metrics>,
     audit: Option<Audit>,
     /// Where the sessions counted against the limits are counted.
@@ -83,7 +83,7 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(
-        limits: Arc<Limits>,
+        limits: Arc<LiveLimits>,
         metrics: Arc<Metrics>,
         audit: Option<Audit>,
         store: Arc<Store>,
@@ -110,7 +110,8 @@ impl Registry {
             guest: record.guest.clone(),
         };
         if !by_admin {
-            let (max, per_guest) = (self.limits.max_sessions, self.limits.max_sessions_per_guest);
+            let limits = self.limits.get();
+            let (max, per_guest) = (limits.max_sessions, limits.max_sessions_per_guest);
             match self.store.admit(&lease, max, per_guest).await {
                 Ok(Admit::Yes) => {}
                 Ok(Admit::AtMax) => {
@@ -264,7 +265,7 @@ impl Live {
     /// idle for the configured idle timeout.
     pub fn stop(&self) -> impl std::future::Future<Output = Close> + Send + 'static {
         let entry = self.entry.clone();
-        let idle = Duration::from_secs(self.registry.limits.idle_timeout_secs);
+        let idle = Duration::from_secs(self.registry.limits.get().idle_timeout_secs);
         async move {
             let idle_out = async {
                 if idle.is_zero() {
@@ -395,17 +396,17 @@ mod tests {
     }
 
     fn registry(max: usize, per_guest: usize, idle: u64) -> Arc<Registry> {
-        let limits = Limits {
+        let limits = crate::config::Limits {
             max_sessions: max,
             max_sessions_per_guest: per_guest,
             idle_timeout_secs: idle,
-            ..Limits::default()
+            ..crate::config::Limits::default()
         };
         // The directory stays for the test process's life: a few files.
         let dir = tempfile::tempdir().unwrap().keep();
         let store = crate::store::embedded::Embedded::open(&dir.join("gw.redb")).unwrap();
         Arc::new(Registry::new(
-            Arc::new(limits),
+            Arc::new(LiveLimits::new(limits)),
             Arc::new(Metrics::default()),
             None,
             Arc::new(Store::Embedded(store)),

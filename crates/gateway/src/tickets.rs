@@ -3,6 +3,7 @@
 //! whose start is the store's epoch), scope, single use in the store
 //! ([`crate::store`]).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use vmgate_ticket::{verify_any, Claims, IssuePolicy, TicketError, VerifyingKey};
@@ -26,10 +27,10 @@ pub struct TicketCheck {
     /// The keys tickets are accepted from (the current one first); replaced
     /// on SIGHUP ([`TicketCheck::set_keys`]).
     keys: RwLock<Vec<VerifyingKey>>,
-    /// The maximum lifetime, in seconds.
-    max_ttl: u64,
-    /// The clock-skew margin, in seconds.
-    skew: u64,
+    /// The maximum lifetime, in seconds (replaced on SIGHUP).
+    max_ttl: AtomicU64,
+    /// The clock-skew margin, in seconds (replaced on SIGHUP).
+    skew: AtomicU64,
     /// Where single use is recorded, and the epoch before which no ticket
     /// is accepted.
     store: Arc<Store>,
@@ -49,16 +50,16 @@ impl TicketCheck {
     pub fn new(keys: Vec<VerifyingKey>, max_ttl: u64, skew: u64, store: Arc<Store>) -> TicketCheck {
         TicketCheck {
             keys: RwLock::new(keys),
-            max_ttl,
-            skew,
+            max_ttl: AtomicU64::new(max_ttl),
+            skew: AtomicU64::new(skew),
             store,
         }
     }
 
     fn policy(&self) -> IssuePolicy {
         IssuePolicy {
-            max_ttl: self.max_ttl,
-            skew: self.skew,
+            max_ttl: self.max_ttl.load(Ordering::Relaxed),
+            skew: self.skew.load(Ordering::Relaxed),
             started: self.store.epoch(),
         }
     }
@@ -67,6 +68,12 @@ impl TicketCheck {
     /// minted at or before it is refused as issued before the store began.
     pub fn accepts_issued_after(&self) -> u64 {
         self.policy().accepts_after()
+    }
+
+    /// Replaces the maximum lifetime and the clock-skew margin (SIGHUP).
+    pub fn set_issue_limits(&self, max_ttl: u64, skew: u64) {
+        self.max_ttl.store(max_ttl, Ordering::Relaxed);
+        self.skew.store(skew, Ordering::Relaxed);
     }
 
     /// Replaces the accepted keys (key rotation); sessions already open are
@@ -98,7 +105,11 @@ impl TicketCheck {
     /// once the session can open, so a ticket sent to the wrong channel or
     /// to a guest that is not up yet still works afterwards.
     pub async fn redeem(&self, claims: &Claims) -> Result<(), RedeemError> {
-        match self.store.use_ticket(claims, self.skew).await? {
+        match self
+            .store
+            .use_ticket(claims, self.skew.load(Ordering::Relaxed))
+            .await?
+        {
             Use::First => Ok(()),
             Use::Replayed => Err(TicketError::Replayed.into()),
             Use::BeforeEpoch => Err(TicketError::IssuedBeforeRestart.into()),

@@ -500,8 +500,9 @@ async fn vnc(a: VncArgs) -> Result<i32> {
 }
 
 /// `vmgate gateway` on SIGHUP: reopens its audit log (after a log rotator
-/// moved it), re-reads its public TLS certificate and its ticket verifying
-/// keys (rotation), without touching open sessions. What does not load is
+/// moved it), re-reads its public TLS certificate, its ticket verifying
+/// keys (rotation), its limits and allowed origins, without touching open
+/// sessions. What does not load is
 /// logged and what is in use stays.
 fn reload_gateway(shared: &vmgate_gateway::Shared, config: &std::path::Path) {
     tracing::info!("SIGHUP: reopening the audit log");
@@ -533,6 +534,20 @@ fn reload_gateway(shared: &vmgate_gateway::Shared, config: &std::path::Path) {
         Err(e) => {
             tracing::error!(error = %e, "SIGHUP: ticket keys not reloaded; the keys in use stay")
         }
+    }
+    let l = &cfg.limits;
+    shared
+        .tickets
+        .set_issue_limits(l.max_ticket_ttl_secs, l.ticket_clock_skew_secs);
+    let on_restart = shared.limits.reload(cfg.limits.clone());
+    tracing::info!(
+        origins = l.allowed_origins.len(),
+        max_sessions = l.max_sessions,
+        max_sessions_per_guest = l.max_sessions_per_guest,
+        "SIGHUP: limits and allowed origins reloaded"
+    );
+    if !on_restart.is_empty() {
+        tracing::warn!(keys = ?on_restart, "SIGHUP: these limits changed but apply to connections only after a restart");
     }
 }
 

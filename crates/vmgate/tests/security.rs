@@ -2012,6 +2012,53 @@ async fn the_ticket_key_and_the_certificate_rotate_on_sighup_without_losing_a_se
     );
     s.expect_notice("read-only").await;
 
+    // Limits and allowed origins: a panel's page is refused before; after
+    // a SIGHUP its origin passes, and the per-guest limit lowered to one
+    // (the live session) refuses the session itself. A listener-level
+    // limit changed says it needs a restart.
+    let panel = [("origin", "https://panel.example")];
+    let err = stack
+        .connect_as(
+            &url(vmgate_minter::sign(&new, &claims("serial0"))),
+            LOCAL,
+            &panel,
+        )
+        .await
+        .expect_err("an origin not allowed yet");
+    assert!(err.contains("403"), "{err}");
+    stack.gw_cfg.limits.allowed_origins = vec!["https://panel.example".into()];
+    stack.gw_cfg.limits.max_sessions_per_guest = 1;
+    stack.gw_cfg.limits.http2_max_streams += 1;
+    vmgate::state::write_toml(&stack.state.path("gateway.toml"), &stack.gw_cfg).unwrap();
+    hup(&stack);
+    stack
+        .wait_log(
+            "gateway.log",
+            Duration::from_secs(5),
+            "the limits reload",
+            |l| l.contains("limits and allowed origins reloaded"),
+        )
+        .await;
+    assert!(
+        stack
+            .log("gateway.log")
+            .lines()
+            .any(|l| l.contains("only after a restart") && l.contains("http2_max_streams")),
+        "{}",
+        stack.log("gateway.log")
+    );
+    let ws = stack
+        .connect_as(
+            &url(vmgate_minter::sign(&new, &claims("serial0"))),
+            LOCAL,
+            &panel,
+        )
+        .await
+        .expect("the origin allowed on SIGHUP");
+    let (code, reason) = Session::new(ws).closed().await;
+    assert_eq!(code, 4429, "{reason}");
+    assert!(reason.contains("maximum of 1 sessions"), "{reason}");
+
     // The public certificate: a new one (from a new CA) on SIGHUP. New
     // handshakes get it; the session already up keeps going.
     let new_ca = vmgate_tls::pki::Ca::new("rotated public CA").unwrap();
