@@ -24,6 +24,11 @@ pub struct AgentConfig {
     /// How large the console logs in `log_dir` may grow (`[console_log]`).
     #[serde(default)]
     pub console_log: ConsoleLogConfig,
+    /// On SIGTERM, how long sessions (told 1001 "the agent is shutting
+    /// down") get to finish before the agent closes its connections
+    /// anyway (default 5 s).
+    #[serde(default = "default_drain_secs")]
+    pub drain_secs: u64,
     /// Where guests come from: `qemu` (the `[[guest]]` entries below, the
     /// default) or `libvirt` (every running domain of `[libvirt] uri`).
     #[serde(default)]
@@ -325,6 +330,10 @@ pub struct Endpoint {
 
 fn default_scrollback() -> usize {
     1 << 20
+}
+
+fn default_drain_secs() -> u64 {
+    5
 }
 
 impl AgentConfig {

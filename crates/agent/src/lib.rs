@@ -96,12 +96,13 @@ impl Agent {
 
     /// Serves until `shutdown` fires.
     pub async fn run(self, shutdown: CancellationToken) {
+        let drain = std::time::Duration::from_secs(self.config.drain_secs);
         match self.config.backend {
             config::BackendKind::Qemu => {
                 tracing::info!(node = %self.config.node, addr = %self.local_addr(), backend = "qemu", guests = self.config.guests.len(), "agent listening (QUIC)");
                 let backend =
                     backend::qemu::QemuBackend::start(&self.config, &self.logs, shutdown.clone());
-                server::serve(self.endpoint, Arc::new(backend), shutdown).await;
+                server::serve(self.endpoint, Arc::new(backend), shutdown, drain).await;
             }
             config::BackendKind::Libvirt => {
                 tracing::info!(node = %self.config.node, addr = %self.local_addr(), backend = "libvirt", uri = %self.config.libvirt.uri, "agent listening (QUIC)");
@@ -110,7 +111,7 @@ impl Agent {
                     &self.logs,
                     shutdown.clone(),
                 );
-                server::serve(self.endpoint, Arc::new(backend), shutdown).await;
+                server::serve(self.endpoint, Arc::new(backend), shutdown, drain).await;
             }
         }
     }

@@ -37,10 +37,6 @@ use crate::backend::{media, Backend, Opened};
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 /// Deadline for a stream's header to arrive after the stream opened.
 const HEADER_DEADLINE: Duration = Duration::from_secs(5);
-/// How long a shutting-down agent waits for its sessions to end (their
-/// Close delivered, the gateway's side finished) before it closes the
-/// connections anyway.
-pub const DRAIN: Duration = Duration::from_secs(5);
 /// How long the endpoint's own close may take to reach the gateways.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// What every session is told when the agent stops.
@@ -51,8 +47,12 @@ pub async fn serve<B: Backend>(
     endpoint: quinn::Endpoint,
     backend: Arc<B>,
     shutdown: CancellationToken,
+    drain: Duration,
 ) {
-    // Console and inventory streams; the drain waits for them.
+    // Console and inventory streams; the drain waits for them: `drain`
+    // (the configuration's `drain_secs`) is how long a shutting-down agent
+    // waits for its sessions to end (their Close delivered, the gateway's
+    // side finished) before it closes the connections anyway.
     let streams = TaskTracker::new();
     loop {
         let incoming = tokio::select! {
@@ -85,7 +85,7 @@ pub async fn serve<B: Backend>(
     }
     // Every session's relay saw `shutdown` too and is telling its gateway.
     streams.close();
-    match tokio::time::timeout(DRAIN, streams.wait()).await {
+    match tokio::time::timeout(drain, streams.wait()).await {
         Ok(()) => tracing::info!("agent drained"),
         Err(_) => tracing::warn!(
             streams = streams.len(),

@@ -28,6 +28,7 @@ fn config(dir: &std::path::Path, qmp: std::path::PathBuf) -> AgentConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         log_dir: dir.join("logs"),
         scrollback_bytes: 1024,
+        drain_secs: 5,
         console_log: Default::default(),
         backend: Default::default(),
         libvirt: Default::default(),

@@ -330,6 +330,9 @@ pub struct Limits {
     /// page needs a few: the page, its assets, a screen and a serial
     /// WebSocket).
     pub http2_max_streams: u32,
+    /// On SIGTERM, how long sessions (told 1001 "going away") and
+    /// connections get to finish before the gateway exits anyway.
+    pub drain_secs: u64,
 }
 
 impl Default for Limits {
@@ -352,6 +355,7 @@ impl Default for Limits {
             connection_idle_secs: 60,
             http2_keepalive_secs: 30,
             http2_max_streams: 64,
+            drain_secs: 5,
         }
     }
 }

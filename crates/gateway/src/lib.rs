@@ -339,7 +339,7 @@ impl Gateway {
 
     /// Serves until the shutdown token fires, then drains: every session
     /// tells its client why it ends (1001, "the gateway is shutting
-    /// down"), and connections get [`public::DRAIN`] to finish. Returns
+    /// down"), and connections get `limits.drain_secs` to finish. Returns
     /// when all of that is done, or when the drain's bound passes.
     pub async fn run(self) {
         tracing::info!(addr = %self.local_addr(), "gateway listening (HTTPS)");
@@ -365,7 +365,8 @@ impl Gateway {
             shared.drain.close();
             shared.drain.wait().await;
         };
-        match tokio::time::timeout(public::DRAIN, drained).await {
+        let drain = std::time::Duration::from_secs(shared.limits.get().drain_secs);
+        match tokio::time::timeout(drain, drained).await {
             Ok(()) => tracing::info!("gateway drained"),
             Err(_) => tracing::warn!(
                 sessions = shared.drain.len(),

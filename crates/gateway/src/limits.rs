@@ -110,6 +110,8 @@ pub struct ConnLimits {
     pub h2_keepalive: Option<Duration>,
     /// Concurrent streams one HTTP/2 connection may open.
     pub h2_max_streams: u32,
+    /// How long connections get to finish on shutdown.
+    pub drain: Duration,
 }
 
 impl From<&Limits> for ConnLimits {
@@ -121,6 +123,7 @@ impl From<&Limits> for ConnLimits {
             h2_keepalive: (l.http2_keepalive_secs > 0)
                 .then(|| Duration::from_secs(l.http2_keepalive_secs)),
             h2_max_streams: l.http2_max_streams,
+            drain: Duration::from_secs(l.drain_secs),
         }
     }
 }

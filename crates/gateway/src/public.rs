@@ -35,8 +35,6 @@ use crate::{assets, ws, Shared};
 const MAX_MESSAGE: usize = 1 << 20;
 /// The largest `POST /api/session` body (a ticket is well under 2 kB).
 const MAX_PAGE_REQUEST: usize = 16 * 1024;
-/// How long open connections and sessions get to finish at shutdown.
-pub const DRAIN: Duration = Duration::from_secs(5);
 
 /// The client's address, attached to each request of a connection.
 #[derive(Clone, Copy, Debug)]
@@ -397,6 +395,7 @@ pub async fn serve(
         let app = app.clone();
         let shutdown = shutdown.clone();
         let admission = admission.clone();
+        let drain = conn_limits.drain;
         conns.spawn(async move {
             let tls = match tokio::time::timeout(conn_limits.handshake, acceptor.accept(tcp)).await
             {
@@ -454,15 +453,15 @@ pub async fn serve(
                 },
                 _ = shutdown.cancelled() => {
                     conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(DRAIN, conn).await;
+                    let _ = tokio::time::timeout(drain, conn).await;
                 }
             }
         });
     }
-    // Each connection drains within DRAIN of the signal (a connection
+    // Each connection drains within `drain` of the signal (a connection
     // task never outlives that); this wait is its bound.
     conns.close();
-    let _ = tokio::time::timeout(DRAIN, conns.wait()).await;
+    let _ = tokio::time::timeout(conn_limits.drain, conns.wait()).await;
 }
 
 /// Whether a connection's error is one of hyper's timeouts.

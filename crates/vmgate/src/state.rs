@@ -109,6 +109,7 @@ impl State {
             listen,
             log_dir: self.logs(),
             scrollback_bytes: 1 << 20,
+            drain_secs: 5,
             console_log: Default::default(),
             backend: Default::default(),
             tls: vmgate_agent::config::AgentTls {
