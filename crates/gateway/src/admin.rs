@@ -298,7 +298,7 @@ async fn guests(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn sessions(State(shared): State<Arc<Shared>>) -> Response {
-    Json(shared.sessions.list()).into_response()
+    Json(shared.sessions.list_fleet().await).into_response()
 }
 
 async fn end_session(
@@ -312,9 +312,24 @@ async fn end_session(
     };
     if shared.sessions.end(id, ENDED_BY_ADMIN) {
         tracing::info!(session = id, %peer, by = who, "session ended by administrator");
-        Json(serde_json::json!({ "ended": id })).into_response()
-    } else {
-        json_error(StatusCode::NOT_FOUND, format!("no live session {id}"))
+        return Json(serde_json::json!({ "ended": id, "gateway": shared.name })).into_response();
+    }
+    // Another gateway of the fleet may run it: it is asked through the
+    // store and ends it within `sessions::END_POLL`.
+    match shared.store.end_elsewhere(id).await {
+        Ok(Some(gateway)) => {
+            tracing::info!(session = id, %peer, by = who, gateway = %gateway,
+                "session ended by administrator, at its gateway");
+            Json(serde_json::json!({ "ended": id, "gateway": gateway })).into_response()
+        }
+        Ok(None) => json_error(StatusCode::NOT_FOUND, format!("no live session {id}")),
+        Err(e) => {
+            tracing::warn!(session = id, error = %e, "cannot end a session at another gateway: the store does not answer");
+            json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the session is not on this gateway, and the store that knows the others does not answer: try again shortly",
+            )
+        }
     }
 }
 

@@ -75,7 +75,7 @@ impl AgentPool {
             endpoint,
             routes: RwLock::new(Table::default()),
             metrics,
-            next_session: AtomicU64::new(1),
+            next_session: AtomicU64::new(first_session_id()),
         });
         for idx in 0..pool.agents.len() {
             tokio::spawn(agent_loop(pool.clone(), idx, shutdown.clone()));
@@ -83,7 +83,9 @@ impl AgentPool {
         pool
     }
 
-    /// A fresh session id, shared with the agent for its logs.
+    /// A fresh session id, shared with the agent for its logs. Unique in a
+    /// fleet: each gateway counts from a random start
+    /// ([`first_session_id`]).
     pub fn session_id(&self) -> u64 {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
@@ -294,6 +296,15 @@ async fn follow_agent(
             Err(c) => return Err(c.reason),
         }
     }
+}
+
+/// Where a gateway's session ids start: a random number below 2^52, so ids
+/// of a fleet's gateways do not meet (two starts within a million of each
+/// other: odds about 2^-32) and stay exact as JSON numbers (below 2^53).
+fn first_session_id() -> u64 {
+    let mut raw = [0u8; 8];
+    getrandom::fill(&mut raw).expect("the operating system's random generator");
+    (u64::from_le_bytes(raw) >> 12).max(1)
 }
 
 #[cfg(test)]

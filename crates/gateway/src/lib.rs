@@ -272,6 +272,16 @@ impl Gateway {
         });
         let store = Arc::new(store::Store::open(&cfg.store, &name, metrics.clone()).await?);
         tracing::info!(store = %store.describe(), gateway = %name, epoch = store.epoch(), "store open");
+        let sessions = Arc::new(sessions::Registry::new(
+            limits.clone(),
+            metrics.clone(),
+            audit,
+            store.clone(),
+            name.clone(),
+        ));
+        if store.shared() {
+            tokio::spawn(sessions::end_when_asked(sessions.clone(), shutdown.clone()));
+        }
         metrics.identify(
             &name,
             match &*store {
@@ -299,12 +309,7 @@ impl Gateway {
                     store.clone(),
                 ),
                 shutdown,
-                sessions: Arc::new(sessions::Registry::new(
-                    limits.clone(),
-                    metrics.clone(),
-                    audit,
-                    store.clone(),
-                )),
+                sessions: sessions.clone(),
                 store,
                 name,
                 limits,

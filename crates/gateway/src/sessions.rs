@@ -57,6 +57,8 @@ impl Entry {
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionView {
     pub id: u64,
+    /// The gateway it runs on (its name in the fleet).
+    pub gateway: String,
     /// The ticket's id (never its text), or `admin:<who>`.
     pub ticket: String,
     pub guest: String,
@@ -76,8 +78,11 @@ pub struct Registry {
     limits: Arc<LiveLimits>,
     metrics: Arc<Metrics>,
     audit: Option<Audit>,
-    /// Where the sessions counted against the limits are counted.
+    /// Where the sessions counted against the limits are counted, and
+    /// (with Redis) the fleet's sessions listed.
     store: Arc<Store>,
+    /// This gateway's name in the fleet.
+    name: String,
     live: Mutex<HashMap<u64, Arc<Entry>>>,
 }
 
@@ -87,12 +92,14 @@ impl Registry {
         metrics: Arc<Metrics>,
         audit: Option<Audit>,
         store: Arc<Store>,
+        name: String,
     ) -> Registry {
         Registry {
             limits,
             metrics,
             audit,
             store,
+            name,
             live: Mutex::new(HashMap::new()),
         }
     }
@@ -109,10 +116,30 @@ impl Registry {
             session: record.session,
             guest: record.guest.clone(),
         };
-        if !by_admin {
+        let start = SystemTime::now();
+        // What the fleet's `GET /v1/sessions` shows of it on other gateways.
+        let listing = serde_json::json!({
+            "id": record.session,
+            "gateway": self.name,
+            "ticket": record.ticket,
+            "guest": record.guest,
+            "channel": record.channel,
+            "mode": record.mode,
+            "peer": record.peer,
+            "start": humantime::format_rfc3339_millis(start).to_string(),
+            "by_admin": by_admin,
+        })
+        .to_string();
+        if by_admin {
+            // Listed, not counted; a store that does not answer must not
+            // keep the recovery console from opening.
+            if let Err(e) = self.store.register(&lease, &listing).await {
+                tracing::warn!(error = %e, "the administrator's console is not listed in the store");
+            }
+        } else {
             let limits = self.limits.get();
             let (max, per_guest) = (limits.max_sessions, limits.max_sessions_per_guest);
-            match self.store.admit(&lease, max, per_guest).await {
+            match self.store.admit(&lease, max, per_guest, &listing).await {
                 Ok(Admit::Yes) => {}
                 Ok(Admit::AtMax) => {
                     tracing::warn!(peer = %record.peer, guest = %record.guest, max,
@@ -146,7 +173,7 @@ impl Registry {
             }
         }
         let entry = Arc::new(Entry {
-            start: SystemTime::now(),
+            start,
             born: Instant::now(),
             by_admin,
             to_guest: AtomicU64::new(0),
@@ -165,7 +192,7 @@ impl Registry {
             registry: self.clone(),
             entry,
             opened: AtomicBool::new(false),
-            lease: (!by_admin).then_some(lease),
+            lease,
         })
     }
 
@@ -179,6 +206,7 @@ impl Registry {
                     .saturating_sub(e.last_activity_ms.load(Ordering::Relaxed));
                 SessionView {
                     id: e.record.session,
+                    gateway: self.name.clone(),
                     ticket: e.record.ticket.clone(),
                     guest: e.record.guest.clone(),
                     channel: e.record.channel.clone(),
@@ -194,6 +222,34 @@ impl Registry {
             .collect();
         v.sort_by_key(|s| s.id);
         v
+    }
+
+    /// Every session of the fleet: this gateway's as [`Registry::list`]
+    /// shows them, then the other gateways' from the store (without byte
+    /// counts and idle time, which only their gateway knows). If the store
+    /// does not answer, this gateway's alone (logged).
+    pub async fn list_fleet(&self) -> Vec<serde_json::Value> {
+        let mine = self.list();
+        let mut all: Vec<serde_json::Value> = mine
+            .iter()
+            .filter_map(|v| serde_json::to_value(v).ok())
+            .collect();
+        if self.store.shared() {
+            match self.store.fleet_sessions().await {
+                Ok(others) => {
+                    let mut others: Vec<_> = others
+                        .into_iter()
+                        .filter(|v| v["gateway"].as_str() != Some(self.name.as_str()))
+                        .collect();
+                    others.sort_by_key(|v| v["id"].as_u64());
+                    all.extend(others);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing only this gateway's sessions: the store does not answer");
+                }
+            }
+        }
+        all
     }
 
     /// Ends session `id` with `reason`; false if there is no such session.
@@ -217,14 +273,46 @@ impl Registry {
     }
 }
 
+/// How often a gateway of a fleet looks for sessions an administrator
+/// ended at another gateway: the bound on how long such a session runs on.
+pub const END_POLL: Duration = Duration::from_millis(250);
+
+/// Ends the sessions that administrators ended at other gateways of the
+/// fleet (`DELETE /v1/sessions/{id}` anywhere), with the same reason, until
+/// `shutdown`. A store that does not answer is logged and counted by the
+/// store; the next tick asks again.
+pub async fn end_when_asked(registry: Arc<Registry>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(END_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(ids) = registry.store.take_ends().await else {
+            continue;
+        };
+        for id in ids {
+            if registry.end(id, ENDED_BY_ADMIN) {
+                tracing::info!(
+                    session = id,
+                    "session ended by administrator at another gateway"
+                );
+            } else {
+                tracing::debug!(session = id, "asked to end a session that already ended");
+            }
+        }
+    }
+}
+
 /// One admitted session.
 pub struct Live {
     registry: Arc<Registry>,
     entry: Arc<Entry>,
     opened: AtomicBool,
-    /// The session's place in the store's counts, released on drop; none
-    /// for an administrator's console, which is not counted.
-    lease: Option<Lease>,
+    /// The session's place in the store (counts, unless an administrator's
+    /// console; the fleet's list), released on drop.
+    lease: Lease,
 }
 
 impl Live {
@@ -347,9 +435,9 @@ impl Drop for Live {
             .lock()
             .expect("sessions lock")
             .remove(&self.entry.record.session);
-        if let Some(lease) = &self.lease {
-            self.registry.store.release(lease);
-        }
+        self.registry
+            .store
+            .release(&self.lease, !self.entry.by_admin);
     }
 }
 
@@ -410,6 +498,7 @@ mod tests {
             Arc::new(Metrics::default()),
             None,
             Arc::new(Store::Embedded(store)),
+            "gw".into(),
         ))
     }
 

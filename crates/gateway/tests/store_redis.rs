@@ -133,23 +133,37 @@ async fn throttling_and_session_limits_count_across_gateways_and_a_dead_gateways
         None
     );
 
+    // Session ids are unique in a fleet (each gateway counts from a
+    // random start): a's are 1 to 9, b's from 11.
     let lease = |s: u64, g: &str| Lease {
         session: s,
         guest: g.into(),
     };
-    assert_eq!(a.admit(&lease(1, "g"), 3, 2).await.unwrap(), Admit::Yes);
-    assert_eq!(b.admit(&lease(1, "g"), 3, 2).await.unwrap(), Admit::Yes);
     assert_eq!(
-        b.admit(&lease(2, "g"), 3, 2).await.unwrap(),
+        a.admit(&lease(1, "g"), 3, 2, "{}").await.unwrap(),
+        Admit::Yes
+    );
+    assert_eq!(
+        b.admit(&lease(11, "g"), 3, 2, "{}").await.unwrap(),
+        Admit::Yes
+    );
+    assert_eq!(
+        b.admit(&lease(12, "g"), 3, 2, "{}").await.unwrap(),
         Admit::GuestAtMax
     );
-    assert_eq!(b.admit(&lease(2, "h"), 3, 2).await.unwrap(), Admit::Yes);
-    assert_eq!(a.admit(&lease(2, "i"), 3, 2).await.unwrap(), Admit::AtMax);
+    assert_eq!(
+        b.admit(&lease(12, "h"), 3, 2, "{}").await.unwrap(),
+        Admit::Yes
+    );
+    assert_eq!(
+        a.admit(&lease(2, "i"), 3, 2, "{}").await.unwrap(),
+        Admit::AtMax
+    );
     // Released at a: b may admit on g again (the release is sent in the
     // background, within the store's deadline).
-    a.release(&lease(1, "g"));
+    a.release(&lease(1, "g"), true);
     let start = Instant::now();
-    while b.admit(&lease(3, "g"), 3, 2).await.unwrap() != Admit::Yes {
+    while b.admit(&lease(13, "g"), 3, 2, "{}").await.unwrap() != Admit::Yes {
         assert!(
             start.elapsed() < Duration::from_millis(TIMEOUT_MS),
             "release not seen"
@@ -159,13 +173,13 @@ async fn throttling_and_session_limits_count_across_gateways_and_a_dead_gateways
     // Leases are renewed: after two lease lengths b's sessions still count.
     tokio::time::sleep(Duration::from_secs(2 * LEASE_SECS)).await;
     assert_eq!(
-        a.admit(&lease(4, "g"), 0, 2).await.unwrap(),
+        a.admit(&lease(4, "g"), 0, 2, "{}").await.unwrap(),
         Admit::GuestAtMax
     );
     // b dies (no release, no renewal): its leases run out within a lease.
     drop(b);
     let died = Instant::now();
-    while a.admit(&lease(4, "g"), 0, 2).await.unwrap() != Admit::Yes {
+    while a.admit(&lease(4, "g"), 0, 2, "{}").await.unwrap() != Admit::Yes {
         assert!(
             died.elapsed() < Duration::from_secs(LEASE_SECS + 1),
             "a dead gateway's sessions still count after {:?}",
@@ -258,7 +272,7 @@ async fn an_unreachable_store_fails_within_its_deadline_and_is_used_again_once_b
         session: 1,
         guest: "g".into(),
     };
-    assert_eq!(a.admit(&lease, 0, 0).await.unwrap(), Admit::Yes);
+    assert_eq!(a.admit(&lease, 0, 0, "{}").await.unwrap(), Admit::Yes);
     redis.kill();
     for _ in 0..3 {
         let start = Instant::now();
@@ -269,7 +283,7 @@ async fn an_unreachable_store_fails_within_its_deadline_and_is_used_again_once_b
             "failed after {:?}",
             start.elapsed()
         );
-        assert!(a.admit(&lease, 0, 0).await.is_err());
+        assert!(a.admit(&lease, 0, 0, "{}").await.is_err());
         assert!(a.page_start(ticket(now())).await.is_err());
     }
     redis.restart().unwrap();
@@ -279,10 +293,75 @@ async fn an_unreachable_store_fails_within_its_deadline_and_is_used_again_once_b
     let fresh = ticket(now() + 2);
     assert_eq!(a.use_ticket(&fresh, 0).await.unwrap(), Use::First);
     assert_eq!(a.use_ticket(&fresh, 0).await.unwrap(), Use::Replayed);
-    assert_eq!(a.admit(&lease, 0, 0).await.unwrap(), Admit::Yes);
+    assert_eq!(a.admit(&lease, 0, 0, "{}").await.unwrap(), Admit::Yes);
     assert!(
         back.elapsed() < Duration::from_secs(2),
         "{:?}",
         back.elapsed()
     );
+}
+
+#[tokio::test]
+async fn the_fleets_sessions_are_listed_and_one_ended_anywhere_is_asked_of_its_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path()).unwrap();
+    let (a, b) = (gateway(&redis, "a").await, gateway(&redis, "b").await);
+    let lease = |s: u64| Lease {
+        session: s,
+        guest: "g".into(),
+    };
+    let listing = |s: u64, gw: &str| format!(r#"{{"id":{s},"gateway":"{gw}"}}"#);
+    assert_eq!(
+        a.admit(&lease(101), 0, 0, &listing(101, "a"))
+            .await
+            .unwrap(),
+        Admit::Yes
+    );
+    // An administrator's console: listed, not counted.
+    b.register(&lease(202), &listing(202, "b")).await.unwrap();
+    assert_eq!(
+        a.admit(&lease(103), 0, 1, "{}").await.unwrap(),
+        Admit::GuestAtMax
+    );
+    let mut ids: Vec<_> = b
+        .fleet_sessions()
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["id"].as_u64().unwrap(),
+                v["gateway"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, [(101, "a".to_string()), (202, "b".to_string())]);
+    // Ended at b, run at a: a is asked, once.
+    assert_eq!(b.end_elsewhere(101).await.unwrap().as_deref(), Some("a"));
+    assert_eq!(a.take_ends().await.unwrap(), [101]);
+    assert!(a.take_ends().await.unwrap().is_empty());
+    assert!(b.take_ends().await.unwrap().is_empty());
+    assert_eq!(a.end_elsewhere(999).await.unwrap(), None);
+    // Released: gone from the list.
+    a.release(&lease(101), true);
+    let start = Instant::now();
+    while b.fleet_sessions().await.unwrap().len() != 1 {
+        assert!(
+            start.elapsed() < Duration::from_millis(TIMEOUT_MS),
+            "not released"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // b dies: its console leaves the list within a lease.
+    drop(b);
+    let died = Instant::now();
+    while !a.fleet_sessions().await.unwrap().is_empty() {
+        assert!(
+            died.elapsed() < Duration::from_secs(LEASE_SECS + 1),
+            "a dead gateway's session is still listed after {:?}",
+            died.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

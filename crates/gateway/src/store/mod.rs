@@ -90,7 +90,7 @@ pub enum Admit {
     GuestAtMax,
 }
 
-/// One counted session: which gateway holds it, its id there, its guest.
+/// One session in the store: its id (unique in a fleet) and its guest.
 #[derive(Debug, Clone)]
 pub struct Lease {
     pub session: u64,
@@ -206,26 +206,73 @@ impl Store {
     }
 
     /// Counts `lease` against `max` sessions in all and `per_guest` on its
-    /// guest (0: unlimited), if both leave room.
+    /// guest (0: unlimited), if both leave room; with Redis it is listed
+    /// for the fleet as `listing` too.
     pub async fn admit(
         &self,
         lease: &Lease,
         max: usize,
         per_guest: usize,
+        listing: &str,
     ) -> Result<Admit, StoreError> {
         match self {
             Store::Embedded(e) => Ok(e.admit(lease, max, per_guest)),
-            Store::Redis(r) => r.admit(lease, max, per_guest).await,
+            Store::Redis(r) => r.admit(lease, max, per_guest, listing).await,
         }
     }
 
-    /// Stops counting `lease` (the session ended). Never waits on Redis:
-    /// a release that fails is logged, and the lease runs out by itself.
-    pub fn release(&self, lease: &Lease) {
+    /// Lists a session that is not counted (an administrator's console)
+    /// for the fleet.
+    pub async fn register(&self, lease: &Lease, listing: &str) -> Result<(), StoreError> {
         match self {
-            Store::Embedded(e) => e.release(lease),
+            Store::Embedded(_) => Ok(()),
+            Store::Redis(r) => r.register(lease, listing).await,
+        }
+    }
+
+    /// Stops counting and listing `lease` (the session ended). Never waits
+    /// on Redis: a release that fails is logged, and the lease runs out by
+    /// itself.
+    pub fn release(&self, lease: &Lease, counted: bool) {
+        match self {
+            Store::Embedded(e) => {
+                if counted {
+                    e.release(lease)
+                }
+            }
             Store::Redis(r) => r.release(lease),
         }
+    }
+
+    /// The sessions of every gateway of the fleet (none with the embedded
+    /// store: the gateway's own are all there is).
+    pub async fn fleet_sessions(&self) -> Result<Vec<serde_json::Value>, StoreError> {
+        match self {
+            Store::Embedded(_) => Ok(Vec::new()),
+            Store::Redis(r) => r.fleet_sessions().await,
+        }
+    }
+
+    /// Asks the gateway that runs session `id` to end it; its name, or
+    /// `None` if no gateway of the fleet lists it.
+    pub async fn end_elsewhere(&self, id: u64) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::Embedded(_) => Ok(None),
+            Store::Redis(r) => r.end_elsewhere(id).await,
+        }
+    }
+
+    /// Sessions of this gateway an administrator ended at another one.
+    pub async fn take_ends(&self) -> Result<Vec<u64>, StoreError> {
+        match self {
+            Store::Embedded(_) => Ok(Vec::new()),
+            Store::Redis(r) => r.take_ends().await,
+        }
+    }
+
+    /// Whether other gateways share this store.
+    pub fn shared(&self) -> bool {
+        matches!(self, Store::Redis(_))
     }
 
     /// Starts a web page session for `claims` just redeemed; its token.

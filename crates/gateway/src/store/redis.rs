@@ -6,7 +6,9 @@
 //! | `epoch`, `epoch-run` | unix seconds the record of used tickets began; the Redis process (`run_id`) it began in | none |
 //! | `used:{id}` | a used ticket | until its `not_after` (`SET NX PX`) |
 //! | `throttle:{source}` | failed tickets from a source in its window | the window (`PEXPIRE` at the first failure) |
-//! | `sessions`, `sessions:{guest}` | sorted sets of `{gateway}/{session}`, scored by lease end (ms) | leases renewed every third of `lease_secs` |
+//! | `sessions`, `sessions:{guest}` | sorted sets of session ids (unique in the fleet) counted against the limits, scored by lease end (ms) | leases renewed every third of `lease_secs` |
+//! | `registry`, `registry:leases` | every session of the fleet (a hash: id -> what `GET /v1/sessions` shows, with its gateway), and its lease | the same |
+//! | `end:{gateway}` | ids of sessions an administrator ended at another gateway, for this one to end | a minute |
 //! | `page:{token}` | a web page session: guest, claims, redemption time, the channels not opened yet | [`JOIN_WINDOW`] |
 //!
 //! Each decision is one script, so it is atomic in Redis: single use is
@@ -73,8 +75,9 @@ if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return n
 "#;
 
-/// Admits a session: KEYS sessions, sessions:{guest}; ARGV member, lease
-/// ms, max, max per guest. 0 admitted, 1 at max, 2 guest at max.
+/// Admits a session: KEYS sessions, sessions:{guest}, registry,
+/// registry:leases; ARGV id, lease ms, max, max per guest, its listing.
+/// 0 admitted (counted and listed), 1 at max, 2 guest at max.
 const ADMIT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -88,20 +91,49 @@ local lease = tonumber(ARGV[2])
 redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
 redis.call('ZADD', KEYS[2], now + lease, ARGV[1])
 redis.call('PEXPIRE', KEYS[2], 2 * lease)
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[5])
+redis.call('ZADD', KEYS[4], now + lease, ARGV[1])
 return 0
 "#;
 
-/// Renews leases: KEYS sessions, then each session's guest set; ARGV lease
-/// ms, then each member (in the same order as the guest keys).
+/// Lists a session that is not counted (an administrator's console): KEYS
+/// registry, registry:leases; ARGV id, lease ms, its listing.
+const REGISTER: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+return 0
+"#;
+
+/// Renews leases: KEYS sessions, registry:leases, then each session's
+/// guest set; ARGV lease ms, then for each session its id and 1 if it is
+/// counted (in the same order as the guest keys).
 const RENEW: &str = r#"
 local t = redis.call('TIME')
-local deadline = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
-for i = 2, #KEYS do
-  redis.call('ZADD', KEYS[1], 'XX', deadline, ARGV[i])
-  redis.call('ZADD', KEYS[i], 'XX', deadline, ARGV[i])
-  redis.call('PEXPIRE', KEYS[i], 2 * tonumber(ARGV[1]))
+local lease = tonumber(ARGV[1])
+local deadline = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + lease
+for i = 3, #KEYS do
+  local id = ARGV[2 * (i - 2)]
+  if ARGV[2 * (i - 2) + 1] == '1' then
+    redis.call('ZADD', KEYS[1], 'XX', deadline, id)
+    redis.call('ZADD', KEYS[i], 'XX', deadline, id)
+    redis.call('PEXPIRE', KEYS[i], 2 * lease)
+  end
+  redis.call('ZADD', KEYS[2], 'XX', deadline, id)
 end
-return #KEYS - 1
+return #KEYS - 2
+"#;
+
+/// The fleet's sessions: KEYS registry, registry:leases. Sessions whose
+/// lease ran out (their gateway died) are dropped first.
+const LIST: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+for _, id in ipairs(dead) do redis.call('HDEL', KEYS[1], id) end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+return redis.call('HVALS', KEYS[1])
 "#;
 
 /// Joins a page session: KEYS page:{token}; ARGV guest, channel. Returns
@@ -122,7 +154,9 @@ struct Scripts {
     use_: Script,
     fail: Script,
     admit: Script,
+    register: Script,
     renew: Script,
+    list: Script,
     join: Script,
 }
 
@@ -134,12 +168,14 @@ struct Inner {
     timeout: Duration,
     lease: Duration,
     prefix: String,
-    /// This gateway's name: the first part of its session members.
+    /// This gateway's name: its queue of sessions to end, and what the
+    /// fleet's list says its sessions run on.
     name: String,
     epoch: AtomicU64,
     scripts: Scripts,
-    /// This gateway's counted sessions (id -> guest), whose leases it renews.
-    mine: Mutex<HashMap<u64, String>>,
+    /// This gateway's sessions (id -> guest, counted against the limits),
+    /// whose leases it renews.
+    mine: Mutex<HashMap<u64, (String, bool)>>,
     /// Whether the last call reached Redis, so the log says when it went
     /// away and when it came back, once each.
     up: AtomicBool,
@@ -197,7 +233,9 @@ impl RedisStore {
                 use_: Script::new(USE),
                 fail: Script::new(FAIL),
                 admit: Script::new(ADMIT),
+                register: Script::new(REGISTER),
                 renew: Script::new(RENEW),
+                list: Script::new(LIST),
                 join: Script::new(JOIN),
             },
             mine: Mutex::default(),
@@ -281,21 +319,22 @@ impl RedisStore {
         lease: &Lease,
         max: usize,
         per_guest: usize,
+        listing: &str,
     ) -> Result<Admit, StoreError> {
         let i = &self.inner;
-        // Renewed from now on, whatever the answer: a lease Redis added
-        // but whose answer was lost still runs out by itself.
-        let member = i.member(lease.session);
         let n: i64 = i
             .call("admit", |mut c| async move {
                 i.scripts
                     .admit
                     .key(i.key("sessions"))
                     .key(i.key(&format!("sessions:{}", lease.guest)))
-                    .arg(&member)
+                    .key(i.key("registry"))
+                    .key(i.key("registry:leases"))
+                    .arg(lease.session)
                     .arg(i.lease.as_millis() as u64)
                     .arg(max)
                     .arg(per_guest)
+                    .arg(listing)
                     .invoke_async(&mut c)
                     .await
             })
@@ -305,7 +344,7 @@ impl RedisStore {
                 i.mine
                     .lock()
                     .expect("leases lock")
-                    .insert(lease.session, lease.guest.clone());
+                    .insert(lease.session, (lease.guest.clone(), true));
                 Ok(Admit::Yes)
             }
             1 => Ok(Admit::AtMax),
@@ -314,26 +353,45 @@ impl RedisStore {
         }
     }
 
+    pub async fn register(&self, lease: &Lease, listing: &str) -> Result<(), StoreError> {
+        let i = &self.inner;
+        let _: i64 = i
+            .call("register", |mut c| async move {
+                i.scripts
+                    .register
+                    .key(i.key("registry"))
+                    .key(i.key("registry:leases"))
+                    .arg(lease.session)
+                    .arg(i.lease.as_millis() as u64)
+                    .arg(listing)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        i.mine
+            .lock()
+            .expect("leases lock")
+            .insert(lease.session, (lease.guest.clone(), false));
+        Ok(())
+    }
+
     pub fn release(&self, lease: &Lease) {
         let i = self.inner.clone();
         i.mine.lock().expect("leases lock").remove(&lease.session);
         let lease = lease.clone();
         tokio::spawn(async move {
-            let member = i.member(lease.session);
             let r: Result<(), _> = i
                 .call("release", |mut c| {
-                    let all = i.key("sessions");
-                    let guest = i.key(&format!("sessions:{}", lease.guest));
-                    let member = member.clone();
-                    async move {
-                        redis::pipe()
-                            .zrem(all, &member)
-                            .ignore()
-                            .zrem(guest, &member)
-                            .ignore()
-                            .query_async(&mut c)
-                            .await
-                    }
+                    let mut p = redis::pipe();
+                    p.zrem(i.key("sessions"), lease.session)
+                        .ignore()
+                        .zrem(i.key(&format!("sessions:{}", lease.guest)), lease.session)
+                        .ignore()
+                        .hdel(i.key("registry"), lease.session)
+                        .ignore()
+                        .zrem(i.key("registry:leases"), lease.session)
+                        .ignore();
+                    async move { p.query_async(&mut c).await }
                 })
                 .await;
             if let Err(e) = r {
@@ -341,6 +399,75 @@ impl RedisStore {
                     "could not release a session's lease in the store: it runs out by itself");
             }
         });
+    }
+
+    /// Every session of the fleet, as each gateway listed it.
+    pub async fn fleet_sessions(&self) -> Result<Vec<serde_json::Value>, StoreError> {
+        let i = &self.inner;
+        let raw: Vec<String> = i
+            .call("list", |mut c| async move {
+                i.scripts
+                    .list
+                    .key(i.key("registry"))
+                    .key(i.key("registry:leases"))
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(raw
+            .iter()
+            .filter_map(|j| serde_json::from_str(j).ok())
+            .collect())
+    }
+
+    /// Asks the gateway running session `id` to end it; which gateway
+    /// that is (`None`: no such session in the fleet).
+    pub async fn end_elsewhere(&self, id: u64) -> Result<Option<String>, StoreError> {
+        let i = &self.inner;
+        let listing: Option<String> = i
+            .call("end_lookup", |mut c| async move {
+                redis::cmd("HGET")
+                    .arg(i.key("registry"))
+                    .arg(id)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let Some(gateway) = listing
+            .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
+            .and_then(|v| v["gateway"].as_str().map(str::to_string))
+        else {
+            return Ok(None);
+        };
+        let queue = i.key(&format!("end:{gateway}"));
+        let () = i
+            .call("end", |mut c| async move {
+                redis::pipe()
+                    .rpush(&queue, id)
+                    .ignore()
+                    .pexpire(&queue, 60_000)
+                    .ignore()
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(Some(gateway))
+    }
+
+    /// Sessions of this gateway that an administrator ended at another.
+    pub async fn take_ends(&self) -> Result<Vec<u64>, StoreError> {
+        let i = &self.inner;
+        let queue = i.key(&format!("end:{}", i.name));
+        let ids: Option<Vec<u64>> = i
+            .call("take_ends", |mut c| async move {
+                redis::cmd("LPOP")
+                    .arg(&queue)
+                    .arg(100)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(ids.unwrap_or_default())
     }
 
     pub async fn page_start(
@@ -424,10 +551,6 @@ impl RedisStore {
 impl Inner {
     fn key(&self, k: &str) -> String {
         format!("{}{k}", self.prefix)
-    }
-
-    fn member(&self, session: u64) -> String {
-        format!("{}/{session}", self.name)
     }
 
     /// The open connection, or a new one (with the epoch read first).
@@ -530,21 +653,22 @@ async fn renew_leases(inner: Weak<Inner>) {
     loop {
         tick.tick().await;
         let Some(i) = inner.upgrade() else { return };
-        let mine: Vec<(u64, String)> = i
+        let mine: Vec<(u64, String, bool)> = i
             .mine
             .lock()
             .expect("leases lock")
             .iter()
-            .map(|(s, g)| (*s, g.clone()))
+            .map(|(s, (g, counted))| (*s, g.clone(), *counted))
             .collect();
         for batch in mine.chunks(500) {
             let r: Result<u64, _> = i
                 .call("renew", |mut c| {
                     let mut inv = i.scripts.renew.key(i.key("sessions"));
+                    inv.key(i.key("registry:leases"));
                     inv.arg(i.lease.as_millis() as u64);
-                    for (s, g) in batch {
+                    for (s, g, counted) in batch {
                         inv.key(i.key(&format!("sessions:{g}")));
-                        inv.arg(i.member(*s));
+                        inv.arg(*s).arg(if *counted { "1" } else { "0" });
                     }
                     async move { inv.invoke_async(&mut c).await }
                 })

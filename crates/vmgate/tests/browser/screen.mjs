@@ -11,6 +11,8 @@
 //                 Enter on the keyboard (optional)
 //   VMGATE_UNTIL_CLOSED  "1": then wait for the screen to disconnect and
 //                 report the status line (optional)
+//   VMGATE_HTTP1  "1": no HTTP/2, so each WebSocket takes a TCP connection
+//                 of its own (behind a load balancer: another gateway)
 import { chromium } from "playwright-core";
 import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -53,6 +55,7 @@ const context = await chromium.launchPersistentContext(profile, {
   args: [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ...(process.env.VMGATE_HTTP1 === "1" ? ["--disable-http2"] : []),
   ],
 });
 const result = { websockets: {}, documentProtocol: null, console: [] };

@@ -535,6 +535,32 @@ impl Stack {
         addr
     }
 
+    /// Starts another `vmgate gateway` on the stack's configuration file
+    /// with `--listen` and `--admin-listen` on free ports (as a fleet's
+    /// gateways on one host share one file), logging to `{name}.log`;
+    /// returns its public and admin addresses once it listens. Stopped
+    /// with the stack or by [`Stack::kill_extra_agent`]`(name)`.
+    pub async fn spawn_gateway(&mut self, name: &str) -> (SocketAddr, SocketAddr) {
+        let toml = self.state.path("gateway.toml");
+        let log = self.dir.path().join(format!("{name}.log"));
+        let mut child = spawn(
+            &[
+                "gateway",
+                "--config",
+                toml.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ],
+            log.clone(),
+        );
+        let public = wait_listening(&mut child, &log, "gateway listening").await;
+        let admin = wait_listening(&mut child, &log, "admin listener").await;
+        self.extra_agents.push((name.to_string(), child));
+        (public, admin)
+    }
+
     /// Kills the agent [`Stack::spawn_agent`] started as `name`.
     pub fn kill_extra_agent(&mut self, name: &str) {
         let i = self
