@@ -54,7 +54,8 @@ pub enum AgentError {
 
 /// An agent bound to its QUIC port, ready to run.
 pub struct Agent {
-    endpoint: quinn::Endpoint,
+    /// Accepts each gateway with the transport of its path.
+    endpoint: vmgate_tls::LinkServer,
     config: AgentConfig,
     logs: console::ConsoleLogs,
 }
@@ -74,7 +75,7 @@ impl Agent {
             &config.tls.allowed_gateways,
             &[vmgate_wire::ALPN],
         )?;
-        let endpoint = vmgate_tls::quic_server(config.listen, tls)?;
+        let endpoint = vmgate_tls::link_server(config.listen, tls)?;
         Ok(Agent {
             endpoint,
             config,
@@ -90,6 +91,7 @@ impl Agent {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.endpoint
+            .endpoint
             .local_addr()
             .expect("bound endpoint has an address")
     }

@@ -44,7 +44,7 @@ const GOING_AWAY: &str = "the agent is shutting down";
 
 /// Accepts gateway connections until `shutdown` fires.
 pub async fn serve<B: Backend>(
-    endpoint: quinn::Endpoint,
+    link: vmgate_tls::LinkServer,
     backend: Arc<B>,
     shutdown: CancellationToken,
     drain: Duration,
@@ -54,6 +54,8 @@ pub async fn serve<B: Backend>(
     // waits for its sessions to end (their Close delivered, the gateway's
     // side finished) before it closes the connections anyway.
     let streams = TaskTracker::new();
+    let link = Arc::new(link);
+    let endpoint = link.endpoint.clone();
     loop {
         let incoming = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -62,9 +64,17 @@ pub async fn serve<B: Backend>(
         let backend = backend.clone();
         let shutdown = shutdown.clone();
         let streams = streams.clone();
+        let link = link.clone();
         tokio::spawn(async move {
             let peer = incoming.remote_address();
-            let conn = match tokio::time::timeout(HANDSHAKE_DEADLINE, incoming).await {
+            let connecting = match link.accept(incoming) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "gateway handshake failed");
+                    return;
+                }
+            };
+            let conn = match tokio::time::timeout(HANDSHAKE_DEADLINE, connecting).await {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {
                     tracing::warn!(%peer, error = %e, "gateway handshake failed");

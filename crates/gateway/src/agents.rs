@@ -56,7 +56,8 @@ pub struct RoutedGuest {
 /// All agents, their connections and the guests they host.
 pub struct AgentPool {
     agents: Vec<AgentEntry>,
-    endpoint: quinn::Endpoint,
+    /// Connects to each agent with the transport of its path.
+    endpoint: vmgate_tls::LinkClient,
     routes: RwLock<Table<quinn::Connection>>,
     metrics: Arc<Metrics>,
     next_session: AtomicU64,
@@ -66,7 +67,7 @@ impl AgentPool {
     /// Starts one connection task per agent.
     pub fn start(
         agents: Vec<AgentEntry>,
-        endpoint: quinn::Endpoint,
+        endpoint: vmgate_tls::LinkClient,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Arc<AgentPool> {

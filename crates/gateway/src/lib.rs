@@ -208,7 +208,7 @@ impl Gateway {
             cert: cfg.agents.cert.clone(),
             key: cfg.agents.key.clone(),
         };
-        let quic = vmgate_tls::quic_client(vmgate_tls::gateway_client_config(
+        let quic = vmgate_tls::link_client(vmgate_tls::gateway_client_config(
             &internal,
             &cfg.agents.ca,
             &[vmgate_wire::ALPN],

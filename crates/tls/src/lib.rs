@@ -28,7 +28,9 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 pub use link::{agent_server_config, gateway_client_config};
-pub use quic::{quic_client, quic_server, transport_config};
+pub use quic::{
+    link_client, link_server, quic_client, quic_server, transport_config, LinkClient, LinkServer,
+};
 pub use rustls;
 
 /// Why TLS material could not be loaded or used.
