@@ -150,7 +150,38 @@ impl Guest {
     pub fn boot(image: &GuestImage, opts: &BootOptions) -> Result<Guest, KitError> {
         validate(opts)?;
         let layout = Layout::new(opts);
-        let (child, pid) = start(image, opts, &layout)?;
+        let (child, pid) = start(image, opts, &layout, &[])?;
+        Ok(Guest {
+            name: opts.name.clone(),
+            run_dir: opts.run_dir.clone(),
+            qmp_socket: layout.qmp,
+            serial_socket: layout.serial,
+            vnc_socket: layout.vnc,
+            channel_sockets: layout.channels,
+            log_path: layout.log,
+            image: image.clone(),
+            opts: opts.clone(),
+            child: Some(child),
+            pid,
+        })
+    }
+
+    /// Starts a QEMU with the same hardware as `opts` that waits for the
+    /// guest to live-migrate in over the unix socket `incoming` (QMP
+    /// `migrate` to `unix:<incoming>` on the source); returns once its
+    /// sockets exist, like [`Guest::boot`]. Its QMP says `inmigrate` until
+    /// the migration completes.
+    pub fn boot_incoming(
+        image: &GuestImage,
+        opts: &BootOptions,
+        incoming: &Path,
+    ) -> Result<Guest, KitError> {
+        validate(opts)?;
+        let layout = Layout::new(opts);
+        host::remove_if_exists(incoming)?;
+        let mut uri = OsString::from("unix:");
+        uri.push(incoming.as_os_str());
+        let (child, pid) = start(image, opts, &layout, &[OsString::from("-incoming"), uri])?;
         Ok(Guest {
             name: opts.name.clone(),
             run_dir: opts.run_dir.clone(),
@@ -263,7 +294,7 @@ impl Guest {
     pub fn restart(&mut self) -> Result<(), KitError> {
         self.kill();
         let layout = Layout::new(&self.opts);
-        let (child, pid) = start(&self.image, &self.opts, &layout)?;
+        let (child, pid) = start(&self.image, &self.opts, &layout, &[])?;
         self.child = Some(child);
         self.pid = pid;
         Ok(())
@@ -399,6 +430,7 @@ fn start(
     image: &GuestImage,
     opts: &BootOptions,
     layout: &Layout,
+    extra: &[OsString],
 ) -> Result<(Child, u32), KitError> {
     let qemu = find_tool(QEMU_BINARY, "qemu-system-x86")?;
     for file in [&image.kernel, &image.initrd] {
@@ -422,6 +454,7 @@ fn start(
     )))?;
     let mut cmd = Command::new(&qemu);
     cmd.args(Guest::qemu_args(image, opts))
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log_err);

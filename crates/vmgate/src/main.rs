@@ -86,6 +86,14 @@ enum Cmd {
         /// instead of the embedded one in the state directory.
         #[arg(long)]
         store: Option<String>,
+        /// 2: two agents, node-a and node-b, between which the guest
+        /// live-migrates (1: one agent).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+        nodes: u8,
+        /// With --nodes 2, live-migrate the guest this often (`30s`);
+        /// without it, on each Enter.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        migrate_every: Option<Duration>,
     },
     /// Mint a ticket and print its URL.
     Ticket(TicketArgs),
@@ -392,11 +400,15 @@ async fn run(cli: Cli) -> Result<i32> {
             state,
             listen,
             store,
+            nodes,
+            migrate_every,
         } => {
             vmgate::demo::run(vmgate::demo::DemoOptions {
                 state_dir: vmgate::state::resolve(state.state_dir),
                 listen,
                 store,
+                nodes,
+                migrate_every,
             })
             .await?;
             Ok(0)

@@ -2,6 +2,15 @@
 //! through the unix sockets QEMU was started with. A VNC session is either
 //! a fresh socketpair handed to QEMU over QMP (`vnc_via = "qmp"`) or a
 //! connection to QEMU's VNC unix socket.
+//!
+//! A guest with a QMP socket is also watched for live migration: its run
+//! state is polled (`query-status`, every [`POLL`]) and
+//! * a QEMU waiting for an incoming migration (`inmigrate`) is reported
+//!   down, so the gateway keeps routing to the node the guest runs on;
+//! * a QEMU the guest migrated away from (`postmigrate`) is reported down
+//!   and its sessions end with [`CloseCode::GuestMoved`], the same close
+//!   the `libvirt` backend gives, which the gateway follows to the node
+//!   that now reports the guest running (docs/migration.md).
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
@@ -31,7 +40,42 @@ struct Guest {
     channels: HashMap<String, (PathBuf, Arc<Slot>)>,
     /// Removable-media drives, by name.
     drives: HashMap<String, Arc<Drive>>,
+    /// What QMP last said of the guest's run state.
+    run: watch::Sender<RunState>,
 }
+
+/// A guest's run state as far as migration goes, from QMP `query-status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// Not asked yet, or no QMP socket: the serial consoles decide.
+    Unknown,
+    /// Running here, or paused, or finishing a migration away (the guest is
+    /// still this node's until it has moved).
+    Here,
+    /// A QEMU started with `-incoming`, waiting for the guest.
+    Incoming,
+    /// The guest migrated away: this QEMU only holds its old state.
+    Migrated,
+}
+
+impl RunState {
+    /// The state QMP's `query-status` `status` means.
+    pub fn from_status(status: &str) -> RunState {
+        match status {
+            "inmigrate" => RunState::Incoming,
+            "postmigrate" => RunState::Migrated,
+            _ => RunState::Here,
+        }
+    }
+}
+
+/// How often a guest's QMP is asked for its run state: a migrated guest's
+/// sessions end at most this long (plus one QMP exchange) after QEMU says
+/// it moved.
+pub const POLL: Duration = Duration::from_millis(200);
+/// The bound on one `query-status` exchange (the QMP socket serves one
+/// client at a time: another tool may hold it).
+const POLL_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Guests from the configuration file.
 pub struct QemuBackend {
@@ -94,6 +138,7 @@ impl QemuBackend {
                     consoles,
                     channels,
                     drives,
+                    run: watch::channel(RunState::Unknown).0,
                 },
             );
         }
@@ -128,6 +173,19 @@ impl QemuBackend {
                 });
             }
         }
+        // And its run state follows QMP.
+        for g in backend.guests.values() {
+            if let Some(qmp) = g.config.qmp.clone() {
+                tokio::spawn(watch_run(
+                    qmp,
+                    g.config.name.clone(),
+                    backend.node.clone(),
+                    backend.guests.clone(),
+                    backend.inventory.clone(),
+                    shutdown.clone(),
+                ));
+            }
+        }
         backend
     }
 
@@ -137,7 +195,60 @@ impl QemuBackend {
     }
 }
 
+/// Polls `guest`'s QMP for its run state until `shutdown`, and reports each
+/// change in the inventory. A poll that fails (QEMU gone, the socket held
+/// by another client past [`POLL_DEADLINE`]) keeps the last state: a QEMU
+/// quit after its guest moved away stays "moved" until a new QEMU says
+/// otherwise.
+async fn watch_run(
+    qmp: PathBuf,
+    guest: String,
+    node: String,
+    guests: Arc<HashMap<String, Guest>>,
+    inv: watch::Sender<Inventory>,
+    shutdown: CancellationToken,
+) {
+    let Some(run) = guests.get(&guest).map(|g| g.run.clone()) else {
+        return;
+    };
+    loop {
+        let asked = tokio::time::timeout(POLL_DEADLINE, async {
+            let mut q = Qmp::connect(&qmp).await?;
+            q.execute("query-status", serde_json::json!({})).await
+        })
+        .await;
+        if let Ok(Ok(answer)) = asked {
+            let next = answer
+                .get("status")
+                .and_then(serde_json::Value::as_str)
+                .map(RunState::from_status)
+                .unwrap_or(RunState::Here);
+            let changed = run.send_if_modified(|cur| {
+                let changed = *cur != next;
+                *cur = next;
+                changed
+            });
+            if changed {
+                tracing::info!(guest = %guest, state = ?next, "guest run state (QMP)");
+                inv.send_if_modified(|cur| {
+                    let snap = snapshot(&node, &guests);
+                    let changed = *cur != snap;
+                    *cur = snap;
+                    changed
+                });
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(POLL) => {}
+        }
+    }
+}
+
 fn state(g: &Guest) -> GuestState {
+    if matches!(*g.run.borrow(), RunState::Incoming | RunState::Migrated) {
+        return GuestState::Down;
+    }
     // Without a serial console there is nothing to watch: assume running.
     if g.consoles.is_empty() || g.consoles.values().any(|c| c.connected()) {
         GuestState::Running
@@ -221,6 +332,21 @@ impl Backend for QemuBackend {
                 format!("no guest named {} on node {}", req.guest, self.node),
             )
         })?;
+        match *guest.run.borrow() {
+            RunState::Migrated => {
+                return Err(super::libvirt::stopped_close(super::libvirt::MIGRATED_AWAY))
+            }
+            RunState::Incoming => {
+                return Err(Close::new(
+                    CloseCode::GuestDown,
+                    format!(
+                    "guest {} is not running on node {} (its QEMU waits for an incoming migration)",
+                    req.guest, self.node
+                ),
+                ))
+            }
+            RunState::Unknown | RunState::Here => {}
+        }
         if let Some(hub) = guest.consoles.get(&req.channel) {
             return Ok(Endpoint::Console(hub.clone()));
         }
@@ -288,6 +414,26 @@ impl Backend for QemuBackend {
             req.mode == Mode::ReadOnly,
         )))
     }
+
+    /// Ends the session with [`CloseCode::GuestMoved`] once QMP says the
+    /// guest migrated away (never, for a guest without QMP).
+    fn session_end(
+        &self,
+        req: &OpenRequest,
+    ) -> impl std::future::Future<Output = Close> + Send + 'static {
+        let run = self.guests.get(&req.guest).map(|g| g.run.subscribe());
+        async move {
+            let Some(mut run) = run else {
+                return std::future::pending().await;
+            };
+            let moved = run.wait_for(|s| *s == RunState::Migrated).await.is_ok();
+            if !moved {
+                // The backend is gone (the agent stops): its own close wins.
+                return std::future::pending().await;
+            }
+            super::libvirt::stopped_close(super::libvirt::MIGRATED_AWAY)
+        }
+    }
 }
 
 /// Deadline for the QMP exchange that opens a VNC session.
@@ -347,5 +493,27 @@ async fn vnc_by_qmp(qmp: &Path, req: &OpenRequest) -> Result<UnixStream, Close> 
                 req.guest
             ),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only QEMU's two migration states take a guest from its node; a
+    /// paused guest, or one finishing a migration away, is still here.
+    #[test]
+    fn qmp_status_maps_to_run_state() {
+        assert_eq!(RunState::from_status("inmigrate"), RunState::Incoming);
+        assert_eq!(RunState::from_status("postmigrate"), RunState::Migrated);
+        for here in [
+            "running",
+            "paused",
+            "finish-migrate",
+            "prelaunch",
+            "suspended",
+        ] {
+            assert_eq!(RunState::from_status(here), RunState::Here, "{here}");
+        }
     }
 }

@@ -130,6 +130,12 @@ pub const ASKED: &[i32] = &[16, 6, 7, 5, 0, -223];
 
 impl Viewer {
     pub async fn start(stack: &Stack, guest: &str) -> Viewer {
+        Viewer::start_in(&stack.state.dir, guest).await
+    }
+
+    /// The same, for the gateway whose state directory is `state_dir`
+    /// (`vmgate demo`'s).
+    pub async fn start_in(state_dir: &Path, guest: &str) -> Viewer {
         let mut cli = Command::new(env!("CARGO_BIN_EXE_vmgate"))
             .args([
                 "vnc",
@@ -139,7 +145,7 @@ impl Viewer {
                 "--insecure-tcp",
             ])
             .arg("--state-dir")
-            .arg(&stack.state.dir)
+            .arg(state_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

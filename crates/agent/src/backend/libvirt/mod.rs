@@ -35,6 +35,10 @@
 
 mod domains;
 mod ffi;
+
+/// Shared with the `qemu` backend: a guest that migrated away closes its
+/// sessions the same way under both.
+pub(crate) use domains::{stopped_close, MIGRATED_AWAY};
 mod stream;
 mod supervise;
 mod xml;
