@@ -284,15 +284,17 @@ async fn logs_are_plain_in_files_and_json_lines_on_request() {
     vmgate::state::write_toml(&toml, &cfg).unwrap();
     let path = stack.dir.path().join("json-gateway.log");
     let log = std::fs::File::create(&path).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmgate"))
-        .args(["--log-format", "json", "gateway", "--config"])
-        .arg(&toml)
-        .env("VMGATE_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_vmgate"))
+            .args(["--log-format", "json", "gateway", "--config"])
+            .arg(&toml)
+            .env("VMGATE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + WAIT;
     let listening = loop {
         let text = std::fs::read_to_string(&path).unwrap();
@@ -521,4 +523,27 @@ fn services_notify_systemd_ready_and_stopping() {
         assert!(Instant::now() < deadline, "no STOPPING=1 within 2 s");
     }
     assert!(child.wait().unwrap().success());
+}
+
+/// A child process killed when the test ends, failing or not.
+struct KillOnDrop(Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
