@@ -30,6 +30,13 @@ pub fn gateway_config(
     let mut cfg = state.gateway_config(listen, &[agent]);
     cfg.limits.max_sessions = 1_000_000;
     cfg.limits.max_sessions_per_guest = 1_000_000;
+    // Each gateway of a run (all-in-one, split) its own embedded store: a
+    // store file is held by one gateway at a time.
+    static GATEWAYS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = GATEWAYS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file = state.path(&format!("gateway-{n}.redb"));
+    let _ = std::fs::remove_file(&file);
+    cfg.store.path = Some(file);
     cfg
 }
 use crate::source::{Mode, Ports};
