@@ -5,8 +5,22 @@
 // the answer's session token opens the page's WebSockets (screen, serial,
 // audio), each once. Over HTTP/2 they share the page's TLS connection.
 import RFB from "/novnc/core/rfb.js";
+import Inflator from "/novnc/core/inflator.js";
 import { startAudio, noAudio } from "/assets/audio.js";
 import { startMedia } from "/assets/media.js";
+
+// When the guest live-migrates, the gateway splices this screen onto the
+// new node's QEMU and sets the reset bits of the first Tight rectangle
+// (docs/migration.md). noVNC's own reset (pako's inflateReset) keeps the
+// old window buffer but sets its size to 0, so its stream can never again
+// refer back past the rectangle being decoded, and the next one fails with
+// "zlib inflate failed". A reset here starts a fresh stream instead, which
+// is what the reset bits mean; the page says so with `tight=true`.
+Inflator.prototype.reset = function reset() {
+  const fresh = new Inflator();
+  this.strm = fresh.strm;
+  this.chunkSize = fresh.chunkSize;
+};
 
 const statusEl = document.getElementById("status");
 const titleEl = document.getElementById("title");
@@ -50,7 +64,8 @@ async function start() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     return `${scheme}//${location.host}/ws/${encodeURIComponent(grant.guest)}/${encodeURIComponent(channel)}?session=${encodeURIComponent(grant.session)}`;
   };
-  if (grant.channels.includes("vnc")) openScreen(wsUrl("vnc"), readOnly);
+  // `tight=true`: this page's Tight decoder resets its streams (below).
+  if (grant.channels.includes("vnc")) openScreen(`${wsUrl("vnc")}&tight=true`, readOnly);
   else setStatus("error", "this ticket has no vnc channel");
   // Never in-band on the screen's socket: noVNC ends a session on QEMU's
   // audio messages. Listening is not input: read-only pages may.

@@ -23,17 +23,34 @@ fuzz_target!(|data: &[u8]| {
     let mut p = ServerParser::new();
     p.feed(HANDSHAKE, |_| {}).expect("QEMU's handshake");
     assert!(p.at_message_boundary());
+    // 8, 16 or 32 bits per pixel, or 32-bit true colour of depth 24 (3-byte
+    // Tight pixels); bit 2: a Tight viewer; bit 3: a splice just happened.
     let mut pf = [0; 16];
     pf[0] = [8, 16, 32, bits][usize::from(bits % 4)];
+    if bits % 4 == 3 {
+        pf = [32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0];
+    }
     p.set_pixel_format(&pf);
+    let tight = bits & 4 != 0;
+    if bits & 8 != 0 {
+        p.reset_tight_streams();
+    }
+    let mut resets = 0;
     for part in [&data[..cut], &data[cut..]] {
-        if p.feed(part, |_| {}).is_err() {
+        let fed = p.feed(part, |e| {
+            if let vmgate_rfb::ServerEvent::TightControl(at) = e {
+                assert!(at < part.len());
+                resets += 1;
+            }
+        });
+        if fed.is_err() {
             assert!(!p.at_message_boundary());
             break;
         }
     }
+    assert!(resets <= 1, "one reset per splice");
 
-    let mut f = ClientFilter::new(Policy::default()).spliceable();
+    let mut f = ClientFilter::new(Policy::default()).spliceable(tight);
     let mut old = b"RFB 003.008\n\x01\x01".to_vec();
     let _ = f.filter(bytes::Bytes::from_static(b"RFB 003.008\n\x01\x00"));
     let mut new = Vec::new();
@@ -64,7 +81,7 @@ fuzz_target!(|data: &[u8]| {
         if s.kind == Kind::SetEncodings {
             assert!(new[start + 4..at]
                 .chunks(4)
-                .all(|e| spliceable(i32::from_be_bytes([e[0], e[1], e[2], e[3]]))));
+                .all(|e| spliceable(i32::from_be_bytes([e[0], e[1], e[2], e[3]]), tight)));
         }
         start = at;
     }

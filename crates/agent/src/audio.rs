@@ -258,7 +258,10 @@ async fn pump(
                     Some(Record::Pcm(p)) => p.extend_from_slice(d),
                     _ => records.push(Record::Pcm(BytesMut::from(d))),
                 },
-                ServerEvent::Ready { .. } | ServerEvent::Rect { .. } | ServerEvent::Other(_) => {}
+                ServerEvent::Ready { .. }
+                | ServerEvent::Rect { .. }
+                | ServerEvent::Other(_)
+                | ServerEvent::TightControl(_) => {}
             })
             .map_err(|e| {
                 Close::new(

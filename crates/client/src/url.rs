@@ -3,6 +3,8 @@
 //! ```text
 //! https://GW/console#ticket=T              the web console (ticket in the fragment)
 //! wss://GW/ws/GUEST/CHANNEL?ticket=T       a console WebSocket [&force=true]
+//!                                          [&tight=true: a screen whose viewer
+//!                                          resets its Tight streams when told]
 //! wss://ADMIN/v1/console/GUEST/CHANNEL     an administrator's console [?force=true]
 //! ```
 //!
@@ -90,10 +92,22 @@ pub fn admin_console_url(
     Ok(if force { with_force(&url) } else { url })
 }
 
+/// `url` saying the viewer behind it resets its Tight zlib streams when a
+/// rectangle's reset bits say so (native viewers' zlib does): its screen
+/// keeps Tight across a migration splice (docs/migration.md).
+pub fn with_tight(url: &str) -> String {
+    with_param(url, "tight=true")
+}
+
+/// `url` with `param` added to its query.
+fn with_param(url: &str, param: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{param}")
+}
+
 /// `url` asking to take the console over from the session holding it.
 pub fn with_force(url: &str) -> String {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}force=true")
+    with_param(url, "force=true")
 }
 
 /// The console WebSocket a ticket URL stands for: a web console URL
@@ -160,6 +174,10 @@ mod tests {
         assert_eq!(
             admin_console_url("https://[::1]:9443", "web1", "serial0", true).unwrap(),
             "wss://[::1]:9443/v1/console/web1/serial0?force=true"
+        );
+        assert_eq!(
+            with_tight("wss://gw/ws/a/vnc?ticket=t"),
+            "wss://gw/ws/a/vnc?ticket=t&tight=true"
         );
         assert_eq!(
             with_force("wss://gw/ws/a/b?ticket=t"),

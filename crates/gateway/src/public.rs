@@ -209,6 +209,10 @@ struct WsQuery {
     /// Take the keyboard (serial) or the channel over from its holder.
     #[serde(default)]
     force: bool,
+    /// The client's Tight decoder resets its zlib streams when told: keep
+    /// Tight on a screen ([`session::Grant::tight`]).
+    #[serde(default)]
+    tight: bool,
 }
 
 async fn console_ws(
@@ -356,7 +360,9 @@ async fn authorize(shared: &Shared, req: &session::Request, q: WsQuery) -> Resul
             g
         }
     };
-    Ok(grant.with_force(q.force))
+    let mut grant = grant.with_force(q.force);
+    grant.tight = q.tight;
+    Ok(grant)
 }
 
 /// Serves HTTPS on `listener` until `shutdown`, then drains. Each

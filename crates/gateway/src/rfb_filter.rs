@@ -109,11 +109,12 @@ impl<R: FrameRx> FrameRx for RfbRx<R> {
 }
 
 impl<R> RfbRx<R> {
-    /// Makes the session spliceable ([`ClientFilter::spliceable`]); its
-    /// viewer's pixel format is told to `server`, the parser that follows
-    /// the other direction.
-    pub fn spliceable(mut self, server: Arc<Mutex<ServerParser>>) -> RfbRx<R> {
-        self.filter = self.filter.spliceable();
+    /// Makes the session spliceable ([`ClientFilter::spliceable`]; `tight`:
+    /// the viewer resets its Tight streams when told); its viewer's pixel
+    /// format is told to `server`, the parser that follows the other
+    /// direction.
+    pub fn spliceable(mut self, server: Arc<Mutex<ServerParser>>, tight: bool) -> RfbRx<R> {
+        self.filter = self.filter.spliceable(tight);
         self.server = Some(server);
         self
     }

@@ -64,6 +64,11 @@ pub struct Grant {
     /// [`vmgate_rfb::Policy::audio`]). Listening is not input: a read-only
     /// grant may have it.
     pub audio: bool,
+    /// The client says its Tight decoder resets its zlib streams when told
+    /// (`?tight=true`: the gateway's screen page, `vmgate vnc`): a `vnc`
+    /// session then keeps Tight across a migration splice
+    /// (docs/migration.md). Only which encodings QEMU may use depends on it.
+    pub tight: bool,
 }
 
 /// The channel name that, in a ticket's scope, allows audio: its own
@@ -82,6 +87,7 @@ impl Grant {
             limited: true,
             who,
             audio: false,
+            tight: false,
         }
     }
 
@@ -272,7 +278,7 @@ async fn relay_screen(
     };
     let server = Arc::new(std::sync::Mutex::new(vmgate_rfb::ServerParser::new()));
     let (rx, rfb_failed) = rfb_filter::wrap(rx, policy, sid);
-    let mut rx = rx.spliceable(server.clone());
+    let mut rx = rx.spliceable(server.clone(), grant.tight);
     let dropped = rx.dropped_count();
     let stop = async move {
         tokio::select! {

@@ -15,9 +15,12 @@
 //! the new stream depends on the old one. So a spliceable session's
 //! server→viewer bytes are followed by [`vmgate_rfb::ServerParser`]
 //! ([`ServerWatch`]), and its viewer's SetEncodings keep only the encodings
-//! that parser follows and that carry no compression state from rectangle
-//! to rectangle ([`vmgate_rfb::server::SPLICEABLE`]: raw, CopyRect, RRE,
-//! Hextile and the pseudo-encodings); zlib, ZRLE and Tight are taken out.
+//! that parser follows and whose compression state a new server can reset
+//! ([`vmgate_rfb::server::SPLICEABLE`]: raw, CopyRect, RRE, Hextile, Tight
+//! and the pseudo-encodings); zlib and ZRLE are taken out. The viewer's
+//! Tight decoder still holds the old server's four zlib streams, so the
+//! first Tight rectangle after the cut gets the reset bits set in its
+//! control byte ([`ServerWatch`] rewrites that one byte).
 //! A stream that ended inside a message, or that the parser could not
 //! follow, is not spliced: the viewer gets the 4413 as before, with why.
 
@@ -39,7 +42,9 @@ pub const ATTEMPTS: u32 = 3;
 
 /// The guest→viewer side of a spliceable screen, followed by a server
 /// parser shared with the viewer side (which tells it the viewer's pixel
-/// format). The frames pass as they are.
+/// format). The frames pass as they are, but for the one byte of the first
+/// Tight rectangle after a splice that tells the viewer to reset its zlib
+/// streams.
 pub struct ServerWatch<R> {
     inner: R,
     parser: Arc<Mutex<ServerParser>>,
@@ -53,15 +58,26 @@ impl<R> ServerWatch<R> {
 
 impl<R: FrameRx> FrameRx for ServerWatch<R> {
     async fn recv(&mut self) -> Result<Option<Frame>, Close> {
-        let r = self.inner.recv().await;
-        if let Ok(Some(Frame::Data(d))) = &r {
+        let mut r = self.inner.recv().await;
+        if let Ok(Some(Frame::Data(d))) = &mut r {
             // A stream the parser cannot follow is still shown; it only
             // cannot be spliced, and the error says why if the guest moves.
+            let mut reset = None;
             let _ = self
                 .parser
                 .lock()
                 .expect("server parser lock")
-                .feed(d, |_| {});
+                .feed(d, |e| {
+                    if let ServerEvent::TightControl(at) = e {
+                        reset = Some(at);
+                    }
+                });
+            if let Some(at) = reset {
+                let mut b = bytes::BytesMut::from(&d[..]);
+                b[at] |= vmgate_rfb::server::TIGHT_RESET_ALL;
+                *d = b.freeze();
+                tracing::info!("Tight streams reset in the viewer (the first Tight rectangle since the splice)");
+            }
         }
         r
     }
@@ -183,8 +199,59 @@ async fn handshake(
     if let Some(pf) = viewer.pixel_format() {
         p.set_pixel_format(&pf);
     }
+    // The viewer's Tight decoder carries the old server's zlib streams on.
+    p.reset_tight_streams();
     let mut first = viewer.replay(w, h);
     first.extend(viewer.release());
     sent(o.tx.send(Frame::Data(first.into())).await)?;
     Ok((p, (w, h)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    struct Frames(VecDeque<Frame>);
+    impl FrameRx for Frames {
+        async fn recv(&mut self) -> Result<Option<Frame>, Close> {
+            Ok(self.0.pop_front())
+        }
+    }
+
+    /// A Tight fill rectangle in an update of its own, with these reset
+    /// bits (3-byte pixel).
+    fn tight_fill(reset: u8) -> Vec<u8> {
+        let mut m = vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 8, 0, 8, 0, 0, 0, 7];
+        m.extend_from_slice(&[0x80 | reset, 1, 2, 3]);
+        m
+    }
+
+    /// After a splice, the first Tight rectangle tells the viewer to reset
+    /// all four zlib streams, wherever the frames cut it; the rest pass
+    /// byte for byte.
+    #[tokio::test]
+    async fn the_first_tight_rectangle_after_a_splice_resets_the_viewers_streams() {
+        let mut server = b"RFB 003.008\n\x01\x01\0\0\0\0\x02\xd0\x01\x90".to_vec();
+        server.extend_from_slice(&[32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0]);
+        server.extend_from_slice(&[0, 0, 0, 0]);
+        let mut p = ServerParser::new();
+        p.feed(&server, |_| {}).unwrap();
+        p.reset_tight_streams();
+        let bell = [2u8];
+        let stream = [&bell[..], &tight_fill(0x02), &tight_fill(0)].concat();
+        let cc = bell.len() + 16;
+        let (a, b) = stream.split_at(cc - 3);
+        let frames = [a, b].map(|c| Frame::Data(Bytes::copy_from_slice(c)));
+        let parser = Arc::new(Mutex::new(p));
+        let mut w = ServerWatch::new(Frames(frames.into()), parser.clone());
+        let mut got = Vec::new();
+        while let Some(Frame::Data(d)) = w.recv().await.unwrap() {
+            got.extend_from_slice(&d);
+        }
+        let mut want = stream.clone();
+        want[cc] = 0x8f;
+        assert_eq!(got, want);
+        assert!(parser.lock().unwrap().at_message_boundary());
+    }
 }

@@ -183,6 +183,13 @@ pub enum RfbError {
     /// A Fence payload over 64 bytes.
     #[error("fence payload of {0} bytes exceeds 64")]
     FenceTooLong(usize),
+    /// A Tight compression-control byte that is neither fill, JPEG nor
+    /// basic compression (PNG comes only to TightPNG clients).
+    #[error("Tight compression control {0:#04x} is not fill, JPEG or basic")]
+    TightControl(u8),
+    /// A Tight filter other than copy, palette and gradient.
+    #[error("Tight filter {0} does not exist (0-2)")]
+    TightFilter(u8),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -483,8 +490,8 @@ pub struct Dropped {
     /// went on without it.
     pub audio_encodings: u64,
     /// SetEncodings messages of a spliceable session that listed an
-    /// encoding the splice cannot follow (zlib, ZRLE, Tight, …) and went
-    /// on without it.
+    /// encoding the splice cannot follow (zlib, ZRLE, Tight unless the
+    /// viewer resets its streams, …) and went on without it.
     pub unspliceable_encodings: u64,
     /// Bytes of a message cut in two by a splice: the start went to the old
     /// server, the rest is dropped.
@@ -543,6 +550,9 @@ pub struct ClientFilter {
     /// Drop the rest of the current message: its start went to the server
     /// the session was spliced away from.
     cut: bool,
+    /// A spliceable viewer whose Tight decoder resets its zlib streams when
+    /// told keeps Tight ([`server::spliceable`]).
+    tight: bool,
 }
 
 impl ClientFilter {
@@ -554,6 +564,7 @@ impl ClientFilter {
             dropped: Dropped::default(),
             viewer: None,
             cut: false,
+            tight: false,
         }
     }
 
@@ -561,8 +572,10 @@ impl ClientFilter {
     /// encodings [`server::spliceable`] admits, and [`Self::viewer`] keeps
     /// what a new server must be told (SetPixelFormat, SetEncodings and
     /// key, button and pointer messages are held until whole for that).
-    pub fn spliceable(mut self) -> ClientFilter {
+    /// `tight`: the viewer's Tight decoder honours the reset bits.
+    pub fn spliceable(mut self, tight: bool) -> ClientFilter {
         self.viewer = Some(Box::default());
+        self.tight = tight;
         self
     }
 
@@ -586,6 +599,7 @@ impl ClientFilter {
             dropped,
             viewer,
             cut,
+            tight,
         } = self;
         // Built only once a span must change; until then `data` goes as is.
         let mut out: Option<BytesMut> = None;
@@ -633,7 +647,7 @@ impl ClientFilter {
                         let from = o.len();
                         let (audio, other) = strip_encodings(&held.split(), o, |e| {
                             (e != AUDIO_ENCODING || policy.audio)
-                                && (viewer.is_none() || server::spliceable(e))
+                                && (viewer.is_none() || server::spliceable(e, *tight))
                         });
                         dropped.audio_encodings += u64::from(audio);
                         dropped.unspliceable_encodings += u64::from(other);

@@ -14,12 +14,14 @@
 //! and then the messages such a client can get: FramebufferUpdates made of
 //! pseudo-encoding rectangles (the −259 acknowledgement, the cursor, the
 //! desktop size and name among them) or pixels in one of the encodings that
-//! keep no state across rectangles ([`SPLICEABLE`]: raw, CopyRect, RRE,
-//! Hextile), colour map entries, bell, server clipboard, fences, end of
-//! continuous updates, and QEMU's audio messages (255/1: begin, end, data).
-//! A client that lists no other encoding gets nothing else; anything else
-//! is an error that says what came (zlib, ZRLE and Tight keep compression
-//! state per connection: a splice strips them from SetEncodings).
+//! a splice can follow ([`SPLICEABLE`]: raw, CopyRect, RRE, Hextile, and
+//! Tight, whose four zlib streams a splice resets with the control byte's
+//! reset bits: [`ServerParser::reset_tight_streams`]), colour map entries,
+//! bell, server clipboard, fences, end of continuous updates, and QEMU's
+//! audio messages (255/1: begin, end, data). A client that lists no other
+//! encoding gets nothing else; anything else is an error that says what
+//! came (zlib and ZRLE keep one compression stream per connection with no
+//! way to reset it: a splice strips them from SetEncodings).
 
 use crate::{parse_version, RfbError, AUDIO_ENCODING, MAX_CUT_TEXT};
 
@@ -59,13 +61,23 @@ const RAW: i32 = 0;
 const COPY_RECT: i32 = 1;
 const RRE: i32 = 2;
 const HEXTILE: i32 = 5;
+/// Tight: a compression-control byte per rectangle, then a fill colour, a
+/// JPEG image, or (optionally filtered) pixels, zlib-compressed on one of
+/// four streams when 12 bytes or more.
+pub const TIGHT: i32 = 7;
+/// Below this many bytes Tight sends pixel data uncompressed.
+const TIGHT_MIN_TO_COMPRESS: usize = 12;
+/// The reset bits of a Tight compression-control byte: streams 0 to 3.
+pub const TIGHT_RESET_ALL: u8 = 0x0f;
+/// Tight's quality (JPEG) and compression levels: they tune Tight only.
+const TIGHT_LEVELS: [std::ops::RangeInclusive<i32>; 2] = [-32..=-23, -256..=-247];
 
-/// The encodings this parser follows, pixel and pseudo: a client that lists
-/// no other gets a stream whose every message boundary is known, and whose
-/// rectangles decode without anything a previous connection sent (no
-/// compression state). What a splice keeps of a viewer's SetEncodings. The
-/// quality and compression levels of Tight and JPEG (−32…−23, −256…−247)
-/// only tune encodings not listed here, so they go too.
+/// The encodings this parser follows, pixel and pseudo, whose rectangles
+/// decode without anything a previous connection sent: a client that lists
+/// no other gets a stream whose every message boundary is known. What a
+/// splice keeps of a viewer's SetEncodings; Tight (which the parser follows
+/// too) only for a viewer that resets its zlib streams when told
+/// ([`spliceable`]).
 pub const SPLICEABLE: &[i32] = &[
     RAW,
     COPY_RECT,
@@ -83,9 +95,15 @@ pub const SPLICEABLE: &[i32] = &[
     X_CURSOR,
 ];
 
-/// Whether a splice keeps `encoding` in a viewer's SetEncodings.
-pub fn spliceable(encoding: i32) -> bool {
+/// Whether a splice keeps `encoding` in a viewer's SetEncodings: one of
+/// [`SPLICEABLE`], or, if the viewer's Tight decoder honours the reset bits
+/// (`tight`), Tight and its quality and compression levels (−32…−23,
+/// −256…−247). Stock noVNC's does not: its reset (pako's `inflateReset`)
+/// leaves the window empty for good, and the next rectangle that refers
+/// back fails ("zlib inflate failed").
+pub fn spliceable(encoding: i32, tight: bool) -> bool {
     SPLICEABLE.contains(&encoding)
+        || tight && (encoding == TIGHT || TIGHT_LEVELS.iter().any(|r| r.contains(&encoding)))
 }
 
 /// Something the server said.
@@ -107,6 +125,10 @@ pub enum ServerEvent<'a> {
     /// A message the audio client has no use for, skipped: bell, clipboard,
     /// colour map, fence, end of continuous updates.
     Other(&'static str),
+    /// The compression-control byte of the first Tight rectangle since
+    /// [`ServerParser::reset_tight_streams`] is at this offset of the bytes
+    /// just fed: whoever passes them on sets its [`TIGHT_RESET_ALL`] bits.
+    TightControl(usize),
 }
 
 /// What the header bytes in `hdr` belong to.
@@ -135,6 +157,11 @@ enum Sub {
     Screens,
     /// DesktopName: the name's length.
     Name,
+    /// Tight: the compression-control byte, and what it says comes next
+    /// in the header (a fill colour; a filter id and a palette size).
+    TightControl,
+    /// Tight: a compact length (1 to 3 bytes) of JPEG or zlib data.
+    TightLength,
 }
 
 /// Where a Hextile rectangle is: its size and the current tile's corner.
@@ -179,6 +206,8 @@ enum Body {
     RectData,
     /// A Hextile tile's data.
     Tile,
+    /// A Tight palette; the pixel data follows.
+    Palette,
     /// Audio PCM.
     Pcm,
     /// A message's payload nobody needs.
@@ -198,10 +227,21 @@ pub struct ServerParser {
     rects_left: u16,
     /// Bytes per pixel, from ServerInit or the client's SetPixelFormat.
     bpp: usize,
-    /// The client's new bytes per pixel, from the next update on.
-    next_bpp: Option<usize>,
+    /// Bytes per Tight pixel: 3 for 32-bit true colour of depth 24 with
+    /// 8-bit channels, else `bpp`.
+    tpixel: usize,
+    /// The client's new `bpp` and `tpixel`, from the next update on.
+    next_format: Option<(usize, usize)>,
     /// The Hextile rectangle being read.
     tiles: Tiles,
+    /// The Tight rectangle being read: its width and height, and then its
+    /// pixel data's uncompressed length.
+    tight: (usize, usize, usize),
+    /// Whether the next Tight rectangle's control byte is to be reported
+    /// ([`ServerEvent::TightControl`]).
+    reset_tight: bool,
+    /// Where the bytes `step` is given begin in what `feed` was given.
+    fed: usize,
     /// Whether the security types seen so far include None.
     none_offered: bool,
     /// The framebuffer's size, from ServerInit, DesktopSize or
@@ -215,6 +255,34 @@ impl Default for ServerParser {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Tight's filters.
+const TIGHT_COPY: u8 = 0;
+const TIGHT_PALETTE: u8 = 1;
+const TIGHT_GRADIENT: u8 = 2;
+
+/// A pixel format's bytes per pixel and bytes per Tight pixel (3 for
+/// 32-bit true colour of depth 24 whose channels' maxima are all 255).
+fn sizes(format: &[u8; 16]) -> (usize, usize) {
+    let bpp = usize::from(format[0]).div_ceil(8);
+    let max = |at: usize| u16::from_be_bytes([format[at], format[at + 1]]);
+    let rgb888 =
+        format[0] == 32 && format[1] == 24 && format[3] != 0 && [4, 6, 8].map(max) == [255; 3];
+    (bpp, if rgb888 { 3 } else { bpp })
+}
+
+/// A Tight compact length: 7 bits a byte, low first, a set high bit saying
+/// another byte follows (the third takes all 8 bits): at most 2^22 − 1.
+fn compact_length(b: &[u8]) -> usize {
+    let mut len = usize::from(b[0] & 0x7f);
+    if let Some(&b1) = b.get(1) {
+        len |= usize::from(b1 & 0x7f) << 7;
+    }
+    if let Some(&b2) = b.get(2) {
+        len |= usize::from(b2) << 14;
+    }
+    len
 }
 
 fn be16(h: &[u8], at: usize) -> u16 {
@@ -234,8 +302,12 @@ impl ServerParser {
             body: None,
             rects_left: 0,
             bpp: 4,
-            next_bpp: None,
+            tpixel: 4,
+            next_format: None,
             tiles: Tiles::default(),
+            tight: (0, 0, 0),
+            reset_tight: false,
+            fed: 0,
             none_offered: false,
             size: (0, 0),
             failed: None,
@@ -258,11 +330,21 @@ impl ServerParser {
     /// anything else breaks the stream for good.
     pub fn set_pixel_format(&mut self, format: &[u8; 16]) {
         match format[0] {
-            8 | 16 | 32 => self.next_bpp = Some(usize::from(format[0] / 8)),
+            8 | 16 | 32 => self.next_format = Some(sizes(format)),
             bits => {
                 self.failed.get_or_insert(RfbError::BitsPerPixel(bits));
             }
         }
+    }
+
+    /// From now on, the first Tight rectangle's control byte is reported
+    /// ([`ServerEvent::TightControl`]), once: a viewer whose stream is
+    /// spliced onto a new server keeps its Tight decoder's zlib streams,
+    /// and the new server's are fresh, so that rectangle must tell the
+    /// viewer to reset all four (the reset bits, which noVNC and TigerVNC
+    /// honour).
+    pub fn reset_tight_streams(&mut self) {
+        self.reset_tight = true;
     }
 
     /// Whether the bytes fed so far end exactly between two server messages,
@@ -301,9 +383,13 @@ impl ServerParser {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
+        self.fed = 0;
         while !data.is_empty() {
             match self.step(data, &mut out) {
-                Ok(used) => data = &data[used..],
+                Ok(used) => {
+                    data = &data[used..];
+                    self.fed += used;
+                }
                 Err(e) => {
                     self.failed = Some(e.clone());
                     return Err(e);
@@ -325,7 +411,7 @@ impl ServerParser {
             match body {
                 Body::Pcm => out(ServerEvent::AudioData(chunk)),
                 Body::SecurityTypes => self.none_offered |= chunk.contains(&1),
-                Body::Name | Body::RectData | Body::Tile | Body::Skip => {}
+                Body::Name | Body::RectData | Body::Tile | Body::Palette | Body::Skip => {}
             }
             if take == left {
                 self.body = None;
@@ -342,6 +428,10 @@ impl ServerParser {
                 break;
             }
             let take = (need - self.seen).min(data.len() - used);
+            if self.unit == Unit::Sub(Sub::TightControl) && self.seen == 0 && self.reset_tight {
+                self.reset_tight = false;
+                out(ServerEvent::TightControl(self.fed + used));
+            }
             self.hdr[self.seen..self.seen + take].copy_from_slice(&data[used..used + take]);
             self.seen += take;
             used += take;
@@ -373,6 +463,30 @@ impl ServerParser {
                     + if s & 4 != 0 { self.bpp } else { 0 }
                     + usize::from(s & 8 != 0)
             }
+            Unit::Sub(Sub::TightControl) if h.is_empty() => 1,
+            Unit::Sub(Sub::TightControl) => match h[0] >> 4 {
+                // Fill: one colour.
+                8 => 1 + self.tpixel,
+                // JPEG: its length follows.
+                9 => 1,
+                // Basic, no filter id.
+                c if c & 0x8 == 0 && c & 0x4 == 0 => 1,
+                // Basic with a filter id: a palette's size follows it.
+                c if c & 0x8 == 0 && h.len() < 2 => 2,
+                c if c & 0x8 == 0 => match h[1] {
+                    TIGHT_COPY | TIGHT_GRADIENT => 2,
+                    TIGHT_PALETTE => 3,
+                    f => return Err(RfbError::TightFilter(f)),
+                },
+                // PNG (TightPNG only) and the undefined rest.
+                _ => return Err(RfbError::TightControl(h[0])),
+            },
+            Unit::Sub(Sub::TightLength) => match h {
+                [] => 1,
+                [a] if a & 0x80 != 0 => 2,
+                [_, b] if b & 0x80 != 0 => 3,
+                _ => h.len(),
+            },
             Unit::Message if h.is_empty() => 1,
             Unit::Message => match h[0] {
                 0 => 4,
@@ -439,7 +553,9 @@ impl ServerParser {
             },
             Unit::ServerInit => {
                 self.size = (be16(&h, 0), be16(&h, 2));
-                self.bpp = usize::from(h[4]).div_ceil(8);
+                let mut format = [0; 16];
+                format.copy_from_slice(&h[4..20]);
+                (self.bpp, self.tpixel) = sizes(&format);
                 let name = be32(&h, 20);
                 if name > MAX_NAME {
                     return Err(RfbError::NameTooLong(name));
@@ -504,11 +620,25 @@ impl ServerParser {
                         self.next(Unit::Sub(Sub::Name));
                         return Ok(());
                     }
+                    TIGHT => {
+                        self.tight = (w, hgt, 0);
+                        self.next(Unit::Sub(Sub::TightControl));
+                        return Ok(());
+                    }
                     e => return Err(RfbError::Encoding(e)),
                 };
                 if encoding == LAST_RECT {
                     self.rects_left = 1;
                 }
+                self.start_body(Body::RectData, len, out)?;
+            }
+            Unit::Sub(Sub::TightControl) => {
+                self.seen = 0;
+                return self.after_tight_control(&h, out);
+            }
+            Unit::Sub(Sub::TightLength) => {
+                let len = compact_length(&h[..self.seen]);
+                self.seen = 0;
                 self.start_body(Body::RectData, len, out)?;
             }
             Unit::Sub(sub) => {
@@ -539,6 +669,7 @@ impl ServerParser {
                         };
                         (Body::Tile, len)
                     }
+                    Sub::TightControl | Sub::TightLength => unreachable!("handled above"),
                 };
                 self.seen = 0;
                 self.start_body(body, len, out)?;
@@ -555,8 +686,8 @@ impl ServerParser {
         self.next(Unit::Message);
         match h[0] {
             0 => {
-                if let Some(bpp) = self.next_bpp.take() {
-                    self.bpp = bpp;
+                if let Some((bpp, tpixel)) = self.next_format.take() {
+                    (self.bpp, self.tpixel) = (bpp, tpixel);
                 }
                 self.rects_left = be16(h, 2);
                 if self.rects_left > 0 {
@@ -601,6 +732,54 @@ impl ServerParser {
         Ok(())
     }
 
+    /// A Tight rectangle's control header (`h`) is read: what follows it.
+    fn after_tight_control<'a>(
+        &mut self,
+        h: &[u8; MAX_SERVER_HEADER],
+        out: &mut impl FnMut(ServerEvent<'a>),
+    ) -> Result<(), RfbError> {
+        let (w, hgt, _) = self.tight;
+        let too_big = || RfbError::Encoding(TIGHT);
+        match h[0] >> 4 {
+            8 => self.start_body(Body::RectData, 0, out),
+            9 => {
+                self.next(Unit::Sub(Sub::TightLength));
+                Ok(())
+            }
+            c => {
+                let filter = if c & 0x4 != 0 { h[1] } else { TIGHT_COPY };
+                let pixels = w.checked_mul(hgt).ok_or_else(too_big)?;
+                if filter == TIGHT_PALETTE {
+                    let colours = usize::from(h[2]) + 1;
+                    // Two colours (or one) take a bit per pixel, rows padded
+                    // to a byte; more take a byte.
+                    let raw = if colours <= 2 {
+                        w.div_ceil(8).checked_mul(hgt).ok_or_else(too_big)?
+                    } else {
+                        pixels
+                    };
+                    self.tight.2 = raw;
+                    self.start_body(Body::Palette, colours * self.tpixel, out)
+                } else {
+                    self.tight.2 = pixels.checked_mul(self.tpixel).ok_or_else(too_big)?;
+                    self.tight_data(out)
+                }
+            }
+        }
+    }
+
+    /// A Tight rectangle's pixel data: as it is when short, else its
+    /// compressed length first.
+    fn tight_data<'a>(&mut self, out: &mut impl FnMut(ServerEvent<'a>)) -> Result<(), RfbError> {
+        let raw = self.tight.2;
+        if raw < TIGHT_MIN_TO_COMPRESS {
+            self.start_body(Body::RectData, raw, out)
+        } else {
+            self.next(Unit::Sub(Sub::TightLength));
+            Ok(())
+        }
+    }
+
     /// A rectangle ended: the next one, or the next message.
     fn rect_done(&mut self) {
         self.rects_left -= 1;
@@ -637,6 +816,7 @@ impl ServerParser {
                 }
                 Ok(())
             }
+            Body::Palette => self.tight_data(out),
             Body::SecurityTypes | Body::Pcm | Body::Skip => Ok(()),
         }
     }

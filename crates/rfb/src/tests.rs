@@ -556,9 +556,9 @@ mod server {
             err(&at(&[255, 1, 0, 2, 0, 0x10, 0, 1])),
             RfbError::AudioDataTooLong(0x10_0001)
         );
-        let mut tight = vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 1];
-        tight.extend_from_slice(&7i32.to_be_bytes());
-        assert_eq!(err(&at(&tight)), RfbError::Encoding(7));
+        let mut zrle = vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 1];
+        zrle.extend_from_slice(&16i32.to_be_bytes());
+        assert_eq!(err(&at(&zrle)), RfbError::Encoding(16));
         // Once broken, always broken.
         let mut p = ServerParser::new();
         assert!(p.feed(&at(&[7]), |_| {}).is_err());
@@ -614,6 +614,43 @@ mod screen {
         Leds,
         Bell,
         Clipboard(u16),
+        /// Tight: a fill with these reset bits.
+        TightFill(u8),
+        /// Tight: a JPEG image of this many bytes.
+        TightJpeg(u32),
+        /// Tight, basic compression.
+        TightBasic(Basic),
+    }
+
+    /// A Tight rectangle in basic compression.
+    #[derive(Debug, Clone)]
+    struct Basic {
+        w: u16,
+        h: u16,
+        /// Stream id and reset bits, as in the control byte.
+        stream: u8,
+        reset: u8,
+        /// No filter id (None), or 0 copy, 1 palette, 2 gradient.
+        filter: Option<u8>,
+        /// The palette's colours (1 to 256).
+        colours: u16,
+        /// The compressed length, when the data is 12 bytes or more.
+        zlen: u32,
+    }
+
+    /// A Tight compact length.
+    fn compact(o: &mut Vec<u8>, n: u32) {
+        if n < 1 << 7 {
+            o.push(n as u8);
+        } else if n < 1 << 14 {
+            o.extend_from_slice(&[(n & 0x7f) as u8 | 0x80, (n >> 7) as u8]);
+        } else {
+            o.extend_from_slice(&[
+                (n & 0x7f) as u8 | 0x80,
+                ((n >> 7) & 0x7f) as u8 | 0x80,
+                (n >> 14) as u8,
+            ]);
+        }
     }
 
     fn rect(out: &mut Vec<u8>, w: u16, h: u16, enc: i32) {
@@ -626,6 +663,11 @@ mod screen {
     /// The message's bytes with `bpp` bytes per pixel; an update has one
     /// rectangle, and a LastRect after it when `last_rect`.
     fn bytes(m: &Msg, bpp: usize, last_rect: bool) -> Vec<u8> {
+        tight_bytes(m, bpp, bpp, last_rect)
+    }
+
+    /// The same, with `tpixel` bytes per Tight pixel.
+    fn tight_bytes(m: &Msg, bpp: usize, tpixel: usize, last_rect: bool) -> Vec<u8> {
         let mut o = Vec::new();
         let update = |o: &mut Vec<u8>| {
             o.extend_from_slice(&[0, 0]);
@@ -722,6 +764,42 @@ mod screen {
                 rect(&mut o, 0, 0, -261);
                 o.push(2);
             }
+            Msg::TightFill(reset) => {
+                rect(&mut o, 40, 30, 7);
+                o.push(0x80 | (reset & 0x0f));
+                o.resize(o.len() + tpixel, 9);
+            }
+            Msg::TightJpeg(n) => {
+                rect(&mut o, 64, 64, 7);
+                o.push(0x90);
+                compact(&mut o, *n);
+                o.resize(o.len() + *n as usize, 0xd8);
+            }
+            Msg::TightBasic(b) => {
+                rect(&mut o, b.w, b.h, 7);
+                let flag = if b.filter.is_some() { 0x40 } else { 0 };
+                o.push(((b.stream & 3) << 4) | flag | (b.reset & 0x0f));
+                let (w, h) = (usize::from(b.w), usize::from(b.h));
+                let mut raw = w * h * tpixel;
+                if let Some(f) = b.filter {
+                    o.push(f);
+                    if f == 1 {
+                        o.push((b.colours - 1) as u8);
+                        o.resize(o.len() + usize::from(b.colours) * tpixel, 3);
+                        raw = if b.colours <= 2 {
+                            w.div_ceil(8) * h
+                        } else {
+                            w * h
+                        };
+                    }
+                }
+                if raw < 12 {
+                    o.resize(o.len() + raw, 1);
+                } else {
+                    compact(&mut o, b.zlen);
+                    o.resize(o.len() + b.zlen as usize, 0x78);
+                }
+            }
             Msg::Bell | Msg::Clipboard(_) => unreachable!(),
         }
         if last_rect {
@@ -775,6 +853,73 @@ mod screen {
             Msg::Leds,
             Msg::Bell,
             Msg::Clipboard(4),
+            Msg::TightFill(0),
+            Msg::TightJpeg(300),
+            // Compact lengths of one, two and three bytes; data under 12
+            // bytes sent as it is; each filter.
+            Msg::TightBasic(Basic {
+                w: 16,
+                h: 16,
+                stream: 0,
+                reset: 0,
+                filter: None,
+                colours: 1,
+                zlen: 100,
+            }),
+            Msg::TightBasic(Basic {
+                w: 64,
+                h: 64,
+                stream: 1,
+                reset: 2,
+                filter: Some(0),
+                colours: 1,
+                zlen: 5000,
+            }),
+            Msg::TightBasic(Basic {
+                w: 200,
+                h: 100,
+                stream: 2,
+                reset: 0,
+                filter: Some(2),
+                colours: 1,
+                zlen: 20000,
+            }),
+            Msg::TightBasic(Basic {
+                w: 9,
+                h: 5,
+                stream: 3,
+                reset: 0,
+                filter: Some(1),
+                colours: 2,
+                zlen: 0,
+            }),
+            Msg::TightBasic(Basic {
+                w: 3,
+                h: 3,
+                stream: 3,
+                reset: 0,
+                filter: Some(1),
+                colours: 17,
+                zlen: 0,
+            }),
+            Msg::TightBasic(Basic {
+                w: 30,
+                h: 20,
+                stream: 2,
+                reset: 0,
+                filter: Some(1),
+                colours: 256,
+                zlen: 77,
+            }),
+            Msg::TightBasic(Basic {
+                w: 1,
+                h: 2,
+                stream: 0,
+                reset: 0,
+                filter: None,
+                colours: 1,
+                zlen: 0,
+            }),
         ]
     }
 
@@ -799,12 +944,14 @@ mod screen {
             let mut data = Vec::new();
             let mut want = Vec::new();
             for m in all() {
-                data.extend(bytes(&m, 4, last_rect));
+                // ServerInit's format: 32-bit true colour, depth 24.
+                data.extend(tight_bytes(&m, 4, 3, last_rect));
                 want.push(data.len());
             }
             let (ends, encs) = boundaries(&mut p, &data);
             assert_eq!(ends, want);
             let mut want_encs = vec![0, 1, 2, 5, -239, -240, -240, -308, -307, -223, -261];
+            want_encs.extend([7; 9]);
             if last_rect {
                 want_encs = want_encs.iter().flat_map(|&e| [e, -224]).collect();
             }
@@ -831,14 +978,14 @@ mod screen {
 
     #[test]
     fn stateful_encodings_are_refused_with_their_number() {
-        for enc in [6, 7, 16, -260] {
+        for enc in [6, 16, -260] {
             let mut p = ServerParser::new();
             p.feed(&handshake(), |_| {}).unwrap();
             let mut m = vec![0, 0, 0, 1];
             rect(&mut m, 4, 4, enc);
             assert_eq!(p.feed(&m, |_| {}), Err(RfbError::Encoding(enc)));
             assert!(!p.at_message_boundary());
-            assert!(!spliceable(enc));
+            assert!(!spliceable(enc, true));
         }
     }
 
@@ -861,7 +1008,39 @@ mod screen {
             Just(Msg::Leds),
             Just(Msg::Bell),
             (0u16..50).prop_map(Msg::Clipboard),
+            any::<u8>().prop_map(Msg::TightFill),
+            (0u32..20_000).prop_map(Msg::TightJpeg),
+            (
+                (0u16..300, 0u16..300, 0u8..4, any::<u8>()),
+                (prop::option::of(0u8..3), 1u16..=256, 0u32..20_000)
+            )
+                .prop_map(|((w, h, stream, reset), (filter, colours, zlen))| {
+                    Msg::TightBasic(Basic {
+                        w,
+                        h,
+                        stream,
+                        reset,
+                        filter,
+                        colours,
+                        zlen,
+                    })
+                }),
         ]
+    }
+
+    /// A viewer's pixel format: 8, 16 or 32 bits per pixel, or 32-bit
+    /// true colour of depth 24 with 8-bit channels (3-byte Tight pixels).
+    fn format() -> impl Strategy<Value = ([u8; 16], usize, usize)> {
+        prop_oneof![Just(8u8), Just(16), Just(32), Just(24)].prop_map(|bits| {
+            let mut pf = [0; 16];
+            if bits == 24 {
+                pf = [32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0];
+                return (pf, 4, 3);
+            }
+            pf[0] = bits;
+            let bpp = usize::from(bits / 8);
+            (pf, bpp, bpp)
+        })
     }
 
     proptest! {
@@ -871,17 +1050,15 @@ mod screen {
         #[test]
         fn message_boundaries_are_exactly_the_message_ends(
             msgs in proptest::collection::vec((msg(), any::<bool>()), 0..12),
-            bits in prop_oneof![Just(8u8), Just(16), Just(32)],
+            (pf, bpp, tpixel) in format(),
         ) {
             let mut p = ServerParser::new();
             p.feed(&handshake(), |_| {}).unwrap();
-            let mut pf = [0; 16];
-            pf[0] = bits;
             p.set_pixel_format(&pf);
             let mut data = Vec::new();
             let mut want = Vec::new();
             for (m, last) in &msgs {
-                data.extend(bytes(m, usize::from(bits / 8), *last));
+                data.extend(tight_bytes(m, bpp, tpixel, *last));
                 want.push(data.len());
             }
             let (ends, _) = boundaries(&mut p, &data);
@@ -902,22 +1079,82 @@ mod screen {
         }
     }
 
-    const HS: &[u8] = b"RFB 003.008\n\x01\x00";
-
-    fn spliceable_filter() -> ClientFilter {
-        ClientFilter::new(Policy::default()).spliceable()
+    /// After `reset_tight_streams`, the first Tight rectangle's control
+    /// byte is reported at its offset in the chunk fed, once, wherever the
+    /// chunks are cut; without it, never.
+    #[test]
+    fn the_first_tight_rectangle_after_a_reset_is_found_once() {
+        let mut data = bytes(&Msg::Hextile(20, 17, vec![1, 6]), 4, false);
+        let at = data.len() + 4 + 12;
+        data.extend(tight_bytes(&all()[14], 4, 3, true));
+        data.extend(tight_bytes(&all()[13], 4, 3, false));
+        assert_eq!(data[at], 0x90, "the JPEG rectangle's control byte");
+        for chunk in [1, 2, 7, 29, data.len()] {
+            for reset in [false, true] {
+                let mut p = ServerParser::new();
+                p.feed(&handshake(), |_| {}).unwrap();
+                if reset {
+                    p.reset_tight_streams();
+                }
+                let mut found = Vec::new();
+                for (i, c) in data.chunks(chunk).enumerate() {
+                    p.feed(c, |e| {
+                        if let ServerEvent::TightControl(o) = e {
+                            found.push(i * chunk + o);
+                        }
+                    })
+                    .unwrap();
+                }
+                assert!(p.at_message_boundary());
+                assert_eq!(
+                    found,
+                    if reset { vec![at] } else { vec![] },
+                    "chunk {chunk}"
+                );
+            }
+        }
     }
 
     #[test]
+    fn tight_rectangles_the_parser_cannot_follow_are_refused_with_why() {
+        for (tail, want) in [
+            (vec![0xa0], RfbError::TightControl(0xa0)),
+            (vec![0xf3], RfbError::TightControl(0xf3)),
+            (vec![0x40, 3], RfbError::TightFilter(3)),
+        ] {
+            let mut p = ServerParser::new();
+            p.feed(&handshake(), |_| {}).unwrap();
+            let mut m = vec![0, 0, 0, 1];
+            rect(&mut m, 4, 4, 7);
+            m.extend(tail);
+            assert_eq!(p.feed(&m, |_| {}), Err(want));
+            assert!(!p.at_message_boundary());
+        }
+    }
+
+    const HS: &[u8] = b"RFB 003.008\n\x01\x00";
+
+    fn spliceable_filter() -> ClientFilter {
+        ClientFilter::new(Policy::default()).spliceable(false)
+    }
+
+    /// Tight, and its levels, only for a viewer that resets its streams.
+    #[test]
     fn a_spliceable_viewer_gets_only_encodings_the_splice_follows() {
-        let mut f = spliceable_filter();
+        for tight in [false, true] {
+            spliceable_encodings(tight);
+        }
+    }
+
+    fn spliceable_encodings(tight: bool) {
+        let mut f = ClientFilter::new(Policy::default()).spliceable(tight);
         let mut s = HS.to_vec();
         let pf = [
             0, 0, 0, 0, 32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0,
         ];
         s.extend_from_slice(&pf);
         s.extend(audio::set_encodings_message(&[
-            16, 7, 6, -260, 5, 0, -223, -259, -313,
+            16, 7, 6, -260, 5, 0, -223, -259, -313, -26, -254, -247, -246,
         ]));
         let mut out = Vec::new();
         for c in s.chunks(3) {
@@ -925,7 +1162,11 @@ mod screen {
         }
         let mut want = b"RFB 003.008\n\x01\x01".to_vec();
         want.extend_from_slice(&pf);
-        let kept = audio::set_encodings_message(&[5, 0, -223]);
+        let kept = if tight {
+            audio::set_encodings_message(&[7, 5, 0, -223, -26, -254, -247])
+        } else {
+            audio::set_encodings_message(&[5, 0, -223])
+        };
         want.extend_from_slice(&kept);
         assert_eq!(out, want);
         assert_eq!(f.dropped.unspliceable_encodings, 1);
@@ -976,7 +1217,7 @@ fn a_read_only_spliceable_viewer_leaves_nothing_to_release() {
         read_only: true,
         audio: false,
     };
-    let mut f = ClientFilter::new(policy).spliceable();
+    let mut f = ClientFilter::new(policy).spliceable(false);
     let mut s = HANDSHAKE.to_vec();
     s.extend_from_slice(&[4, 1, 0, 0, 0, 0, 0, 0x61]);
     s.extend_from_slice(&[5, 1, 0, 10, 0, 20]);

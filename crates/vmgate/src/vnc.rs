@@ -234,7 +234,9 @@ async fn serve(
     ws_url: &str,
     ca: &Path,
 ) -> Result<Close> {
-    let (rx, tx) = ws::split(crate::client::connect(ws_url, ca).await?);
+    // Native viewers' zlib resets Tight streams as told: keep Tight.
+    let url = vmgate_client::url::with_tight(ws_url);
+    let (rx, tx) = ws::split(crate::client::connect(&url, ca).await?);
     let out = relay(
         ByteRx::new(r, "the VNC viewer"),
         ByteTx::new(w, "the VNC viewer"),
