@@ -46,7 +46,6 @@ pub mod follow;
 pub mod limits;
 pub mod media;
 pub mod metrics;
-pub mod pages;
 pub mod public;
 pub mod rfb_filter;
 pub mod routing;

@@ -25,8 +25,8 @@ use vmgate_wire::{Close, CloseCode};
 
 use crate::conns::{Admission, Closed, Conn, ConnService};
 use crate::limits::{self, ConnLimits};
-use crate::pages::JoinError;
 use crate::session::{self, Grant};
+use crate::store::pages::JoinError;
 use crate::tickets::RedeemError;
 use crate::untrusted::Escaped;
 use crate::{assets, ws, Shared};

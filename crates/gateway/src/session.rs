@@ -71,10 +71,6 @@ pub struct Grant {
     pub tight: bool,
 }
 
-/// The channel name that, in a ticket's scope, allows audio: its own
-/// channel (the agent's audio stream) and QEMU's audio on a `vnc` session.
-pub const AUDIO_SCOPE: &str = "audio";
-
 impl Grant {
     /// A grant without `force`, counted against the session limits.
     pub fn new(guest: &str, channel: &str, mode: Mode, who: String) -> Grant {
@@ -93,7 +89,7 @@ impl Grant {
 
     /// Allows audio if `channels` (the credential's scope) names it.
     pub fn with_audio_if_in(mut self, channels: &[String]) -> Grant {
-        self.audio = channels.iter().any(|c| c == AUDIO_SCOPE);
+        self.audio = channels.iter().any(|c| c == vmgate_ticket::AUDIO_SCOPE);
         self
     }
 

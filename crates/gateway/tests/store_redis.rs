@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use vmgate_gateway::config::StoreConfig;
 use vmgate_gateway::metrics::Metrics;
-use vmgate_gateway::pages::JoinError;
+use vmgate_gateway::store::pages::JoinError;
 use vmgate_gateway::store::{Admit, Lease, Store, Use};
 use vmgate_testkit::Redis;
 use vmgate_ticket::{Claims, Mode};

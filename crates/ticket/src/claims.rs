@@ -64,7 +64,16 @@ pub struct Claims {
     pub max_session: Option<u64>,
 }
 
+/// The channel name that, in a ticket's scope, allows audio: its own
+/// channel (the agent's audio stream) and QEMU's audio on a `vnc` session.
+pub const AUDIO_SCOPE: &str = "audio";
+
 impl Claims {
+    /// Whether the scope names [`AUDIO_SCOPE`].
+    pub fn names_audio(&self) -> bool {
+        self.channels.iter().any(|c| c == AUDIO_SCOPE)
+    }
+
     /// Claims with a fresh random id, valid from `now` for `ttl_secs`
     /// seconds (a `ttl_secs` of 0 makes a ticket that is already expired).
     pub fn new(

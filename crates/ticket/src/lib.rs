@@ -31,7 +31,7 @@ mod key;
 mod replay;
 mod token;
 
-pub use claims::{Claims, Mode, VERSION};
+pub use claims::{Claims, Mode, AUDIO_SCOPE, VERSION};
 pub use error::{KeyError, TicketError};
 pub use issued::IssuePolicy;
 #[cfg(any(test, feature = "mint"))]

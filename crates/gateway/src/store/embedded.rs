@@ -18,8 +18,8 @@ use std::time::Duration;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use vmgate_ticket::{Claims, IssuePolicy};
 
+use super::pages::Pages;
 use super::{unix_ms, Admit, Lease, StoreError, Use};
-use crate::pages::Pages;
 
 /// Live used tickets remembered at once; a ticket lives minutes at most,
 /// so this only bounds the file against abuse.
@@ -56,7 +56,7 @@ pub struct Embedded {
     path: PathBuf,
     epoch: u64,
     counts: Mutex<Counts>,
-    /// Web page sessions: they live a minute ([`crate::pages::JOIN_WINDOW`]).
+    /// Web page sessions: they live a minute ([`super::pages::JOIN_WINDOW`]).
     pub pages: Pages,
 }
 

@@ -28,6 +28,7 @@
 //! recovers without a restart.
 
 pub mod embedded;
+pub mod pages;
 pub mod redis;
 
 use std::net::IpAddr;
@@ -39,7 +40,7 @@ use vmgate_wire::{Close, CloseCode};
 
 use crate::config::StoreConfig;
 use crate::metrics::Metrics;
-use crate::pages::{JoinError, PageGrant};
+use pages::{JoinError, PageGrant};
 
 /// Why the store could not answer.
 #[derive(Debug, thiserror::Error)]

@@ -32,10 +32,10 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Script};
 use vmgate_ticket::Claims;
 
+use super::pages::{JoinError, PageGrant, JOIN_WINDOW};
 use super::{unix_ms, Admit, Lease, StoreError, Use};
 use crate::config::StoreConfig;
 use crate::metrics::Metrics;
-use crate::pages::{JoinError, PageGrant, JOIN_WINDOW};
 
 /// Sets a new epoch if this Redis process has none yet: KEYS epoch,
 /// epoch-run; ARGV this process's `run_id`, the gateway's unix seconds.

@@ -47,10 +47,7 @@ impl PageGrant {
             until: claims
                 .max_session
                 .and_then(|s| redeemed.checked_add(Duration::from_secs(s))),
-            audio: claims
-                .channels
-                .iter()
-                .any(|c| c == crate::session::AUDIO_SCOPE),
+            audio: claims.names_audio(),
         }
     }
 }
@@ -94,7 +91,7 @@ impl Pages {
         if pages.len() >= CAPACITY {
             return Err(JoinError::Full);
         }
-        let token = crate::store::page_token();
+        let token = super::page_token();
         pages.insert(
             token.clone(),
             Page {
