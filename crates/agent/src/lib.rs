@@ -13,7 +13,8 @@
 //!   from a channel's kind to how it opens;
 //! * [`duplex`]: the byte stream to a guest endpoint both of them hand out;
 //! * [`audio`]: the `audio` channel, QEMU's VNC audio as framed PCM;
-//! * [`server`]: the QUIC listener and the per-stream dispatch;
+//! * [`server`]: the QUIC listener, the TCP + TLS listener on the same
+//!   port number, and the per-stream dispatch;
 //! * [`qmp`]: a small QMP client (commands, fd passing for VNC sessions).
 //!
 //! `unsafe` is denied everywhere but in `backend::libvirt::ffi`, which calls
@@ -44,6 +45,12 @@ pub enum AgentError {
     /// TLS material or the QUIC socket.
     #[error(transparent)]
     Tls(#[from] vmgate_tls::TlsError),
+    /// The TCP listener (on the QUIC listener's port number).
+    #[error("TCP listener on {addr}: {source}")]
+    Tcp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     /// The console log directory could not be created.
     #[error(transparent)]
     LogDir(#[from] console::log::LogError),
@@ -52,10 +59,16 @@ pub enum AgentError {
     MediaGroup(String),
 }
 
-/// An agent bound to its QUIC port, ready to run.
+/// Attempts at a free port number for both listeners when `listen` asks
+/// for any port (0): the QUIC socket picks one, and TCP may hold it.
+const PORT_ATTEMPTS: usize = 8;
+
+/// An agent bound to its QUIC port and the same TCP port, ready to run.
 pub struct Agent {
     /// Accepts each gateway with the transport of its path.
     endpoint: vmgate_tls::LinkServer,
+    /// Gateways' per-session TCP + TLS connections.
+    tcp: server::TcpLink,
     config: AgentConfig,
     logs: console::ConsoleLogs,
 }
@@ -69,15 +82,36 @@ impl Agent {
             cert: config.tls.cert.clone(),
             key: config.tls.key.clone(),
         };
-        let tls = vmgate_tls::agent_server_config(
-            &id,
-            &config.tls.gateway_ca,
-            &config.tls.allowed_gateways,
-            &[vmgate_wire::ALPN],
-        )?;
-        let endpoint = vmgate_tls::link_server(config.listen, tls)?;
+        let tls = |alpn: &[u8]| {
+            vmgate_tls::agent_server_config(
+                &id,
+                &config.tls.gateway_ca,
+                &config.tls.allowed_gateways,
+                &[alpn],
+            )
+        };
+        let (quic, tcp) = (tls(vmgate_wire::ALPN)?, tls(vmgate_wire::TCP_ALPN)?);
+        let open_files = vmgate_tls::raise_open_files();
+        let mut attempt = 0;
+        let (endpoint, tcp) = loop {
+            attempt += 1;
+            let endpoint = vmgate_tls::link_server(config.listen, quic.clone())?;
+            let addr = endpoint
+                .endpoint
+                .local_addr()
+                .map_err(vmgate_tls::TlsError::Bind)?;
+            match server::TcpLink::bind(addr, tcp.clone(), open_files) {
+                Ok(t) => break (endpoint, t),
+                Err(e)
+                    if config.listen.port() == 0
+                        && e.kind() == std::io::ErrorKind::AddrInUse
+                        && attempt < PORT_ATTEMPTS => {}
+                Err(source) => return Err(AgentError::Tcp { addr, source }),
+            }
+        };
         Ok(Agent {
             endpoint,
+            tcp,
             config,
             logs,
         })
@@ -104,7 +138,7 @@ impl Agent {
                 tracing::info!(node = %self.config.node, addr = %self.local_addr(), backend = "qemu", guests = self.config.guests.len(), "agent listening (QUIC)");
                 let backend =
                     backend::qemu::QemuBackend::start(&self.config, &self.logs, shutdown.clone());
-                server::serve(self.endpoint, Arc::new(backend), shutdown, drain).await;
+                server::serve(self.endpoint, self.tcp, Arc::new(backend), shutdown, drain).await;
             }
             config::BackendKind::Libvirt => {
                 tracing::info!(node = %self.config.node, addr = %self.local_addr(), backend = "libvirt", uri = %self.config.libvirt.uri, "agent listening (QUIC)");
@@ -113,7 +147,7 @@ impl Agent {
                     &self.logs,
                     shutdown.clone(),
                 );
-                server::serve(self.endpoint, Arc::new(backend), shutdown, drain).await;
+                server::serve(self.endpoint, self.tcp, Arc::new(backend), shutdown, drain).await;
             }
         }
     }

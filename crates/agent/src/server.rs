@@ -1,5 +1,9 @@
-//! The QUIC listener gateways connect to: one connection per gateway, one
-//! stream per console session, and one inventory stream per connection.
+//! The listeners gateways connect to: QUIC (one connection per gateway,
+//! one stream per console session, and one inventory stream per
+//! connection) and, on the same port number, TCP + TLS (one connection per
+//! console session, for gateways with `[agents] session_transport = "tcp"`;
+//! [`tcp`]). Both run the same TLS checks and the same per-stream path from
+//! the header on ([`serve_stream`]).
 //!
 //! Shutdown: when `shutdown` fires the agent stops accepting, ends every
 //! session with 1001 "the agent is shutting down" (a `Close` frame, which
@@ -14,18 +18,21 @@
 //! the gateway uses (`vmgate_rfb`), so the viewer still sees the screen; a
 //! media session may only ask what is in the drive.
 
+mod tcp;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, ReadHalf, WriteHalf};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 use vmgate_relay::bytes_io::{ByteRx, ByteTx};
 use vmgate_relay::quic::{QuicRx, QuicTx};
-use vmgate_relay::{relay, FrameRx, FrameTx};
+use vmgate_relay::stream::{StreamRx, StreamTx};
+use vmgate_relay::{relay, Either, FrameRx, FrameTx};
 use vmgate_rfb::{ClientFilter, Policy};
 use vmgate_wire::{
     ChannelKind, Close, CloseCode, Frame, Mode, OpenRequest, StreamKind, MAX_HEADER_LEN,
@@ -33,7 +40,17 @@ use vmgate_wire::{
 
 use crate::backend::{media, Backend, Opened};
 
-/// Deadline for a gateway's QUIC handshake.
+pub use tcp::TcpLink;
+
+/// A session's TCP + TLS connection from a gateway.
+type TlsConn = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+/// What a gateway sends on a session: a QUIC stream's or a TCP
+/// connection's frames.
+pub type GatewayRx = Either<QuicRx, StreamRx<ReadHalf<TlsConn>>>;
+/// What the agent sends a gateway on a session.
+pub type GatewayTx = Either<QuicTx, StreamTx<WriteHalf<TlsConn>>>;
+
+/// Deadline for a gateway's QUIC or TLS handshake.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 /// Deadline for a stream's header to arrive after the stream opened.
 const HEADER_DEADLINE: Duration = Duration::from_secs(5);
@@ -45,6 +62,7 @@ const GOING_AWAY: &str = "the agent is shutting down";
 /// Accepts gateway connections until `shutdown` fires.
 pub async fn serve<B: Backend>(
     link: vmgate_tls::LinkServer,
+    tcp: TcpLink,
     backend: Arc<B>,
     shutdown: CancellationToken,
     drain: Duration,
@@ -56,6 +74,7 @@ pub async fn serve<B: Backend>(
     let streams = TaskTracker::new();
     let link = Arc::new(link);
     let endpoint = link.endpoint.clone();
+    tokio::spawn(tcp.serve(backend.clone(), shutdown.clone(), streams.clone()));
     loop {
         let incoming = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -124,18 +143,28 @@ async fn serve_connection<B: Backend>(
             },
         };
         let backend = backend.clone();
-        streams.spawn(serve_stream(tx, rx, backend, shutdown.clone()));
+        streams.spawn(serve_stream(
+            Either::A(QuicTx::new(tx, "gateway")),
+            rx,
+            |rx, buf| Either::A(QuicRx::new(rx, buf, "gateway")),
+            "quic",
+            backend,
+            shutdown.clone(),
+        ));
     }
 }
 
-/// Reads the stream's header under a deadline, then serves it.
-async fn serve_stream<B: Backend>(
-    send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+/// Reads the stream's header under a deadline, then serves it. `recv` is
+/// the stream as bytes until the header is in; `into_rx` makes it the
+/// session's frames, with what was read past the header.
+async fn serve_stream<B: Backend, R: AsyncRead + Unpin + Send>(
+    mut tx: GatewayTx,
+    mut recv: R,
+    into_rx: impl FnOnce(R, BytesMut) -> GatewayRx + Send,
+    transport: &'static str,
     backend: Arc<B>,
     shutdown: CancellationToken,
 ) {
-    let mut tx = QuicTx::new(send, "gateway");
     let mut buf = BytesMut::with_capacity(MAX_HEADER_LEN);
     let header = tokio::time::timeout(HEADER_DEADLINE, async {
         if shutdown.is_cancelled() {
@@ -157,7 +186,7 @@ async fn serve_stream<B: Backend>(
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
             let e: vmgate_wire::HeaderError = e;
-            tracing::warn!(error = %e, "refused a stream with a bad header");
+            tracing::warn!(transport, error = %e, "refused a stream with a bad header");
             let _ = tx
                 .send(Frame::Close(Close::new(
                     CloseCode::ProtocolError,
@@ -167,17 +196,17 @@ async fn serve_stream<B: Backend>(
             return;
         }
         Err(_) => {
-            tracing::warn!("stream header did not arrive in time");
+            tracing::warn!(transport, "stream header did not arrive in time");
             return;
         }
     };
     match req.kind {
         StreamKind::Inventory => serve_inventory(tx, backend, shutdown).await,
         StreamKind::Console => {
-            let rx = QuicRx::new(recv, buf, "gateway");
+            let rx = into_rx(recv, buf);
             // Every line of one session carries its id, guest and channel,
-            // as the gateway's lines for it do.
-            let span = tracing::info_span!("session", id = req.session, guest = %req.guest, channel = %req.channel);
+            // as the gateway's lines for it do, and how it reached us.
+            let span = tracing::info_span!("session", id = req.session, guest = %req.guest, channel = %req.channel, transport);
             serve_console(req, tx, rx, backend, shutdown)
                 .instrument(span)
                 .await
@@ -187,7 +216,11 @@ async fn serve_stream<B: Backend>(
 
 /// Pushes the inventory now and on every change, until the stream ends or
 /// the agent shuts down.
-async fn serve_inventory<B: Backend>(mut tx: QuicTx, backend: Arc<B>, shutdown: CancellationToken) {
+async fn serve_inventory<B: Backend>(
+    mut tx: GatewayTx,
+    backend: Arc<B>,
+    shutdown: CancellationToken,
+) {
     let mut inv = backend.inventory();
     loop {
         let snapshot = inv.borrow_and_update().to_json();
@@ -209,8 +242,8 @@ async fn going_away(shutdown: CancellationToken) -> Close {
 
 async fn serve_console<B: Backend>(
     req: OpenRequest,
-    mut tx: QuicTx,
-    mut rx: QuicRx,
+    mut tx: GatewayTx,
+    mut rx: GatewayRx,
     backend: Arc<B>,
     shutdown: CancellationToken,
 ) {
@@ -348,7 +381,7 @@ async fn serve_console<B: Backend>(
 
 /// Reads and drops what the gateway still sends after our Close, until it
 /// ends its side or [`LINGER`] passes.
-async fn linger(rx: &mut QuicRx) {
+async fn linger(rx: &mut GatewayRx) {
     let drain = async { while let Ok(Some(_)) = FrameRx::recv(rx).await {} };
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
@@ -380,7 +413,7 @@ enum Input {
 /// The gateway's side of a byte-stream session, with a read-only
 /// session's input dropped.
 struct Guarded<'a> {
-    inner: &'a mut QuicRx,
+    inner: &'a mut GatewayRx,
     input: Input,
     session: u64,
 }

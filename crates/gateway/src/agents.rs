@@ -1,7 +1,10 @@
 //! The gateway's side of the agent link: one QUIC connection per agent,
 //! kept up with reconnects, feeding the inventories the agents push into
 //! the routing table ([`crate::routing`]), and logging and counting what
-//! the table reports (refused names, conflicts).
+//! the table reports (refused names, conflicts). Sessions open a stream on
+//! that connection, or (`[agents] session_transport = "tcp"`) a TCP + TLS
+//! connection of their own to the same agent; either way the same header
+//! and frames, under the same deadline.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,10 +12,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio_util::sync::CancellationToken;
 use vmgate_relay::backoff::Backoff;
 use vmgate_relay::quic::{QuicRx, QuicTx};
-use vmgate_relay::FrameRx;
+use vmgate_relay::stream::{Io, StreamRx, StreamTx};
+use vmgate_relay::{Either, FrameRx};
 use vmgate_wire::{
     ChannelKind, Close, CloseCode, Frame, GuestInfo, GuestState, Inventory, Mode, OpenRequest,
     StreamKind,
@@ -35,10 +40,18 @@ const OPEN_DEADLINE: Duration = Duration::from_secs(10);
 /// Where a guest lives now.
 type Route = crate::routing::Route<quinn::Connection>;
 
+/// A session's own TCP + TLS connection to its agent.
+type TlsConn = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+/// What an agent sends on a session: a QUIC stream's or a TCP
+/// connection's frames.
+pub type AgentRx = Either<QuicRx, StreamRx<ReadHalf<TlsConn>>>;
+/// What the gateway sends an agent on a session.
+pub type AgentTx = Either<QuicTx, StreamTx<WriteHalf<TlsConn>>>;
+
 /// A console stream the agent accepted.
 pub struct Opened {
-    pub rx: QuicRx,
-    pub tx: QuicTx,
+    pub rx: AgentRx,
+    pub tx: AgentTx,
     /// The channel's kind, as the agent's inventory says: the session
     /// pipeline picks its per-kind handling from it, never from the name.
     pub kind: ChannelKind,
@@ -58,6 +71,8 @@ pub struct AgentPool {
     agents: Vec<AgentEntry>,
     /// Connects to each agent with the transport of its path.
     endpoint: vmgate_tls::LinkClient,
+    /// Set: sessions go over TCP + TLS connections of their own.
+    tcp: Option<vmgate_tls::TcpLinkClient>,
     routes: RwLock<Table<quinn::Connection>>,
     metrics: Arc<Metrics>,
     next_session: AtomicU64,
@@ -68,12 +83,14 @@ impl AgentPool {
     pub fn start(
         agents: Vec<AgentEntry>,
         endpoint: vmgate_tls::LinkClient,
+        tcp: Option<vmgate_tls::TcpLinkClient>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Arc<AgentPool> {
         let pool = Arc::new(AgentPool {
             agents,
             endpoint,
+            tcp,
             routes: RwLock::new(Table::default()),
             metrics,
             next_session: AtomicU64::new(first_session_id()),
@@ -154,13 +171,31 @@ impl AgentPool {
             force,
         };
         let answer = tokio::time::timeout(OPEN_DEADLINE, async {
-            let (send, recv) = route.conn.open_bi().await.map_err(|e| unreachable(&e))?;
-            let mut send = send;
-            send.write_all(&req.encode())
-                .await
-                .map_err(|e| unreachable(&e))?;
-            let tx = QuicTx::new(send, "agent");
-            let mut rx = QuicRx::new(recv, BytesMut::new(), "agent");
+            let (tx, mut rx) = match &self.tcp {
+                None => {
+                    let (mut send, recv) =
+                        route.conn.open_bi().await.map_err(|e| unreachable(&e))?;
+                    send.write_all(&req.encode())
+                        .await
+                        .map_err(|e| unreachable(&e))?;
+                    let rx = QuicRx::new(recv, BytesMut::new(), "agent");
+                    (Either::A(QuicTx::new(send, "agent")), Either::A(rx))
+                }
+                Some(tcp) => {
+                    let agent = &self.agents[route.agent];
+                    let conn = tcp
+                        .connect(agent.addr, &agent.server_name)
+                        .await
+                        .map_err(|e| unreachable(&e))?;
+                    let (recv, mut send) = tokio::io::split(conn);
+                    send.write_all(&req.encode())
+                        .await
+                        .map_err(|e| unreachable(&e))?;
+                    send.flush().await.map_err(|e| unreachable(&e))?;
+                    let rx = StreamRx::new(recv, BytesMut::new(), "agent");
+                    (Either::B(StreamTx::new(Io(send), "agent")), Either::B(rx))
+                }
+            };
             match rx.recv().await? {
                 Some(Frame::Opened) => Ok(Opened { rx, tx, kind }),
                 Some(Frame::Close(c)) => Err(c),

@@ -459,13 +459,34 @@ pub struct AgentsTls {
     /// if it chains to `ca`.
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// How each console session reaches its agent: `"quic"` (the default,
+    /// a stream on the gateway's one QUIC connection to that agent) or
+    /// `"tcp"` (a TCP + TLS 1.3 connection of its own to the agent's TCP
+    /// listener, on the QUIC port's number, with the same certificates and
+    /// checks). The agent's inventory always comes over QUIC.
+    /// BENCHMARKS.md (issue 17) has what each costs.
+    #[serde(default)]
+    pub session_transport: SessionTransport,
+}
+
+/// How console sessions travel from the gateway to an agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionTransport {
+    /// A stream per session on one QUIC connection per agent.
+    #[default]
+    Quic,
+    /// A TCP + TLS connection per session.
+    Tcp,
 }
 
 /// One agent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentEntry {
-    /// UDP address of the agent's QUIC listener.
+    /// UDP address of the agent's QUIC listener (and, with
+    /// `session_transport = "tcp"`, the TCP address of its session
+    /// listener: the same number).
     pub addr: SocketAddr,
     /// The name its certificate must carry.
     #[serde(default = "default_server_name")]

@@ -448,20 +448,6 @@ impl hyper::body::Body for GuardedBody {
     }
 }
 
-/// Raises this process's open-files soft limit to its hard limit and
-/// answers the limit in force (`None` if it cannot be read).
-pub fn raise_open_files() -> Option<u64> {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
-    if soft < hard {
-        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            tracing::warn!(soft, hard, error = %e, "cannot raise the open-files limit");
-            return Some(soft);
-        }
-    }
-    getrlimit(Resource::RLIMIT_NOFILE).ok().map(|(s, _)| s)
-}
-
 /// The public listener's all-connections cap: what `open_files` leaves
 /// after [`RESERVED_FILES`] and the admin listener's `admin_total`, at
 /// least 1; and whether the configured unauthenticated cap had to shrink

@@ -212,6 +212,16 @@ impl Gateway {
             &cfg.agents.ca,
             &[vmgate_wire::ALPN],
         )?)?;
+        let tcp = match cfg.agents.session_transport {
+            config::SessionTransport::Quic => None,
+            config::SessionTransport::Tcp => Some(vmgate_tls::TcpLinkClient::new(
+                vmgate_tls::gateway_client_config(
+                    &internal,
+                    &cfg.agents.ca,
+                    &[vmgate_wire::TCP_ALPN],
+                )?,
+            )),
+        };
         let keys = cfg.ticket_keys()?;
         let ids: Vec<String> = keys.iter().map(vmgate_ticket::VerifyingKey::id).collect();
         tracing::info!(key_ids = ?ids, "ticket verifying keys loaded");
@@ -235,10 +245,16 @@ impl Gateway {
             ),
             None => None,
         };
-        let open_files = conns::raise_open_files();
+        let open_files = vmgate_tls::raise_open_files();
         let admin_total = admin.as_ref().map_or(0, |a| a.caps().total);
+        // Over TCP each session holds a second descriptor, its agent's
+        // connection: the public listener gets half the limit.
+        let per_session = match cfg.agents.session_transport {
+            config::SessionTransport::Quic => 1,
+            config::SessionTransport::Tcp => 2,
+        };
         let (total, unauthenticated) = conns::fit_to_open_files(
-            open_files.unwrap_or(1024),
+            open_files.unwrap_or(1024) / per_session,
             admin_total,
             cfg.limits.max_unauthenticated_connections,
         );
@@ -291,6 +307,7 @@ impl Gateway {
         let pool = agents::AgentPool::start(
             cfg.agent_list.clone(),
             quic,
+            tcp,
             metrics.clone(),
             shutdown.clone(),
         );

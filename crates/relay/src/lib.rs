@@ -14,23 +14,30 @@
 //! * **close**: a `Close` frame, a failure on either side, or the `stop`
 //!   future ends both pumps, and the side that did not cause it is told why.
 //!
-//! Adapters: [`quic`] (framed, gateway ↔ agent), [`bytes_io`] (unix sockets
-//! to QEMU). The WebSocket adapters live with their WebSocket libraries in
-//! the gateway and the CLI.
+//! Adapters: [`quic`] (framed, gateway ↔ agent over a QUIC stream),
+//! [`stream`] (the same frames over any byte stream: gateway ↔ agent over
+//! TCP + TLS), [`bytes_io`] (unix sockets to QEMU, unframed). The WebSocket
+//! adapters live with their WebSocket libraries in the gateway and the CLI.
+//! [`Either`] is a side that is one adapter or another (the gateway's link
+//! to an agent, QUIC or TCP by configuration).
 //!
 //! [`backoff`]: how long every reconnect loop (agent to QEMU or libvirtd,
-//! gateway to agent) waits between attempts.
+//! gateway to agent) waits between attempts. [`ratelog`]: how many refusal
+//! lines a listener logs per window.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
 pub mod bytes_io;
 pub mod quic;
+pub mod ratelog;
+pub mod stream;
+pub mod writer;
 
 use std::future::Future;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
-use vmgate_wire::{Close, Frame};
+use vmgate_wire::{Close, CloseCode, Frame, FrameError, FRAME_HEADER_LEN};
 
 /// Bytes read from a socket in one go, and so the largest Data frame the
 /// adapters make: big enough for bulk transfer, small enough that many idle
@@ -73,6 +80,85 @@ impl<T: FrameTx> FrameTx for &mut T {
     fn finish(&mut self) -> impl Future<Output = ()> + Send {
         (**self).finish()
     }
+}
+
+/// A side that is one of two adapters, chosen at run time (the gateway's
+/// link to an agent: a QUIC stream or a TCP + TLS connection).
+pub enum Either<A, B> {
+    A(A),
+    B(B),
+}
+
+impl<A: FrameRx, B: FrameRx> FrameRx for Either<A, B> {
+    async fn recv(&mut self) -> Result<Option<Frame>, Close> {
+        match self {
+            Either::A(a) => a.recv().await,
+            Either::B(b) => b.recv().await,
+        }
+    }
+}
+
+impl<A: FrameTx, B: FrameTx> FrameTx for Either<A, B> {
+    async fn send(&mut self, frame: Frame) -> Result<(), Close> {
+        match self {
+            Either::A(a) => a.send(frame).await,
+            Either::B(b) => b.send(frame).await,
+        }
+    }
+    async fn finish(&mut self) {
+        match self {
+            Either::A(a) => a.finish().await,
+            Either::B(b) => b.finish().await,
+        }
+    }
+}
+
+/// The Close for the other side when the framed link to `peer` broke.
+fn lost(peer: &str, e: impl std::fmt::Display) -> Close {
+    let code = if peer == "agent" {
+        CloseCode::AgentUnreachable
+    } else {
+        CloseCode::GoingAway
+    };
+    Close::new(code, format!("connection to {peer} lost: {e}"))
+}
+
+/// The Close for a frame from `peer` that does not decode.
+fn bad_frame(peer: &str, e: FrameError) -> Close {
+    Close::new(
+        CloseCode::ProtocolError,
+        format!("bad frame from {peer}: {e}"),
+    )
+}
+
+/// The Close for a framed link from `peer` that ended inside a frame.
+fn ended_mid_frame(peer: &str) -> Close {
+    Close::new(
+        CloseCode::ProtocolError,
+        format!("stream from {peer} ended inside a frame"),
+    )
+}
+
+/// [`Frame::decode`], and when that used `buf` up, a fresh empty buffer in
+/// its place: the frame's payload then owns its allocation alone, and an
+/// idle side holds none.
+fn decode_whole(buf: &mut bytes::BytesMut) -> Result<Option<Frame>, FrameError> {
+    let frame = Frame::decode(buf)?;
+    if frame.is_some() && buf.is_empty() {
+        *buf = bytes::BytesMut::new();
+    }
+    Ok(frame)
+}
+
+/// How many more bytes the frame begun in `partial` needs: the rest of its
+/// header, then (its length known and checked by [`Frame::decode`], which
+/// returned `None` for it) the rest of its payload.
+fn still_needed(partial: &[u8]) -> usize {
+    if partial.len() < FRAME_HEADER_LEN {
+        return FRAME_HEADER_LEN - partial.len();
+    }
+    let len = u32::from_be_bytes([partial[1], partial[2], partial[3], partial[4]]);
+    FRAME_HEADER_LEN + len as usize - partial.len()
 }
 
 /// How a session ended.
@@ -205,6 +291,37 @@ pub async fn relay(
         close,
         a_to_b,
         b_to_a,
+    }
+}
+
+/// What the adapters' tests share.
+#[cfg(test)]
+mod testing {
+    use bytes::Bytes;
+    use vmgate_wire::{Close, CloseCode, Frame};
+
+    use crate::FrameRx;
+
+    /// One frame of each kind, Data of several sizes among them.
+    pub fn sample_frames() -> Vec<Frame> {
+        vec![
+            Frame::Opened,
+            Frame::Data(Bytes::from_static(b"ready\n")),
+            Frame::Data(Bytes::from(vec![7u8; 70_000])),
+            Frame::Notice("keyboard taken over".into()),
+            Frame::Data(Bytes::new()),
+            Frame::Eof,
+            Frame::Close(Close::new(CloseCode::GuestDown, "guest stopped")),
+        ]
+    }
+
+    /// Every frame `rx` gives until its clean end.
+    pub async fn collect(mut rx: impl FrameRx) -> Vec<Frame> {
+        let mut got = Vec::new();
+        while let Some(f) = rx.recv().await.unwrap() {
+            got.push(f);
+        }
+        got
     }
 }
 

@@ -1,10 +1,11 @@
 //! A QUIC stream as a side of the relay: frames of [`vmgate_wire`] over a
-//! quinn send/receive pair.
+//! quinn send/receive pair (sending through [`FrameWriter`]).
 
 use bytes::{Buf, Bytes, BytesMut};
 use vmgate_wire::{Close, CloseCode, Frame, FrameError, FRAME_HEADER_LEN, MAX_FRAME_PAYLOAD};
 
-use crate::{FrameRx, FrameTx};
+use crate::writer::{FrameWriter, Sink};
+use crate::{bad_frame, decode_whole, ended_mid_frame, lost, still_needed, FrameRx};
 
 /// Receives frames from a QUIC stream.
 ///
@@ -65,31 +66,16 @@ impl Deframer {
                     return Ok(Some(Frame::Data(data)));
                 }
             }
-            match Frame::decode(&mut self.buf) {
-                Ok(Some(f)) => {
-                    if self.buf.is_empty() {
-                        // Lets the frame's payload own its allocation alone.
-                        self.buf = BytesMut::new();
-                    }
-                    return Ok(Some(f));
-                }
-                Ok(None) => {}
-                Err(e) => return Err(e),
+            if let Some(f) = decode_whole(&mut self.buf)? {
+                return Ok(Some(f));
             }
             if self.chunk.is_empty() {
                 // Release quinn's buffer while we wait.
                 self.chunk = Bytes::new();
                 return Ok(None);
             }
-            // Move over what the frame in progress still needs: its header,
-            // then (its length now known and checked) the rest of it.
-            let need = if self.buf.len() < FRAME_HEADER_LEN {
-                FRAME_HEADER_LEN - self.buf.len()
-            } else {
-                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
-                FRAME_HEADER_LEN + len as usize - self.buf.len()
-            };
-            let n = need.min(self.chunk.len());
+            // Move over what the frame in progress still needs.
+            let n = still_needed(&self.buf).min(self.chunk.len());
             self.buf.extend_from_slice(&self.chunk[..n]);
             self.chunk.advance(n);
         }
@@ -112,38 +98,18 @@ fn whole_data_frame(chunk: &mut Bytes) -> Option<Bytes> {
     Some(data)
 }
 
-/// The Close for the other side when the QUIC peer's connection broke.
-fn lost(peer: &str, e: impl std::fmt::Display) -> Close {
-    let code = if peer == "agent" {
-        CloseCode::AgentUnreachable
-    } else {
-        CloseCode::GoingAway
-    };
-    Close::new(code, format!("connection to {peer} lost: {e}"))
-}
-
 impl FrameRx for QuicRx {
     async fn recv(&mut self) -> Result<Option<Frame>, Close> {
         loop {
             match self.frames.take_frame() {
                 Ok(Some(f)) => return Ok(Some(f)),
                 Ok(None) => {}
-                Err(e) => {
-                    return Err(Close::new(
-                        CloseCode::ProtocolError,
-                        format!("bad frame from {}: {e}", self.peer),
-                    ))
-                }
+                Err(e) => return Err(bad_frame(self.peer, e)),
             }
             match self.stream.read_chunk(usize::MAX, true).await {
                 Ok(Some(c)) => self.frames.push(c.bytes),
                 Ok(None) if !self.frames.mid_frame() => return Ok(None),
-                Ok(None) => {
-                    return Err(Close::new(
-                        CloseCode::ProtocolError,
-                        format!("stream from {} ended inside a frame", self.peer),
-                    ))
-                }
+                Ok(None) => return Err(ended_mid_frame(self.peer)),
                 Err(quinn::ReadError::Reset(code))
                     if code == quinn::VarInt::from_u32(RESET_MID_FRAME) =>
                 {
@@ -161,72 +127,42 @@ impl FrameRx for QuicRx {
     }
 }
 
-/// Sends frames on a QUIC stream.
-///
-/// Cancel-safe: the relay drops a pump mid-send when the session ends
-/// (stop, the other side's Close), and its Close must still follow whole
-/// frames. So the frame being sent lives here, not in the send future;
-/// the next send, or `finish`, writes what is left of it first. Dropped
-/// with part of a frame unsent, the stream is reset with the frame's
-/// position lost rather than finished inside a frame.
-pub struct QuicTx {
-    stream: quinn::SendStream,
-    peer: &'static str,
-    /// What is left of the frame being sent (quinn empties written chunks).
-    pending: [Bytes; 2],
-}
+/// Sends frames on a QUIC stream ([`FrameWriter`]). Dropped with part of a
+/// frame unsent, the stream is reset with [`RESET_MID_FRAME`], which the
+/// receiver reports as a session ended before its reason was read.
+pub type QuicTx = FrameWriter<quinn::SendStream>;
 
 /// The QUIC stream error code for "reset inside a frame".
 const RESET_MID_FRAME: u32 = 1;
 
-impl QuicTx {
-    pub fn new(stream: quinn::SendStream, peer: &'static str) -> QuicTx {
-        QuicTx {
-            stream,
-            peer,
-            pending: Default::default(),
-        }
-    }
-
-    /// Writes what is left of the pending frame. Each `write_chunks` either
-    /// writes (and empties what it wrote) or waits without writing, so
-    /// cancelling this loses nothing.
-    async fn flush(&mut self) -> Result<(), Close> {
-        while let Some(i) = self.pending.iter().position(|b| !b.is_empty()) {
-            self.stream
-                .write_chunks(&mut self.pending[i..])
-                .await
-                .map_err(|e| lost(self.peer, e))?;
+impl Sink for quinn::SendStream {
+    /// quinn takes the chunks themselves (no copy) and empties what it
+    /// wrote.
+    async fn write_some(&mut self, pending: &mut [Bytes; 2]) -> std::io::Result<()> {
+        if let Some(i) = pending.iter().position(|b| !b.is_empty()) {
+            self.write_chunks(&mut pending[i..]).await?;
         }
         Ok(())
     }
-}
 
-impl FrameTx for QuicTx {
-    async fn send(&mut self, frame: Frame) -> Result<(), Close> {
-        self.flush().await?;
-        self.pending = frame.to_chunks();
-        self.flush().await
+    async fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 
-    async fn finish(&mut self) {
-        if self.flush().await.is_ok() {
-            let _ = self.stream.finish();
-        }
+    async fn end(&mut self) {
+        let _ = self.finish();
     }
-}
 
-impl Drop for QuicTx {
-    fn drop(&mut self) {
-        if self.pending.iter().any(|b| !b.is_empty()) {
-            let _ = self.stream.reset(quinn::VarInt::from_u32(RESET_MID_FRAME));
-        }
+    fn abandon(&mut self) {
+        let _ = self.reset(quinn::VarInt::from_u32(RESET_MID_FRAME));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{collect, sample_frames};
+    use crate::FrameTx;
 
     /// A real QUIC stream pair over loopback (mutual TLS, the project's
     /// transport settings).
@@ -281,31 +217,12 @@ mod tests {
         }
         assert!(tx.pending.iter().any(|b| !b.is_empty()), "a frame was cut");
         let close = Close::new(CloseCode::BackendError, "ended while busy");
-        let reader = tokio::spawn(async move {
-            let mut rx = QuicRx::new(recv, BytesMut::new(), "test");
-            let mut frames = Vec::new();
-            while let Some(f) = rx.recv().await.unwrap() {
-                frames.push(f);
-            }
-            frames
-        });
+        let reader = tokio::spawn(collect(QuicRx::new(recv, BytesMut::new(), "test")));
         tx.send(Frame::Close(close.clone())).await.unwrap();
         tx.finish().await;
         let frames = reader.await.unwrap();
         sent.push(Frame::Close(close));
         assert_eq!(frames, sent);
-    }
-
-    fn frames() -> Vec<Frame> {
-        vec![
-            Frame::Opened,
-            Frame::Data(Bytes::from_static(b"ready\n")),
-            Frame::Data(Bytes::from(vec![7u8; 3000])),
-            Frame::Notice("keyboard taken over".into()),
-            Frame::Data(Bytes::new()),
-            Frame::Eof,
-            Frame::Close(Close::new(CloseCode::GuestDown, "guest stopped")),
-        ]
     }
 
     /// Feeds `wire` in chunks of `size` and collects every frame.
@@ -325,12 +242,12 @@ mod tests {
     #[test]
     fn frames_survive_any_chunking() {
         let mut wire = BytesMut::new();
-        for f in frames() {
+        for f in sample_frames() {
             f.encode(&mut wire);
         }
         let wire = wire.freeze();
         for size in [1, 2, 4, 5, 6, 7, 64, 1000, 1200, 4096, wire.len()] {
-            assert_eq!(deframe(&wire, size), frames(), "chunks of {size}");
+            assert_eq!(deframe(&wire, size), sample_frames(), "chunks of {size}");
         }
     }
 

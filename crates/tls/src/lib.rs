@@ -1,4 +1,5 @@
-//! Certificates, rustls configurations and QUIC endpoints.
+//! Certificates, rustls configurations, QUIC endpoints and the TCP + TLS
+//! link ([`TcpLinkClient`], [`TcpLinkServer`]).
 //!
 //! Three certificate authorities, never one:
 //! * **public**: the gateway's HTTPS listener, trusted by browsers and the CLI;
@@ -19,6 +20,7 @@ pub mod check;
 mod link;
 pub mod pki;
 mod quic;
+mod tcp;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,6 +34,7 @@ pub use quic::{
     link_client, link_server, quic_client, quic_server, transport_config, LinkClient, LinkServer,
 };
 pub use rustls;
+pub use tcp::{raise_open_files, TcpLinkClient, TcpLinkError, TcpLinkServer};
 
 /// Why TLS material could not be loaded or used.
 #[derive(Debug, thiserror::Error)]

@@ -143,6 +143,7 @@ impl State {
                 ca: self.path("agent-ca.pem"),
                 cert: self.path("gateway-client.pem"),
                 key: self.path("gateway-client.key"),
+                session_transport: Default::default(),
             },
             agent_list: agents
                 .iter()

@@ -1320,18 +1320,85 @@ async fn refused_at_start(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// A TCP + TLS connection to the stack's agent's TCP listener (the
+/// session transport `"tcp"`), presenting `id` (or no certificate) and
+/// trusting the agent CA: opens a console on `demo`'s serial console with
+/// `force` and returns the agent's first frame, or the error that ended
+/// the attempt.
+async fn open_on_agent_tcp(
+    stack: &Stack,
+    id: Option<&vmgate_tls::Identity>,
+) -> Result<vmgate_wire::Frame, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use vmgate_wire::{Frame, Mode, OpenRequest, StreamKind};
+    let ca = stack.state.path("agent-ca.pem");
+    let alpn = &[vmgate_wire::TCP_ALPN];
+    let tls = match id {
+        Some(id) => vmgate_tls::mtls_client_config(id, &ca, alpn).unwrap(),
+        None => vmgate_tls::client_config(vmgate_tls::load_roots(&ca).unwrap(), alpn).unwrap(),
+    };
+    let attempt = async {
+        let mut conn = vmgate_tls::TcpLinkClient::new(tls)
+            .connect(stack.agent_addr, "localhost")
+            .await
+            .map_err(|e| e.to_string())?;
+        let req = OpenRequest {
+            kind: StreamKind::Console,
+            session: 8,
+            guest: "demo".into(),
+            channel: "serial0".into(),
+            mode: Mode::Interactive,
+            force: true,
+        };
+        // TLS 1.3: the client's certificate is checked after the client
+        // finished its part of the handshake; a refusal shows on the
+        // first read.
+        conn.write_all(&req.encode())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = bytes::BytesMut::new();
+        loop {
+            if let Some(f) = Frame::decode(&mut buf).map_err(|e| e.to_string())? {
+                return Ok(f);
+            }
+            if conn.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                return Err("the agent closed the connection".to_string());
+            }
+        }
+    };
+    tokio::time::timeout(common::WAIT, attempt)
+        .await
+        .expect("the agent neither answered nor refused")
+}
+
 /// Hole 1: root on one node takes that node's agent certificate and key
 /// and connects, as a gateway would, to another node's agent. The running
 /// `vmgate agent` refuses it in the TLS certificate check (the certificate
 /// is serverAuth only and from the agent CA, not the gateway-client CA),
-/// while the gateway's client certificate, in the same test, opens the
-/// same console. A configuration of the old single-CA layout does not
-/// start, on either side, and says what to change.
+/// over QUIC and over its TCP listener alike, while the gateway's client
+/// certificate, in the same test, opens the same console over both. Over
+/// TCP a client without a certificate is refused in its handshake too,
+/// and one that never speaks is closed at the 10 s handshake deadline;
+/// each refusal is logged with its reason and count. A configuration of
+/// the old single-CA layout does not start, on either side, and says what
+/// to change.
 #[tokio::test]
 async fn a_nodes_certificate_opens_no_console_on_an_agent_and_one_ca_layouts_do_not_start() {
     use vmgate_tls::pki::{write_identity, Ca};
     let stack = Stack::start().await;
     let state = &stack.state;
+    // A client that connects over TCP and never starts its handshake;
+    // measured at the end of the test.
+    let silent_from = std::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(stack.agent_addr)
+        .await
+        .unwrap();
+    let silent_closed = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut b = [0u8; 16];
+        let n = silent.read(&mut b).await.unwrap_or(0);
+        (n, silent_from.elapsed())
+    });
     // Every node's certificate comes from the agent CA: this one stands
     // for node A's.
     let node = vmgate_tls::Identity {
@@ -1360,6 +1427,53 @@ async fn a_nodes_certificate_opens_no_console_on_an_agent_and_one_ca_layouts_do_
     };
     let first = open_on_agent(&stack, &gateway).await.unwrap();
     assert_eq!(first, vmgate_wire::Frame::Opened);
+
+    // The same over the agent's TCP listener: the node's certificate is
+    // refused (alert 43, unsupported_certificate), as is no certificate
+    // at all (alert 116, certificate_required), each at once; the
+    // gateway's opens the console.
+    let err = open_on_agent_tcp(&stack, Some(&node))
+        .await
+        .expect_err("a node's certificate opened a console over TCP");
+    assert!(err.contains("UnsupportedCertificate"), "{err}");
+    let started = std::time::Instant::now();
+    let err = open_on_agent_tcp(&stack, None)
+        .await
+        .expect_err("a client without a certificate opened a console over TCP");
+    assert!(err.contains("CertificateRequired"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    stack
+        .wait_log("agent.log", common::WAIT, "TCP certificate refusals", |l| {
+            l.contains("gateway handshake failed")
+                && l.contains("transport=\"tcp\"")
+                && l.contains("reason=\"handshake_failed\"")
+                && l.contains("refused=2")
+                && l.contains("certificate")
+        })
+        .await;
+    let first = open_on_agent_tcp(&stack, Some(&gateway)).await.unwrap();
+    assert_eq!(first, vmgate_wire::Frame::Opened);
+    // The silent client: closed by the agent at its handshake deadline.
+    let (n, after) = tokio::time::timeout(common::WAIT, silent_closed)
+        .await
+        .expect("a silent TCP client was never closed")
+        .unwrap();
+    assert_eq!(n, 0);
+    assert!(
+        after >= Duration::from_secs(10) && after < Duration::from_secs(13),
+        "a silent client was closed after {after:?}, not at the 10 s deadline"
+    );
+    stack
+        .wait_log("agent.log", common::WAIT, "TCP deadline refusal", |l| {
+            l.contains("gateway handshake timed out")
+                && l.contains("reason=\"handshake_deadline\"")
+                && l.contains("refused=1")
+        })
+        .await;
 
     // The old layout: one internal CA, leaves for both purposes.
     let dir = stack.dir.path();

@@ -326,6 +326,42 @@ async fn vncdotool_through_vmgate_vnc_sees_exactly_the_screendump(backend: Backe
     assert!(agent.contains(via), "agent log:\n{agent}");
 }
 
+/// `[agents] session_transport = "tcp"`: every session has its own TCP +
+/// TLS connection to the agent instead of a QUIC stream. A serial console
+/// answers a command, and a VNC viewer's capture equals QEMU's own
+/// screendump pixel for pixel, both over that transport (the agent logs
+/// each session with the transport it came by, and none came by QUIC).
+#[tokio::test]
+async fn the_tcp_session_transport_carries_a_serial_console_and_the_exact_screen() {
+    let stack = Stack::start_secure_with(|cfg| {
+        cfg.agents.session_transport = vmgate_gateway::config::SessionTransport::Tcp
+    })
+    .await;
+    let mut serial = stack.serial().await;
+    serial.send(b"echo over-tcp-$((6*7))\n").await;
+    serial.expect("over-tcp-42").await;
+    drop(serial);
+    assert_capture_equals_screendump(&stack).await;
+    let agent = plain(&stack.log("agent.log"));
+    let opened: Vec<&str> = agent
+        .lines()
+        .filter(|l| l.contains("session opened"))
+        .collect();
+    for channel in ["serial0", "vnc"] {
+        assert!(
+            opened
+                .iter()
+                .any(|l| l.contains(&format!("channel={channel}"))
+                    && l.contains("transport=\"tcp\"")),
+            "no {channel} session over TCP in the agent log:\n{agent}"
+        );
+    }
+    assert!(
+        !opened.iter().any(|l| l.contains("transport=\"quic\"")),
+        "a session came by QUIC:\n{agent}"
+    );
+}
+
 #[tokio::test]
 async fn the_vnc_unix_socket_fallback_shows_the_same_screen() {
     let stack = Stack::start_with(

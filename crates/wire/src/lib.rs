@@ -32,6 +32,10 @@ pub use inventory::{ChannelInfo, ChannelKind, GuestInfo, GuestState, Inventory};
 /// ALPN protocol id of the gateway–agent QUIC connection; bump with the
 /// header version.
 pub const ALPN: &[u8] = b"vmgate/1";
+/// ALPN protocol id of a gateway–agent TCP + TLS connection (one per
+/// session, `[agents] session_transport = "tcp"`): the same header and
+/// frames as a QUIC console stream; bump with the header version.
+pub const TCP_ALPN: &[u8] = b"vmgate-tcp/1";
 
 /// Checks a guest or channel name: 1 to [`MAX_NAME_LEN`] bytes of
 /// `[A-Za-z0-9._:-]`. Names travel in URLs, file names and log lines, so

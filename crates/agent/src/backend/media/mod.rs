@@ -40,9 +40,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use vmgate_nbd::media::{self, Decoder, Direction, Item};
 use vmgate_nbd::{Handshake, Monitor};
-use vmgate_relay::quic::{QuicRx, QuicTx};
 use vmgate_relay::{FrameRx, FrameTx};
 use vmgate_wire::{Close, CloseCode, Frame, Mode, OpenRequest};
+
+use crate::server::{GatewayRx, GatewayTx};
 
 pub use socket::{Endpoint, MediaDir};
 pub use tray::Tray;
@@ -282,7 +283,7 @@ impl Drive {
 
 /// The client's messages, decoded as they arrive.
 struct ClientItems<'a> {
-    rx: &'a mut QuicRx,
+    rx: &'a mut GatewayRx,
     decoder: Decoder,
     items: VecDeque<Item>,
     ended: bool,
@@ -318,11 +319,11 @@ impl ClientItems<'_> {
     }
 }
 
-async fn send_item(tx: &mut QuicTx, item: &Item) -> Result<(), Close> {
+async fn send_item(tx: &mut GatewayTx, item: &Item) -> Result<(), Close> {
     tx.send(Frame::Data(media::encode(item))).await
 }
 
-async fn send_nbd(tx: &mut QuicTx, bytes: &[u8]) -> Result<(), Close> {
+async fn send_nbd(tx: &mut GatewayTx, bytes: &[u8]) -> Result<(), Close> {
     for m in media::nbd_messages(bytes) {
         tx.send(Frame::Data(m)).await?;
     }
@@ -339,8 +340,8 @@ async fn send_nbd(tx: &mut QuicTx, bytes: &[u8]) -> Result<(), Close> {
 pub async fn serve(
     req: &OpenRequest,
     drive: Arc<Drive>,
-    rx: &mut QuicRx,
-    tx: &mut QuicTx,
+    rx: &mut GatewayRx,
+    tx: &mut GatewayTx,
     stop: impl Future<Output = Close> + Send,
 ) -> Ended {
     let mut client = ClientItems {
@@ -446,7 +447,7 @@ async fn eject_other(req: &OpenRequest, drive: &Drive) -> Close {
 }
 
 /// Negotiates with the client's NBD server: the export's size.
-async fn client_handshake(client: &mut ClientItems<'_>, tx: &mut QuicTx) -> Result<u64, Close> {
+async fn client_handshake(client: &mut ClientItems<'_>, tx: &mut GatewayTx) -> Result<u64, Close> {
     let mut hs = Handshake::new("");
     let breach = |what: String| {
         Close::new(
@@ -493,7 +494,7 @@ async fn insert(
     drive: &Arc<Drive>,
     name: &str,
     client: &mut ClientItems<'_>,
-    tx: &mut QuicTx,
+    tx: &mut GatewayTx,
     stop: &mut (impl Future<Output = Close> + Send + Unpin),
 ) -> (Ended, bool) {
     let done = |close| (Ended::op("insert", close), false);
@@ -652,7 +653,7 @@ async fn to_qemu(
 /// QEMU → client: QEMU's requests, checked, sent as NBD messages.
 async fn from_qemu(
     qr: &mut OwnedReadHalf,
-    tx: &mut QuicTx,
+    tx: &mut GatewayTx,
     monitor: &Mutex<Monitor>,
     counts: &Counts,
     leftover: Vec<u8>,
@@ -699,7 +700,7 @@ async fn from_qemu(
 #[allow(clippy::too_many_arguments)]
 async fn bridge(
     client: &mut ClientItems<'_>,
-    tx: &mut QuicTx,
+    tx: &mut GatewayTx,
     qemu: UnixStream,
     leftover: Vec<u8>,
     drive: &Drive,
