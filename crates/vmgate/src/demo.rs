@@ -273,8 +273,10 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     }
 }
 
-/// `cfg` with every socket path under `from` moved to the same name under `to`.
-fn on_node(mut cfg: GuestConfig, from: &std::path::Path, to: &std::path::Path) -> GuestConfig {
+/// `cfg` with every socket path under `from` moved to the same name under
+/// `to`: the same guest as another node's agent sees it once it migrated
+/// there (a QEMU started in that node's run directory).
+pub fn on_node(mut cfg: GuestConfig, from: &std::path::Path, to: &std::path::Path) -> GuestConfig {
     let moved = |p: &mut PathBuf| {
         if let Ok(rest) = p.strip_prefix(from) {
             *p = to.join(rest);

@@ -7,7 +7,17 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Session, WAIT};
+use common::rfb::{Image, Viewer};
+use common::{Backend, Event, Session, Stack, WAIT};
+use vmgate_agent::qmp::Qmp;
+use vmgate_testkit::{BootOptions, Guest};
+
+/// A virtio-serial port the two-node tests add to the guest: the guest
+/// writes to it from its shell (the echo port's service holds that one).
+const BULK: &str = "test.bulk";
+/// What the guest writes to [`BULK`]: `block N` and `seq 1 11000` (53.6
+/// KiB) for N from 1 to this, 16.02 MiB in all.
+const BULK_BLOCKS: u32 = 306;
 
 /// The demo process, stopped like a user would (SIGTERM) if the test fails
 /// half-way, so it never leaves a QEMU behind.
@@ -235,4 +245,430 @@ async fn the_two_node_demo_moves_the_guest_and_its_sessions_follow() {
     assert!(status.success(), "{status:?}");
     let left = processes_under(&state);
     assert!(left.is_empty(), "processes left running: {left:?}");
+}
+
+// ---------------------------------------------------------------------------
+// The qemu backend across live migration, with the agents as processes.
+
+/// The two nodes' names, in the order of [`Nodes::dirs`].
+const NODES: [&str; 2] = ["node-a", "node-b"];
+
+/// The qemu backend on two nodes, as the two-node demo runs it but with
+/// every agent its own process (so one can die alone): the stack's agent
+/// is `node-a`, a second `vmgate agent` is `node-b`, each with its own
+/// QEMU run directory, behind the stack's gateway. The test moves the
+/// guest between them with QMP `migrate` to a fresh `-incoming` QEMU, as
+/// `vmgate demo --nodes 2` does.
+struct Nodes {
+    stack: Stack,
+    image: vmgate_testkit::GuestImage,
+    /// Each node's QEMU run directory.
+    dirs: [std::path::PathBuf; 2],
+    /// Each node's agent log, in the stack's directory.
+    logs: [&'static str; 2],
+    /// Where the guest runs now.
+    here: usize,
+}
+
+/// One live migration, as the test saw it.
+struct Moved {
+    /// The destination's QMP first said `running` (polled every 10 ms).
+    resumed: std::time::SystemTime,
+    /// QEMU's own downtime, ms.
+    downtime: u64,
+}
+
+impl Nodes {
+    async fn start() -> Nodes {
+        let mut stack = Stack::start_full(
+            Backend::Qemu,
+            true,
+            |o| o.channels.push(BULK.into()),
+            |cfg| cfg.node = NODES[0].into(),
+            |_, _| {},
+        )
+        .await;
+        let image = tokio::task::spawn_blocking(|| {
+            vmgate_testkit::build_image(&vmgate_testkit::default_cache_dir())
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let dirs = [stack.qemu().run_dir.clone(), stack.dir.path().join("b")];
+        std::fs::create_dir_all(&dirs[1]).unwrap();
+        let guest = vmgate::demo::on_node(
+            vmgate::demo::guest_config(stack.qemu()),
+            &dirs[0],
+            &dirs[1],
+        );
+        let mut cfg = stack.state.agent_config(common::any_port(), vec![guest]);
+        cfg.node = NODES[1].into();
+        cfg.log_dir = stack.dir.path().join("logs-node-b");
+        std::fs::create_dir_all(&cfg.log_dir).unwrap();
+        let b = stack.spawn_agent("agent-b", &cfg, Backend::Qemu).await;
+        stack
+            .restart_gateway(|gw| {
+                let mut agent = gw.agent_list[0].clone();
+                agent.addr = b;
+                gw.agent_list.push(agent);
+            })
+            .await;
+        Nodes {
+            stack,
+            image,
+            dirs,
+            logs: ["agent.log", "agent-b.log"],
+            here: 0,
+        }
+    }
+
+    /// The QMP socket of the guest's QEMU on node `i`.
+    fn qmp_of(&self, i: usize) -> std::path::PathBuf {
+        self.dirs[i].join("qmp.sock")
+    }
+
+    /// The guest's screen as its QEMU (on the node it runs on) has it: QMP
+    /// `screendump`.
+    async fn screendump(&self) -> Image {
+        let path = self.stack.dir.path().join(format!(
+            "screendump-{}.ppm",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let mut q = tokio::time::timeout(WAIT, Qmp::connect(&self.qmp_of(self.here)))
+            .await
+            .expect("QMP answers")
+            .expect("QMP connects");
+        q.execute(
+            "screendump",
+            serde_json::json!({ "filename": path.to_str().unwrap() }),
+        )
+        .await
+        .expect("screendump");
+        let img = Image::ppm(&path);
+        let _ = std::fs::remove_file(&path);
+        img
+    }
+
+    /// How many times node `i`'s agent logged that the guest left it.
+    fn departures(&self, i: usize) -> usize {
+        common::plain(&self.stack.log(self.logs[i]))
+            .lines()
+            .filter(|l| l.contains("guest run state (QMP)") && l.contains("state=Migrated"))
+            .count()
+    }
+
+    /// A fresh `-incoming` QEMU on the other node, listening on
+    /// `migrate.sock` in its run directory.
+    async fn incoming(&self) -> (Guest, std::path::PathBuf) {
+        let to = 1 - self.here;
+        let sock = self.dirs[to].join("migrate.sock");
+        let mut opts = BootOptions::new("demo", &self.dirs[to]);
+        opts.channels.push(BULK.into());
+        let (image, s) = (self.image.clone(), sock.clone());
+        let guest = tokio::task::spawn_blocking(move || Guest::boot_incoming(&image, &opts, &s))
+            .await
+            .unwrap()
+            .expect("starting the incoming QEMU");
+        (guest, sock)
+    }
+
+    /// Live-migrates the guest to the other node: QMP `migrate` to a fresh
+    /// `-incoming` QEMU there; waits (polling every 10 ms) for the new QEMU
+    /// to say `running`, then for the old node's agent to see the guest
+    /// leave (its sessions then end with 4413 and the gateway follows
+    /// them), and quits the old QEMU.
+    async fn migrate(&mut self) -> Moved {
+        let to = 1 - self.here;
+        let left = self.departures(self.here);
+        let (mut target, sock) = self.incoming().await;
+        let mut q = Qmp::connect(&self.qmp_of(self.here)).await.unwrap();
+        q.execute(
+            "migrate",
+            serde_json::json!({ "uri": format!("unix:{}", sock.display()) }),
+        )
+        .await
+        .expect("QMP migrate");
+        drop(q);
+        let deadline = Instant::now() + WAIT;
+        let resumed = loop {
+            if status(&target.qmp_socket).await.as_deref() == Some("running") {
+                break std::time::SystemTime::now();
+            }
+            assert!(
+                target.is_running() && Instant::now() < deadline,
+                "the guest did not resume on {} within {WAIT:?}: {}",
+                NODES[to],
+                std::fs::read_to_string(&target.log_path).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let mut q = Qmp::connect(&self.qmp_of(self.here)).await.unwrap();
+        let st = q
+            .execute("query-migrate", serde_json::json!({}))
+            .await
+            .unwrap();
+        assert_eq!(st["status"], "completed", "{st}");
+        let downtime = st["downtime"].as_u64().unwrap_or(0);
+        drop(q);
+        let _ = std::fs::remove_file(&sock);
+        // The old node's agent polls every 200 ms: once it saw the guest
+        // leave, its QEMU may go.
+        let deadline = Instant::now() + WAIT;
+        while self.departures(self.here) == left {
+            assert!(
+                Instant::now() < deadline,
+                "{} never saw the guest leave:\n{}",
+                NODES[self.here],
+                self.stack.log(self.logs[self.here])
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let old = std::mem::replace(self.stack.qemu_guest(), target);
+        quit(old).await;
+        self.here = to;
+        Moved { resumed, downtime }
+    }
+}
+
+/// QMP `query-status`'s `status`, or none if QMP does not answer in 2 s.
+async fn status(qmp: &std::path::Path) -> Option<String> {
+    let answer = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut q = Qmp::connect(qmp).await?;
+        q.execute("query-status", serde_json::json!({})).await
+    })
+    .await
+    .ok()?
+    .ok()?;
+    answer["status"].as_str().map(str::to_string)
+}
+
+/// Asks `guest`'s QEMU to quit, then kills and reaps it (removing its
+/// sockets).
+async fn quit(guest: Guest) {
+    if let Ok(mut q) = Qmp::connect(&guest.qmp_socket).await {
+        let _ = q.execute("quit", serde_json::json!({})).await;
+    }
+    tokio::task::spawn_blocking(move || drop(guest))
+        .await
+        .unwrap();
+}
+
+/// UTC seconds since midnight, as log lines show them.
+fn ms_between(from: std::time::SystemTime, to: std::time::SystemTime) -> i64 {
+    match to.duration_since(from) {
+        Ok(d) => d.as_millis() as i64,
+        Err(e) => -(e.duration().as_millis() as i64),
+    }
+}
+
+/// Waits for a notice containing `needle` among those after the first
+/// `since`; returns when it was read (the session is read as it comes).
+async fn notice_at(s: &mut Session, since: usize, needle: &str) -> std::time::SystemTime {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !s.notices[since..].iter().any(|n| n.contains(needle)) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if let Event::Timeout | Event::Closed(..) = s.next_event(left).await {
+            panic!(
+                "no notice {needle:?}; notices: {:?}, closed: {:?}",
+                s.notices, s.closed
+            );
+        }
+    }
+    std::time::SystemTime::now()
+}
+
+/// What a channel session received.
+struct Received {
+    bytes: Vec<u8>,
+    notices: Vec<String>,
+    closed: Option<(u16, String)>,
+}
+
+/// Reads the channel session `ws` until `len` bytes came, it closed, or
+/// `wait` passed; `progress` says how many bytes came so far.
+async fn receive(
+    mut ws: vmgate::client::Ws,
+    len: usize,
+    progress: tokio::sync::watch::Sender<usize>,
+    wait: Duration,
+) -> Received {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut out = Received {
+        bytes: Vec::with_capacity(len),
+        notices: Vec::new(),
+        closed: None,
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    while out.bytes.len() < len {
+        let Ok(msg) = tokio::time::timeout_at(deadline, ws.next()).await else {
+            break;
+        };
+        match msg {
+            Some(Ok(Message::Binary(b))) => {
+                out.bytes.extend_from_slice(&b);
+                progress.send_replace(out.bytes.len());
+            }
+            Some(Ok(Message::Text(t))) => match vmgate_wire::Control::parse(t.as_str()) {
+                Ok(vmgate_wire::Control::Notice { text }) => out.notices.push(text),
+                other => panic!("the gateway sent {other:?} on a channel session"),
+            },
+            Some(Ok(Message::Close(f))) => {
+                out.closed = Some(
+                    f.map(|f| (u16::from(f.code), f.reason.to_string()))
+                        .unwrap_or((1005, String::new())),
+                );
+                break;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                out.closed = Some((1006, e.to_string()));
+                break;
+            }
+            None => {
+                out.closed = Some((1006, "stream ended".into()));
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// What the guest writes to [`BULK`] (`BULK_BLOCKS` numbered blocks of
+/// `seq 1 11000`).
+fn bulk() -> Vec<u8> {
+    let block: Vec<u8> = (1..=11000).flat_map(|i| format!("{i}\n").into_bytes()).collect();
+    (1..=BULK_BLOCKS)
+        .flat_map(|n| {
+            let mut b = format!("block {n}\n").into_bytes();
+            b.extend_from_slice(&block);
+            b
+        })
+        .collect()
+}
+
+/// The qemu backend across live migration (docs/migration.md, "The `qemu`
+/// backend"), two agents as processes: a serial session, a 16 MiB transfer
+/// on the echo channel and a viewer through `vmgate vnc`, all opened on
+/// node-a, stay open across a QMP `migrate` to node-b: the transfer comes
+/// back complete and in order on the same session, which is told it
+/// follows; the serial session follows and draws on the guest's VGA
+/// console, and the viewer's framebuffer then equals node-b's QMP
+/// `screendump` pixel for pixel.
+#[tokio::test]
+async fn qemu_backend_sessions_follow_the_guest_across_live_migration() {
+    let mut nodes = Nodes::start().await;
+    let stack = &nodes.stack;
+    let mut serial = stack.serial().await;
+    serial.expect_notice("you hold the keyboard").await;
+    serial.send(b"MIG=kept-$((6*7))\n").await;
+    serial.send(b"echo before-$((2+2))\n").await;
+    serial.expect("before-4").await;
+    let viewer = Viewer::start(stack, &stack.name).await;
+    let on_a = viewer.wait_screen(WAIT, || nodes.screendump()).await;
+
+    // 16 MiB from the guest on a channel, on their way when the guest
+    // moves: numbered blocks written to the port from the guest's shell.
+    let t = stack.ticket(&stack.name, &[BULK], false);
+    let url = format!(
+        "wss://{}/ws/{}/{BULK}?ticket={}",
+        stack.gw_addr, stack.name, t.ticket
+    );
+    let ws = stack.connect(&url).await;
+    let want = bulk();
+    let (progress, mut came) = tokio::sync::watch::channel(0usize);
+    let transfer = tokio::spawn(receive(ws, want.len(), progress, 3 * WAIT));
+    serial
+        .send(
+            format!(
+                "seq 1 11000 >/tmp/b; for p in /sys/class/virtio-ports/*; do [ $(cat $p/name) = {BULK} ] && d=/dev/${{p##*/}}; done; for n in $(seq {BULK_BLOCKS}); do echo block $n; cat /tmp/b; done >$d & echo started-$((3*3))\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+    serial.expect("started-9").await;
+    // The move starts once the first MiB came.
+    tokio::time::timeout(WAIT, came.wait_for(|n| *n >= 1 << 20))
+        .await
+        .expect("the guest's bytes come through the channel")
+        .unwrap();
+
+    let notices = serial.notices.len();
+    let updates = viewer.updates();
+    let (moved, followed) = tokio::join!(
+        nodes.migrate(),
+        notice_at(&mut serial, notices, "this session follows it")
+    );
+    let during = *came.borrow();
+    assert!(
+        during < want.len(),
+        "the transfer was over before the guest moved"
+    );
+
+    // The transfer, on the same session, arrives whole and in order.
+    let got = transfer.await.unwrap();
+    let bulk_lines = |log: &str| {
+        common::plain(&nodes.stack.log(log))
+            .lines()
+            .filter(|l| l.contains(BULK))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(got.closed, None, "the channel session ended");
+    if let Some(at) = got.bytes.iter().zip(&want).position(|(a, b)| a != b) {
+        panic!(
+            "the bytes differ from byte {at} on: got {:?}, not {:?}\n{}\n{}",
+            String::from_utf8_lossy(&got.bytes[at.saturating_sub(20)..(at + 20).min(got.bytes.len())]),
+            String::from_utf8_lossy(&want[at.saturating_sub(20)..(at + 20).min(want.len())]),
+            bulk_lines("agent.log"),
+            bulk_lines("agent-b.log"),
+        );
+    }
+    assert_eq!(
+        got.bytes.len(),
+        want.len(),
+        "{} of {} bytes came\n{}\n{}",
+        got.bytes.len(),
+        want.len(),
+        bulk_lines("agent.log"),
+        bulk_lines("agent-b.log"),
+    );
+    assert!(
+        got.notices
+            .iter()
+            .any(|n| n.contains("this session follows it")),
+        "{:?}",
+        got.notices
+    );
+
+    // The serial session goes on in the same shell, on node-b.
+    serial.send(b"echo mig=$MIG\n").await;
+    serial.expect("mig=kept-42").await;
+    // What is drawn on the VGA console now reaches the viewer, whose
+    // framebuffer equals node-b's screendump.
+    serial
+        .send(b"printf '\\033[44m\\033[2Jmoved-%s' $((6*7)) > /dev/tty1; echo drawn-$((1+1))\n")
+        .await;
+    serial.expect("drawn-2").await;
+    let on_b = viewer.wait_screen(WAIT, || nodes.screendump()).await;
+    assert_ne!(on_a, on_b, "the screen after the move is the new one");
+    viewer.assert_open();
+    let first = viewer.seen.lock().unwrap().wall[updates..]
+        .iter()
+        .copied()
+        .find(|t| *t >= moved.resumed)
+        .expect("an update after the move");
+    eprintln!(
+        "moved (QEMU downtime {} ms; {} of {} bytes had come): resume to the viewer's first update {} ms, to the serial notice {} ms",
+        moved.downtime,
+        during,
+        want.len(),
+        ms_between(moved.resumed, first),
+        ms_between(moved.resumed, followed),
+    );
+    let seen = viewer.seen.lock().unwrap();
+    assert!(seen.encodings.is_subset(&[0, 5, -223].into()), "{:?}", seen.encodings);
 }

@@ -63,6 +63,28 @@ impl Image {
         Image { width, height, rgb }
     }
 
+    /// Reads a binary PPM (P6, maxval 255), as QMP `screendump` writes it.
+    pub fn ppm(path: &Path) -> Image {
+        let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut fields = Vec::new();
+        let mut at = 0;
+        while fields.len() < 4 {
+            while data[at].is_ascii_whitespace() {
+                at += 1;
+            }
+            let start = at;
+            while !data[at].is_ascii_whitespace() {
+                at += 1;
+            }
+            fields.push(String::from_utf8_lossy(&data[start..at]).into_owned());
+        }
+        assert_eq!((fields[0].as_str(), fields[3].as_str()), ("P6", "255"));
+        let (width, height) = (fields[1].parse().unwrap(), fields[2].parse().unwrap());
+        let rgb = data[at + 1..].to_vec();
+        assert_eq!(rgb.len(), width * height * 3, "{}", path.display());
+        Image { width, height, rgb }
+    }
+
     pub fn differing(&self, other: &Image) -> usize {
         if (self.width, self.height) != (other.width, other.height) {
             return usize::MAX;
