@@ -561,6 +561,16 @@ impl Stack {
         (public, admin)
     }
 
+    /// The process id of the agent [`Stack::spawn_agent`] started as `name`.
+    pub fn extra_agent_pid(&self, name: &str) -> u32 {
+        self.extra_agents
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no agent {name} runs"))
+            .1
+            .id()
+    }
+
     /// Kills the agent [`Stack::spawn_agent`] started as `name`.
     pub fn kill_extra_agent(&mut self, name: &str) {
         let i = self
