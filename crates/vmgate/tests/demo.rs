@@ -15,8 +15,12 @@ use vmgate_testkit::{BootOptions, Guest};
 /// A virtio-serial port the two-node tests add to the guest: the guest
 /// writes to it from its shell (the echo port's service holds that one).
 const BULK: &str = "test.bulk";
-/// What the guest writes to [`BULK`]: `block N` and `seq 1 11000` (53.6
-/// KiB) for N from 1 to this, 16.02 MiB in all.
+/// What the guest writes to [`BULK`] first: `seq 1 BULK_LINES`, one
+/// small write per line (busybox), about 3 s of them under TCG: the move
+/// comes then, while the guest writes all the time.
+const BULK_LINES: u32 = 100_000;
+/// Then `block N` and `seq 1 11000` (53.6 KiB, in large writes) for N from
+/// 1 to this: 16.02 MiB.
 const BULK_BLOCKS: u32 = 306;
 
 /// The demo process, stopped like a user would (SIGTERM) if the test fails
@@ -574,19 +578,23 @@ async fn receive(
     out
 }
 
-/// What the guest writes to [`BULK`] (`BULK_BLOCKS` numbered blocks of
-/// `seq 1 11000`).
-fn bulk() -> Vec<u8> {
-    let block: Vec<u8> = (1..=11000)
+/// `seq 1 n`.
+fn seq(n: u32) -> Vec<u8> {
+    (1..=n)
         .flat_map(|i| format!("{i}\n").into_bytes())
-        .collect();
-    (1..=BULK_BLOCKS)
-        .flat_map(|n| {
-            let mut b = format!("block {n}\n").into_bytes();
-            b.extend_from_slice(&block);
-            b
-        })
         .collect()
+}
+
+/// What the guest writes to [`BULK`]: `seq 1 BULK_LINES`, then
+/// `BULK_BLOCKS` numbered blocks of `seq 1 11000`.
+fn bulk() -> Vec<u8> {
+    let block = seq(11000);
+    let blocks = (1..=BULK_BLOCKS).flat_map(|n| {
+        let mut b = format!("block {n}\n").into_bytes();
+        b.extend_from_slice(&block);
+        b
+    });
+    seq(BULK_LINES).into_iter().chain(blocks).collect()
 }
 
 /// The qemu backend across live migration (docs/migration.md, "The `qemu`
@@ -624,8 +632,9 @@ async fn qemu_backend_sessions_follow_the_guest_across_live_migration() {
     let mut page = Page::open(&t.url, &stack.dir.path().join("browser")).await;
     page.wait_screen(WAIT, || nodes.screendump()).await;
 
-    // 16 MiB from the guest on a channel, on their way when the guest
-    // moves: numbered blocks written to the port from the guest's shell.
+    // 16.6 MiB from the guest on a channel, on their way when the guest
+    // moves: lines, then numbered blocks, written to the port from the
+    // guest's shell.
     let t = stack.ticket(&stack.name, &[BULK], false);
     let url = format!(
         "wss://{}/ws/{}/{BULK}?ticket={}",
@@ -638,14 +647,14 @@ async fn qemu_backend_sessions_follow_the_guest_across_live_migration() {
     serial
         .send(
             format!(
-                "seq 1 11000 >/tmp/b; for p in /sys/class/virtio-ports/*; do [ $(cat $p/name) = {BULK} ] && d=/dev/${{p##*/}}; done; for n in $(seq {BULK_BLOCKS}); do echo block $n; cat /tmp/b; done >$d & echo started-$((3*3))\n"
+                "seq 1 11000 >/tmp/b; for p in /sys/class/virtio-ports/*; do [ $(cat $p/name) = {BULK} ] && d=/dev/${{p##*/}}; done; {{ seq 1 {BULK_LINES}; for n in $(seq {BULK_BLOCKS}); do echo block $n; cat /tmp/b; done; }} >$d & echo started-$((3*3))\n"
             )
             .as_bytes(),
         )
         .await;
     serial.expect("started-9").await;
-    // The move starts once the first MiB came.
-    tokio::time::timeout(WAIT, came.wait_for(|n| *n >= 1 << 20))
+    // The move starts once the first 100 kB came: the guest writes lines.
+    tokio::time::timeout(WAIT, came.wait_for(|n| *n >= 100_000))
         .await
         .expect("the guest's bytes come through the channel")
         .unwrap();
@@ -698,6 +707,18 @@ async fn qemu_backend_sessions_follow_the_guest_across_live_migration() {
             .any(|n| n.contains("this session follows it")),
         "{:?}",
         got.notices
+    );
+    // node-b's agent had connected the port while its QEMU waited for the
+    // guest, and the followed session got that connection: QEMU drops what
+    // the guest writes to a port nobody is connected to, and a line written
+    // in the instant of the move was lost that way before.
+    let b_log = common::plain(&nodes.stack.log("agent-b.log"));
+    assert!(
+        b_log.lines().any(
+            |l| l.contains("channel connected ahead of the guest's migration in")
+                && l.contains(BULK)
+        ),
+        "{b_log}"
     );
 
     // The serial session goes on in the same shell, on node-b.

@@ -10,7 +10,12 @@
 //! * a QEMU the guest migrated away from (`postmigrate`) is reported down
 //!   and its sessions end with [`CloseCode::GuestMoved`], the same close
 //!   the `libvirt` backend gives, which the gateway follows to the node
-//!   that now reports the guest running (docs/migration.md).
+//!   that now reports the guest running (docs/migration.md);
+//! * while a QEMU waits for the guest (`inmigrate`), the agent connects its
+//!   virtio-serial ports ahead of time and holds those connections
+//!   ([`Parked`]) for the sessions that follow the guest here: QEMU drops
+//!   what the guest writes to a port nobody is connected to, so without
+//!   them the guest's first writes after it resumed would be lost.
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
@@ -42,7 +47,68 @@ struct Guest {
     drives: HashMap<String, Arc<Drive>>,
     /// What QMP last said of the guest's run state.
     run: watch::Sender<RunState>,
+    /// Each channel's connection made ahead of a migration in, by name.
+    parked: HashMap<String, Parked>,
 }
+
+/// A channel's connection made while the node's QEMU waited for the guest
+/// to migrate in, held for the next session on that channel (the one the
+/// gateway follows here). Nothing is read from it until a session takes
+/// it, so what the guest writes waits in the socket (QEMU throttles the
+/// port when it is full) instead of being dropped by QEMU. Released
+/// [`PARK_GRACE`] after the guest resumed here if no session took it.
+#[derive(Default)]
+struct Parked(std::sync::Mutex<Option<UnixStream>>);
+
+impl Parked {
+    /// The held connection, if its QEMU has not closed it.
+    fn take(&self) -> Option<UnixStream> {
+        let s = self.0.lock().expect("parked lock").take()?;
+        open(&s).then_some(s)
+    }
+
+    /// True if a connection is held and its QEMU has not closed it
+    /// (a closed one is let go).
+    fn holds(&self) -> bool {
+        let mut held = self.0.lock().expect("parked lock");
+        match held.as_ref() {
+            Some(s) if open(s) => true,
+            _ => {
+                *held = None;
+                false
+            }
+        }
+    }
+
+    fn put(&self, s: UnixStream) {
+        *self.0.lock().expect("parked lock") = Some(s);
+    }
+
+    fn release(&self) -> bool {
+        self.0.lock().expect("parked lock").take().is_some()
+    }
+}
+
+/// True unless the peer closed `s` (and nothing is left to read): a
+/// non-blocking peek, which reads nothing.
+fn open(s: &UnixStream) -> bool {
+    use nix::sys::socket::{recv, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    !matches!(
+        recv(
+            s.as_raw_fd(),
+            &mut byte,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
+        ),
+        Ok(0)
+    )
+}
+
+/// How long a parked channel connection waits for its session after the
+/// guest resumed here: the gateway follows a moved session within its own
+/// 30 s bound.
+const PARK_GRACE: Duration = Duration::from_secs(40);
 
 /// A guest's run state as far as migration goes, from QMP `query-status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +179,11 @@ impl QemuBackend {
                 .iter()
                 .map(|c| (c.name.clone(), (c.path.clone(), Arc::new(Slot::default()))))
                 .collect();
+            let parked = g
+                .channel
+                .iter()
+                .map(|c| (c.name.clone(), Parked::default()))
+                .collect();
             // Checked when the agent bound (Agent::bind).
             let media_dir = MediaDir::from_config(cfg)
                 .unwrap_or_else(|_| MediaDir::private(std::env::temp_dir()));
@@ -139,6 +210,7 @@ impl QemuBackend {
                     channels,
                     drives,
                     run: watch::channel(RunState::Unknown).0,
+                    parked,
                 },
             );
         }
@@ -208,9 +280,12 @@ async fn watch_run(
     inv: watch::Sender<Inventory>,
     shutdown: CancellationToken,
 ) {
-    let Some(run) = guests.get(&guest).map(|g| g.run.clone()) else {
+    let Some(g) = guests.get(&guest) else {
         return;
     };
+    let run = g.run.clone();
+    // Since when the guest runs here (for PARK_GRACE).
+    let mut here_since: Option<tokio::time::Instant> = None;
     loop {
         let asked = tokio::time::timeout(POLL_DEADLINE, async {
             let mut q = Qmp::connect(&qmp).await?;
@@ -228,6 +303,7 @@ async fn watch_run(
                 *cur = next;
                 changed
             });
+            park(g, &guest, next, &mut here_since).await;
             if changed {
                 tracing::info!(guest = %guest, state = ?next, "guest run state (QMP)");
                 inv.send_if_modified(|cur| {
@@ -241,6 +317,55 @@ async fn watch_run(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(POLL) => {}
+        }
+    }
+}
+
+/// Keeps `g`'s channels connected ahead of time while its QEMU waits for
+/// the guest (`next` is [`RunState::Incoming`]), and lets the connections
+/// go once the guest left, or [`PARK_GRACE`] after it resumed here.
+async fn park(
+    g: &Guest,
+    guest: &str,
+    next: RunState,
+    here_since: &mut Option<tokio::time::Instant>,
+) {
+    match next {
+        RunState::Incoming => {
+            *here_since = None;
+            for c in &g.config.channel {
+                let Some(p) = g.parked.get(&c.name) else {
+                    continue;
+                };
+                if p.holds() {
+                    continue;
+                }
+                match UnixStream::connect(&c.path).await {
+                    Ok(s) => {
+                        tracing::debug!(guest = %guest, channel = %c.name, "channel connected ahead of the guest's migration in");
+                        p.put(s);
+                    }
+                    Err(e) => {
+                        tracing::debug!(guest = %guest, channel = %c.name, error = %e, "cannot connect a channel ahead of a migration in")
+                    }
+                }
+            }
+        }
+        RunState::Here => {
+            let since = *here_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() >= PARK_GRACE {
+                for (name, p) in &g.parked {
+                    if p.release() {
+                        tracing::info!(guest = %guest, channel = %name, "no session took the channel connected ahead of the migration: released");
+                    }
+                }
+            }
+        }
+        RunState::Migrated | RunState::Unknown => {
+            *here_since = None;
+            g.parked.values().for_each(|p| {
+                p.release();
+            });
         }
     }
 }
@@ -407,7 +532,16 @@ impl Backend for QemuBackend {
         req: &OpenRequest,
         what: &str,
     ) -> Result<Box<dyn Duplex>, Close> {
-        let s = connect(&path, &req.guest, what).await?;
+        // The connection made ahead of the guest's migration here, if any.
+        let parked = self
+            .guests
+            .get(&req.guest)
+            .and_then(|g| g.parked.get(&req.channel))
+            .and_then(Parked::take);
+        let s = match parked {
+            Some(s) => s,
+            None => connect(&path, &req.guest, what).await?,
+        };
         Ok(Box::new(ChardevStream::new(
             s,
             what,
