@@ -113,14 +113,23 @@ impl<A: FrameTx, B: FrameTx> FrameTx for Either<A, B> {
     }
 }
 
-/// The Close for the other side when the framed link to `peer` broke.
-fn lost(peer: &str, e: impl std::fmt::Display) -> Close {
+/// The Close for the other side when the framed link to `peer` broke:
+/// the innermost cause (quinn's "connection lost" wraps "timed out" or
+/// the peer's reset), and what to do.
+fn lost(peer: &str, e: &(dyn std::error::Error + 'static)) -> Close {
     let code = if peer == "agent" {
         CloseCode::AgentUnreachable
     } else {
         CloseCode::GoingAway
     };
-    Close::new(code, format!("connection to {peer} lost: {e}"))
+    let mut cause = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    Close::new(
+        code,
+        format!("connection to {peer} lost ({cause}): reconnect"),
+    )
 }
 
 /// The Close for a frame from `peer` that does not decode.
@@ -331,6 +340,32 @@ mod tests {
     use bytes::Bytes;
     use tokio::sync::mpsc;
     use vmgate_wire::CloseCode;
+
+    /// quinn's shape: "connection lost", caused by the idle timeout.
+    #[derive(Debug)]
+    struct ConnectionLost(std::io::Error);
+    impl std::fmt::Display for ConnectionLost {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("connection lost")
+        }
+    }
+    impl std::error::Error for ConnectionLost {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_lost_link_says_its_innermost_cause_and_what_to_do() {
+        let e = ConnectionLost(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "timed out",
+        ));
+        let c = lost("agent", &e);
+        assert_eq!(c.code, CloseCode::AgentUnreachable);
+        assert_eq!(c.reason, "connection to agent lost (timed out): reconnect");
+        assert_eq!(lost("gateway", &e).code, CloseCode::GoingAway);
+    }
 
     /// A side made of two channels: the test plays the peer.
     struct ChanRx(mpsc::Receiver<Result<Frame, Close>>);

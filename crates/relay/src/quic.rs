@@ -121,7 +121,7 @@ impl FrameRx for QuicRx {
                         ),
                     ))
                 }
-                Err(e) => return Err(lost(self.peer, e)),
+                Err(e) => return Err(lost(self.peer, &e)),
             }
         }
     }

@@ -65,7 +65,7 @@ impl<R: AsyncRead + Unpin + Send> FrameRx for StreamRx<R> {
                 Ok(0) if self.buf.is_empty() => return Ok(None),
                 Ok(0) => return Err(ended_mid_frame(self.peer)),
                 Ok(_) => {}
-                Err(e) => return Err(lost(self.peer, e)),
+                Err(e) => return Err(lost(self.peer, &e)),
             }
         }
     }

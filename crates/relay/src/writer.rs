@@ -66,9 +66,9 @@ impl<S: Sink> FrameWriter<S> {
             self.sink
                 .write_some(&mut self.pending)
                 .await
-                .map_err(|e| lost(self.peer, e))?;
+                .map_err(|e| lost(self.peer, &e))?;
         }
-        self.sink.flush().await.map_err(|e| lost(self.peer, e))?;
+        self.sink.flush().await.map_err(|e| lost(self.peer, &e))?;
         self.unflushed = false;
         Ok(())
     }
