@@ -6,6 +6,7 @@
 //! connection of their own to the same agent; either way the same header
 //! and frames, under the same deadline.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use vmgate_relay::backoff::Backoff;
 use vmgate_relay::quic::{QuicRx, QuicTx};
@@ -55,6 +57,9 @@ pub struct Opened {
     /// The channel's kind, as the agent's inventory says: the session
     /// pipeline picks its per-kind handling from it, never from the name.
     pub kind: ChannelKind,
+    /// The agent (its index in the configuration) that serves it: the
+    /// session moves when the guest departs from it ([`AgentPool::departure`]).
+    pub agent: usize,
 }
 
 /// A guest as the gateway sees it (for inventory listings).
@@ -74,6 +79,10 @@ pub struct AgentPool {
     /// Set: sessions go over TCP + TLS connections of their own.
     tcp: Option<vmgate_tls::TcpLinkClient>,
     routes: RwLock<Table<quinn::Connection>>,
+    /// Counts the routes that moved because a guest departed from a node
+    /// (live migration): sessions waiting in [`AgentPool::departure`] look
+    /// again at each change.
+    moves: watch::Sender<u64>,
     metrics: Arc<Metrics>,
     next_session: AtomicU64,
 }
@@ -92,6 +101,7 @@ impl AgentPool {
             endpoint,
             tcp,
             routes: RwLock::new(Table::default()),
+            moves: watch::channel(0).0,
             metrics,
             next_session: AtomicU64::new(first_session_id()),
         });
@@ -197,7 +207,12 @@ impl AgentPool {
                 }
             };
             match rx.recv().await? {
-                Some(Frame::Opened) => Ok(Opened { rx, tx, kind }),
+                Some(Frame::Opened) => Ok(Opened {
+                    rx,
+                    tx,
+                    kind,
+                    agent: route.agent,
+                }),
                 Some(Frame::Close(c)) => Err(c),
                 _ => Err(Close::new(
                     CloseCode::ProtocolError,
@@ -207,6 +222,36 @@ impl AgentPool {
         })
         .await;
         answer.unwrap_or_else(|_| Err(unreachable(&"no answer within 10 s")))
+    }
+
+    /// Resolves once `guest` has departed from agent `agent` (which says
+    /// the guest is migrating out of it, or down, while another agent runs
+    /// it and has its route: [`Table::departed`]); never otherwise. A
+    /// session on `agent` then moves without waiting for that agent to end
+    /// it (docs/migration.md).
+    pub fn departure(
+        self: &Arc<Self>,
+        guest: &str,
+        agent: usize,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let pool = self.clone();
+        let guest = guest.to_string();
+        let mut moves = self.moves.subscribe();
+        async move {
+            loop {
+                if pool
+                    .routes
+                    .read()
+                    .expect("routes lock")
+                    .departed(&guest, agent)
+                {
+                    return;
+                }
+                if moves.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+        }
     }
 
     /// Agent `agent` sent a new inventory over `conn`.
@@ -244,6 +289,14 @@ impl AgentPool {
             tracing::warn!(agent = %addr, more = refused - MAX_LOGGED_REFUSALS,
                 "more guest names in the agent's inventory ignored");
         }
+        if !applied.moved.is_empty() {
+            for m in &applied.moved {
+                tracing::info!(guest = %Escaped(&m.guest), from = %self.agents[m.from].addr,
+                    to = %self.agents[m.to].addr, node = %Escaped(node),
+                    "guest departed from its node (live migration); its sessions follow it now");
+            }
+            self.moves.send_modify(|n| *n = n.wrapping_add(1));
+        }
         for c in applied.conflicts {
             self.metrics.route_conflict();
             let agents: Vec<String> = c
@@ -263,11 +316,23 @@ impl AgentPool {
 /// learns a domain's endpoints when it starts). Answers the channel's kind.
 fn admit(guest: &GuestInfo, channel: &str) -> Result<ChannelKind, Close> {
     let name = &guest.name;
-    if guest.state != GuestState::Running {
-        return Err(Close::new(
-            CloseCode::GuestDown,
-            format!("guest {name} is not running"),
-        ));
+    match guest.state {
+        GuestState::Running => {}
+        GuestState::Down => {
+            return Err(Close::new(
+                CloseCode::GuestDown,
+                format!("guest {name} is not running"),
+            ))
+        }
+        // Paused for the last phase of a live migration: it runs again in
+        // a moment, on another node (or here, if the migration fails).
+        // 4413, so a session following it waits on (follow::reopen).
+        GuestState::MigratingOut => {
+            return Err(Close::new(
+                CloseCode::GuestMoved,
+                format!("guest {name} is migrating to another node: reconnect in a moment"),
+            ))
+        }
     }
     match guest.channels.iter().find(|c| c.name == channel) {
         Some(c) => Ok(c.kind),
@@ -369,6 +434,13 @@ mod tests {
             assert_eq!(e.code, CloseCode::GuestDown);
             assert_eq!(e.reason, "guest web is not running");
         }
+    }
+
+    #[test]
+    fn a_guest_migrating_out_is_refused_as_moving_so_a_follower_waits() {
+        let e = admit(&guest(GuestState::MigratingOut, &["serial0"]), "serial0").unwrap_err();
+        assert_eq!(e.code, CloseCode::GuestMoved);
+        assert!(e.reason.contains("migrating to another node"), "{e}");
     }
 
     #[test]

@@ -12,11 +12,18 @@
 //!   and reported;
 //! * running wins over down, whatever the order the snapshots came in;
 //! * two agents saying one guest runs is a conflict, reported once when it
-//!   starts. The route stays with the claim that has been running longest
-//!   (a guest migrating live is served by its old node until that node
-//!   stops it), so a newcomer cannot take a running guest's route over;
-//! * when every claim says down, the first agent in the configuration is
-//!   the one listed.
+//!   starts. The route stays with the claim that has been running longest,
+//!   so a newcomer cannot take a running guest's route over;
+//! * the one way the route leaves a node whose guest is still there: that
+//!   node itself says the guest is paused for an outgoing live migration
+//!   ([`GuestState::MigratingOut`]), which does not count as running. Then
+//!   the claim running longest on another (allowed) agent takes the route,
+//!   and the move is reported ([`Applied::moved`]) so the gateway moves
+//!   the sessions at once. A node that says migrating out keeps its age:
+//!   if the migration fails and it says running again, the route comes back
+//!   to it. The new node saying "running" alone never moves anything;
+//! * when no claim says running, one that says migrating out is listed,
+//!   else the first agent in the configuration.
 //!
 //! The connection type `C` is opaque here (the gateway's QUIC connection),
 //! so the rules are unit-tested without a network.
@@ -95,6 +102,15 @@ pub struct Conflict {
     pub agents: Vec<usize>,
 }
 
+/// A guest's route went from one agent to another because the first said
+/// the guest left it (migrating out, or down) and the second runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moved {
+    pub guest: String,
+    pub from: usize,
+    pub to: usize,
+}
+
 /// What applying one snapshot changed that someone should hear about.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -103,6 +119,8 @@ pub struct Applied {
     pub refused: Vec<(String, Refusal)>,
     /// Conflicts that began with this snapshot.
     pub conflicts: Vec<Conflict>,
+    /// Routes that moved with this snapshot (see [`Table::departed`]).
+    pub moved: Vec<Moved>,
 }
 
 /// One agent's claim on one name.
@@ -110,8 +128,23 @@ pub struct Applied {
 struct Claim {
     guest: GuestInfo,
     /// When (in the table's event count) this agent began to say the guest
-    /// runs, if it says so now: the oldest running claim keeps the route.
-    running_since: Option<u64>,
+    /// is here (running, or paused to migrate out), if it says so now: the
+    /// oldest such claim keeps the route while it runs.
+    since: Option<u64>,
+}
+
+impl Claim {
+    fn running(&self) -> bool {
+        self.guest.state == GuestState::Running
+    }
+
+    /// Whether its agent says the guest left it or is leaving.
+    fn leaving(&self) -> bool {
+        matches!(
+            self.guest.state,
+            GuestState::MigratingOut | GuestState::Down
+        )
+    }
 }
 
 /// What one connected agent says.
@@ -191,22 +224,16 @@ impl<C: Clone> Table<C> {
                 refused.insert((guest.name, why));
                 continue;
             }
-            let running_since = match guest.state {
+            let since = match guest.state {
                 GuestState::Down => None,
-                GuestState::Running => Some(
+                GuestState::Running | GuestState::MigratingOut => Some(
                     old_claims
                         .get(&guest.name)
-                        .and_then(|c| c.running_since)
+                        .and_then(|c| c.since)
                         .unwrap_or(now),
                 ),
             };
-            claims.insert(
-                guest.name.clone(),
-                Claim {
-                    guest,
-                    running_since,
-                },
-            );
+            claims.insert(guest.name.clone(), Claim { guest, since });
         }
         let touched: BTreeSet<String> = old_claims
             .into_keys()
@@ -222,15 +249,18 @@ impl<C: Clone> Table<C> {
                 refused,
             },
         );
+        let (conflicts, moved) = self.merge(touched);
         Applied {
             refused: new_refusals,
-            conflicts: self.merge(touched),
+            conflicts,
+            moved,
         }
     }
 
     /// Agent `agent` disconnected: its claims, and only its, are gone.
     pub fn remove(&mut self, agent: usize) {
         if let Some(v) = self.agents.remove(&agent) {
+            // A departed agent reports no move: its sessions went with it.
             self.merge(v.claims.into_keys().collect());
         }
     }
@@ -266,31 +296,67 @@ impl<C: Clone> Table<C> {
         &self.conflicted
     }
 
+    /// Whether `guest`, whose sessions on agent `agent` were opened there,
+    /// has moved away from it: `agent` itself says the guest is leaving or
+    /// left it (migrating out, or down), and the route is now on another
+    /// agent that runs it. Only then does the gateway move those sessions
+    /// before the old agent ends them.
+    pub fn departed(&self, guest: &str, agent: usize) -> bool {
+        let Some(&to) = self.merged.get(guest) else {
+            return false;
+        };
+        let claim = |a: usize| self.agents.get(&a).and_then(|v| v.claims.get(guest));
+        to != agent
+            && claim(to).is_some_and(Claim::running)
+            && claim(agent).is_some_and(Claim::leaving)
+    }
+
     /// Recomputes the route of each name in `names`; answers the conflicts
-    /// that began.
-    fn merge(&mut self, names: BTreeSet<String>) -> Vec<Conflict> {
+    /// that began and the routes that moved.
+    fn merge(&mut self, names: BTreeSet<String>) -> (Vec<Conflict>, Vec<Moved>) {
         let mut began = Vec::new();
+        let mut moved = Vec::new();
         for name in names {
-            // (running since, agent) of running claims: oldest first, and
-            // the agent index breaks a tie (one snapshot never makes two).
-            let mut running: Vec<(u64, usize)> = Vec::new();
+            // (since, agent) of the claims saying the guest runs, and of
+            // those saying it is migrating out: oldest first, and the agent
+            // index breaks a tie (one snapshot never makes two).
+            let (mut running, mut leaving) = (Vec::new(), Vec::new());
             let mut first_down = None;
             for (&agent, view) in &self.agents {
                 let Some(c) = view.claims.get(&name) else {
                     continue;
                 };
-                match c.running_since {
-                    Some(since) => running.push((since, agent)),
-                    None => {
+                match (c.since, c.running()) {
+                    (Some(since), true) => running.push((since, agent)),
+                    (Some(since), false) => leaving.push((since, agent)),
+                    (None, _) => {
                         first_down.get_or_insert(agent);
                     }
                 }
             }
             running.sort_unstable();
-            match running.first().map(|r| r.1).or(first_down) {
+            leaving.sort_unstable();
+            // The oldest running claim has the route: a node that says it
+            // is migrating out stops counting (and counts again, with its
+            // age, if it says running again).
+            let to = running
+                .first()
+                .or(leaving.first())
+                .map(|r| r.1)
+                .or(first_down);
+            let from = match to {
                 Some(agent) => self.merged.insert(name.clone(), agent),
                 None => self.merged.remove(&name),
             };
+            if let (Some(from), Some(to)) = (from, to) {
+                if from != to && self.departed(&name, from) {
+                    moved.push(Moved {
+                        guest: name.clone(),
+                        from,
+                        to,
+                    });
+                }
+            }
             if running.len() > 1 {
                 if self.conflicted.insert(name.clone()) {
                     began.push(Conflict {
@@ -302,7 +368,7 @@ impl<C: Clone> Table<C> {
                 self.conflicted.remove(&name);
             }
         }
-        began
+        (began, moved)
     }
 }
 
@@ -319,7 +385,7 @@ mod tests {
             channels: vec![ChannelInfo::new("serial0", ChannelKind::Serial)],
         }
     }
-    use GuestState::{Down, Running};
+    use GuestState::{Down, MigratingOut, Running};
 
     fn apply(t: &mut Table<u32>, agent: usize, guests: &[(&str, GuestState)]) -> Applied {
         let list = guests.iter().map(|(n, s)| g(n, *s)).collect();
@@ -402,6 +468,105 @@ mod tests {
         assert_eq!(apply(&mut t, 1, &[("web", Running)]).conflicts.len(), 1);
     }
 
+    /// The narrow exception to "a running guest stays routed": only the
+    /// node that runs the guest can let the route go, by saying it is
+    /// migrating out; then a running claim elsewhere takes it, the move is
+    /// reported, and the old node's sessions count as departed. The new
+    /// node saying "running" alone moves nothing.
+    #[test]
+    fn only_the_running_node_saying_it_migrates_out_lets_another_running_one_take_the_route() {
+        let mut t = Table::default();
+        apply(&mut t, 0, &[("web", Running)]);
+        apply(&mut t, 1, &[("web", Down)]); // waiting for the migration
+                                            // The new node says running first: a conflict, and nothing moves.
+        let a = apply(&mut t, 1, &[("web", Running)]);
+        assert_eq!(a.conflicts.len(), 1);
+        assert!(a.moved.is_empty());
+        assert_eq!(routed(&t, "web"), Some((0, Running)));
+        assert!(!t.departed("web", 0));
+        // The old node says the guest is leaving it: the route moves, once.
+        let a = apply(&mut t, 0, &[("web", MigratingOut)]);
+        assert_eq!(
+            a.moved,
+            vec![Moved {
+                guest: "web".into(),
+                from: 0,
+                to: 1
+            }]
+        );
+        assert!(a.conflicts.is_empty() && t.conflicted().is_empty());
+        assert_eq!(routed(&t, "web"), Some((1, Running)));
+        assert!(t.departed("web", 0));
+        assert!(!t.departed("web", 1));
+        // Its later "down" (the migration confirmed) moves nothing again.
+        assert!(apply(&mut t, 0, &[("web", Down)]).moved.is_empty());
+        assert!(t.departed("web", 0));
+        assert_eq!(routed(&t, "web"), Some((1, Running)));
+
+        // The usual order: the old node pauses first, the new one resumes.
+        let mut t = Table::default();
+        apply(&mut t, 0, &[("web", Running)]);
+        apply(&mut t, 1, &[("web", Down)]);
+        assert!(apply(&mut t, 0, &[("web", MigratingOut)]).moved.is_empty());
+        assert_eq!(routed(&t, "web"), Some((0, MigratingOut)));
+        assert!(!t.departed("web", 0));
+        let a = apply(&mut t, 1, &[("web", Running)]);
+        assert_eq!(a.moved.len(), 1);
+        assert_eq!(routed(&t, "web"), Some((1, Running)));
+        assert!(t.departed("web", 0));
+    }
+
+    /// A migration that fails after the old node paused the guest (it runs
+    /// there again, the new node never ran it) changes nothing: no move,
+    /// no departed sessions, the route where it was. And a node that
+    /// paused keeps its age: a newcomer that claimed the guest meanwhile
+    /// does not keep the route once the old node runs it again.
+    #[test]
+    fn a_migration_that_fails_after_the_pause_moves_nothing_and_the_old_node_keeps_its_age() {
+        let mut t = Table::default();
+        apply(&mut t, 0, &[("web", Running)]);
+        apply(&mut t, 1, &[("web", Down)]);
+        assert!(apply(&mut t, 0, &[("web", MigratingOut)]).moved.is_empty());
+        assert!(apply(&mut t, 1, &[]).moved.is_empty()); // destination gone
+        let a = apply(&mut t, 0, &[("web", Running)]);
+        assert_eq!(a, Applied::default());
+        assert_eq!(routed(&t, "web"), Some((0, Running)));
+        assert!(!t.departed("web", 0));
+
+        // Agent 1 claimed web running all along (a conflict): while agent 0
+        // pauses it has the route, and gives it back when 0 runs it again.
+        let mut t = Table::default();
+        apply(&mut t, 0, &[("web", Running)]);
+        apply(&mut t, 1, &[("web", Running)]);
+        apply(&mut t, 0, &[("web", MigratingOut)]);
+        assert_eq!(routed(&t, "web"), Some((1, Running)));
+        let a = apply(&mut t, 0, &[("web", Running)]);
+        assert_eq!(a.conflicts.len(), 1);
+        assert!(a.moved.is_empty(), "a route coming back is not a departure");
+        assert_eq!(routed(&t, "web"), Some((0, Running)));
+        assert!(!t.departed("web", 1));
+    }
+
+    /// A node that disconnects reports no move (its sessions ended with
+    /// its connection), and a node that never claimed the guest has no
+    /// departed sessions.
+    #[test]
+    fn a_disconnect_or_a_stranger_is_no_departure() {
+        let mut t = Table::default();
+        apply(&mut t, 0, &[("web", MigratingOut)]);
+        apply(&mut t, 1, &[("web", Running)]);
+        assert!(t.departed("web", 0));
+        assert!(!t.departed("web", 2));
+        t.remove(0);
+        assert!(!t.departed("web", 0));
+        let mut t = Table::default();
+        apply(&mut t, 0, &[("web", Running)]);
+        apply(&mut t, 1, &[("web", Down)]);
+        t.remove(0);
+        let a = apply(&mut t, 1, &[("web", Running)]);
+        assert!(a.moved.is_empty());
+    }
+
     #[test]
     fn the_allow_list_refuses_names_and_reports_each_refusal_once() {
         let mut t: Table<u32> = Table::default();
@@ -459,14 +624,13 @@ mod tests {
     }
 
     /// One agent's snapshot: a few names from a small set so they collide.
-    fn snapshot() -> impl Strategy<Value = Vec<(String, bool)>> {
-        prop::collection::vec(("[a-d]", any::<bool>()), 0..5)
+    fn snapshot() -> impl Strategy<Value = Vec<(String, GuestState)>> {
+        let state = prop_oneof![Just(Running), Just(Down), Just(MigratingOut)];
+        prop::collection::vec(("[a-d]", state), 0..5)
     }
 
-    fn infos(s: &[(String, bool)]) -> Vec<GuestInfo> {
-        s.iter()
-            .map(|(n, up)| g(n, if *up { Running } else { Down }))
-            .collect()
+    fn infos(s: &[(String, GuestState)]) -> Vec<GuestInfo> {
+        s.iter().map(|(n, st)| g(n, *st)).collect()
     }
 
     /// Each listed name's state and, unless in conflict, its agent; and
@@ -474,32 +638,48 @@ mod tests {
     type Outcome = (Vec<(String, GuestState, Option<usize>)>, BTreeSet<String>);
 
     /// What must not depend on the order events came in: each listed
-    /// name's state, the agent when at most one claims it running, and
-    /// which names are in conflict.
+    /// name's state, the agent when only one claims that state (which one
+    /// of several is routed depends on who said it first), and which names
+    /// are in conflict.
     fn outcome(t: &Table<u32>) -> Outcome {
         let list = t
             .list()
             .into_iter()
             .map(|(agent, _, gi)| {
-                let unique = !t.conflicted.contains(&gi.name);
+                let same = t
+                    .agents
+                    .values()
+                    .filter(|v| {
+                        v.claims
+                            .get(&gi.name)
+                            .is_some_and(|c| c.guest.state == gi.state)
+                    })
+                    .count();
+                let unique = same == 1 || gi.state == Down;
                 (gi.name.clone(), gi.state, unique.then_some(agent))
             })
             .collect();
         (list, t.conflicted.clone())
     }
 
-    /// The outcome straight from each agent's last snapshot, no table.
-    fn expected(last: &BTreeMap<usize, Vec<(String, bool)>>) -> Vec<(String, GuestState)> {
+    /// The outcome straight from each agent's last snapshot, no table:
+    /// running if anyone says so, else migrating out if anyone says so.
+    fn expected(last: &BTreeMap<usize, Vec<(String, GuestState)>>) -> Vec<(String, GuestState)> {
+        let rank = |s: GuestState| match s {
+            Running => 2,
+            MigratingOut => 1,
+            Down => 0,
+        };
         let mut m: BTreeMap<String, GuestState> = BTreeMap::new();
         for snap in last.values() {
             let mut seen = BTreeSet::new();
-            for (n, up) in snap {
+            for (n, st) in snap {
                 if !seen.insert(n) {
                     continue; // a duplicate: the first entry counts
                 }
                 let s = m.entry(n.clone()).or_insert(Down);
-                if *up {
-                    *s = Running;
+                if rank(*st) > rank(*s) {
+                    *s = *st;
                 }
             }
         }
@@ -508,7 +688,8 @@ mod tests {
 
     proptest! {
         /// The agents' snapshots applied in any two orders give the same
-        /// routes; a name is running iff some agent says so.
+        /// routes; a name is running iff some agent says so, migrating out
+        /// iff none says running and some says migrating out.
         #[test]
         fn snapshot_order_does_not_matter(
             snaps in prop::collection::vec(snapshot(), 1..5),
@@ -536,7 +717,7 @@ mod tests {
             events in prop::collection::vec((0..4usize, prop::option::of(snapshot())), 0..24),
         ) {
             let mut t = Table::default();
-            let mut last: BTreeMap<usize, Vec<(String, bool)>> = BTreeMap::new();
+            let mut last: BTreeMap<usize, Vec<(String, GuestState)>> = BTreeMap::new();
             for (agent, snap) in &events {
                 match snap {
                     Some(s) => {
@@ -556,10 +737,20 @@ mod tests {
             prop_assert_eq!(outcome(&t), outcome(&fresh));
             let states: Vec<_> = outcome(&t).0.into_iter().map(|(n, s, _)| (n, s)).collect();
             prop_assert_eq!(states, expected(&last));
-            // The routed claim is always one its agent makes now.
+            // The routed claim is always one its agent makes now, and a
+            // session's node is departed exactly when it says the guest
+            // left it and another agent runs it where the route is.
             for (agent, _, gi) in t.list() {
                 let first = last[&agent].iter().find(|(n, _)| *n == gi.name);
-                prop_assert_eq!(first.map(|(_, up)| *up), Some(gi.state == Running));
+                prop_assert_eq!(first.map(|(_, st)| *st), Some(gi.state));
+                for (&other, snap) in &last {
+                    let says = snap.iter().find(|(n, _)| *n == gi.name).map(|(_, st)| *st);
+                    let left = matches!(says, Some(Down | MigratingOut));
+                    prop_assert_eq!(
+                        t.departed(&gi.name, other),
+                        left && other != agent && gi.state == Running
+                    );
+                }
             }
         }
     }

@@ -22,8 +22,14 @@ pub struct GuestInfo {
 #[serde(rename_all = "kebab-case")]
 pub enum GuestState {
     Running,
-    /// Declared but its QEMU is not reachable (stopped, crashed, restarting).
+    /// Declared but its QEMU is not reachable (stopped, crashed, restarting),
+    /// or waiting here for an incoming migration.
     Down,
+    /// Paused here by an outgoing live migration's final phase: the guest
+    /// is about to resume on another node (or here again, if the migration
+    /// fails). Only in this state (or down) may another node's "running"
+    /// take the guest's route (docs/migration.md).
+    MigratingOut,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

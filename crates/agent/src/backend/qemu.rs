@@ -7,6 +7,9 @@
 //! state is polled (`query-status`, every [`POLL`]) and
 //! * a QEMU waiting for an incoming migration (`inmigrate`) is reported
 //!   down, so the gateway keeps routing to the node the guest runs on;
+//! * a QEMU paused for the last phase of a migration away
+//!   (`finish-migrate`) is reported migrating out: the gateway moves the
+//!   sessions once the new node runs the guest;
 //! * a QEMU the guest migrated away from (`postmigrate`) is reported down
 //!   and its sessions end with [`CloseCode::GuestMoved`], the same close
 //!   the `libvirt` backend gives, which the gateway follows to the node
@@ -115,9 +118,12 @@ const PARK_GRACE: Duration = Duration::from_secs(40);
 pub enum RunState {
     /// Not asked yet, or no QMP socket: the serial consoles decide.
     Unknown,
-    /// Running here, or paused, or finishing a migration away (the guest is
-    /// still this node's until it has moved).
+    /// Running here, or paused (the guest is this node's).
     Here,
+    /// Paused for the last phase of a migration away (`finish-migrate`):
+    /// reported as migrating out, so the gateway may move the sessions as
+    /// soon as the new node runs the guest; they stay open here.
+    Leaving,
     /// A QEMU started with `-incoming`, waiting for the guest.
     Incoming,
     /// The guest migrated away: this QEMU only holds its old state.
@@ -130,6 +136,7 @@ impl RunState {
         match status {
             "inmigrate" => RunState::Incoming,
             "postmigrate" => RunState::Migrated,
+            "finish-migrate" => RunState::Leaving,
             _ => RunState::Here,
         }
     }
@@ -351,7 +358,8 @@ async fn park(
                 }
             }
         }
-        RunState::Here => {
+        // Paused to leave is still here until QEMU says it moved.
+        RunState::Here | RunState::Leaving => {
             let since = *here_since.get_or_insert_with(tokio::time::Instant::now);
             if since.elapsed() >= PARK_GRACE {
                 for (name, p) in &g.parked {
@@ -371,8 +379,10 @@ async fn park(
 }
 
 fn state(g: &Guest) -> GuestState {
-    if matches!(*g.run.borrow(), RunState::Incoming | RunState::Migrated) {
-        return GuestState::Down;
+    match *g.run.borrow() {
+        RunState::Incoming | RunState::Migrated => return GuestState::Down,
+        RunState::Leaving => return GuestState::MigratingOut,
+        RunState::Unknown | RunState::Here => {}
     }
     // Without a serial console there is nothing to watch: assume running.
     if g.consoles.is_empty() || g.consoles.values().any(|c| c.connected()) {
@@ -468,6 +478,15 @@ impl Backend for QemuBackend {
                     "guest {} is not running on node {} (its QEMU waits for an incoming migration)",
                     req.guest, self.node
                 ),
+                ))
+            }
+            RunState::Leaving => {
+                return Err(Close::new(
+                    CloseCode::GuestMoved,
+                    format!(
+                        "guest {} is migrating away from node {}: reconnect in a moment",
+                        req.guest, self.node
+                    ),
                 ))
             }
             RunState::Unknown | RunState::Here => {}
@@ -634,19 +653,14 @@ async fn vnc_by_qmp(qmp: &Path, req: &OpenRequest) -> Result<UnixStream, Close> 
 mod tests {
     use super::*;
 
-    /// Only QEMU's two migration states take a guest from its node; a
-    /// paused guest, or one finishing a migration away, is still here.
+    /// Only QEMU's migration states take a guest from its node (or say it
+    /// is leaving: `finish-migrate`); a paused guest is still here.
     #[test]
     fn qmp_status_maps_to_run_state() {
         assert_eq!(RunState::from_status("inmigrate"), RunState::Incoming);
         assert_eq!(RunState::from_status("postmigrate"), RunState::Migrated);
-        for here in [
-            "running",
-            "paused",
-            "finish-migrate",
-            "prelaunch",
-            "suspended",
-        ] {
+        assert_eq!(RunState::from_status("finish-migrate"), RunState::Leaving);
+        for here in ["running", "paused", "prelaunch", "suspended"] {
             assert_eq!(RunState::from_status(here), RunState::Here, "{here}");
         }
     }

@@ -9,7 +9,12 @@
 //! ends its sessions with the reason its event gave; a selected persistent
 //! domain that is defined but not running is listed as down, without
 //! channels, so a session to it is refused as "not running" rather than
-//! "unknown".
+//! "unknown". Live migration ([`Phase`], from the lifecycle events): a
+//! domain started here by an incoming migration is served (its consoles
+//! connect) but listed as down until libvirt resumes it here; a domain
+//! paused here by an outgoing migration's last phase is listed as
+//! migrating out, at once, so the gateway may move its sessions as soon
+//! as the new node runs it (docs/migration.md).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -27,6 +32,37 @@ pub enum Seen {
     Down,
     /// Gone, not selected, or stopped and transient.
     Ignore,
+}
+
+/// Where a served domain is in a live migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Running here (or paused by someone: its consoles work).
+    Running,
+    /// Started here by an incoming migration (`STARTED`/`MIGRATED`), not
+    /// resumed yet: listed as down; it may never run here.
+    Incoming,
+    /// Paused here by an outgoing migration (`SUSPENDED`/`MIGRATED` or
+    /// `POSTCOPY`): listed as migrating out until it stops here (the
+    /// migration's Confirm) or runs here again (`RESUMED`: it failed).
+    Leaving,
+}
+
+/// The migration phase a lifecycle event begins, if any. Any `RESUMED`
+/// means running here: the end of an incoming migration, or an outgoing
+/// one that failed and resumed the guest where it was.
+pub fn phase_change(event: u32, detail: u32) -> Option<Phase> {
+    match (event, detail) {
+        (sys::VIR_DOMAIN_EVENT_STARTED, sys::VIR_DOMAIN_EVENT_STARTED_MIGRATED) => {
+            Some(Phase::Incoming)
+        }
+        (
+            sys::VIR_DOMAIN_EVENT_SUSPENDED,
+            sys::VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED | sys::VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY,
+        ) => Some(Phase::Leaving),
+        (sys::VIR_DOMAIN_EVENT_RESUMED, _) => Some(Phase::Running),
+        _ => None,
+    }
 }
 
 /// The stop reason of a domain that migrated away: its sessions close with
@@ -79,6 +115,8 @@ pub struct Served<R> {
     pub id: u32,
     pub devices: Devices,
     pub run: R,
+    /// Where it is in a live migration, if in one.
+    pub phase: Phase,
 }
 
 /// The domains of one libvirt daemon, as far as the agent serves them.
@@ -130,12 +168,14 @@ impl<R> Table<R> {
     }
 
     /// Applies a re-read of one domain after an event about it; `stopped`
-    /// says how it stopped, if the event was its stop.
+    /// says how it stopped, if the event was its stop, and `phase` the
+    /// migration phase it began ([`phase_change`]).
     pub fn update<S: Serving<Run = R>>(
         &mut self,
         name: &str,
         seen: Seen,
         stopped: Option<&str>,
+        phase: Option<Phase>,
         serving: &mut S,
     ) {
         if let (Some(reason), false) = (stopped, matches!(seen, Seen::Serve { .. })) {
@@ -144,7 +184,16 @@ impl<R> Table<R> {
         match seen {
             Seen::Serve { id, devices } => {
                 self.down.remove(name);
-                self.serve(name.into(), id, devices, serving)
+                self.serve(name.into(), id, devices, serving);
+                if let Some(r) = self.served.get_mut(name) {
+                    r.phase = match (phase, r.phase) {
+                        (Some(Phase::Incoming), _) => Phase::Incoming,
+                        // Only a guest that ran here can leave.
+                        (Some(Phase::Leaving), Phase::Running) => Phase::Leaving,
+                        (Some(Phase::Running), _) => Phase::Running,
+                        (_, now) => now,
+                    };
+                }
             }
             // Inactive but still served: its STOPPED event follows and
             // closes its sessions with the reason.
@@ -169,25 +218,50 @@ impl<R> Table<R> {
         devices: Devices,
         serving: &mut S,
     ) {
-        if self
-            .served
-            .get(&name)
-            .is_some_and(|r| r.id == id && r.devices == devices)
-        {
-            return;
-        }
-        if self.served.contains_key(&name) {
+        let mut phase = Phase::Running;
+        if let Some(r) = self.served.get(&name) {
+            if r.id == id && r.devices == devices {
+                return;
+            }
+            // The same run with other devices is where it was.
+            if r.id == id {
+                phase = r.phase;
+            }
             // Restarted (new id) or its devices changed: start over.
             self.stop(&name, "restarted", serving);
         }
         let run = serving.start(&name, id, &devices);
-        self.served.insert(name, Served { id, devices, run });
+        self.served.insert(
+            name,
+            Served {
+                id,
+                devices,
+                run,
+                phase,
+            },
+        );
     }
 
     fn stop<S: Serving<Run = R>>(&mut self, name: &str, reason: &str, serving: &mut S) {
         if let Some(r) = self.served.remove(name) {
             serving.stop(name, r.run, reason);
         }
+    }
+
+    /// Why a served guest takes no new session now: it is in a live
+    /// migration (the gateway may not know yet; it refuses these itself).
+    pub fn migrating(&self, node: &str, guest: &str) -> Option<Close> {
+        Some(match self.served.get(guest)?.phase {
+            Phase::Running => return None,
+            Phase::Incoming => Close::new(
+                CloseCode::GuestDown,
+                format!("guest {guest} is migrating to node {node} and does not run here yet"),
+            ),
+            Phase::Leaving => Close::new(
+                CloseCode::GuestMoved,
+                format!("guest {guest} is migrating away from node {node}: reconnect in a moment"),
+            ),
+        })
     }
 
     /// Why a guest that is not served is refused: down if it is a defined
@@ -237,9 +311,14 @@ impl<R> Table<R> {
                         .iter()
                         .map(|c| ChannelInfo::new(c.name.clone(), ChannelKind::Media)),
                 );
+                let state = match r.phase {
+                    Phase::Running => GuestState::Running,
+                    Phase::Incoming => GuestState::Down,
+                    Phase::Leaving => GuestState::MigratingOut,
+                };
                 GuestInfo {
                     name: name.clone(),
-                    state: GuestState::Running,
+                    state,
                     channels,
                 }
             })
@@ -337,18 +416,18 @@ mod tests {
     #[test]
     fn a_run_is_served_once_and_a_new_run_starts_over() {
         let (mut t, mut log) = (Table::default(), Log::default());
-        t.update("demo", serve(3), None, &mut log);
+        t.update("demo", serve(3), None, None, &mut log);
         // The same run seen again (another event, a resync): nothing.
-        t.update("demo", serve(3), None, &mut log);
+        t.update("demo", serve(3), None, None, &mut log);
         t.resync(HashMap::from([("demo".to_string(), serve(3))]), &mut log);
         assert_eq!(taken(&mut log), ["start demo 3"]);
         // Restarted between two looks: a new id.
-        t.update("demo", serve(4), None, &mut log);
+        t.update("demo", serve(4), None, None, &mut log);
         assert_eq!(taken(&mut log), ["stop demo #1 restarted", "start demo 4"]);
         // Devices changed (a channel hot-plugged).
         let mut devices = parse_devices(LIVE).unwrap();
         devices.channels.push("extra".into());
-        t.update("demo", Seen::Serve { id: 4, devices }, None, &mut log);
+        t.update("demo", Seen::Serve { id: 4, devices }, None, None, &mut log);
         assert_eq!(taken(&mut log), ["stop demo #2 restarted", "start demo 4"]);
         assert_eq!(t.get("demo").unwrap().devices.channels.len(), 2);
     }
@@ -356,36 +435,102 @@ mod tests {
     #[test]
     fn a_stop_event_ends_the_run_with_its_reason_and_a_persistent_domain_is_down() {
         let (mut t, mut log) = (Table::default(), Log::default());
-        t.update("demo", serve(3), None, &mut log);
+        t.update("demo", serve(3), None, None, &mut log);
         // SHUTDOWN comes first: inactive, but the STOPPED event says how.
-        t.update("demo", Seen::Down, None, &mut log);
+        t.update("demo", Seen::Down, None, None, &mut log);
         assert!(t.get("demo").is_some());
         assert_eq!(t.listing()[0].state, GuestState::Running);
         let why = stop_reason(
             sys::VIR_DOMAIN_EVENT_STOPPED,
             sys::VIR_DOMAIN_EVENT_STOPPED_DESTROYED,
         );
-        t.update("demo", Seen::Down, why, &mut log);
+        t.update("demo", Seen::Down, why, None, &mut log);
         assert_eq!(taken(&mut log), ["start demo 3", "stop demo #1 destroyed"]);
         assert!(t.get("demo").is_none());
         assert_eq!(t.listing()[0].state, GuestState::Down);
         assert!(t.listing()[0].channels.is_empty());
         // Started again: served, no longer down.
-        t.update("demo", serve(5), None, &mut log);
+        t.update("demo", serve(5), None, None, &mut log);
         assert_eq!(t.listing().len(), 1);
         assert_eq!(t.listing()[0].state, GuestState::Running);
         // Undefined while stopped (transient now): gone from the listing.
-        t.update("demo", Seen::Ignore, why, &mut log);
-        t.update("demo", Seen::Ignore, None, &mut log);
+        t.update("demo", Seen::Ignore, why, None, &mut log);
+        t.update("demo", Seen::Ignore, None, None, &mut log);
         assert!(t.listing().is_empty());
+    }
+
+    /// Live migration as the lifecycle events tell it: in, the domain is
+    /// served (consoles connect) but down until libvirt resumes it here;
+    /// out, it is migrating out from the pause on, until it stops here
+    /// (moved) or resumes here (the migration failed). A user's pause is
+    /// not a departure. Nothing restarts along the way.
+    #[test]
+    fn a_migration_in_is_down_until_resumed_and_one_out_is_migrating_out_until_it_ends() {
+        use sys::*;
+        let (mut t, mut log) = (Table::default(), Log::default());
+        let state = |t: &Table<usize>| t.listing()[0].state;
+        let ev = phase_change;
+        t.update(
+            "demo",
+            serve(7),
+            None,
+            ev(VIR_DOMAIN_EVENT_STARTED, VIR_DOMAIN_EVENT_STARTED_MIGRATED),
+            &mut log,
+        );
+        assert_eq!(state(&t), GuestState::Down);
+        assert_eq!(
+            t.migrating("n2", "demo").unwrap().code,
+            CloseCode::GuestDown
+        );
+        // A pause for an outgoing migration cannot happen to it.
+        let paused_out = ev(
+            VIR_DOMAIN_EVENT_SUSPENDED,
+            VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED,
+        );
+        t.update("demo", serve(7), None, paused_out, &mut log);
+        assert_eq!(state(&t), GuestState::Down);
+        let resumed = ev(VIR_DOMAIN_EVENT_RESUMED, VIR_DOMAIN_EVENT_RESUMED_MIGRATED);
+        t.update("demo", serve(7), None, resumed, &mut log);
+        assert_eq!(state(&t), GuestState::Running);
+        assert_eq!(t.migrating("n2", "demo"), None);
+
+        // Out: the pause says it at once; a failed migration resumes it.
+        t.update("demo", serve(7), None, paused_out, &mut log);
+        assert_eq!(state(&t), GuestState::MigratingOut);
+        let refused = t.migrating("n2", "demo").unwrap();
+        assert_eq!(refused.code, CloseCode::GuestMoved);
+        assert!(
+            refused.reason.contains("migrating away from node n2"),
+            "{refused}"
+        );
+        t.update("demo", serve(7), None, resumed, &mut log);
+        assert_eq!(state(&t), GuestState::Running);
+        // A user's pause and resume: still running here.
+        let user = ev(
+            VIR_DOMAIN_EVENT_SUSPENDED,
+            VIR_DOMAIN_EVENT_SUSPENDED_PAUSED,
+        );
+        assert_eq!(user, None);
+        t.update("demo", serve(7), None, user, &mut log);
+        assert_eq!(state(&t), GuestState::Running);
+        // Out again, and this time it moves: stopped, its sessions moved.
+        t.update("demo", serve(7), None, paused_out, &mut log);
+        assert_eq!(state(&t), GuestState::MigratingOut);
+        let moved = stop_reason(VIR_DOMAIN_EVENT_STOPPED, VIR_DOMAIN_EVENT_STOPPED_MIGRATED);
+        t.update("demo", Seen::Ignore, moved, None, &mut log);
+        assert!(t.listing().is_empty());
+        assert_eq!(
+            taken(&mut log),
+            ["start demo 7", &format!("stop demo #1 {MIGRATED_AWAY}")]
+        );
     }
 
     #[test]
     fn a_resync_stops_what_is_gone_and_forgets_what_is_no_longer_down() {
         let (mut t, mut log) = (Table::default(), Log::default());
-        t.update("a", serve(1), None, &mut log);
-        t.update("b", serve(2), None, &mut log);
-        t.update("c", Seen::Down, None, &mut log);
+        t.update("a", serve(1), None, None, &mut log);
+        t.update("b", serve(2), None, None, &mut log);
+        t.update("c", Seen::Down, None, None, &mut log);
         taken(&mut log);
         // libvirtd came back: b is gone, c undefined meanwhile.
         t.resync(HashMap::from([("a".to_string(), serve(1))]), &mut log);

@@ -16,8 +16,11 @@
 //!   source on the agent's socket, or none), so libvirt's live XML always
 //!   says what is in the drive ([`change_medium`]).
 //!
-//! When a domain stops (shut down, destroyed, crashed, migrated away) its
-//! sessions are closed with [`CloseCode::GuestDown`] "guest stopped". A
+//! When a domain stops (shut down, destroyed, crashed) its sessions are
+//! closed with [`CloseCode::GuestDown`] "guest stopped" (migrated away:
+//! [`CloseCode::GuestMoved`]). While a live migration pauses it here it is
+//! listed as migrating out, and a domain migrating in is listed as down
+//! until it resumes here ([`domains::Phase`]). A
 //! selected persistent domain that is defined but not running is listed as
 //! [`vmgate_wire::GuestState::Down`] (no channels: its endpoints are known
 //! once it runs), so a session to it is refused as "not running" rather
@@ -300,6 +303,9 @@ impl Backend for LibvirtBackend {
         let served = table
             .get(&req.guest)
             .ok_or_else(|| table.not_served(&self.shared.node, &req.guest))?;
+        if let Some(refused) = table.migrating(&self.shared.node, &req.guest) {
+            return Err(refused);
+        }
         if let Some(hub) = served.run.consoles.get(&req.channel) {
             return Ok(Endpoint::Console(hub.clone()));
         }

@@ -17,7 +17,7 @@ use virt::domain::Domain;
 use virt::sys;
 use vmgate_relay::backoff::Backoff;
 
-use super::domains::{stop_reason, Seen};
+use super::domains::{phase_change, stop_reason, Phase, Seen};
 use super::xml::parse_devices;
 use super::{ffi, Hubs, Shared};
 use crate::config::LibvirtConfig;
@@ -76,7 +76,8 @@ pub async fn supervise(shared: Arc<Shared>) {
                                     resync(&shared).await;
                                 } else {
                                     tracing::debug!(domain = %ev.domain, event = ev.event, detail = ev.detail, "libvirt lifecycle event");
-                                    refresh(&shared, &ev.domain, stop_reason(ev.event, ev.detail)).await;
+                                    let phase = phase_change(ev.event, ev.detail);
+                                    refresh(&shared, &ev.domain, stop_reason(ev.event, ev.detail), phase).await;
                                 }
                             }
                         }
@@ -211,8 +212,15 @@ async fn resync(shared: &Arc<Shared>) {
 }
 
 /// Re-reads one domain after an event about it; `stopped` says how, if the
-/// event was its stop.
-async fn refresh(shared: &Arc<Shared>, name: &str, stopped: Option<&'static str>) {
+/// event was its stop, and `phase` the live-migration phase it began. The
+/// inventory goes out at once: a guest paused to migrate out, or resumed
+/// here by a migration, is news the gateway acts on.
+async fn refresh(
+    shared: &Arc<Shared>,
+    name: &str,
+    stopped: Option<&'static str>,
+    phase: Option<Phase>,
+) {
     let Some(conn) = current_conn(shared) else {
         return;
     };
@@ -224,11 +232,16 @@ async fn refresh(shared: &Arc<Shared>, name: &str, stopped: Option<&'static str>
     })
     .await
     .unwrap_or(Seen::Ignore);
-    shared
-        .domains
-        .lock()
-        .expect("domains lock")
-        .update(name, seen, stopped, &mut Hubs(shared));
+    shared.domains.lock().expect("domains lock").update(
+        name,
+        seen,
+        stopped,
+        phase,
+        &mut Hubs(shared),
+    );
+    if let Some(phase) = phase {
+        tracing::info!(domain = %name, ?phase, "live migration phase");
+    }
     publish(shared);
 }
 
