@@ -3,7 +3,9 @@
 //! through the screen parser; and arbitrary viewer bytes through a
 //! spliceable filter, cut over to a new server at a fuzzer-chosen point.
 //! No panic; a broken server stream is never between messages (so it is
-//! never spliced); what the filter passes is RFB, whole messages from the
+//! never spliced), and read only to the next boundary after a cut it
+//! stops where a whole read is between messages; what the filter passes is
+//! RFB, whole messages from the
 //! cut on, with no encoding the splice cannot follow; releasing the keys
 //! held, then what the viewer sends after the cut, gives whole messages.
 #![no_main]
@@ -36,6 +38,9 @@ fuzz_target!(|data: &[u8]| {
         p.reset_tight_streams();
     }
     let mut resets = 0;
+    // The same stream cut where the guest departed: read to the next
+    // boundary only, which is where a whole feed is between messages.
+    let mut q = p.clone();
     for part in [&data[..cut], &data[cut..]] {
         let fed = p.feed(part, |e| {
             if let vmgate_rfb::ServerEvent::TightControl(at) = e {
@@ -49,6 +54,16 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     assert!(resets <= 1, "one reset per splice");
+    if q.feed(&data[..cut], |_| {}).is_ok() {
+        if let Ok(Some(n)) = q.feed_to_boundary(&data[cut..], |_| {}) {
+            assert!(q.at_message_boundary());
+            let mut whole = ServerParser::new();
+            whole.feed(HANDSHAKE, |_| {}).expect("QEMU's handshake");
+            whole.set_pixel_format(&pf);
+            whole.feed(&data[..cut + n], |_| {}).expect("read before");
+            assert!(whole.at_message_boundary());
+        }
+    }
 
     let mut f = ClientFilter::new(Policy::default()).spliceable(tight);
     let mut old = b"RFB 003.008\n\x01\x01".to_vec();

@@ -1,20 +1,24 @@
 //! Following a guest across live migration.
 //!
-//! When a guest migrates, its agent ends the session with
-//! [`CloseCode::GuestMoved`]. For serial consoles and channels (byte
-//! streams that can go on against the guest's new QEMU) the gateway keeps
-//! the client's WebSocket, waits for an agent to report the guest again,
-//! opens the same channel there, tells the client in a notice, and relays
-//! on. The client's close frame is held back meanwhile ([`HoldMoved`]) and
-//! only sent if following fails. VNC is not followed: an RFB stream cannot
-//! be resumed on another QEMU mid-way, so its viewer gets 4413 and
-//! reconnects.
+//! A session moves when its guest departs from the session's node: as
+//! soon as the routes say so ([`Departure`]: that node says the guest is
+//! migrating out, and another runs it), or when the old node's agent ends
+//! the session with [`CloseCode::GuestMoved`], whichever comes first. For
+//! serial consoles and channels (byte streams that can go on against the
+//! guest's new QEMU) the gateway keeps the client's WebSocket, takes what
+//! the old node still had on its way ([`Leave`]), opens the same channel
+//! on the new node, tells the client in a notice, and relays on. The
+//! client's close frame is held back meanwhile ([`HoldMoved`]) and only
+//! sent if following fails. A screen is spliced instead
+//! ([`crate::splice`]), through the same departure and re-open.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use vmgate_relay::FrameTx;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use vmgate_relay::{FrameRx, FrameTx};
 use vmgate_wire::{Close, CloseCode, Frame, Mode};
 
 use crate::agents::{AgentPool, Opened};
@@ -25,6 +29,171 @@ pub const FOLLOW_WAIT: Duration = Duration::from_secs(30);
 /// Between attempts while the routes catch up with the move (the new
 /// node's report and the old node's 4413 race; a screen waits this long).
 const RETRY: Duration = Duration::from_millis(50);
+
+/// After the guest departed, how long the old node's stream must have
+/// been quiet before a serial session or channel leaves it: the guest is
+/// paused there from before the new node resumed it, so what is still on
+/// its way is what it wrote before the pause, already sent by the old node.
+pub const QUIET: Duration = Duration::from_millis(100);
+/// The most a serial session or channel waits for that quiet.
+pub const DRAIN_MAX: Duration = Duration::from_secs(1);
+
+/// The close a session's old side gives when the gateway moves the session
+/// itself (the old node's own 4413 comes later, to a stream already gone).
+pub fn departed(guest: &str) -> Close {
+    Close::new(
+        CloseCode::GuestMoved,
+        format!("guest {guest} migrated to another node"),
+    )
+}
+
+/// When a session's guest departs from the session's node, as the routes
+/// tell it ([`crate::agents::AgentPool::departure`]): the old side's
+/// wrapper ([`Leave`], [`crate::splice::ServerWatch`]) waits for it and
+/// then says so to the client side's [`Gate`].
+pub struct Departure {
+    departed: Pin<Box<dyn Future<Output = ()> + Send>>,
+    fired: bool,
+    left: CancellationToken,
+}
+
+impl Departure {
+    pub fn new(departed: impl Future<Output = ()> + Send + 'static) -> Departure {
+        Departure {
+            departed: Box::pin(departed),
+            fired: false,
+            left: CancellationToken::new(),
+        }
+    }
+
+    /// A departure that never comes (tests, sessions that do not move).
+    pub fn never() -> Departure {
+        Departure::new(std::future::pending())
+    }
+
+    /// Resolves once, when the guest departed; pending after that.
+    pub async fn wait(&mut self) {
+        if self.fired {
+            return std::future::pending().await;
+        }
+        self.departed.as_mut().await;
+        self.fired = true;
+        self.left.cancel();
+        tracing::info!("the guest departed from this session's node; moving the session now");
+    }
+
+    /// Gates the client's side of the same session.
+    pub fn gate<R>(&self, inner: R) -> Gate<R> {
+        Gate {
+            inner,
+            left: self.left.clone(),
+        }
+    }
+}
+
+/// The client's input on its way to the old node: once the guest departed
+/// it stops there (what the client sends next waits in the transport's
+/// flow control and goes to the new node): input a paused guest would take
+/// after its state was sent to the new node would be lost.
+pub struct Gate<R> {
+    inner: R,
+    left: CancellationToken,
+}
+
+impl<R: FrameRx> FrameRx for Gate<R> {
+    async fn recv(&mut self) -> Result<Option<Frame>, Close> {
+        tokio::select! {
+            biased;
+            _ = self.left.cancelled() => std::future::pending().await,
+            r = self.inner.recv() => r,
+        }
+    }
+}
+
+/// The old node's side of a serial session or channel. Frames pass as they
+/// are until the guest departs; then what the old node still sends passes
+/// until its stream has been quiet for [`QUIET`] (at most [`DRAIN_MAX`]),
+/// and the session leaves it with [`departed`]. Whatever ends the old
+/// stream meanwhile (its agent's 4413, say) ends it the same way. Nothing
+/// the gateway took from the old node is dropped, and nothing is taken
+/// twice: the new node's console only has what the guest wrote there.
+pub struct Leave<R> {
+    inner: R,
+    departure: Departure,
+    guest: String,
+    /// Set once the guest departed: (the bound, the quiet deadline).
+    draining: Option<(Instant, Instant)>,
+}
+
+impl<R> Leave<R> {
+    pub fn new(inner: R, departure: Departure, guest: &str) -> Leave<R> {
+        Leave {
+            inner,
+            departure,
+            guest: guest.into(),
+            draining: None,
+        }
+    }
+
+    /// The old node's stream, and whether the session left it on the
+    /// departure (then the old node has not ended it yet: [`let_go`]).
+    pub fn into_inner(self) -> (R, bool) {
+        (self.inner, self.draining.is_some())
+    }
+}
+
+/// How long a session's old stream is still read after the session left
+/// it: until the old node ends it (its 4413 when the migration completes),
+/// at most this long.
+pub const LET_GO_WAIT: Duration = FOLLOW_WAIT;
+
+/// Lets go of a stream the session left on the departure: what the old
+/// node still sends is read and dropped until it ends the stream (the
+/// gateway has sent it the end of the session's input), so the old node
+/// ends the session in its own time, with its own reason, and never sees
+/// the gateway stop reading. Bounded by [`LET_GO_WAIT`].
+pub fn let_go<R: FrameRx + 'static>(mut old: R) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(LET_GO_WAIT, async {
+            while let Ok(Some(f)) = old.recv().await {
+                if let Frame::Close(_) = f {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
+}
+
+impl<R: FrameRx> FrameRx for Leave<R> {
+    async fn recv(&mut self) -> Result<Option<Frame>, Close> {
+        loop {
+            let Some((bound, quiet)) = self.draining else {
+                tokio::select! {
+                    biased;
+                    r = self.inner.recv() => return r,
+                    _ = self.departure.wait() => {
+                        let now = Instant::now();
+                        self.draining = Some((now + DRAIN_MAX, now + QUIET));
+                        continue;
+                    }
+                }
+            };
+            let moved = Ok(Some(Frame::Close(departed(&self.guest))));
+            return tokio::select! {
+                biased;
+                r = self.inner.recv() => match r {
+                    Ok(Some(f @ (Frame::Data(_) | Frame::Notice(_)))) => {
+                        self.draining = Some((bound, Instant::now() + QUIET));
+                        Ok(Some(f))
+                    }
+                    _ => moved,
+                },
+                _ = tokio::time::sleep_until(bound.min(quiet)) => moved,
+            };
+        }
+    }
+}
 
 /// The client's sending half, holding back a [`CloseCode::GuestMoved`]
 /// close (and the end of the stream after it) until the gateway knows
@@ -148,7 +317,7 @@ pub async fn reopen<P: Opener + Sync, S: Future<Output = Close>>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A client side that records what reaches it.
@@ -241,6 +410,144 @@ mod tests {
                 assert_eq!(*pool.calls.lock().unwrap(), vec![(mode, false); 3]);
             }
         }
+    }
+
+    /// An old node's side the test feeds, and a departure it fires.
+    pub(crate) struct Feed(pub tokio::sync::mpsc::UnboundedReceiver<Result<Frame, Close>>);
+
+    impl FrameRx for Feed {
+        async fn recv(&mut self) -> Result<Option<Frame>, Close> {
+            match self.0.recv().await {
+                Some(r) => r.map(Some),
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    pub(crate) type Sender = tokio::sync::mpsc::UnboundedSender<Result<Frame, Close>>;
+
+    pub(crate) fn feed() -> (Sender, Feed) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (tx, Feed(rx))
+    }
+
+    pub(crate) fn departure() -> (tokio::sync::oneshot::Sender<()>, Departure) {
+        let (fire, fired) = tokio::sync::oneshot::channel::<()>();
+        let d = Departure::new(async move {
+            if fired.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        });
+        (fire, d)
+    }
+
+    fn data(s: &'static str) -> Frame {
+        Frame::Data(bytes::Bytes::from_static(s.as_bytes()))
+    }
+
+    /// Once the guest departed, a serial session takes what the old node
+    /// still sends until it has been quiet for QUIET, then leaves it with
+    /// a 4413 of its own; the client's input stops going there at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_departed_session_takes_the_old_nodes_last_bytes_then_leaves_and_its_input_waits() {
+        let (old, feed_rx) = feed();
+        let (fire, dep) = departure();
+        let (client, client_rx) = feed();
+        let mut input = dep.gate(client_rx);
+        let mut leave = Leave::new(feed_rx, dep, "demo");
+        old.send(Ok(data("a"))).unwrap();
+        assert_eq!(leave.recv().await, Ok(Some(data("a"))));
+        client.send(Ok(data("k1"))).unwrap();
+        assert_eq!(input.recv().await, Ok(Some(data("k1"))));
+        fire.send(()).unwrap();
+        let start = Instant::now();
+        let late = {
+            let old = old.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(60)).await;
+                old.send(Ok(data("b"))).unwrap();
+            })
+        };
+        assert_eq!(leave.recv().await, Ok(Some(data("b"))));
+        late.await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(60));
+        let end = leave.recv().await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(60) + QUIET);
+        let Some(Frame::Close(c)) = end else {
+            panic!("{end:?}")
+        };
+        assert_eq!(c.code, CloseCode::GuestMoved);
+        // Input typed after the departure is not taken for the old node.
+        client.send(Ok(data("k2"))).unwrap();
+        let waited = tokio::time::timeout(Duration::from_secs(5), input.recv()).await;
+        assert!(waited.is_err(), "{waited:?}");
+        // The old stream is still open: the gateway lets it go (let_go).
+        assert!(leave.into_inner().1);
+    }
+
+    /// An old node that keeps talking is left after DRAIN_MAX; one whose
+    /// stream ends meanwhile (its agent's 4413, or anything else) is left
+    /// at once, with the same 4413.
+    #[tokio::test(start_paused = true)]
+    async fn leaving_is_bounded_and_the_old_nodes_own_end_is_a_departure_too() {
+        let (old, feed_rx) = feed();
+        let (fire, dep) = departure();
+        let mut leave = Leave::new(feed_rx, dep, "demo");
+        fire.send(()).unwrap();
+        let start = Instant::now();
+        let chatty = tokio::spawn(async move {
+            loop {
+                if old.send(Ok(data("x"))).is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        loop {
+            match leave.recv().await.unwrap() {
+                Some(Frame::Data(_)) => {}
+                Some(Frame::Close(c)) => {
+                    assert_eq!(c.code, CloseCode::GuestMoved);
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(start.elapsed() <= DRAIN_MAX + Duration::from_millis(50));
+        assert!(start.elapsed() >= DRAIN_MAX);
+        drop(leave);
+        chatty.await.unwrap();
+
+        let (old, feed_rx) = feed();
+        let (fire, dep) = departure();
+        let mut leave = Leave::new(feed_rx, dep, "demo");
+        fire.send(()).unwrap();
+        // Seen departed (nothing came from the old node for 10 ms) ...
+        let quiet = tokio::time::timeout(Duration::from_millis(10), leave.recv()).await;
+        assert!(quiet.is_err(), "{quiet:?}");
+        // ... and then its stream ends, whatever the reason.
+        let down = Close::new(CloseCode::GuestDown, "guest stopped (migrated away)");
+        old.send(Ok(Frame::Close(down))).unwrap();
+        let start = Instant::now();
+        let Ok(Some(Frame::Close(c))) = leave.recv().await else {
+            panic!("not closed")
+        };
+        assert_eq!(
+            (c.code, start.elapsed()),
+            (CloseCode::GuestMoved, Duration::ZERO)
+        );
+    }
+
+    /// Without a departure nothing changes: the old node's own close passes.
+    #[tokio::test(start_paused = true)]
+    async fn without_a_departure_the_old_nodes_frames_pass_as_they_are() {
+        let (old, feed_rx) = feed();
+        let mut leave = Leave::new(feed_rx, Departure::never(), "demo");
+        old.send(Ok(data("a"))).unwrap();
+        old.send(Ok(Frame::Close(moved()))).unwrap();
+        assert_eq!(leave.recv().await, Ok(Some(data("a"))));
+        assert_eq!(leave.recv().await, Ok(Some(Frame::Close(moved()))));
+        assert!(!leave.into_inner().1);
     }
 
     #[tokio::test]

@@ -284,18 +284,25 @@ async fn relay_screen(
     };
     tokio::pin!(stop);
     let mut tx = follow::HoldMoved::new(tx);
-    let (mut qrx, mut qtx) = (opened.rx, opened.tx);
+    let (mut qrx, mut qtx, mut agent) = (opened.rx, opened.tx, opened.agent);
     let mut total = (0, 0);
     let out = loop {
-        let watched = splice::ServerWatch::new(qrx, server.clone());
+        // The screen leaves its node when the guest departs from it
+        // (follow::Departure), or when that node's agent says it moved.
+        let departure = follow::Departure::new(shared.pool.departure(&grant.guest, agent));
+        let input = departure.gate(live.count_to_guest(&mut rx));
+        let mut watched = splice::ServerWatch::new(qrx, server.clone(), departure, &grant.guest);
         let out = relay(
-            live.count_to_guest(&mut rx),
+            input,
             &mut tx,
-            live.count_from_guest(watched),
+            live.count_from_guest(&mut watched),
             qtx,
             &mut stop,
         )
         .await;
+        if let (old, true) = watched.into_inner() {
+            follow::let_go(old);
+        }
         total = (total.0 + out.a_to_b, total.1 + out.b_to_a);
         let done = |close| Outcome {
             close,
@@ -314,7 +321,7 @@ async fn relay_screen(
                     switch_ms = moved.elapsed().as_millis() as u64,
                     "screen spliced onto the guest's new node"
                 );
-                (qrx, qtx) = (o.rx, o.tx);
+                (qrx, qtx, agent) = (o.rx, o.tx, o.agent);
                 tx.resume(format!(
                     "guest {} migrated to another node: this screen follows it",
                     grant.guest
@@ -456,10 +463,25 @@ async fn relay_following(
     let mut rx = live.count_to_guest(rx);
     let mut tx = follow::HoldMoved::new(tx);
     tokio::pin!(stop);
-    let (mut qrx, mut qtx) = (live.count_from_guest(opened.rx), opened.tx);
+    let (mut qrx, mut qtx, mut agent) = (opened.rx, opened.tx, opened.agent);
     let mut total = (0, 0);
     let out = loop {
-        let out = relay(&mut rx, &mut tx, qrx, qtx, &mut stop).await;
+        // The session leaves its node when the guest departs from it
+        // (follow::Departure), or when that node's agent says it moved.
+        let departure = follow::Departure::new(shared.pool.departure(guest, agent));
+        let input = departure.gate(&mut rx);
+        let mut old = follow::Leave::new(qrx, departure, guest);
+        let out = relay(
+            input,
+            &mut tx,
+            live.count_from_guest(&mut old),
+            qtx,
+            &mut stop,
+        )
+        .await;
+        if let (old, true) = old.into_inner() {
+            follow::let_go(old);
+        }
         total = (total.0 + out.a_to_b, total.1 + out.b_to_a);
         let done = |close| Outcome {
             close,
@@ -470,12 +492,16 @@ async fn relay_following(
             break done(out.close);
         }
         tracing::info!("guest migrated; following it");
+        let moved = Instant::now();
         // The original mode, never `force`: the new node's holder keeps it.
         match follow::reopen(&*shared.pool, sid, guest, channel, grant.mode, &mut stop).await {
             Ok(o) => {
                 shared.metrics.followed();
-                tracing::info!("session follows the guest to its new node");
-                (qrx, qtx) = (live.count_from_guest(o.rx), o.tx);
+                tracing::info!(
+                    switch_ms = moved.elapsed().as_millis() as u64,
+                    "session follows the guest to its new node"
+                );
+                (qrx, qtx, agent) = (o.rx, o.tx, o.agent);
                 tx.resume(format!(
                     "guest {guest} migrated to another node: this session follows it"
                 ))

@@ -399,6 +399,38 @@ impl ServerParser {
         Ok(())
     }
 
+    /// Reads `data` only as far as the next message boundary, calling `out`
+    /// for each event on the way (as [`ServerParser::feed`] does): how many
+    /// of its bytes that took (0 if the stream is between two messages
+    /// now), or `None` if all of `data` was read without reaching one (the
+    /// rest of the message comes later). Where a stream that must stop at a
+    /// boundary is cut: the bytes after it are not read. An error leaves
+    /// the parser broken, as [`ServerParser::feed`] does.
+    pub fn feed_to_boundary<'a>(
+        &mut self,
+        data: &'a [u8],
+        mut out: impl FnMut(ServerEvent<'a>),
+    ) -> Result<Option<usize>, RfbError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        self.fed = 0;
+        while !self.at_message_boundary() {
+            if self.fed == data.len() {
+                return Ok(None);
+            }
+            // One step never crosses a boundary: it ends at one at most.
+            match self.step(&data[self.fed..], &mut out) {
+                Ok(n) => self.fed += n,
+                Err(e) => {
+                    self.failed = Some(e.clone());
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Some(self.fed))
+    }
+
     /// Takes some bytes off the front of non-empty `data`; how many.
     fn step<'a>(
         &mut self,

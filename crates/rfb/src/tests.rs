@@ -1065,6 +1065,50 @@ mod screen {
             prop_assert_eq!(ends, want);
         }
 
+        /// A stream cut anywhere and then read only to the next boundary
+        /// stops exactly at the end of the message the cut fell in (or at
+        /// the cut, if it fell between two), in any chunking.
+        #[test]
+        fn feeding_to_a_boundary_stops_at_the_end_of_the_message_under_way(
+            msgs in proptest::collection::vec((msg(), any::<bool>()), 1..8),
+            bits in prop_oneof![Just(8u8), Just(16), Just(32)],
+            cut in any::<prop::sample::Index>(),
+            chunk in 1usize..50,
+        ) {
+            let mut p = ServerParser::new();
+            p.feed(&handshake(), |_| {}).unwrap();
+            let mut pf = [0; 16];
+            pf[0] = bits;
+            p.set_pixel_format(&pf);
+            let mut data = Vec::new();
+            let mut ends = vec![0];
+            for (m, last) in &msgs {
+                data.extend(bytes(m, usize::from(bits / 8), *last));
+                ends.push(data.len());
+            }
+            let cut = cut.index(data.len() + 1);
+            p.feed(&data[..cut], |_| {}).unwrap();
+            let want = *ends.iter().find(|e| **e >= cut).unwrap();
+            let mut at = cut;
+            let mut stopped = None;
+            for piece in data[cut..].chunks(chunk) {
+                match p.feed_to_boundary(piece, |_| {}).unwrap() {
+                    Some(n) => {
+                        stopped = Some(at + n);
+                        break;
+                    }
+                    None => at += piece.len(),
+                }
+            }
+            if cut == data.len() {
+                stopped = p.feed_to_boundary(&[], |_| {}).unwrap().map(|n| cut + n);
+            }
+            prop_assert_eq!(stopped, Some(want));
+            prop_assert!(p.at_message_boundary());
+            // Stopped there: at a boundary it takes nothing more.
+            prop_assert_eq!(p.feed_to_boundary(&data[want..], |_| {}).unwrap(), Some(0));
+        }
+
         /// Arbitrary bytes after the handshake: no panic, and a boundary is
         /// never claimed on a broken stream.
         #[test]
