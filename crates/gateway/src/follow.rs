@@ -538,6 +538,29 @@ pub(crate) mod tests {
         );
     }
 
+    /// A stream the session left is read (and dropped) until the old node
+    /// ends it with its own 4413, so that close reaches a reader and goes
+    /// nowhere else; a stream the old node never ends is let go after
+    /// LET_GO_WAIT.
+    #[tokio::test(start_paused = true)]
+    async fn a_left_stream_is_read_until_the_old_nodes_own_end_and_no_longer() {
+        let (old, rx) = feed();
+        let_go(rx);
+        old.send(Ok(data("late"))).unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!old.is_closed(), "still read");
+        old.send(Ok(Frame::Close(moved()))).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(old.is_closed(), "let go after its close");
+
+        let (old, rx) = feed();
+        let_go(rx);
+        tokio::time::sleep(LET_GO_WAIT - Duration::from_millis(1)).await;
+        assert!(!old.is_closed());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert!(old.is_closed(), "bounded");
+    }
+
     /// Without a departure nothing changes: the old node's own close passes.
     #[tokio::test(start_paused = true)]
     async fn without_a_departure_the_old_nodes_frames_pass_as_they_are() {
