@@ -269,7 +269,9 @@ async fn a_metadata_filter_serves_only_the_domains_that_carry_the_element() {
 /// equal to the new node's screenshot, and the browser sees no WebSocket
 /// close; a VNC session whose viewer had not finished its handshake
 /// cannot be spliced and gets 4413 with why; new sessions reach the second
-/// node's agent; then a failed migration, moves back and forth (measured),
+/// node's agent; then a failed migration, one that fails after node B
+/// paused the guest (nothing moves), moves back and forth (measured, each
+/// back before the old node's Confirm),
 /// two quick moves, and the guest stopped on its last node. The second node is a second libvirtd on this machine
 /// ([`common::libvirt::SecondNode`]).
 #[tokio::test]
@@ -462,9 +464,93 @@ async fn a_live_migrated_domain_is_followed_to_the_other_nodes_agent() {
     assert_eq!(serial.notices.len(), notices, "{:?}", serial.notices);
     viewer.assert_open();
 
+    // A migration that fails after the old node paused the guest for its
+    // last phase (held to 1 MiB/s, paused by --timeout after 1 s, then
+    // aborted while paused): node B said the guest was migrating out, the
+    // first node never ran it, and nothing moves. Meanwhile a new session
+    // is told to come back in a moment; afterwards everything goes on
+    // where it was.
+    let phases = |s: &Stack, phase: &str| {
+        common::plain(&s.log("agent-b.log"))
+            .lines()
+            .filter(|l| l.contains("live migration phase") && l.contains(phase))
+            .count()
+    };
+    let (left, ran) = (
+        phases(&stack, "phase=Leaving"),
+        phases(&stack, "phase=Running"),
+    );
+    let departures = |s: &Stack| s.log("gateway.log").matches("guest departed").count();
+    let departed = departures(&stack);
+    let (name, a, b) = (
+        stack.name.clone(),
+        common::libvirt::URI.to_string(),
+        node_b.uri.clone(),
+    );
+    let slow = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("virsh")
+            .args(["-q", "-c", &b, "migrate", "--live", &name, &a])
+            .args(["--migrateuri", "tcp://127.0.0.1", "--bandwidth", "1"])
+            .args(["--timeout", "1", "--timeout-suspend"])
+            .output()
+            .expect("running virsh")
+    });
+    let until = |what: &'static str| {
+        let deadline = tokio::time::Instant::now() + common::WAIT;
+        move |stack: &Stack| {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}:\n{}",
+                stack.log("agent-b.log")
+            )
+        }
+    };
+    let check = until("node B never paused the guest to migrate it out");
+    while phases(&stack, "phase=Leaving") == left {
+        check(&stack);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let reason = refused(&stack, &stack.name, 4413).await;
+    assert!(reason.contains("migrating"), "{reason}");
+    let out = node_b.virsh(&["domjobabort", &stack.name]);
+    assert!(
+        out.status.success(),
+        "domjobabort: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = slow.await.unwrap();
+    assert!(!out.status.success(), "the aborted migration failed");
+    let check = until("node B never resumed the guest");
+    while phases(&stack, "phase=Running") == ran {
+        check(&stack);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    serial.send(b"echo resumed-$((4*4))\n").await;
+    serial.expect("resumed-16").await;
+    assert_eq!(serial.notices.len(), notices, "{:?}", serial.notices);
+    assert_eq!(departures(&stack), departed, "{}", stack.log("gateway.log"));
+    echo.send(b"ping-still-on-b").await;
+    echo.expect("ping-still-on-b").await;
+    viewer.assert_open();
+
     let (mut screen_ms, mut serial_ms, mut stopped_ms) = (Vec::new(), Vec::new(), Vec::new());
-    // RESUMED/migrated events so far: node B's from the first move.
-    let mut resumes = [0, 1];
+    // RESUMED/migrated events so far, as each node's agent logged them:
+    // node B's from the first move, and from the migration aborted there
+    // (which resumed the guest in place with the same event); the moves
+    // that arrived on each node apart.
+    let mut resumes = [0, 0];
+    for (n, log) in resumes.iter_mut().zip(["agent.log", "agent-b.log"]) {
+        *n = common::plain(&stack.log(log))
+            .lines()
+            .filter(|l| {
+                l.contains("libvirt lifecycle event")
+                    && l.contains(&format!("domain={}", stack.name))
+                    && l.split_whitespace().any(|w| w == "event=4")
+                    && l.split_whitespace().any(|w| w == "detail=1")
+            })
+            .count();
+    }
+    let mut arrivals = [0, 1];
     for i in 0..moves {
         let to_b = i % 2 == 1;
         let updates = viewer.updates();
@@ -477,6 +563,7 @@ async fn a_live_migrated_domain_is_followed_to_the_other_nodes_agent() {
         );
         let node = to_b.then_some(&node_b);
         resumes[usize::from(to_b)] += 1;
+        arrivals[usize::from(to_b)] += 1;
         let log = if to_b { "agent-b.log" } else { "agent.log" };
         let resumed = resumed_at(&stack, log, resumes[usize::from(to_b)]).await;
         let text = format!(
@@ -496,7 +583,7 @@ async fn a_live_migrated_domain_is_followed_to_the_other_nodes_agent() {
         screen_ms.push(((first - resumed) * 1000.0).round() as u64);
         let from = if to_b { "agent.log" } else { "agent-b.log" };
         // Departures from A: its creation there, then each arrival.
-        let nth = if to_b { resumes[0] + 1 } else { resumes[1] };
+        let nth = if to_b { arrivals[0] + 1 } else { arrivals[1] };
         let stopped = event_at(&stack, from, "event=5", "detail=3", nth).await;
         stopped_ms.push(((stopped - resumed) * 1000.0).round() as i64);
         serial_ms.push(((serial_at - resumed) * 1000.0).max(0.0).round() as u64);
