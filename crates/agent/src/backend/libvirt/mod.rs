@@ -14,7 +14,7 @@
 //! * media: each `<disk device='cdrom'>` is a `media` channel; a medium
 //!   goes in and out with `virDomainUpdateDeviceFlags` (an NBD network
 //!   source on the agent's socket, or none), so libvirt's live XML always
-//!   says what is in the drive ([`change_medium`]).
+//!   says what is in the drive ([`CdromChanger`]).
 //!
 //! When a domain stops (shut down, destroyed, crashed) its sessions are
 //! closed with [`CloseCode::GuestDown`] "guest stopped" (migrated away:
@@ -61,6 +61,7 @@ use virt::stream::Stream;
 use virt::sys;
 use vmgate_wire::{Close, CloseCode, Inventory, OpenRequest};
 
+use super::media::tray::{Changer, TrayError};
 use super::media::{Drive, MediaDir, Tray};
 use super::{Backend, Endpoint, Slot};
 use crate::config::{AgentConfig, LibvirtConfig};
@@ -69,7 +70,7 @@ use crate::duplex::Duplex;
 use domains::{Serving, Table};
 use stream::{bridge, io_err, stream_connection, Ended, SignalOnEof, StreamEnd};
 use supervise::current_conn;
-pub use xml::Cdrom;
+use xml::Cdrom;
 use xml::Devices;
 
 /// After a channel or VNC stream ends on libvirt's side, how long the
@@ -202,11 +203,11 @@ impl Serving for Hubs<'_> {
             .cdroms
             .iter()
             .map(|cd| {
-                let tray = Tray::Libvirt {
+                let tray = Tray::Managed(Arc::new(CdromChanger {
                     uri: shared.cfg.uri.clone(),
                     domain: name.into(),
                     cd: cd.clone(),
-                };
+                }));
                 let drive = Drive::new(name, &cd.name, tray, shared.media_dir.clone());
                 (cd.name.clone(), drive)
             })
@@ -228,22 +229,44 @@ impl Serving for Hubs<'_> {
     }
 }
 
-/// Puts a read-only NBD medium served on `socket` into CD-ROM `cd` of
-/// `domain`, or empties the drive (`None`): `virDomainUpdateDeviceFlags`
-/// on the live domain, forced, so a guest's locked tray does not stop it.
-/// libvirt then runs QEMU's tray commands itself. Blocking.
-pub fn change_medium(
-    uri: &str,
-    domain: &str,
-    cd: &Cdrom,
-    socket: Option<&Path>,
-) -> Result<(), virt::error::Error> {
-    let conn = Connect::open(Some(uri))?;
-    let dom = conn.lookup_domain_by_name(domain)?;
-    dom.update_device_flags(
-        &xml::cdrom_update(cd, socket),
-        sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_DEVICE_MODIFY_FORCE,
-    )
+/// CD-ROM `cd` of `domain`, whose medium libvirt changes.
+#[derive(Debug)]
+struct CdromChanger {
+    uri: String,
+    domain: String,
+    cd: Cdrom,
+}
+
+impl Changer for CdromChanger {
+    /// Puts a read-only NBD medium served on `socket` into the drive, or
+    /// empties it (`None`): `virDomainUpdateDeviceFlags` on the live
+    /// domain, forced, so a guest's locked tray does not stop it. libvirt
+    /// then runs QEMU's tray commands itself.
+    fn change(&self, socket: Option<&Path>) -> Result<(), TrayError> {
+        let changed = Connect::open(Some(&self.uri))
+            .and_then(|conn| conn.lookup_domain_by_name(&self.domain))
+            .and_then(|dom| {
+                dom.update_device_flags(
+                    &xml::cdrom_update(&self.cd, socket),
+                    sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_DEVICE_MODIFY_FORCE,
+                )
+            });
+        changed.map(drop).map_err(|e| {
+            let gone = [
+                virt::error::ErrorNumber::NoDomain,
+                virt::error::ErrorNumber::OperationInvalid,
+                virt::error::ErrorNumber::SystemError,
+            ]
+            .into_iter()
+            .any(|n| e.code() == n.into());
+            let why = e.message().to_string();
+            if gone {
+                TrayError::LibvirtUnreachable(why)
+            } else {
+                TrayError::Libvirt(why)
+            }
+        })
+    }
 }
 
 fn not_connected() -> io::Error {

@@ -1,4 +1,5 @@
-//! Putting a medium into a guest's drive and taking it out, over QMP.
+//! Putting a medium into a guest's drive and taking it out, over QMP (or
+//! through whatever else manages the drive: [`Changer`]).
 //!
 //! Insert: `blockdev-add` (a read-only `raw` node over QEMU's `nbd`
 //! driver, on the agent's unix socket), `blockdev-open-tray` (forced: a
@@ -9,6 +10,7 @@
 //! it did.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -23,13 +25,16 @@ pub const QMP_DEADLINE: Duration = Duration::from_secs(10);
 pub enum Tray {
     /// Through QEMU's QMP socket, naming the drive by its qdev id.
     Qmp { socket: PathBuf, id: String },
-    /// Through libvirt: a live device update of the domain's CD-ROM
-    /// (libvirt adds the node and works the tray itself).
-    Libvirt {
-        uri: String,
-        domain: String,
-        cd: crate::backend::libvirt::Cdrom,
-    },
+    /// Through the drive's manager (libvirt's live device update, which
+    /// adds the node and works the tray itself).
+    Managed(Arc<dyn Changer>),
+}
+
+/// Puts the NBD medium served on a socket into a drive, or empties it,
+/// for a backend that manages the drive itself. Blocking: called on a
+/// blocking thread, under [`QMP_DEADLINE`].
+pub trait Changer: std::fmt::Debug + Send + Sync {
+    fn change(&self, socket: Option<&Path>) -> Result<(), TrayError>;
 }
 
 /// Why the tray could not be worked.
@@ -78,7 +83,7 @@ impl Tray {
     pub async fn insert(&self, node: &str, socket: &Path) -> Result<(), TrayError> {
         let (qmp, id) = match self {
             Tray::Qmp { socket: qmp, id } => (qmp, id),
-            Tray::Libvirt { .. } => return self.libvirt(Some(socket)).await,
+            Tray::Managed(c) => return managed(c, Some(socket)).await,
         };
         within(async {
             let mut q = connect(qmp).await?;
@@ -130,7 +135,7 @@ impl Tray {
     pub async fn eject(&self, node: &str) -> Result<(), TrayError> {
         let (qmp, id) = match self {
             Tray::Qmp { socket: qmp, id } => (qmp, id),
-            Tray::Libvirt { .. } => return self.libvirt(None).await,
+            Tray::Managed(c) => return managed(c, None).await,
         };
         within(async {
             let mut q = connect(qmp).await?;
@@ -147,32 +152,15 @@ impl Tray {
         })
         .await
     }
+}
 
-    /// A libvirt device update, on a blocking thread, under the deadline.
-    async fn libvirt(&self, socket: Option<&Path>) -> Result<(), TrayError> {
-        let Tray::Libvirt { uri, domain, cd } = self.clone() else {
-            unreachable!("called for libvirt trays only")
-        };
-        let socket = socket.map(Path::to_path_buf);
-        let work = tokio::task::spawn_blocking(move || {
-            crate::backend::libvirt::change_medium(&uri, &domain, &cd, socket.as_deref())
-        });
-        match tokio::time::timeout(QMP_DEADLINE, work).await {
-            Err(_) => Err(TrayError::Timeout),
-            Ok(Err(e)) => Err(TrayError::Libvirt(e.to_string())),
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e)))
-                if [
-                    virt::error::ErrorNumber::NoDomain,
-                    virt::error::ErrorNumber::OperationInvalid,
-                    virt::error::ErrorNumber::SystemError,
-                ]
-                .into_iter()
-                .any(|n| e.code() == n.into()) =>
-            {
-                Err(TrayError::LibvirtUnreachable(e.message().to_string()))
-            }
-            Ok(Ok(Err(e))) => Err(TrayError::Libvirt(e.message().to_string())),
-        }
+/// A managed drive's change, on a blocking thread, under the deadline.
+async fn managed(c: &Arc<dyn Changer>, socket: Option<&Path>) -> Result<(), TrayError> {
+    let (c, socket) = (c.clone(), socket.map(Path::to_path_buf));
+    let work = tokio::task::spawn_blocking(move || c.change(socket.as_deref()));
+    match tokio::time::timeout(QMP_DEADLINE, work).await {
+        Err(_) => Err(TrayError::Timeout),
+        Ok(Err(e)) => Err(TrayError::Libvirt(e.to_string())),
+        Ok(Ok(r)) => r,
     }
 }
