@@ -43,7 +43,7 @@ use crate::backend::{media, Backend, Opened};
 pub use tcp::TcpLink;
 
 /// A session's TCP + TLS connection from a gateway.
-type TlsConn = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+type TlsConn = vmgate_tls::TcpLinkAccepted;
 /// What a gateway sends on a session: a QUIC stream's or a TCP
 /// connection's frames.
 pub type GatewayRx = Either<QuicRx, StreamRx<ReadHalf<TlsConn>>>;

@@ -43,7 +43,7 @@ const OPEN_DEADLINE: Duration = Duration::from_secs(10);
 type Route = crate::routing::Route<quinn::Connection>;
 
 /// A session's own TCP + TLS connection to its agent.
-type TlsConn = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+type TlsConn = vmgate_tls::TcpLinkStream;
 /// What an agent sends on a session: a QUIC stream's or a TCP
 /// connection's frames.
 pub type AgentRx = Either<QuicRx, StreamRx<ReadHalf<TlsConn>>>;

@@ -34,7 +34,10 @@ pub use quic::{
     link_client, link_server, quic_client, quic_server, transport_config, LinkClient, LinkServer,
 };
 pub use rustls;
-pub use tcp::{raise_open_files, TcpLinkClient, TcpLinkError, TcpLinkServer};
+pub use tcp::{
+    raise_open_files, ReadAhead, TcpLinkAccepted, TcpLinkClient, TcpLinkError, TcpLinkServer,
+    TcpLinkStream, READ_AHEAD,
+};
 
 /// Why TLS material could not be loaded or used.
 #[derive(Debug, thiserror::Error)]

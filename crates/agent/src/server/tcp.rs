@@ -209,3 +209,96 @@ impl TcpLink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::backend::qemu::QemuBackend;
+    use crate::config::{AgentConfig, AgentTls};
+
+    /// With room for one connection, a second is closed at accept (before
+    /// any TLS work, at once) and counted; the first, once it ended, frees
+    /// its place for a gateway whose handshake then succeeds.
+    #[tokio::test]
+    async fn connections_over_the_cap_are_closed_at_accept_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = vmgate_tls::pki::write_link(dir.path(), &["localhost"], &["gateway"]).unwrap();
+        let tls = vmgate_tls::agent_server_config(
+            &link.agent,
+            &link.gateway_ca,
+            &[],
+            &[vmgate_wire::TCP_ALPN],
+        )
+        .unwrap();
+        let tcp = TcpLink::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            tls,
+            Some(RESERVED_FILES + 2),
+        )
+        .unwrap();
+        assert_eq!(tcp.max_connections, 1);
+        let addr = tcp.local_addr().unwrap();
+        let refusals = tcp.refusals.clone();
+        let cfg = AgentConfig {
+            node: "n".into(),
+            listen: addr,
+            log_dir: dir.path().join("logs"),
+            scrollback_bytes: 1024,
+            drain_secs: 5,
+            console_log: Default::default(),
+            backend: Default::default(),
+            libvirt: Default::default(),
+            tls: AgentTls {
+                cert: link.agent.cert.clone(),
+                key: link.agent.key.clone(),
+                gateway_ca: link.gateway_ca.clone(),
+                allowed_gateways: Vec::new(),
+            },
+            guests: vec![],
+            media_dir: None,
+            media_group: None,
+        };
+        let logs = crate::console::ConsoleLogs::new(&cfg.log_dir, cfg.console_log).unwrap();
+        let shutdown = CancellationToken::new();
+        let backend = Arc::new(QemuBackend::start(&cfg, &logs, shutdown.clone()));
+        tokio::spawn(tcp.serve(backend, shutdown.clone(), TaskTracker::new()));
+
+        let first = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // The first holds the place once accepted: a refusal of the second
+        // must come after that.
+        while tcp_count(&refusals, Refusal::Connections) == 0 {
+            let started = Instant::now();
+            let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut b = [0u8; 1];
+            let n = tokio::time::timeout(Duration::from_secs(2), second.read(&mut b))
+                .await
+                .expect("an over-the-cap connection stayed open")
+                .unwrap_or(0);
+            assert_eq!(n, 0);
+            assert!(started.elapsed() < Duration::from_secs(1));
+        }
+        drop(first);
+        let client = vmgate_tls::TcpLinkClient::new(
+            vmgate_tls::gateway_client_config(
+                &link.gateway,
+                &link.agent_ca,
+                &[vmgate_wire::TCP_ALPN],
+            )
+            .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // The first's handshake task ends on its EOF and frees the place.
+        while client.connect(addr, "localhost").await.is_err() {
+            assert!(Instant::now() < deadline, "the place was never freed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(tcp_count(&refusals, Refusal::Connections), 1);
+        shutdown.cancel();
+    }
+
+    fn tcp_count(r: &Refusals, why: Refusal) -> u64 {
+        r.counts[why as usize].load(Ordering::Relaxed)
+    }
+}
