@@ -55,7 +55,8 @@ struct RunArgs {
     /// Most idle sessions asked of websockify (a process per session).
     #[arg(long)]
     websockify_idle_max: Option<usize>,
-    /// Only these systems (raw, client, websockify, aio, split).
+    /// Only these systems (raw, client, websockify, aio, split, tcp:
+    /// split with sessions over TCP + TLS to the agent).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// Only these measurements (bulk, echo, open, idle, profile, vnc).
@@ -69,6 +70,16 @@ struct RunArgs {
     /// the change's before and after in one run (key `compare` for --only).
     #[arg(long)]
     compare: Option<PathBuf>,
+    /// The `--compare` binary's split system sends its sessions over TCP +
+    /// TLS to the agent (`session_transport = "tcp"`), to compare with
+    /// the `tcp` system: a change to that transport, before and after.
+    #[arg(long)]
+    compare_tcp: bool,
+    /// Bulk windows are taken in this many rounds, each visiting every
+    /// system (default 1: all of one system's windows, then the next's);
+    /// more rounds spread a change in the machine's load over all systems.
+    #[arg(long, default_value_t = 1)]
+    bulk_rounds: usize,
     /// Windows each figure is the median of (default 5 quick, 7 full).
     #[arg(long)]
     windows: Option<usize>,
@@ -266,10 +277,16 @@ async fn run(args: RunArgs) -> Result<()> {
         state,
         source_dir,
         ports,
-        channels: [32, 32, max_idle + plan.open_samples + 64],
+        // Each bulk round takes 1 + 8 channels of every system.
+        channels: [
+            32.max(9 * args.bulk_rounds.clamp(1, plan.windows.max(1)) + 8),
+            32,
+            max_idle + plan.open_samples + 64,
+        ],
         bin_dir,
         websockify: args.websockify.clone(),
         compare: args.compare.as_ref().map(std::path::absolute).transpose()?,
+        compare_tcp: args.compare_tcp,
         vnc: guest.as_ref().map(|g| g.vnc_socket.clone()),
     };
 
@@ -280,6 +297,7 @@ async fn run(args: RunArgs) -> Result<()> {
         (Kind::VmgateAio, "aio"),
         (Kind::VmgateSplit, "split"),
         (Kind::VmgateSplitCompare, "compare"),
+        (Kind::VmgateSplitTcp, "tcp"),
     ];
     // All systems run at once (idle but for the one measured), so the
     // latency series can be taken in interleaved rounds: a burst of load
@@ -297,31 +315,54 @@ async fn run(args: RunArgs) -> Result<()> {
     }
     let mut rows: Vec<(Kind, Row)> = started.iter().map(|(k, _)| (*k, Row::default())).collect();
     if want("bulk") {
-        for ((kind, sys), (_, row)) in started.iter().zip(rows.iter_mut()) {
-            let Some(sys) = sys else { continue };
-            eprintln!("== bulk: {}", kind.label());
-            for (streams, slot) in [(1, &mut row.bulk1), (8, &mut row.bulk8)] {
-                let b = note(
-                    &format!("bulk x{streams}"),
-                    measure::bulk(
-                        sys,
-                        streams,
-                        plan.warmup,
-                        plan.dur,
-                        plan.windows,
-                        source.id(),
-                    )
-                    .await,
+        // Each round visits every system; a system that fails once is
+        // left out of the later rounds.
+        let rounds = args.bulk_rounds.clamp(1, plan.windows.max(1));
+        let per_round = plan.windows.div_ceil(rounds);
+        let mut gathered: Vec<[Option<measure::BulkWindows>; 2]> =
+            vec![Default::default(); started.len()];
+        let mut failed = vec![false; started.len()];
+        for round in 0..rounds {
+            for (i, (kind, sys)) in started.iter().enumerate() {
+                let Some(sys) = sys else { continue };
+                if failed[i] {
+                    continue;
+                }
+                eprintln!(
+                    "== bulk: {} (round {} of {rounds})",
+                    kind.label(),
+                    round + 1
                 );
-                eprintln!("  x{streams}: {b:?} (load {})", load_average());
-                *slot = b;
+                for (slot, streams) in [1, 8].into_iter().enumerate() {
+                    let b = note(
+                        &format!("bulk x{streams}"),
+                        measure::bulk(sys, streams, plan.warmup, plan.dur, per_round, source.id())
+                            .await,
+                    );
+                    eprintln!("  x{streams}: {b:?} (load {})", load_average());
+                    match b {
+                        Some(b) => gathered[i][slot]
+                            .get_or_insert_with(Default::default)
+                            .extend(b),
+                        None => failed[i] = true,
+                    }
+                }
             }
+        }
+        for ((i, (_, row)), failed) in rows.iter_mut().enumerate().zip(failed) {
+            if failed {
+                continue;
+            }
+            let [one, eight] = std::mem::take(&mut gathered[i]);
+            row.bulk1 = one.map(measure::BulkWindows::summary);
+            row.bulk8 = eight.map(measure::BulkWindows::summary);
         }
     }
     if want("profile") {
         let splits = started.iter().filter_map(|(k, s)| match k {
             Kind::VmgateSplit => Some(("split", s.as_ref()?)),
             Kind::VmgateSplitCompare => Some(("compare", s.as_ref()?)),
+            Kind::VmgateSplitTcp => Some(("tcp", s.as_ref()?)),
             _ => None,
         });
         for (name, sys) in splits {

@@ -34,6 +34,47 @@ impl Bulk {
     }
 }
 
+/// The windows of bulk measurements of one system, gathered over rounds
+/// (each round visits every system, so a change in the machine's load
+/// falls on all of them alike), then summed up as medians ([`Bulk`]).
+#[derive(Debug, Clone, Default)]
+pub struct BulkWindows {
+    rates: Vec<f64>,
+    /// Per group (the system, then its parts, the source, the client): its
+    /// name and CPU ms per MiB in each window.
+    per_mib: Vec<(&'static str, Vec<f64>)>,
+}
+
+impl BulkWindows {
+    /// Adds `other`'s windows (another round of the same system).
+    pub fn extend(&mut self, other: BulkWindows) {
+        self.rates.extend(other.rates);
+        if self.per_mib.is_empty() {
+            self.per_mib = other.per_mib;
+            return;
+        }
+        for ((_, mine), (_, theirs)) in self.per_mib.iter_mut().zip(other.per_mib) {
+            mine.extend(theirs);
+        }
+    }
+
+    /// The medians over every window.
+    pub fn summary(self) -> Bulk {
+        let mut rates = self.rates;
+        let mut medians = self
+            .per_mib
+            .into_iter()
+            .map(|(name, mut v)| (name, stats::median(&mut v)));
+        let cpu_ms_per_mib = medians.next().and_then(|(_, m)| m);
+        let parts = medians.filter_map(|(name, m)| Some((name, m?))).collect();
+        Bulk {
+            mib_s: stats::median(&mut rates).unwrap_or(0.0),
+            cpu_ms_per_mib,
+            parts,
+        }
+    }
+}
+
 /// Aggregate MiB/s of `streams` bulk sessions read at once, counted in
 /// `windows` windows of `window` each after `warmup`; `source` is the byte
 /// source's process id.
@@ -44,7 +85,7 @@ pub async fn bulk(
     window: Duration,
     windows: usize,
     source: Option<u32>,
-) -> Result<Bulk> {
+) -> Result<BulkWindows> {
     let total = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..streams {
@@ -104,17 +145,13 @@ pub async fn bulk(
         let _ = t.await;
     }
     anyhow::ensure!(finished == 0, "{finished} bulk stream(s) ended early");
-    let mut medians = per_mib.into_iter().map(|mut v| stats::median(&mut v));
-    let cpu_ms_per_mib = medians.next().flatten();
-    let parts = groups[1..]
-        .iter()
-        .zip(medians)
-        .filter_map(|((name, _, _), m)| Some((*name, m?)))
-        .collect();
-    Ok(Bulk {
-        mib_s: stats::median(&mut rates).unwrap_or(0.0),
-        cpu_ms_per_mib,
-        parts,
+    Ok(BulkWindows {
+        rates,
+        per_mib: groups
+            .iter()
+            .map(|(name, _, _)| *name)
+            .zip(per_mib)
+            .collect(),
     })
 }
 

@@ -57,6 +57,9 @@ pub enum Kind {
     /// Split mode again, from another `vmgate` binary (`--compare`): a
     /// change's before and after, measured in one run.
     VmgateSplitCompare,
+    /// Split mode with `[agents] session_transport = "tcp"`: each session
+    /// its own TCP + TLS connection from the gateway to the agent.
+    VmgateSplitTcp,
 }
 
 impl Kind {
@@ -68,6 +71,7 @@ impl Kind {
             Kind::VmgateAio => "vmgate all-in-one",
             Kind::VmgateSplit => "vmgate split",
             Kind::VmgateSplitCompare => "vmgate split, --compare binary",
+            Kind::VmgateSplitTcp => "vmgate split, TCP to the agent",
         }
     }
 }
@@ -215,6 +219,8 @@ pub struct Env {
     pub websockify: PathBuf,
     /// Another `vmgate` binary, run as [`Kind::VmgateSplitCompare`].
     pub compare: Option<PathBuf>,
+    /// The `--compare` binary's sessions go over TCP + TLS to the agent.
+    pub compare_tcp: bool,
     /// The test guest's VNC socket, when the VNC workload runs: the split
     /// agent then serves that guest too ([`crate::vnc::GUEST`]).
     pub vnc: Option<PathBuf>,
@@ -369,10 +375,11 @@ impl System {
                 sys.children.push(child);
                 sys.vmgate(env, port).await?;
             }
-            Kind::VmgateSplit | Kind::VmgateSplitCompare => {
+            Kind::VmgateSplit | Kind::VmgateSplitCompare | Kind::VmgateSplitTcp => {
                 let (vmgate, tag) = match (kind, &env.compare) {
                     (Kind::VmgateSplitCompare, Some(bin)) => (bin.clone(), "-compare"),
                     (Kind::VmgateSplitCompare, None) => bail!("no --compare binary"),
+                    (Kind::VmgateSplitTcp, _) => (env.bin_dir.join("vmgate"), "-tcp"),
                     _ => (env.bin_dir.join("vmgate"), ""),
                 };
                 // Both bind port 0 and say in their logs which port they got.
@@ -404,7 +411,12 @@ impl System {
                 let agent_log = format!("vmgate-agent{tag}");
                 let agent_addr =
                     logged_addr(env, &mut agent, &agent_log, "agent listening").await?;
-                let gw_cfg = gateway_config(&env.state, "127.0.0.1:0".parse()?, agent_addr);
+                let mut gw_cfg = gateway_config(&env.state, "127.0.0.1:0".parse()?, agent_addr);
+                if kind == Kind::VmgateSplitTcp
+                    || (kind == Kind::VmgateSplitCompare && env.compare_tcp)
+                {
+                    gw_cfg.agents.session_transport = vmgate_gateway::config::SessionTransport::Tcp;
+                }
                 let gw_toml = env.work.join(format!("gateway-split{tag}.toml"));
                 write_toml(&gw_toml, &gw_cfg)?;
                 let mut gateway = Command::new(&vmgate)
@@ -513,7 +525,7 @@ impl System {
     /// kind (split: the gateway, which a fleet pays for, and the agent).
     pub fn cpu_parts(&self) -> Vec<(&'static str, Vec<u32>)> {
         match self.kind {
-            Kind::VmgateSplit | Kind::VmgateSplitCompare => vec![
+            Kind::VmgateSplit | Kind::VmgateSplitCompare | Kind::VmgateSplitTcp => vec![
                 ("gateway", self.mem_pid.into_iter().collect()),
                 ("agent", self.other_pid.into_iter().collect()),
             ],
