@@ -111,23 +111,36 @@ impl ViewerState {
     /// Releases, on the new server, every key and button the viewer held
     /// down on the old one (the guest's keyboard state moved with it), and
     /// forgets them: the messages to send.
+    ///
+    /// Each is pressed there first, then released: QEMU passes a key-up to
+    /// the guest only for a key it saw go down on that display
+    /// (`ui/kbd-state.c` drops the others), and a button-up only as a
+    /// change from the buttons that connection last sent; the new node's
+    /// QEMU has seen neither. To the guest, which holds them down already,
+    /// the press is a repeat: nothing for a modifier or a button, one
+    /// autorepeat for a held character key (which was repeating anyway).
     pub fn release(&mut self) -> Vec<u8> {
         let mut out = Vec::new();
         for key in self.keys.drain(..).rev() {
-            out.extend_from_slice(&[4, 0, 0, 0]);
-            out.extend_from_slice(&key.to_be_bytes());
+            for down in [1, 0] {
+                out.extend_from_slice(&[4, down, 0, 0]);
+                out.extend_from_slice(&key.to_be_bytes());
+            }
         }
         for (sym, code) in self.qemu_keys.drain(..).rev() {
-            out.extend_from_slice(&[255, 0, 0, 0]);
-            out.extend_from_slice(&sym.to_be_bytes());
-            out.extend_from_slice(&code.to_be_bytes());
+            for down in [1, 0] {
+                out.extend_from_slice(&[255, 0, 0, down]);
+                out.extend_from_slice(&sym.to_be_bytes());
+                out.extend_from_slice(&code.to_be_bytes());
+            }
         }
         if self.buttons != 0 {
-            self.buttons = 0;
-            out.push(5);
-            out.push(0);
-            out.extend_from_slice(&self.pointer.0.to_be_bytes());
-            out.extend_from_slice(&self.pointer.1.to_be_bytes());
+            for mask in [std::mem::take(&mut self.buttons), 0] {
+                out.push(5);
+                out.push(mask);
+                out.extend_from_slice(&self.pointer.0.to_be_bytes());
+                out.extend_from_slice(&self.pointer.1.to_be_bytes());
+            }
         }
         out
     }
@@ -185,9 +198,14 @@ mod tests {
         );
         v.record(Kind::PointerEvent, &[5, 1, 0, 10, 0, 20]);
         assert!(v.holds_input());
-        let mut want = key(false, 0x62);
+        // Each pressed on the new server, then released.
+        let mut want = key(true, 0x62);
+        want.extend(key(false, 0x62));
+        want.extend(key(true, 0xffe1));
         want.extend(key(false, 0xffe1));
+        want.extend([255, 0, 0, 1, 0, 0, 0, 0x63, 0, 0, 0, 0x2e]);
         want.extend([255, 0, 0, 0, 0, 0, 0, 0x63, 0, 0, 0, 0x2e]);
+        want.extend([5, 1, 0, 10, 0, 20]);
         want.extend([5, 0, 0, 10, 0, 20]);
         assert_eq!(v.release(), want);
         assert!(!v.holds_input());
@@ -201,7 +219,7 @@ mod tests {
             v.record(Kind::KeyEvent, &key(true, k));
         }
         assert_eq!(v.keys_forgotten, 3);
-        assert_eq!(v.release().len(), 8 * MAX_KEYS_DOWN);
+        assert_eq!(v.release().len(), 2 * 8 * MAX_KEYS_DOWN);
     }
 
     #[test]

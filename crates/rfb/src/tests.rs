@@ -1248,7 +1248,7 @@ mod screen {
         assert_eq!(f.dropped.cut, 2);
         assert_eq!(
             f.viewer.as_mut().unwrap().release(),
-            [4, 0, 0, 0, 0, 0, 0, 0x61]
+            [4, 1, 0, 0, 0, 0, 0, 0x61, 4, 0, 0, 0, 0, 0, 0, 0x61]
         );
     }
 }

@@ -192,6 +192,12 @@ async fn the_two_node_demo_moves_the_guest_and_its_sessions_follow() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // A key held down on node-a across the move: the guest's keyboard
+    // state migrates with it, so only the splice's release on node-b
+    // keeps it from sticking.
+    const SHIFT_L: u32 = 0xffe1;
+    viewer.key(SHIFT_L, true).await;
+
     let asked = Instant::now();
     use std::io::Write;
     demo.0.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
@@ -230,6 +236,13 @@ async fn the_two_node_demo_moves_the_guest_and_its_sessions_follow() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    viewer.assert_open();
+    // Shift is up on node-b: what the viewer types there reaches the
+    // guest's shell (on the VGA console) in lower case, and its output
+    // the serial console (/dev/console is ttyS0). With Shift stuck, the
+    // command would be `TEE ?DEV?CONSOLE` and the line `KEYS_OK`.
+    viewer.type_unshifted("tee /dev/console\nkeys-ok\n").await;
+    s.expect("keys-ok").await;
     viewer.assert_open();
     drop(viewer);
 

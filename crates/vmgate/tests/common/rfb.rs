@@ -139,6 +139,8 @@ pub struct Viewer {
     cli: Child,
     pub seen: Arc<Mutex<Seen>>,
     task: tokio::task::JoinHandle<()>,
+    /// The connection's write half, shared with the task's update requests.
+    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
 }
 
 impl Drop for Viewer {
@@ -209,14 +211,42 @@ impl Viewer {
             ended: None,
         }));
         let s = seen.clone();
+        let writer = Arc::new(tokio::sync::Mutex::new(w));
+        let w = writer.clone();
         let task = tokio::spawn(async move {
-            let why = match read_updates(&mut r, &mut w, &s).await {
+            let why = match read_updates(&mut r, &w, &s).await {
                 Ok(()) => "the connection ended".to_string(),
                 Err(e) => e,
             };
             s.lock().unwrap().ended = Some(why);
         });
-        Viewer { cli, seen, task }
+        Viewer {
+            cli,
+            seen,
+            task,
+            writer,
+        }
+    }
+
+    /// Presses (`down`) or releases the key `keysym` (RFB KeyEvent).
+    pub async fn key(&self, keysym: u32, down: bool) {
+        let mut m = vec![4, u8::from(down), 0, 0];
+        m.extend_from_slice(&keysym.to_be_bytes());
+        self.writer.lock().await.write_all(&m).await.unwrap();
+    }
+
+    /// Types `text`, which must need no Shift (lower case, digits, `-/. `),
+    /// each character pressed and released; `\n` is Return.
+    pub async fn type_unshifted(&self, text: &str) {
+        for c in text.chars() {
+            assert!(
+                c == '\n' || c.is_ascii_lowercase() || c.is_ascii_digit() || "-/. ".contains(c),
+                "{c:?} needs Shift"
+            );
+            let keysym = if c == '\n' { 0xff0d } else { u32::from(c) };
+            self.key(keysym, true).await;
+            self.key(keysym, false).await;
+        }
     }
 
     pub fn updates(&self) -> usize {
@@ -307,7 +337,7 @@ fn request(incremental: bool, width: usize, height: usize) -> Vec<u8> {
 
 async fn read_updates(
     r: &mut OwnedReadHalf,
-    w: &mut OwnedWriteHalf,
+    w: &tokio::sync::Mutex<OwnedWriteHalf>,
     seen: &Mutex<Seen>,
 ) -> Result<(), String> {
     let io = |e: std::io::Error| e.to_string();
@@ -361,7 +391,9 @@ async fn read_updates(
                     s.wall.push(std::time::SystemTime::now());
                     (s.screen.width, s.screen.height)
                 };
-                w.write_all(&request(true, width, height))
+                w.lock()
+                    .await
+                    .write_all(&request(true, width, height))
                     .await
                     .map_err(io)?;
             }
