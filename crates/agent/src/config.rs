@@ -15,6 +15,12 @@ pub struct AgentConfig {
     pub node: String,
     /// UDP address of the QUIC listener that gateways connect to.
     pub listen: SocketAddr,
+    /// Also listen on TCP at `listen`'s address and port number, for
+    /// gateways whose sessions each come over a TCP + TLS connection of
+    /// their own (`[agents] session_transport = "tcp"`); the same
+    /// certificate checks as QUIC. Off by default: no TCP port is open.
+    #[serde(default)]
+    pub tcp_sessions: bool,
     /// Where each serial console's append-only log is written
     /// (`<guest>.<console>.log`).
     pub log_dir: PathBuf,

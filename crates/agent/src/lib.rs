@@ -67,8 +67,8 @@ const PORT_ATTEMPTS: usize = 8;
 pub struct Agent {
     /// Accepts each gateway with the transport of its path.
     endpoint: vmgate_tls::LinkServer,
-    /// Gateways' per-session TCP + TLS connections.
-    tcp: server::TcpLink,
+    /// Gateways' per-session TCP + TLS connections (`tcp_sessions`).
+    tcp: Option<server::TcpLink>,
     config: AgentConfig,
     logs: console::ConsoleLogs,
 }
@@ -90,7 +90,17 @@ impl Agent {
                 &[alpn],
             )
         };
-        let (quic, tcp) = (tls(vmgate_wire::ALPN)?, tls(vmgate_wire::TCP_ALPN)?);
+        let quic = tls(vmgate_wire::ALPN)?;
+        if !config.tcp_sessions {
+            let endpoint = vmgate_tls::link_server(config.listen, quic)?;
+            return Ok(Agent {
+                endpoint,
+                tcp: None,
+                config,
+                logs,
+            });
+        }
+        let tcp = tls(vmgate_wire::TCP_ALPN)?;
         let open_files = vmgate_tls::raise_open_files();
         let mut attempt = 0;
         let (endpoint, tcp) = loop {
@@ -101,7 +111,7 @@ impl Agent {
                 .local_addr()
                 .map_err(vmgate_tls::TlsError::Bind)?;
             match server::TcpLink::bind(addr, tcp.clone(), open_files) {
-                Ok(t) => break (endpoint, t),
+                Ok(t) => break (endpoint, Some(t)),
                 Err(e)
                     if config.listen.port() == 0
                         && e.kind() == std::io::ErrorKind::AddrInUse

@@ -1,8 +1,8 @@
 //! The listeners gateways connect to: QUIC (one connection per gateway,
 //! one stream per console session, and one inventory stream per
-//! connection) and, on the same port number, TCP + TLS (one connection per
-//! console session, for gateways with `[agents] session_transport = "tcp"`;
-//! [`tcp`]). Both run the same TLS checks and the same per-stream path from
+//! connection) and, with `tcp_sessions`, on the same port number TCP + TLS
+//! (one connection per console session, for gateways with
+//! `[agents] session_transport = "tcp"`; [`tcp`]). Both run the same TLS checks and the same per-stream path from
 //! the header on ([`serve_stream`]).
 //!
 //! Shutdown: when `shutdown` fires the agent stops accepting, ends every
@@ -62,7 +62,7 @@ const GOING_AWAY: &str = "the agent is shutting down";
 /// Accepts gateway connections until `shutdown` fires.
 pub async fn serve<B: Backend>(
     link: vmgate_tls::LinkServer,
-    tcp: TcpLink,
+    tcp: Option<TcpLink>,
     backend: Arc<B>,
     shutdown: CancellationToken,
     drain: Duration,
@@ -74,7 +74,9 @@ pub async fn serve<B: Backend>(
     let streams = TaskTracker::new();
     let link = Arc::new(link);
     let endpoint = link.endpoint.clone();
-    tokio::spawn(tcp.serve(backend.clone(), shutdown.clone(), streams.clone()));
+    if let Some(tcp) = tcp {
+        tokio::spawn(tcp.serve(backend.clone(), shutdown.clone(), streams.clone()));
+    }
     loop {
         let incoming = tokio::select! {
             _ = shutdown.cancelled() => break,

@@ -50,6 +50,7 @@ fn config(dir: &std::path::Path, qmp: std::path::PathBuf) -> AgentConfig {
         }],
         media_dir: None,
         media_group: None,
+        tcp_sessions: false,
     }
 }
 

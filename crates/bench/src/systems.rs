@@ -397,6 +397,8 @@ impl System {
                         media: vec![],
                     });
                 }
+                agent_cfg.tcp_sessions = kind == Kind::VmgateSplitTcp
+                    || (kind == Kind::VmgateSplitCompare && env.compare_tcp);
                 let agent_toml = env.work.join(format!("agent-split{tag}.toml"));
                 write_toml(&agent_toml, &agent_cfg)?;
                 let mut agent = Command::new(&vmgate)

@@ -463,7 +463,8 @@ pub struct AgentsTls {
     /// a stream on the gateway's one QUIC connection to that agent) or
     /// `"tcp"` (a TCP + TLS 1.3 connection of its own to the agent's TCP
     /// listener, on the QUIC port's number, with the same certificates and
-    /// checks). The agent's inventory always comes over QUIC.
+    /// checks; agents need `tcp_sessions = true`). The agent's inventory
+    /// always comes over QUIC.
     /// BENCHMARKS.md (issue 17) has what each costs.
     #[serde(default)]
     pub session_transport: SessionTransport,

@@ -122,6 +122,7 @@ impl State {
             libvirt: Default::default(),
             media_dir: None,
             media_group: None,
+            tcp_sessions: false,
         }
     }
 

@@ -1385,7 +1385,14 @@ async fn open_on_agent_tcp(
 #[tokio::test]
 async fn a_nodes_certificate_opens_no_console_on_an_agent_and_one_ca_layouts_do_not_start() {
     use vmgate_tls::pki::{write_identity, Ca};
-    let stack = Stack::start().await;
+    let stack = Stack::start_full(
+        common::Backend::Qemu,
+        true,
+        |_| {},
+        |agent| agent.tcp_sessions = true,
+        |_, _| {},
+    )
+    .await;
     let state = &stack.state;
     // A client that connects over TCP and never starts its handshake;
     // measured at the end of the test.

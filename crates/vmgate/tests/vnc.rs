@@ -333,9 +333,15 @@ async fn vncdotool_through_vmgate_vnc_sees_exactly_the_screendump(backend: Backe
 /// each session with the transport it came by, and none came by QUIC).
 #[tokio::test]
 async fn the_tcp_session_transport_carries_a_serial_console_and_the_exact_screen() {
-    let stack = Stack::start_secure_with(|cfg| {
-        cfg.agents.session_transport = vmgate_gateway::config::SessionTransport::Tcp
-    })
+    let stack = Stack::start_full(
+        Backend::Qemu,
+        true,
+        |_| {},
+        |agent| agent.tcp_sessions = true,
+        |_, gateway| {
+            gateway.agents.session_transport = vmgate_gateway::config::SessionTransport::Tcp
+        },
+    )
     .await;
     let mut serial = stack.serial().await;
     serial.send(b"echo over-tcp-$((6*7))\n").await;

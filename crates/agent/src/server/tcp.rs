@@ -1,6 +1,6 @@
-//! The agent's TCP + TLS listener, on the QUIC listener's port number: one
-//! connection per console session from gateways configured with
-//! `[agents] session_transport = "tcp"`.
+//! The agent's TCP + TLS listener (`tcp_sessions = true`), on the QUIC
+//! listener's port number: one connection per console session from
+//! gateways configured with `[agents] session_transport = "tcp"`.
 //!
 //! The same TLS checks as QUIC (one `agent_server_config`, ALPN
 //! [`vmgate_wire::TCP_ALPN`] required), and the same limits before a
@@ -259,6 +259,7 @@ mod tests {
             guests: vec![],
             media_dir: None,
             media_group: None,
+            tcp_sessions: false,
         };
         let logs = crate::console::ConsoleLogs::new(&cfg.log_dir, cfg.console_log).unwrap();
         let shutdown = CancellationToken::new();
@@ -296,6 +297,29 @@ mod tests {
         }
         assert_eq!(tcp_count(&refusals, Refusal::Connections), 1);
         shutdown.cancel();
+    }
+
+    /// An agent opens no TCP port unless `tcp_sessions` says so; with it,
+    /// its TCP listener has the QUIC listener's port number.
+    #[tokio::test]
+    async fn only_an_agent_told_to_listens_on_tcp_and_on_its_quic_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = vmgate_tls::pki::write_link(dir.path(), &["localhost"], &["gateway"]).unwrap();
+        let mut cfg: AgentConfig = toml::from_str(&format!(
+            "node = \"n\"\nlisten = \"127.0.0.1:0\"\nlog_dir = {:?}\n[tls]\ncert = {:?}\nkey = {:?}\ngateway_ca = {:?}\n",
+            dir.path().join("logs"),
+            link.agent.cert,
+            link.agent.key,
+            link.gateway_ca,
+        ))
+        .unwrap();
+        assert!(!cfg.tcp_sessions, "TCP is on by default");
+        let quiet = crate::Agent::bind(cfg.clone()).unwrap();
+        assert!(quiet.tcp.is_none());
+        cfg.tcp_sessions = true;
+        let agent = crate::Agent::bind(cfg).unwrap();
+        let tcp = agent.tcp.as_ref().expect("a TCP listener");
+        assert_eq!(tcp.local_addr().unwrap(), agent.local_addr());
     }
 
     fn tcp_count(r: &Refusals, why: Refusal) -> u64 {
