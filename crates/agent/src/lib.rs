@@ -28,6 +28,7 @@ pub mod check;
 pub mod config;
 pub mod console;
 pub mod duplex;
+pub mod gateway_stream;
 pub mod qmp;
 pub mod server;
 

@@ -24,14 +24,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 use vmgate_relay::bytes_io::{ByteRx, ByteTx};
 use vmgate_relay::quic::{QuicRx, QuicTx};
-use vmgate_relay::stream::{StreamRx, StreamTx};
 use vmgate_relay::{relay, Either, FrameRx, FrameTx};
 use vmgate_rfb::{ClientFilter, Policy};
 use vmgate_wire::{
@@ -39,16 +38,9 @@ use vmgate_wire::{
 };
 
 use crate::backend::{media, Backend, Opened};
+use crate::gateway_stream::{GatewayRx, GatewayTx};
 
 pub use tcp::TcpLink;
-
-/// A session's TCP + TLS connection from a gateway.
-type TlsConn = vmgate_tls::TcpLinkAccepted;
-/// What a gateway sends on a session: a QUIC stream's or a TCP
-/// connection's frames.
-pub type GatewayRx = Either<QuicRx, StreamRx<ReadHalf<TlsConn>>>;
-/// What the agent sends a gateway on a session.
-pub type GatewayTx = Either<QuicTx, StreamTx<WriteHalf<TlsConn>>>;
 
 /// Deadline for a gateway's QUIC or TLS handshake.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);

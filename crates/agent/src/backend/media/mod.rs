@@ -43,7 +43,7 @@ use vmgate_nbd::{Handshake, Monitor};
 use vmgate_relay::{FrameRx, FrameTx};
 use vmgate_wire::{Close, CloseCode, Frame, Mode, OpenRequest};
 
-use crate::server::{GatewayRx, GatewayTx};
+use crate::gateway_stream::{GatewayRx, GatewayTx};
 
 pub use socket::{Endpoint, MediaDir};
 pub use tray::Tray;
