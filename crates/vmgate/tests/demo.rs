@@ -27,6 +27,27 @@ const BULK_BLOCKS: u32 = 306;
 /// half-way, so it never leaves a QEMU behind.
 struct Demo(std::process::Child);
 
+impl Demo {
+    /// Sends SIGTERM and asserts the demo exits successfully within
+    /// [`WAIT`], as a user stopping it would expect.
+    fn stop_on_sigterm(&mut self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(s) = self.0.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "demo did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(status.success(), "{status:?}");
+    }
+}
+
 impl Drop for Demo {
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {
@@ -89,20 +110,7 @@ async fn the_demo_serves_a_console_and_stops_qemu_on_sigterm() {
     s.send(b"echo demo-$((2*21))\n").await;
     s.expect("demo-42").await;
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(demo.0.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(s) = demo.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "demo did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(status.success(), "{status:?}");
+    demo.stop_on_sigterm();
     assert!(
         !std::path::Path::new(&format!("/proc/{qemu}")).exists(),
         "QEMU {qemu} still running after the demo stopped"
@@ -246,20 +254,7 @@ async fn the_two_node_demo_moves_the_guest_and_its_sessions_follow() {
     viewer.assert_open();
     drop(viewer);
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(demo.0.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(s) = demo.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "demo did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(status.success(), "{status:?}");
+    demo.stop_on_sigterm();
     let left = processes_under(&state);
     assert!(left.is_empty(), "processes left running: {left:?}");
 }
@@ -940,16 +935,7 @@ async fn qemu_backend_sessions_follow_the_guest_across_live_migration() {
     serial.expect("drawn-77").await;
     viewer.wait_screen(WAIT, || nodes.screendump()).await;
     page.wait_screen(WAIT, || nodes.screendump()).await;
-    let seen = page.quit().await;
-    assert_eq!(seen["closes"], 0, "{seen:#}");
-    let statuses: Vec<&str> = seen["statuses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap())
-        .collect();
-    let from = statuses.iter().position(|s| *s == "connected").unwrap();
-    assert_eq!(statuses[from..], ["connected"], "{seen:#}");
+    page.quit_having_stayed_connected().await;
     {
         let seen = viewer.seen.lock().unwrap();
         // Tight, spliced with its streams reset; never ZRLE or zlib.

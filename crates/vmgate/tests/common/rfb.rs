@@ -723,4 +723,20 @@ impl Page {
         let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
         r
     }
+
+    /// Quits, asserting the page saw no WebSocket close and, once
+    /// connected, no status but "connected"; what the page reported.
+    pub async fn quit_having_stayed_connected(self) -> serde_json::Value {
+        let seen = self.quit().await;
+        assert_eq!(seen["closes"], 0, "{seen:#}");
+        let statuses: Vec<&str> = seen["statuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap())
+            .collect();
+        let from = statuses.iter().position(|s| *s == "connected").unwrap();
+        assert_eq!(statuses[from..], ["connected"], "{seen:#}");
+        seen
+    }
 }
